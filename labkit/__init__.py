@@ -1,0 +1,1 @@
+"""labkit: Linux Virtual Server labs on real virtual machines."""

@@ -1,0 +1,61 @@
+"""Push a lab's plan to its nodes over SSH with fabric, all nodes at once.
+
+Each node gets its whole plan as one script on the standard input of `sudo sh -s`: one
+round trip per node, whatever the number of steps.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fabric import Config, Connection
+
+from labkit.model import Lab
+from labkit.plan import plan, script
+
+
+@dataclass
+class NodeResult:
+    node: str
+    changed: list[str] = field(default_factory=list)
+    error: str = ""  # empty when every step succeeded
+
+
+def connect(node: str, ssh_config: Path) -> Connection:
+    config = Config(runtime_ssh_path=str(ssh_config))
+    config.load_ssh_config()
+    return Connection(node, config=config, connect_timeout=30)
+
+
+def provision_node(lab: Lab, node: str, ssh_config: Path) -> NodeResult:
+    result = NodeResult(node)
+    try:
+        with connect(node, ssh_config) as conn:
+            out = conn.run("sudo -n sh -s", in_stream=io.StringIO(script(plan(lab, node))),
+                           hide=True, warn=True)
+    except Exception as exc:  # SSH failures: name the node and the cause, not a traceback
+        result.error = f"cannot reach {node} over SSH: {exc}"
+        return result
+    result.changed = [line.removeprefix("labkit-changed: ")
+                      for line in out.stdout.splitlines() if line.startswith("labkit-changed: ")]
+    if out.exited != 0:
+        failed = [line.removeprefix("labkit-failed: ")
+                  for line in out.stderr.splitlines() if line.startswith("labkit-failed: ")]
+        detail = "\n".join(line for line in out.stderr.splitlines()[-8:] if not line.startswith("labkit-failed: "))
+        result.error = f"step failed: {failed[0] if failed else '?'}\n{detail}".rstrip()
+    return result
+
+
+def provision(lab: Lab, ssh_config: Path,
+              on_done: Callable[[NodeResult], None] = lambda r: None) -> list[NodeResult]:
+    with ThreadPoolExecutor(max_workers=len(lab.nodes)) as pool:
+        futures = [pool.submit(provision_node, lab, node, ssh_config) for node in lab.nodes]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            on_done(results[-1])
+    return results

@@ -1,0 +1,104 @@
+"""Vagrant, through python-vagrant: boot, report, tear down. A thin shell around the tool.
+
+The lab folder holds the rendered Vagrantfile and Vagrant's `.vagrant/`; nothing else keeps
+track of the machines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import vagrant
+
+from labkit.errors import LabkitError
+
+
+class BootError(LabkitError):
+    """Vagrant failed; the message says where to look."""
+
+
+def kvm_usable() -> str | None:
+    """None when KVM can run guests here, else the reason it cannot.
+
+    /dev/kvm alone proves little: inside some VMs it exists but guests hang, because the CPU
+    does not offer hardware virtualization to this machine (no vmx/svm flag).
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is missing or not accessible"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "cannot read /proc/cpuinfo"
+    if not re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M):
+        return "the CPU offers no hardware virtualization (no vmx/svm flag)"
+    return None
+
+
+def machine(lab_dir: Path) -> vagrant.Vagrant:
+    env = dict(os.environ)
+    env.setdefault("VAGRANT_CHECKPOINT_DISABLE", "1")  # no update check on every call
+    log = lab_dir / "vagrant.log"
+    return vagrant.Vagrant(root=str(lab_dir), env=env, quiet_stdout=True,
+                           out_cm=lambda: log.open("a"), err_cm=lambda: log.open("a"))
+
+
+NODE_LINE = re.compile(r"^==> (\S+): (.*)$")
+
+
+def up(lab_dir: Path, provider: str, on_progress: Callable[[str, str], None]) -> None:
+    """`vagrant up`, all nodes at once; on_progress(node, message) for each line Vagrant prints."""
+    log = lab_dir / "vagrant.log"
+    try:
+        for line in _stream(machine(lab_dir).up(provider=provider, stream_output=True)):
+            with log.open("a") as out:
+                out.write(line + "\n")
+            if m := NODE_LINE.match(line):
+                on_progress(m[1], m[2])
+    except subprocess.CalledProcessError:
+        raise BootError(f"vagrant up failed. Its last lines (all in {log}):\n{_tail(log)}") from None
+
+
+def _tail(log: Path, lines: int = 12) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _stream(lines: Iterator[str | bytes]) -> Iterator[str]:
+    for line in lines:
+        yield (line.decode(errors="replace") if isinstance(line, bytes) else line).rstrip("\n")
+
+
+def status(lab_dir: Path) -> dict[str, str]:
+    """Node -> Vagrant's state ("running", "shutoff", "not_created", ...)."""
+    if not (lab_dir / "Vagrantfile").exists():
+        return {}
+    return {s.name: s.state for s in machine(lab_dir).status()}
+
+
+def created(lab_dir: Path) -> bool:
+    return any(state != "not_created" for state in status(lab_dir).values())
+
+
+def ssh_config(lab_dir: Path) -> Path:
+    """Write Vagrant's SSH settings for every node to a file that ssh, fabric and testinfra read."""
+    path = lab_dir / "ssh_config"
+    path.write_text(machine(lab_dir).ssh_config())
+    return path
+
+
+def destroy(lab_dir: Path) -> None:
+    """Remove every VM, volume and network of the lab, then the lab folder."""
+    if (lab_dir / "Vagrantfile").exists():
+        try:
+            machine(lab_dir).destroy()
+        except subprocess.CalledProcessError:
+            raise BootError(f"vagrant destroy failed in {lab_dir}:\n{_tail(lab_dir / 'vagrant.log')}\n"
+                            f"Fix the cause, then run `labkit down` again") from None
+    shutil.rmtree(lab_dir, ignore_errors=True)

@@ -1,0 +1,75 @@
+"""pytest plugin for the verify suite: which lab, how to reach its nodes, and the
+parametrisation of checks by the lab's own nodes and services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from labkit.model import Forwarding, Lab, Protocol, VirtualService, load_lab
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--lab-file", required=True, help="the lab.yaml the lab was provisioned from")
+    parser.addoption("--ssh-config", required=True, help="Vagrant's ssh-config for the lab's nodes")
+
+
+def _lab(config: pytest.Config) -> Lab:
+    return load_lab(Path(config.getoption("--lab-file")))
+
+
+def parameters(lab: Lab) -> dict[str, list]:
+    """Fixture name -> what a check taking it runs for. A check runs once for each, and is left
+    out (not skipped) when its list is empty: a DR lab has no NAT director to check."""
+    nat = any(s.forwarding == Forwarding.masq for s in lab.services)
+    return {
+        "node": list(lab.nodes),
+        "director": lab.directors,
+        "nat_director": lab.directors if nat else [],
+        "real_server": lab.real_servers,
+        "vip_real_server": [n for n in lab.real_servers
+                            if any(s.forwarding != Forwarding.masq for s in lab.services_of(n))],
+        "service": list(lab.services),
+        "http_service": [s for s in lab.services if s.protocol == Protocol.tcp],
+    }
+
+
+NOT_HERE = object()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for name, values in parameters(_lab(metafunc.config)).items():
+        if name in metafunc.fixturenames:
+            ids = [v.key.replace(" ", "-") if isinstance(v, VirtualService) else v for v in values]
+            metafunc.parametrize(name, values or [NOT_HERE], ids=ids or ["none"])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        (drop if any(v is NOT_HERE for v in params.values()) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def lab(pytestconfig: pytest.Config) -> Lab:
+    return _lab(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def hosts(pytestconfig: pytest.Config):
+    """hosts("lb0") -> a testinfra host that runs commands as root on lb0."""
+    ssh_config = pytestconfig.getoption("--ssh-config")
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = testinfra.get_host(f"ssh://{name}", ssh_config=ssh_config, sudo=True)
+        return cache[name]
+
+    return get

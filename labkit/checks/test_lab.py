@@ -1,0 +1,194 @@
+"""What a working LVS lab looks like from inside, node by node and from the client.
+
+The expectations are written here from what each forwarding method needs (the LVS docs and
+the seed walkthroughs), not read back from the plan that configured the lab.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections import Counter
+from math import gcd
+
+from labkit import ipvs
+from labkit.model import Forwarding, Lab, Role, VirtualService
+
+# ---- every node ----------------------------------------------------------------------------
+
+
+def test_hostname(hosts, node):
+    seen = hosts(node).check_output("hostname")
+    assert seen == node, f"expected hostname {node}, saw {seen}"
+
+
+def test_addresses(hosts, lab: Lab, node):
+    for net, addr in lab.nodes[node].addresses.items():
+        cidr = f"{addr}/{lab.networks[net].prefixlen}"
+        seen = hosts(node).check_output(f"ip -o -4 addr show dev {shlex.quote(net)}")
+        assert f" {cidr} " in seen, f"{node}: expected {cidr} on interface {net}, saw: {seen or 'no address'}"
+
+
+# ---- real servers ----------------------------------------------------------------------------
+
+
+def methods(lab: Lab, real_server: str) -> set[Forwarding]:
+    return {s.forwarding for s in lab.services_of(real_server)}
+
+
+def sysctl(host, key: str) -> int:
+    return int(host.check_output(f"sysctl -n {shlex.quote(key)}"))
+
+
+def test_real_server_sysctls(hosts, lab: Lab, vip_real_server):
+    host = hosts(vip_real_server)
+    used = methods(lab, vip_real_server)
+    # The VIP is configured locally, but only the director may answer ARP for it.
+    assert sysctl(host, "net.ipv4.conf.all.arp_ignore") == 1, "arp_ignore must be 1: reply only for addresses on the asking interface"
+    assert sysctl(host, "net.ipv4.conf.all.arp_announce") == 2, "arp_announce must be 2: never use the VIP as ARP source"
+    if Forwarding.tun in used:
+        # The unwrapped request arrives on tunl0 but the route back to the client leaves by
+        # another interface: reverse-path filtering (the larger of all and tunl0) must be off.
+        effective = max(sysctl(host, "net.ipv4.conf.all.rp_filter"), sysctl(host, "net.ipv4.conf.tunl0.rp_filter"))
+        assert effective == 0, f"rp_filter on tunl0 must be 0 (max of all and tunl0), saw {effective}"
+
+
+def test_vip_on_real_server(hosts, lab: Lab, vip_real_server):
+    host = hosts(vip_real_server)
+    for svc in lab.services_of(vip_real_server):
+        dev = {Forwarding.tun: "tunl0", Forwarding.route: "lo"}.get(svc.forwarding)
+        if dev:
+            seen = host.check_output(f"ip -o -4 addr show dev {dev}")
+            assert f" {svc.vip}/32 " in seen, f"{vip_real_server}: expected VIP {svc.vip}/32 on {dev}, saw: {seen}"
+    if Forwarding.tun in methods(lab, vip_real_server):
+        assert "UP" in host.check_output("ip -br link show dev tunl0"), "tunl0 must be up"
+
+
+def test_route_to_client(hosts, lab: Lab, real_server):
+    """NAT replies go back through the director; TUN and DR replies go straight to the client."""
+    host = hosts(real_server)
+    for client in lab.clients:
+        for addr in lab.nodes[client].addresses.values():
+            seen = host.check_output(f"ip -4 route get {addr}")
+            if Forwarding.masq in methods(lab, real_server):
+                director = lab.nodes[lab.active_director].addresses
+                dips = {str(a) for n, a in director.items() if n in lab.nodes[real_server].addresses}
+                via = re.search(r" via (\S+)", seen)
+                assert via and via[1] in dips, f"NAT: expected the route to {addr} via the director ({', '.join(dips)}), saw: {seen}"
+            else:
+                assert " via " not in seen, f"expected {addr} to be reached directly, saw: {seen}"
+
+
+def test_nginx(hosts, lab: Lab, real_server):
+    host = hosts(real_server)
+    assert host.service("nginx").is_running, "nginx is not running"
+    ports = {svc.real_port(rs) for svc in lab.services_of(real_server) for rs in svc.real_servers
+             if lab.node_at(rs.address) == real_server}
+    for port in ports:
+        page = host.check_output(f"curl -sS -m 5 http://127.0.0.1:{port}/")
+        assert page == real_server, f"expected http://127.0.0.1:{port}/ to answer {real_server}, saw {page!r}"
+
+
+# ---- directors ----------------------------------------------------------------------------
+
+
+def test_ip_forward(hosts, nat_director):
+    assert sysctl(hosts(nat_director), "net.ipv4.ip_forward") == 1, "NAT: the director must forward (ip_forward=1)"
+
+
+def test_vip_on_active_director_only(hosts, lab: Lab, director):
+    seen = hosts(director).check_output("ip -o -4 addr show")
+    for svc in lab.services:
+        holds = f" {svc.vip}/" in seen
+        if director == lab.active_director:
+            assert holds, f"the active director {director} must hold the VIP {svc.vip}"
+        else:
+            assert not holds, f"the standby director {director} must not hold the VIP {svc.vip}"
+
+
+def test_ipvs_table(hosts, lab: Lab, director):
+    listing = hosts(director).check_output("ipvsadm -L -n")
+    seen = {s.key: s for s in ipvs.parse_list(listing)}
+    for svc in lab.services:
+        want = ipvs.expected(svc)
+        assert want.key in seen, f"{director}: service {want.key} missing from ipvsadm -L -n:\n{listing}"
+        got = seen.pop(want.key)
+        assert (got.scheduler, got.persistence) == (want.scheduler, want.persistence), (
+            f"{want.key}: expected scheduler {want.scheduler} persistence {want.persistence}, "
+            f"saw {got.scheduler} {got.persistence}")
+        as_table = lambda s: sorted((d.address, d.port, d.forward, d.weight) for d in s.destinations)  # noqa: E731
+        assert as_table(got) == as_table(want), (
+            f"{want.key}: expected real servers (address, port, forward, weight) {as_table(want)}, saw {as_table(got)}")
+    assert not seen, f"{director}: services not in the lab file: {', '.join(seen)}"
+
+
+# ---- from the client ----------------------------------------------------------------------
+
+
+def url(svc: VirtualService, path: str = "/") -> str:
+    return f"http://{svc.vip}:{svc.port}{path}"
+
+
+def ask(hosts, lab: Lab, svc: VirtualService, count: int) -> list[str]:
+    """`count` requests in a row from the client; the names of the real servers that answered."""
+    loop = f"for i in $(seq {count}); do curl -sS -m 5 {shlex.quote(url(svc))} || echo FAILED; done"
+    return hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(loop)}").split()
+
+
+def test_split(hosts, lab: Lab, http_service: VirtualService):
+    """2N requests in a row split exactly as rr or wrr say; others only reach live servers."""
+    service = http_service
+    live = {lab.node_at(rs.address): rs.weight for rs in service.real_servers if rs.weight > 0}
+    if service.scheduler == "rr" and not service.persistence:
+        want = {name: 2 for name in live}
+    elif service.scheduler == "wrr" and not service.persistence:
+        g = 0
+        for w in live.values():
+            g = gcd(g, w)
+        want = {name: 2 * w // g for name, w in live.items()}
+    else:
+        want = None
+    count = sum(want.values()) if want else 2 * len(live)
+    seen = Counter(ask(hosts, lab, service, count))
+    if want is not None:
+        assert dict(seen) == want, f"{service.key} {service.scheduler}: expected {want} from {count} requests, saw {dict(seen)}"
+    else:
+        assert set(seen) <= set(live), f"{service.key}: answers from {dict(seen)}, expected only {sorted(live)}"
+        if service.persistence:
+            assert len(seen) == 1, f"{service.key} is persistent: expected one real server, saw {dict(seen)}"
+
+
+def test_big_file_arrives_whole(hosts, lab: Lab, http_service: VirtualService):
+    service = http_service
+    client = hosts(lab.clients[0])
+    fetch = (f"curl -sS -m 60 -D /tmp/labkit-headers -o /tmp/labkit-1m.bin {shlex.quote(url(service, '/1m.bin'))}"
+             " && sha256sum /tmp/labkit-1m.bin && cat /tmp/labkit-headers")
+    out = client.check_output(f"sh -c {shlex.quote(fetch)}")
+    digest = out.split()[0]
+    server = re.search(r"^X-Real-Server: (\S+)", out, re.M | re.I)
+    assert server, f"no X-Real-Server header in the answer:\n{out}"
+    original = hosts(server[1]).check_output("sha256sum /var/www/labkit/1m.bin").split()[0]
+    assert digest == original, f"1 MiB from {server[1]} through {service.key}: sha256 {digest}, original {original}"
+
+
+def test_reply_path(hosts, lab: Lab, http_service: VirtualService):
+    """NAT replies pass the director (its outgoing counter grows); TUN and DR replies go
+    straight to the client (the director never sends a packet for the service)."""
+    service = http_service
+    director = hosts(lab.active_director)
+    stats = lambda: ipvs.parse_stats(director.check_output("ipvsadm -L -n --stats --exact"))[service.key]  # noqa: E731
+    before = stats()
+    ask(hosts, lab, service, 4)
+    # Since kernel 6.2 the counters are updated about every 2 s: wait for them.
+    deadline = time.monotonic() + 6
+    after = stats()
+    while after.in_packets == before.in_packets and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = stats()
+    assert after.in_packets > before.in_packets, f"{service.key}: the director saw no incoming packets ({before} -> {after})"
+    if service.forwarding == Forwarding.masq:
+        assert after.out_packets > before.out_packets, f"NAT: replies must pass the director, outgoing stayed {after.out_packets}"
+    else:
+        assert after.out_packets == 0, (
+            f"{service.forwarding.value}: replies must bypass the director, but it sent {after.out_packets} packets")

@@ -1,0 +1,262 @@
+"""The `labkit` command."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from labkit import apply, boot, box, doctor, paths, verify as verify_mod
+from labkit.errors import LabkitError
+from labkit.model import Lab, LabError, load_lab
+from labkit.render import Provider, Target, render as render_vagrantfile
+
+app = typer.Typer(help="Linux Virtual Server labs on real virtual machines.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+box_app = typer.Typer(help="The Vagrant box labs boot from.", no_args_is_help=True)
+app.add_typer(box_app, name="box")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class Accel(str, Enum):
+    auto = "auto"
+    kvm = "kvm"
+    tcg = "tcg"
+
+
+def handled(command):
+    """Expected failures become one line on stderr and exit status 1, not a traceback."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LabkitError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+    return run
+
+
+LabArg = Annotated[str, typer.Argument(help="A lab name (nat, tun, dr), its folder, or a lab.yaml path.")]
+RunningLab = Annotated[Optional[str], typer.Argument(help="The lab; may be left out when only one is up.")]
+BoxOpt = Annotated[str, typer.Option(help="Vagrant box to boot; any other than labkit's gets the lab packages installed.")]
+ProviderOpt = Annotated[Provider, typer.Option(help="Vagrant provider.")]
+AccelOpt = Annotated[Accel, typer.Option(help="libvirt: KVM, or QEMU software emulation (tcg); auto uses KVM when it works.")]
+
+
+def read_lab(name_or_path: str) -> Lab:
+    path = paths.lab_file(name_or_path)
+    if not path.exists():
+        known = ", ".join(paths.known_labs())
+        raise LabError(f"no lab {name_or_path!r}: {path} does not exist. Known labs: {known}; "
+                       "or give the path of a lab.yaml")
+    return load_lab(path)
+
+
+def running_lab(name: str | None) -> tuple[Lab, Path]:
+    """The lab a command acts on: as named, or the only one that is up."""
+    if name is None:
+        up = sorted(p.name for p in (paths.home() / "labs").glob("*") if (p / "Vagrantfile").exists())
+        if not up:
+            raise LabkitError("no lab is up. Start one with: labkit up nat")
+        if len(up) > 1:
+            raise LabkitError(f"several labs are up ({', '.join(up)}): name one, e.g. labkit verify {up[0]}")
+        name = up[0]
+    if not (paths.lab_dir(name) / "Vagrantfile").exists():
+        name = read_lab(name).name  # a lab file's path, or a known lab that is not up
+    lab_dir = paths.lab_dir(name)
+    if not (lab_dir / "Vagrantfile").exists():
+        raise LabkitError(f"the lab {lab_dir.name} is not up. Start it with: labkit up {lab_dir.name}")
+    return load_lab(lab_dir / "lab.yaml"), lab_dir
+
+
+def target_for(lab_source: Path, box_name: str, provider: Provider, accel: Accel, warn: bool) -> Target:
+    driver = "kvm"
+    if provider == Provider.libvirt:
+        reason = boot.kvm_usable()
+        if accel == Accel.tcg or (accel == Accel.auto and reason):
+            driver = "qemu"
+            if warn and accel == Accel.auto:
+                err.print(f"[yellow]warning:[/] {reason}: using QEMU software emulation, labs will be slow",
+                          soft_wrap=True)
+    key = str(paths.key()) if box_name == box.DEFAULT_BOX else None
+    return Target(provider=provider, box=box_name, driver=driver, private_key=key, source=paths.shown(lab_source))
+
+
+def preflight(provider: Provider, box_name: str) -> None:
+    failed = [p for p in doctor.probes(provider.value, box_name) if p.fatal and not p.ok]
+    if failed:
+        lines = "\n".join(f"  - {p.what}: no. Fix: {p.fix}" for p in failed)
+        raise LabkitError(f"this host cannot boot the lab yet:\n{lines}\n(labkit doctor shows every check)")
+
+
+def boot_with_progress(lab: Lab, lab_dir: Path, provider: Provider) -> None:
+    latest = {node: "waiting" for node in lab.nodes}
+    started = time.monotonic()
+
+    def table() -> Table:
+        t = Table(title=f"booting {lab.name} ({time.monotonic() - started:.0f} s)", title_justify="left")
+        t.add_column("node")
+        t.add_column("vagrant says")
+        for node, message in latest.items():
+            t.add_row(node, message)
+        return t
+
+    if out.is_terminal:
+        with Live(table(), console=out, refresh_per_second=2) as live:
+            def show(node: str, message: str) -> None:
+                latest[node] = message[:100]
+                live.update(table())
+            boot.up(lab_dir, provider.value, show)
+    else:  # logs and CI: one line per event
+        def show(node: str, message: str) -> None:
+            out.print(f"{time.monotonic() - started:6.0f}s {node}: {message}", highlight=False, soft_wrap=True)
+        boot.up(lab_dir, provider.value, show)
+    out.print(f"booted {len(lab.nodes)} nodes in {time.monotonic() - started:.0f} s")
+
+
+def do_provision(lab: Lab, lab_dir: Path) -> None:
+    ssh_config = boot.ssh_config(lab_dir)
+    started = time.monotonic()
+
+    def report(result: apply.NodeResult) -> None:
+        state = "[red]failed[/]" if result.error else f"{len(result.changed)} changed"
+        out.print(f"  {result.node}: {state}")
+        for why in result.changed:
+            out.print(f"    [dim]+ {why}[/]", highlight=False)
+
+    results = apply.provision(lab, ssh_config, report)
+    failed = [r for r in results if r.error]
+    if failed:
+        raise LabkitError("provisioning failed:\n" + "\n".join(f"  {r.node}: {r.error}" for r in failed))
+    total = sum(len(r.changed) for r in results)
+    out.print(f"provisioned {lab.name}: {total} changes in {time.monotonic() - started:.1f} s")
+
+
+@app.command()
+@handled
+def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOpt = Provider.libvirt,
+       accel: AccelOpt = Accel.auto) -> None:
+    """Boot a lab's VMs and configure them (render, boot, provision)."""
+    source = paths.lab_file(lab)
+    model = read_lab(lab)
+    preflight(provider, box_name)
+    vagrantfile = render_vagrantfile(model, target_for(source, box_name, provider, accel, warn=True))
+    lab_dir = paths.lab_dir(model.name)
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    (lab_dir / "Vagrantfile").write_text(vagrantfile)
+    shutil.copyfile(source, lab_dir / "lab.yaml")
+    boot_with_progress(model, lab_dir, provider)
+    do_provision(model, lab_dir)
+    out.print(f"\n[bold]{model.name} is up.[/] Next: [bold]labkit verify {model.name}[/]")
+
+
+@app.command()
+@handled
+def provision(lab: RunningLab = None) -> None:
+    """Push the lab's configuration to its running VMs again (changes only what differs)."""
+    model, lab_dir = running_lab(lab)
+    if lab is not None:  # the lab file may have been edited since `up`
+        model = read_lab(lab)
+        shutil.copyfile(paths.lab_file(lab), lab_dir / "lab.yaml")
+    do_provision(model, lab_dir)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@handled
+def verify(ctx: typer.Context, lab: RunningLab = None,
+           junitxml: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML report here.")] = None) -> None:
+    """Check the running lab with pytest + testinfra. Extra arguments go to pytest (e.g. -k split)."""
+    model, lab_dir = running_lab(lab)
+    args = list(ctx.args) + ([f"--junitxml={junitxml}"] if junitxml else [])
+    code = verify_mod.verify(lab_dir / "lab.yaml", boot.ssh_config(lab_dir), args)
+    raise typer.Exit(code)
+
+
+@app.command()
+@handled
+def status(lab: RunningLab = None) -> None:
+    """Nodes of a lab, their state and addresses."""
+    model, lab_dir = running_lab(lab)
+    states = boot.status(lab_dir)
+    table = Table(title=f"lab {model.name}: {model.description}", title_justify="left")
+    table.add_column("node")
+    table.add_column("role")
+    table.add_column("state")
+    table.add_column("addresses")
+    for name, node in model.nodes.items():
+        addresses = ", ".join(f"{net} {addr}" for net, addr in node.addresses.items())
+        table.add_row(name, node.role.value, states.get(name, "?"), addresses)
+    out.print(table)
+    for svc in model.services:
+        servers = ", ".join(f"{rs.address}:{svc.real_port(rs)} w{rs.weight}" for rs in svc.real_servers)
+        out.print(f"{svc.key} {svc.scheduler} {svc.forwarding.value} -> {servers}", highlight=False)
+
+
+@app.command()
+@handled
+def ssh(node: str, lab: Annotated[Optional[str], typer.Option(help="The lab, when several are up.")] = None) -> None:
+    """Open a shell on a node."""
+    model, lab_dir = running_lab(lab)
+    if node not in model.nodes:
+        raise LabkitError(f"the lab {model.name} has no node {node!r}. Its nodes: {', '.join(model.nodes)}")
+    ssh_config = boot.ssh_config(lab_dir)
+    os.execvp("ssh", ["ssh", "-F", str(ssh_config), node])
+
+
+@app.command()
+@handled
+def down(lab: RunningLab = None) -> None:
+    """Remove the lab's VMs, their volumes and the lab's networks."""
+    model, lab_dir = running_lab(lab)
+    started = time.monotonic()
+    boot.destroy(lab_dir)
+    out.print(f"{model.name} is down ({time.monotonic() - started:.0f} s)")
+
+
+@app.command()
+@handled
+def render(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOpt = Provider.libvirt,
+           accel: AccelOpt = Accel.auto) -> None:
+    """Print the lab's Vagrantfile. Boots nothing."""
+    model = read_lab(lab)
+    sys.stdout.write(render_vagrantfile(model, target_for(paths.lab_file(lab), box_name, provider, accel, warn=False)))
+
+
+@app.command("doctor")
+@handled
+def doctor_cmd(provider: ProviderOpt = Provider.libvirt, box_name: BoxOpt = box.DEFAULT_BOX) -> None:
+    """Check that this host can boot labs; print the fix for each problem."""
+    found = doctor.probes(provider.value, box_name)
+    for p in found:
+        mark = "[green]ok  [/]" if p.ok else ("[red]FAIL[/]" if p.fatal else "[yellow]warn[/]")
+        out.print(f"{mark}  {p.what}" + ("" if p.ok else f"\n      fix: {p.fix}"), highlight=False, soft_wrap=True)
+    if any(p.fatal and not p.ok for p in found):
+        raise typer.Exit(1)
+
+
+@box_app.command("build")
+@handled
+def box_build(force: Annotated[bool, typer.Option(help="Rebuild even if the box exists.")] = False,
+              mirror: Annotated[Optional[str], typer.Option(help="Debian mirror; default: the one apt uses.")] = None,
+              name: Annotated[str, typer.Option(help="Name of the box in Vagrant.")] = box.DEFAULT_BOX) -> None:
+    """Build labkit's Debian box from Debian packages and add it to Vagrant."""
+    public_key = paths.key().with_suffix(".pub").read_text()
+    started = time.monotonic()
+    built = box.build_box(name, public_key, mirror=mirror or box.debian_mirror(), cache_dir=paths.cache_dir(),
+                          force=force, log=lambda line: out.print(line, highlight=False))
+    if built:
+        out.print(f"box {name} built and added in {time.monotonic() - started:.0f} s")
+    else:
+        out.print(f"box {name} is already in Vagrant (--force rebuilds it)")
