@@ -50,7 +50,7 @@ def handled(command):
 
 LabArg = Annotated[str, typer.Argument(help="A lab name (nat, tun, dr), its folder, or a lab.yaml path.")]
 RunningLab = Annotated[Optional[str], typer.Argument(help="The lab; may be left out when only one is up.")]
-BoxOpt = Annotated[str, typer.Option(help="Vagrant box to boot; any other than labkit's gets the lab packages installed.")]
+BoxOpt = Annotated[str, typer.Option("--box", help="Vagrant box to boot; any other than labkit's gets the lab packages installed.")]
 ProviderOpt = Annotated[Provider, typer.Option(help="Vagrant provider.")]
 AccelOpt = Annotated[Accel, typer.Option(help="libvirt: KVM, or QEMU software emulation (tcg); auto uses KVM when it works.")]
 

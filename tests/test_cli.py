@@ -1,0 +1,70 @@
+"""The CLI's answers that need no VM: rendering, and one clear error for bad input."""
+
+import pytest
+from typer.testing import CliRunner
+
+from labkit.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_render_prints_a_vagrantfile():
+    result = runner.invoke(app, ["render", "tun", "--accel", "tcg"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("# Rendered by labkit from labs/tun/lab.yaml")
+    assert 'libvirt.driver = "qemu"' in result.stdout
+    assert 'libvirt__network_name: "labkit-tun-int"' in result.stdout
+
+
+def test_render_for_virtualbox_with_another_box():
+    result = runner.invoke(app, ["render", "dr", "--provider", "virtualbox", "--box", "debian/bookworm64"])
+    assert result.exit_code == 0, result.output
+    assert 'config.vm.box = "debian/bookworm64"' in result.stdout
+    assert "insert_key" not in result.stdout  # another box keeps Vagrant's own key handling
+    assert 'virtualbox__intnet: "labkit-dr-ext"' in result.stdout
+
+
+def bad_lab(tmp_path, text):
+    path = tmp_path / "bad" / "lab.yaml"
+    path.parent.mkdir()
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["up", "render"])
+def test_bad_lab_file_one_error_nothing_created(tmp_path, home, command):
+    nat = (__import__("labkit.paths").paths.LABS / "nat" / "lab.yaml").read_text()
+    path = bad_lab(tmp_path, nat.replace("scheduler: rr", "scheduler: fastest"))
+    result = runner.invoke(app, [command, path])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: {path}: services[0].scheduler: unknown scheduler 'fastest'. "
+                     "ipvsadm offers: rr wrr lc wlc lblc lblcr dh sh sed nq mh fo ovf"]
+    assert not (home / "labs").exists()
+
+
+def test_unknown_lab_lists_the_known_ones():
+    result = runner.invoke(app, ["up", "natt"])
+    assert result.exit_code == 1
+    assert "no lab 'natt'" in result.stderr and "Known labs: dr, nat, tun" in result.stderr
+
+
+def test_commands_on_a_lab_that_is_not_up():
+    for args in (["verify"], ["status"], ["down"], ["provision"], ["ssh", "lb0"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, args
+        assert result.stderr.strip() == "error: no lab is up. Start one with: labkit up nat"
+    result = runner.invoke(app, ["verify", "tun"])
+    assert result.exit_code == 1 and "the lab tun is not up. Start it with: labkit up tun" in result.stderr
+
+
+def test_unknown_option_value_is_refused():
+    result = runner.invoke(app, ["render", "nat", "--provider", "hyperv"])
+    assert result.exit_code == 2 and "hyperv" in result.output

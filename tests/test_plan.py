@@ -1,0 +1,102 @@
+"""The plan: which steps each node gets, and the shell script that runs them."""
+
+import subprocess
+
+import pytest
+
+from labkit.model import load_lab
+from labkit.paths import LABS
+from labkit.plan import PRELUDE, gateway_routes, plan, script, sysctls
+
+
+def lab(name):
+    return load_lab(LABS / name / "lab.yaml")
+
+
+def commands(lab_name, node):
+    return [" ".join(c) for step in plan(lab(lab_name), node) for c in step.commands]
+
+
+def test_nat_real_servers_route_clients_via_the_active_director():
+    assert gateway_routes(lab("nat"), "rs0") == {"192.168.55.0/24": "192.168.66.11"}
+    assert "ip route replace 192.168.55.0/24 via 192.168.66.11" in commands("nat", "rs1")
+
+
+def test_tun_and_dr_real_servers_need_no_gateway():
+    assert gateway_routes(lab("tun"), "rs0") == {}
+    assert gateway_routes(lab("dr"), "rs0") == {}
+
+
+def test_vip_placement():
+    assert "ip addr replace 192.168.55.100/32 dev tunl0" in commands("tun", "rs0")
+    assert "ip addr replace 192.168.55.101/32 dev tunl0" in commands("tun", "rs0")
+    assert "ip addr replace 192.168.55.100/32 dev lo" in commands("dr", "rs1")
+    assert "ip addr replace 192.168.55.100/32 dev ext" in commands("nat", "lb0")
+    # lb1 is the standby: same IPVS table, no VIP
+    assert not [c for c in commands("nat", "lb1") if "192.168.55.100/32" in c]
+    assert not [c for c in commands("nat", "rs0") if "192.168.55.100" in c]
+
+
+def test_sysctls_per_mode():
+    assert sysctls(lab("nat"), "lb0") == {"net.ipv4.ip_forward": "1"}
+    assert sysctls(lab("tun"), "lb0") == {}
+    assert sysctls(lab("tun"), "rs0") == {
+        "net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2",
+        "net.ipv4.conf.tunl0.arp_ignore": "1", "net.ipv4.conf.tunl0.arp_announce": "2",
+        "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.tunl0.rp_filter": "0",
+    }
+    dr = sysctls(lab("dr"), "rs0")
+    assert dr["net.ipv4.conf.lo.arp_ignore"] == "1" and dr["net.ipv4.conf.int.rp_filter"] == "0"
+    assert sysctls(lab("nat"), "rs0") == {}
+
+
+def test_ipip_only_where_tunnels_end():
+    assert "modprobe ipip" in commands("tun", "rs0")
+    assert "modprobe ipip" not in commands("dr", "rs0")
+    assert "modprobe ip_vs" in commands("dr", "lb1")
+
+
+def test_every_step_has_a_check_and_a_reason():
+    for name in ("nat", "tun", "dr"):
+        for node in lab(name).nodes:
+            for step in plan(lab(name), node):
+                assert step.unless and step.commands and step.why
+
+
+@pytest.mark.parametrize("name", ["nat", "tun", "dr"])
+def test_scripts_are_valid_sh(name):
+    for node in lab(name).nodes:
+        result = subprocess.run(["sh", "-n"], input=script(plan(lab(name), node)), text=True, capture_output=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_lab_values_are_quoted():
+    step = plan(lab("nat"), "rs0")[1]
+    hostile = type(step)("why; rm -rf /", ("hostname_is", "x; reboot"), (("set_hostname", "$(reboot)"),))
+    text = script([hostile])
+    assert "if ! hostname_is 'x; reboot'; then" in text
+    assert "  set_hostname '$(reboot)'" in text
+    assert "current='why; rm -rf /'" in text
+
+
+def run_prelude(body: str, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", PRELUDE + body], capture_output=True, text=True, cwd=tmp_path)
+
+
+def test_file_steps_write_once(tmp_path):
+    target = tmp_path / "etc" / "conf"
+    from labkit.plan import _file
+    step = _file("a file", str(target), "hello\n")
+    first = run_prelude(script([step]).removeprefix(PRELUDE), tmp_path)
+    second = run_prelude(script([step]).removeprefix(PRELUDE), tmp_path)
+    assert target.read_text() == "hello\n"
+    assert first.stdout == "labkit-changed: a file\n"
+    assert second.stdout == ""
+
+
+def test_failed_step_is_named(tmp_path):
+    from labkit.plan import Step
+    broken = Step("the impossible", ("false",), (("false",),))
+    result = run_prelude(script([broken]).removeprefix(PRELUDE), tmp_path)
+    assert result.returncode != 0
+    assert "labkit-failed: the impossible" in result.stderr
