@@ -86,10 +86,15 @@ def created(lab_dir: Path) -> bool:
     return any(state != "not_created" for state in status(lab_dir).values())
 
 
-def ssh_config(lab_dir: Path) -> Path:
-    """Write Vagrant's SSH settings for every node to a file that ssh, fabric and testinfra read."""
+def ssh_config(lab_dir: Path, refresh: bool = False) -> Path:
+    """Vagrant's SSH settings for every node, in a file that ssh, fabric and testinfra read.
+
+    `vagrant ssh-config` takes seconds of Ruby per call (close to a minute while the VMs keep
+    the CPUs busy), so it is asked once per boot: `up` refreshes the file, the rest reuse it.
+    """
     path = lab_dir / "ssh_config"
-    path.write_text(machine(lab_dir).ssh_config())
+    if refresh or not path.exists():
+        path.write_text(machine(lab_dir).ssh_config())
     return path
 
 

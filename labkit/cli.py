@@ -126,8 +126,8 @@ def boot_with_progress(lab: Lab, lab_dir: Path, provider: Provider) -> None:
     out.print(f"booted {len(lab.nodes)} nodes in {time.monotonic() - started:.0f} s")
 
 
-def do_provision(lab: Lab, lab_dir: Path) -> None:
-    ssh_config = boot.ssh_config(lab_dir)
+def do_provision(lab: Lab, lab_dir: Path, after_boot: bool = False) -> None:
+    ssh_config = boot.ssh_config(lab_dir, refresh=after_boot)
     started = time.monotonic()
 
     def report(result: apply.NodeResult) -> None:
@@ -158,7 +158,7 @@ def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOpt = 
     (lab_dir / "Vagrantfile").write_text(vagrantfile)
     shutil.copyfile(source, lab_dir / "lab.yaml")
     boot_with_progress(model, lab_dir, provider)
-    do_provision(model, lab_dir)
+    do_provision(model, lab_dir, after_boot=True)
     out.print(f"\n[bold]{model.name} is up.[/] Next: [bold]labkit verify {model.name}[/]")
 
 

@@ -3,6 +3,7 @@ parametrisation of checks by the lab's own nodes and services."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from labkit.model import Forwarding, Lab, Protocol, VirtualService, load_lab
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--lab-file", required=True, help="the lab.yaml the lab was provisioned from")
-    parser.addoption("--ssh-config", required=True, help="Vagrant's ssh-config for the lab's nodes")
+    # --ssh-config (Vagrant's, for the lab's nodes) is testinfra's own option.
 
 
 def _lab(config: pytest.Config) -> Lab:
@@ -62,14 +63,11 @@ def lab(pytestconfig: pytest.Config) -> Lab:
 
 
 @pytest.fixture(scope="session")
-def hosts(pytestconfig: pytest.Config):
-    """hosts("lb0") -> a testinfra host that runs commands as root on lb0."""
-    ssh_config = pytestconfig.getoption("--ssh-config")
-    cache: dict = {}
-
-    def get(name: str):
-        if name not in cache:
-            cache[name] = testinfra.get_host(f"ssh://{name}", ssh_config=ssh_config, sudo=True)
-        return cache[name]
-
-    return get
+def hosts(pytestconfig: pytest.Config, lab: Lab):
+    """hosts("lb0") -> a testinfra host that runs commands as root on lb0, over one SSH
+    connection per node, all opened at once."""
+    ssh_config = pytestconfig.getoption("ssh_config")
+    cache = {name: testinfra.get_host(f"paramiko://{name}", ssh_config=ssh_config, sudo=True) for name in lab.nodes}
+    with ThreadPoolExecutor(len(cache)) as pool:
+        list(pool.map(lambda host: host.run("true"), cache.values()))
+    return cache.__getitem__

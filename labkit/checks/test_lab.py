@@ -82,7 +82,8 @@ def test_route_to_client(hosts, lab: Lab, real_server):
 
 def test_nginx(hosts, lab: Lab, real_server):
     host = hosts(real_server)
-    assert host.service("nginx").is_running, "nginx is not running"
+    state = host.run("systemctl is-active nginx").stdout.strip()
+    assert state == "active", f"expected nginx active, systemctl says {state}"
     ports = {svc.real_port(rs) for svc in lab.services_of(real_server) for rs in svc.real_servers
              if lab.node_at(rs.address) == real_server}
     for port in ports:
