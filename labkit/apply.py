@@ -1,12 +1,12 @@
 """Push a lab's plan to its nodes over SSH with fabric, all nodes at once.
 
-Each node gets its whole plan as one script on the standard input of `sudo sh -s`: one
-round trip per node, whatever the number of steps.
+Each node gets its whole plan as one script, run by `sudo sh -c`: one round trip per node,
+whatever the number of steps. (Not on standard input: invoke feeds that a byte at a time.)
 """
 
 from __future__ import annotations
 
-import io
+import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,8 +35,8 @@ def provision_node(lab: Lab, node: str, ssh_config: Path) -> NodeResult:
     result = NodeResult(node)
     try:
         with connect(node, ssh_config) as conn:
-            out = conn.run("sudo -n sh -s", in_stream=io.StringIO(script(plan(lab, node))),
-                           hide=True, warn=True)
+            command = shlex.join(["sudo", "-n", "sh", "-c", script(plan(lab, node))])
+            out = conn.run(command, hide=True, warn=True, in_stream=False)
     except Exception as exc:  # SSH failures: name the node and the cause, not a traceback
         result.error = f"cannot reach {node} over SSH: {exc}"
         return result
