@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from labkit import box
+from labkit import box, paths
 from labkit.boot import kvm_usable
 
 
@@ -46,10 +46,12 @@ def probes(provider: str = "libvirt", box_name: str = box.DEFAULT_BOX) -> list[P
         found.append(Probe("VirtualBox is installed", shutil.which("VBoxManage") is not None,
                            "install VirtualBox from your distribution or virtualbox.org"))
     if has_vagrant:
-        if box_name == box.DEFAULT_BOX:
-            fix = "labkit box build"
-        else:
-            fix = f"vagrant box add {box_name}"
-        found.append(Probe(f"the box {box_name} is in Vagrant", box.box_exists(box_name), fix))
+        exists = box.box_exists(box_name)
+        fix = "labkit box build" if box_name == box.DEFAULT_BOX else f"vagrant box add {box_name}"
+        found.append(Probe(f"the box {box_name} is in Vagrant", exists, fix))
+        if exists and box_name == box.DEFAULT_BOX:
+            found.append(Probe(f"the box {box_name} trusts this installation's SSH key",
+                               box.box_trusts(box_name, paths.key().with_suffix(".pub").read_text()),
+                               "labkit box build (it rebuilds a box made for another key)"))
     found.append(Probe("an ssh client is installed", shutil.which("ssh") is not None, "apt-get install openssh-client"))
     return found
