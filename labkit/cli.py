@@ -134,7 +134,7 @@ def do_provision(lab: Lab, lab_dir: Path, after_boot: bool = False) -> None:
         state = "[red]failed[/]" if result.error else f"{len(result.changed)} changed"
         out.print(f"  {result.node}: {state}")
         for why in result.changed:
-            out.print(f"    [dim]+ {why}[/]", highlight=False)
+            out.print(f"    [dim]+ {why}[/]", highlight=False, soft_wrap=True)
 
     results = apply.provision(lab, ssh_config, report)
     failed = [r for r in results if r.error]
