@@ -64,10 +64,11 @@ def lab(pytestconfig: pytest.Config) -> Lab:
 
 @pytest.fixture(scope="session")
 def hosts(pytestconfig: pytest.Config, lab: Lab):
-    """hosts("lb0") -> a testinfra host that runs commands as root on lb0, over one SSH
-    connection per node, all opened at once."""
+    """hosts("lb0") -> a testinfra host for lb0, over one SSH connection per node, all
+    opened at once. Commands run as the SSH user: the few that need root say sudo, because
+    under software emulation each sudo costs a noticeable fraction of a second."""
     ssh_config = pytestconfig.getoption("ssh_config")
-    cache = {name: testinfra.get_host(f"paramiko://{name}", ssh_config=ssh_config, sudo=True) for name in lab.nodes}
+    cache = {name: testinfra.get_host(f"paramiko://{name}", ssh_config=ssh_config) for name in lab.nodes}
     with ThreadPoolExecutor(len(cache)) as pool:
         list(pool.map(lambda host: host.run("true"), cache.values()))
     return cache.__getitem__
