@@ -68,3 +68,10 @@ def test_commands_on_a_lab_that_is_not_up():
 def test_unknown_option_value_is_refused():
     result = runner.invoke(app, ["render", "nat", "--provider", "hyperv"])
     assert result.exit_code == 2 and "hyperv" in result.output
+
+
+def test_virtualbox_needs_a_virtualbox_box(home):
+    result = runner.invoke(app, ["up", "nat", "--provider", "virtualbox"])
+    assert result.exit_code == 1
+    assert "built for libvirt only" in result.stderr and "--box" in result.stderr
+    assert not (home / "labs").exists()
