@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from labkit.model import Lab, VirtualService
+from labkit.model import Forwarding, Lab, VirtualService
 
 
 def rules(lab: Lab) -> str:
@@ -18,8 +18,10 @@ def rules(lab: Lab) -> str:
         name = f"{svc.protocol.flag} {svc.vip}:{svc.port}"
         persistence = f" -p {svc.persistence}" if svc.persistence else ""
         lines.append(f"-A {name} -s {svc.scheduler}{persistence}")
+        # ipvsadm 1.31 (kernel 5.3+) names the tunnel type when it saves a tunnel rule.
+        tunnel = " --tun-type ipip" if svc.forwarding == Forwarding.tun else ""
         for rs in svc.real_servers:
-            lines.append(f"-a {name} -r {rs.address}:{svc.real_port(rs)} {svc.forwarding.flag} -w {rs.weight}")
+            lines.append(f"-a {name} -r {rs.address}:{svc.real_port(rs)} {svc.forwarding.flag} -w {rs.weight}{tunnel}")
     return "\n".join(lines) + "\n"
 
 

@@ -69,3 +69,8 @@ def test_expected_listing_for_tun():
     want = ipvs.expected(lab.services[0])
     assert want.key == "tcp 192.168.55.100:80"
     assert [(d.forward, d.weight) for d in want.destinations] == [("Tunnel", 2), ("Tunnel", 1)]
+
+
+def test_tunnel_rules_name_the_tunnel_type_as_ipvsadm_save_does():
+    text = ipvs.rules(load_lab(LABS / "tun" / "lab.yaml"))
+    assert "-a -t 192.168.55.100:80 -r 192.168.66.111:80 -i -w 2 --tun-type ipip\n" in text
