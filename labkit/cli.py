@@ -98,7 +98,7 @@ def preflight(provider: Provider, box_name: str) -> None:
     if provider == Provider.virtualbox and box_name == box.DEFAULT_BOX:
         raise LabkitError(f"the box {box.DEFAULT_BOX} is built for libvirt only: "
                           "with --provider virtualbox, name a VirtualBox box with --box (e.g. debian/bookworm64)")
-    failed = [p for p in doctor.probes(provider.value, box_name) if p.fatal and not p.ok]
+    failed = [p for p in doctor.probes(provider.value, box_name, thorough=False) if p.fatal and not p.ok]
     if failed:
         lines = "\n".join(f"  - {p.what}: no. Fix: {p.fix}" for p in failed)
         raise LabkitError(f"this host cannot boot the lab yet:\n{lines}\n(labkit doctor shows every check)")

@@ -25,14 +25,17 @@ def _answers(command: list[str]) -> bool:
         return False
 
 
-def probes(provider: str = "libvirt", box_name: str = box.DEFAULT_BOX) -> list[Probe]:
+def probes(provider: str = "libvirt", box_name: str = box.DEFAULT_BOX, thorough: bool = True) -> list[Probe]:
+    """Everything `labkit doctor` checks. thorough=False (before every `up`) skips the probes
+    that cost seconds of Vagrant's Ruby start-up; vagrant itself reports those failures."""
     found: list[Probe] = []
     has_vagrant = shutil.which("vagrant") is not None
-    found.append(Probe("vagrant is installed", has_vagrant, "apt-get install vagrant (or scripts/setup-host)"))
+    found.append(Probe("vagrant is installed", has_vagrant, "apt-get install vagrant (or scripts/setup)"))
     if provider == "libvirt":
-        plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True).stdout if has_vagrant else ""
-        found.append(Probe("the vagrant-libvirt plugin is installed", "vagrant-libvirt" in plugins,
-                           "apt-get install vagrant-libvirt"))
+        if thorough and has_vagrant:
+            plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True).stdout
+            found.append(Probe("the vagrant-libvirt plugin is installed", "vagrant-libvirt" in plugins,
+                               "apt-get install vagrant-libvirt"))
         found.append(Probe("QEMU is installed", shutil.which("qemu-system-x86_64") is not None,
                            "apt-get install qemu-system-x86 qemu-utils"))
         found.append(Probe("libvirtd answers on qemu:///system",
@@ -45,13 +48,12 @@ def probes(provider: str = "libvirt", box_name: str = box.DEFAULT_BOX) -> list[P
     else:
         found.append(Probe("VirtualBox is installed", shutil.which("VBoxManage") is not None,
                            "install VirtualBox from your distribution or virtualbox.org"))
-    if has_vagrant:
-        exists = box.box_exists(box_name)
-        fix = "labkit box build" if box_name == box.DEFAULT_BOX else f"vagrant box add {box_name}"
-        found.append(Probe(f"the box {box_name} is in Vagrant", exists, fix))
-        if exists and box_name == box.DEFAULT_BOX:
-            found.append(Probe(f"the box {box_name} trusts this installation's SSH key",
-                               box.box_trusts(box_name, paths.key().with_suffix(".pub").read_text()),
-                               "labkit box build (it rebuilds a box made for another key)"))
+    if box_name == box.DEFAULT_BOX:
+        # The key file inside an installed box proves both that it is there and whom it trusts.
+        found.append(Probe(f"the box {box_name} is in Vagrant, built for this installation's SSH key",
+                           box.box_trusts(box_name, paths.key().with_suffix(".pub").read_text()),
+                           "labkit box build (it also rebuilds a box made for another key)"))
+    elif has_vagrant:
+        found.append(Probe(f"the box {box_name} is in Vagrant", box.box_exists(box_name), f"vagrant box add {box_name}"))
     found.append(Probe("an ssh client is installed", shutil.which("ssh") is not None, "apt-get install openssh-client"))
     return found
