@@ -82,10 +82,6 @@ def status(lab_dir: Path) -> dict[str, str]:
     return {s.name: s.state for s in machine(lab_dir).status()}
 
 
-def created(lab_dir: Path) -> bool:
-    return any(state != "not_created" for state in status(lab_dir).values())
-
-
 def ssh_config(lab_dir: Path, refresh: bool = False) -> Path:
     """Vagrant's SSH settings for every node, in a file that ssh, fabric and testinfra read.
 

@@ -13,7 +13,7 @@ from collections import Counter
 from math import gcd
 
 from labkit import ipvs
-from labkit.model import Forwarding, Lab, Role, VirtualService
+from labkit.model import Forwarding, Lab, VirtualService
 
 # ---- every node ----------------------------------------------------------------------------
 
