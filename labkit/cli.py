@@ -160,7 +160,10 @@ def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOpt = 
     lab_dir.mkdir(parents=True, exist_ok=True)
     (lab_dir / "Vagrantfile").write_text(vagrantfile)
     shutil.copyfile(source, lab_dir / "lab.yaml")
-    boot_with_progress(model, lab_dir, provider)
+    try:
+        boot_with_progress(model, lab_dir, provider)
+    except boot.BootError as exc:
+        raise LabkitError(f"{exc}\nRemove what was made with: labkit down {model.name}") from None
     do_provision(model, lab_dir, after_boot=True)
     out.print(f"\n[bold]{model.name} is up.[/] Next: [bold]labkit verify {model.name}[/]")
 
