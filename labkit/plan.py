@@ -104,12 +104,14 @@ def gateway_routes(lab: Lab, node: str) -> dict[str, str]:
     return {str(cidr): str(dip) for net, cidr in lab.networks.items() if net not in mine}
 
 
-def vips_of(lab: Lab, node: str) -> list[IPv4Address]:
-    seen: list[IPv4Address] = []
-    for svc in lab.services if lab.nodes[node].role == Role.director else lab.services_of(node):
-        if svc.vip not in seen:
-            seen.append(svc.vip)
-    return seen
+def vip_devices(lab: Lab, real_server: str) -> dict[IPv4Address, str]:
+    """VIP -> where a TUN/DR real server holds it: on tunl0, which unwraps the tunnel, or on
+    lo for DR. NAT real servers never see the VIP."""
+    out: dict[IPv4Address, str] = {}
+    for svc in lab.services_of(real_server):
+        if svc.forwarding != Forwarding.masq:
+            out.setdefault(svc.vip, "tunl0" if svc.forwarding == Forwarding.tun else "lo")
+    return out
 
 
 def nginx_site(lab: Lab, node: str) -> str:
@@ -147,7 +149,7 @@ def plan(lab: Lab, node: str) -> list[Step]:
             steps.append(_sysctls("NAT: the director forwards between the client's and the real servers' networks",
                                   settings))
         if node == lab.active_director:
-            for vip in vips_of(lab, node):
+            for vip in dict.fromkeys(s.vip for s in lab.services):
                 dev = lab.network_of(vip)
                 steps.append(_address(dev, f"{vip}/32", f"the active director answers for the VIP {vip} on {dev}"))
         steps.append(_file("the virtual services of the lab, in ipvsadm-save format", RULES_FILE, ipvs.rules(lab)))
@@ -165,10 +167,8 @@ def plan(lab: Lab, node: str) -> list[Step]:
                 settings))
         if Forwarding.tun in methods:
             steps.append(Step("TUN: tunl0 up", ("link_up", "tunl0"), (("ip", "link", "set", "tunl0", "up"),)))
-        for vip in vips_of(lab, node):
-            dev = "tunl0" if Forwarding.tun in methods else "lo"
-            if Forwarding.masq not in methods:
-                steps.append(_address(dev, f"{vip}/32", f"the real server accepts packets for the VIP {vip} on {dev}"))
+        for vip, dev in vip_devices(lab, node).items():
+            steps.append(_address(dev, f"{vip}/32", f"the real server accepts packets for the VIP {vip} on {dev}"))
         for net, via in gateway_routes(lab, node).items():
             steps.append(Step(f"NAT: replies to {net} go back through the director {via}",
                               ("route_via", net, via), (("ip", "route", "replace", net, "via", via),)))
