@@ -45,8 +45,10 @@ def test_real_server_sysctls(hosts, lab: Lab, vip_real_server):
     host = hosts(vip_real_server)
     used = methods(lab, vip_real_server)
     # The VIP is configured locally, but only the director may answer ARP for it.
-    assert sysctl(host, "net.ipv4.conf.all.arp_ignore") == 1, "arp_ignore must be 1: reply only for addresses on the asking interface"
-    assert sysctl(host, "net.ipv4.conf.all.arp_announce") == 2, "arp_announce must be 2: never use the VIP as ARP source"
+    arp_ignore = sysctl(host, "net.ipv4.conf.all.arp_ignore")
+    assert arp_ignore == 1, f"expected arp_ignore 1 (answer ARP only for the asking interface's addresses), saw {arp_ignore}"
+    arp_announce = sysctl(host, "net.ipv4.conf.all.arp_announce")
+    assert arp_announce == 2, f"expected arp_announce 2 (never the VIP as ARP source), saw {arp_announce}"
     if Forwarding.tun in used:
         # The unwrapped request arrives on tunl0 but the route back to the client leaves by
         # another interface: reverse-path filtering (the larger of all and tunl0) must be off.
@@ -62,7 +64,8 @@ def test_vip_on_real_server(hosts, lab: Lab, vip_real_server):
             seen = host.check_output(f"ip -o -4 addr show dev {dev}")
             assert f" {svc.vip}/32 " in seen, f"{vip_real_server}: expected VIP {svc.vip}/32 on {dev}, saw: {seen}"
     if Forwarding.tun in methods(lab, vip_real_server):
-        assert "UP" in host.check_output("ip -br link show dev tunl0"), "tunl0 must be up"
+        link = host.check_output("ip -br link show dev tunl0")
+        assert "UP" in link, f"expected tunl0 up, saw: {link}"
 
 
 def test_route_to_client(hosts, lab: Lab, real_server):
@@ -95,7 +98,8 @@ def test_nginx(hosts, lab: Lab, real_server):
 
 
 def test_ip_forward(hosts, nat_director):
-    assert sysctl(hosts(nat_director), "net.ipv4.ip_forward") == 1, "NAT: the director must forward (ip_forward=1)"
+    forward = sysctl(hosts(nat_director), "net.ipv4.ip_forward")
+    assert forward == 1, f"NAT: the director must forward, expected ip_forward 1, saw {forward}"
 
 
 def test_vip_on_active_director_only(hosts, lab: Lab, director):
