@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabric import Config, Connection
+from paramiko.ssh_exception import SSHException
 
 from labkit.model import Lab
 from labkit.plan import plan, script
@@ -26,9 +27,7 @@ class NodeResult:
 
 
 def connect(node: str, ssh_config: Path) -> Connection:
-    config = Config(runtime_ssh_path=str(ssh_config))
-    config.load_ssh_config()
-    return Connection(node, config=config, connect_timeout=30)
+    return Connection(node, config=Config(runtime_ssh_path=str(ssh_config)), connect_timeout=30)
 
 
 def provision_node(lab: Lab, node: str, ssh_config: Path) -> NodeResult:
@@ -37,7 +36,7 @@ def provision_node(lab: Lab, node: str, ssh_config: Path) -> NodeResult:
         with connect(node, ssh_config) as conn:
             command = shlex.join(["sudo", "-n", "sh", "-c", script(plan(lab, node))])
             out = conn.run(command, hide=True, warn=True, in_stream=False)
-    except Exception as exc:  # SSH failures: name the node and the cause, not a traceback
+    except (OSError, SSHException) as exc:  # unreachable or refused: name the node and the cause
         result.error = f"cannot reach {node} over SSH: {exc}"
         return result
     result.changed = [line.removeprefix("labkit-changed: ")

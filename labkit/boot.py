@@ -54,11 +54,12 @@ def up(lab_dir: Path, provider: str, on_progress: Callable[[str, str], None]) ->
     """`vagrant up`, all nodes at once; on_progress(node, message) for each line Vagrant prints."""
     log = lab_dir / "vagrant.log"
     try:
-        for line in _stream(machine(lab_dir).up(provider=provider, stream_output=True)):
-            with log.open("a") as out:
+        with log.open("a") as out:
+            for line in _stream(machine(lab_dir).up(provider=provider, stream_output=True)):
                 out.write(line + "\n")
-            if m := NODE_LINE.match(line):
-                on_progress(m[1], m[2])
+                out.flush()
+                if m := NODE_LINE.match(line):
+                    on_progress(m[1], m[2])
     except subprocess.CalledProcessError:
         raise BootError(f"vagrant up failed. Its last lines (all in {log}):\n{_tail(log)}") from None
 

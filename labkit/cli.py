@@ -73,7 +73,7 @@ def running_lab(name: str | None) -> tuple[Lab, Path]:
         if len(up) > 1:
             raise LabkitError(f"several labs are up ({', '.join(up)}): name one, e.g. labkit verify {up[0]}")
         name = up[0]
-    if not (paths.lab_dir(name) / "Vagrantfile").exists():
+    elif not (paths.lab_dir(name) / "Vagrantfile").exists():
         name = read_lab(name).name  # a lab file's path, or a known lab that is not up
     lab_dir = paths.lab_dir(name)
     if not (lab_dir / "Vagrantfile").exists():
@@ -95,9 +95,6 @@ def target_for(lab_source: Path, box_name: str, provider: Provider, accel: Accel
 
 
 def preflight(provider: Provider, box_name: str) -> None:
-    if provider == Provider.virtualbox and box_name == box.DEFAULT_BOX:
-        raise LabkitError(f"the box {box.DEFAULT_BOX} is built for libvirt only: "
-                          "with --provider virtualbox, name a VirtualBox box with --box (e.g. debian/bookworm64)")
     failed = [p for p in doctor.probes(provider.value, box_name, thorough=False) if p.fatal and not p.ok]
     if failed:
         lines = "\n".join(f"  - {p.what}: no. Fix: {p.fix}" for p in failed)
@@ -184,7 +181,7 @@ def provision(lab: RunningLab = None) -> None:
 def verify(ctx: typer.Context, lab: RunningLab = None,
            junitxml: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML report here.")] = None) -> None:
     """Check the running lab with pytest + testinfra. Extra arguments go to pytest (e.g. -k split)."""
-    model, lab_dir = running_lab(lab)
+    _, lab_dir = running_lab(lab)
     args = list(ctx.args) + ([f"--junitxml={junitxml}"] if junitxml else [])
     code = verify_mod.verify(lab_dir / "lab.yaml", boot.ssh_config(lab_dir), args)
     raise typer.Exit(code)

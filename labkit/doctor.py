@@ -48,7 +48,11 @@ def probes(provider: str = "libvirt", box_name: str = box.DEFAULT_BOX, thorough:
     else:
         found.append(Probe("VirtualBox is installed", shutil.which("VBoxManage") is not None,
                            "install VirtualBox from your distribution or virtualbox.org"))
-    if box_name == box.DEFAULT_BOX:
+    if box_name == box.DEFAULT_BOX and provider != "libvirt":
+        found.append(Probe(f"the box {box_name} can boot under {provider}", False,
+                           f"{box_name} is built for libvirt only: name a {provider} box with --box "
+                           "(e.g. debian/bookworm64)"))
+    elif box_name == box.DEFAULT_BOX:
         # The key file inside an installed box proves both that it is there and whom it trusts.
         found.append(Probe(f"the box {box_name} is in Vagrant, built for this installation's SSH key",
                            box.box_trusts(box_name, paths.key().with_suffix(".pub").read_text()),

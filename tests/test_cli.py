@@ -4,6 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from labkit.cli import app
+from labkit.paths import LABS
 
 runner = CliRunner()
 
@@ -39,7 +40,7 @@ def bad_lab(tmp_path, text):
 
 @pytest.mark.parametrize("command", ["up", "render"])
 def test_bad_lab_file_one_error_nothing_created(tmp_path, home, command):
-    nat = (__import__("labkit.paths").paths.LABS / "nat" / "lab.yaml").read_text()
+    nat = (LABS / "nat" / "lab.yaml").read_text()
     path = bad_lab(tmp_path, nat.replace("scheduler: rr", "scheduler: fastest"))
     result = runner.invoke(app, [command, path])
     assert result.exit_code == 1

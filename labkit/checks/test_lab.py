@@ -148,9 +148,7 @@ def test_split(hosts, lab: Lab, http_service: VirtualService):
     if service.scheduler == "rr" and not service.persistence:
         want = {name: 2 for name in live}
     elif service.scheduler == "wrr" and not service.persistence:
-        g = 0
-        for w in live.values():
-            g = gcd(g, w)
+        g = gcd(*live.values())
         want = {name: 2 * w // g for name, w in live.items()}
     else:
         want = None
