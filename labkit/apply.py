@@ -49,10 +49,11 @@ def provision_node(lab: Lab, node: str, ssh_config: Path) -> NodeResult:
     return result
 
 
-def provision(lab: Lab, ssh_config: Path,
-              on_done: Callable[[NodeResult], None] = lambda r: None) -> list[NodeResult]:
-    with ThreadPoolExecutor(max_workers=len(lab.nodes)) as pool:
-        futures = [pool.submit(provision_node, lab, node, ssh_config) for node in lab.nodes]
+def provision(lab: Lab, ssh_config: Path, on_done: Callable[[NodeResult], None] = lambda r: None,
+              nodes: list[str] | None = None) -> list[NodeResult]:
+    nodes = nodes or list(lab.nodes)
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        futures = [pool.submit(provision_node, lab, node, ssh_config) for node in nodes]
         results = []
         for future in futures:
             results.append(future.result())

@@ -43,7 +43,7 @@ PACKAGES = (
     "systemd-sysv", "udev", "kmod", "dbus", "openssh-server", "sudo", "linux-image-amd64",
     # what the labs use
     "ipvsadm", "nginx-light", "keepalived", "curl", "iproute2", "python3", "tcpdump",
-    "procps", "iputils-ping", "netcat-openbsd",
+    "procps", "iputils-ping", "netcat-openbsd", "iptables", "apache2-utils",
 )
 # Everything the guest needs to find its disk and NIC. With MODULES=list the
 # initramfs holds only these, which makes it small and quick to load under TCG.

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from labkit import apply, boot, box, doctor, paths, verify as verify_mod
+from labkit import apply, boot, box, doctor, explain as explain_mod, failover, paths, verify as verify_mod
 from labkit.errors import LabkitError
-from labkit.model import Lab, LabError, load_lab
+from labkit.model import Lab, LabError, load_lab, with_weight
 from labkit.render import Provider, Target, render as render_vagrantfile
 
 app = typer.Typer(help="Linux Virtual Server labs on real virtual machines.",
@@ -171,7 +172,11 @@ def provision(lab: RunningLab = None) -> None:
     """Push the lab's configuration to its running VMs again (changes only what differs)."""
     model, lab_dir = running_lab(lab)
     if lab is not None:  # the lab file may have been edited since `up`
-        model = read_lab(lab)
+        edited = read_lab(lab)
+        if edited.failover != model.failover:
+            raise LabkitError(f"failover changed from {model.failover.value} to {edited.failover.value}: the directors "
+                              f"cannot be converted in place. Run: labkit down {model.name} && labkit up {lab}")
+        model = edited
         shutil.copyfile(paths.lab_file(lab), lab_dir / "lab.yaml")
     do_provision(model, lab_dir)
 
@@ -185,6 +190,58 @@ def verify(ctx: typer.Context, lab: RunningLab = None,
     args = list(ctx.args) + ([f"--junitxml={junitxml}"] if junitxml else [])
     code = verify_mod.verify(lab_dir / "lab.yaml", boot.ssh_config(lab_dir), args)
     raise typer.Exit(code)
+
+
+@app.command()
+@handled
+def weight(lab: Annotated[str, typer.Argument(help="The running lab.")],
+           real_server: Annotated[str, typer.Argument(help="A real server node, e.g. rs0.")],
+           new_weight: Annotated[int, typer.Argument(metavar="WEIGHT", help="0 drains it: no new connections.")],
+           service: Annotated[Optional[str], typer.Option(help="Only this service, e.g. 'tcp 192.168.55.100:80'.")] = None) -> None:
+    """Change a real server's weight on the running directors, without restarting anything."""
+    model, lab_dir = running_lab(lab)
+    changed = with_weight(model, real_server, new_weight, service)
+    ssh_config = boot.ssh_config(lab_dir)
+    results = apply.provision(changed, ssh_config, nodes=changed.directors)
+    failed = [r for r in results if r.error]
+    if failed:
+        raise LabkitError("the directors did not take the weight:\n" + "\n".join(f"  {r.node}: {r.error}" for r in failed))
+    # The lab as it now runs: verify checks this split, `labkit provision <lab>` restores the file's.
+    data = changed.model_dump(mode="json", exclude_defaults=True)
+    (lab_dir / "lab.yaml").write_text(f"# {model.name} as it runs: labkit weight {real_server} {new_weight}\n"
+                                      + yaml.safe_dump(data, sort_keys=False))
+    for svc in changed.services_of(real_server):
+        weights = ", ".join(f"{changed.node_at(rs.address)} {rs.weight}" for rs in svc.real_servers)
+        out.print(f"{svc.key} {svc.scheduler}: {weights}", highlight=False)
+    how = "keepalived reloaded" if changed.ha else "ipvsadm -e"
+    out.print(f"applied on {', '.join(changed.directors)} ({how}). labkit verify {model.name} checks the new split.")
+
+
+@app.command()
+@handled
+def fail(lab: Annotated[str, typer.Argument(help="The running lab.")],
+         target: Annotated[str, typer.Argument(help="NODE (freeze its VM), NODE:SERVICE (stop keepalived or nginx), "
+                                                    "NODE:NETWORK (take that link down).")],
+         seconds: Annotated[float, typer.Option(min=6, max=120, help="How long the client's load runs.")] = 16) -> None:
+    """Break part of a running lab under a bounded load from the client, and show what the client saw."""
+    model, lab_dir = running_lab(lab)
+    broken = failover.parse_target(model, target)
+    out.print(f"load from {model.clients[0]} for {seconds:.0f} s; {broken.what} after 2 s ...", highlight=False)
+    report = failover.fail(model, lab_dir, boot.ssh_config(lab_dir), broken, seconds)
+    for line in report.lines():
+        out.print(line, highlight=False)
+    out.print(f"\nStill broken. Bring it back with: [bold]labkit heal {model.name}[/]")
+
+
+@app.command()
+@handled
+def heal(lab: RunningLab = None) -> None:
+    """Undo every failure: resume frozen nodes, restart services, raise links; wait until the lab is whole."""
+    model, lab_dir = running_lab(lab)
+    seconds, load = failover.heal(model, lab_dir, boot.ssh_config(lab_dir))
+    served = ", ".join(f"{k} {v}" for k, v in sorted(load.served().items()))
+    out.print(f"{model.name} healed in {seconds:.0f} s: {len(load.requests)} requests, failed {load.failed}, "
+              f"served by {served or 'nobody'}", highlight=False)
 
 
 @app.command()
@@ -235,6 +292,23 @@ def render(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOp
     """Print the lab's Vagrantfile. Boots nothing."""
     model = read_lab(lab)
     sys.stdout.write(render_vagrantfile(model, target_for(paths.lab_file(lab), box_name, provider, accel, warn=False)))
+
+
+@app.command()
+@handled
+def explain(lab: LabArg,
+            node: Annotated[Optional[str], typer.Option(help="Only this node.")] = None) -> None:
+    """The commands labkit applies on each node, in order, each with its reason. Boots nothing."""
+    model = read_lab(lab)
+    if node is not None and node not in model.nodes:
+        raise LabkitError(f"the lab {model.name} has no node {node!r}. Its nodes: {', '.join(model.nodes)}")
+    for name in [node] if node else list(model.nodes):
+        out.print(f"[bold]## {name}[/] ({model.nodes[name].role.value})", highlight=False)
+        for i, (why, commands) in enumerate(explain_mod.walkthrough(model, name), 1):
+            out.print(f"\n# {i}. {why}", style="dim", highlight=False, soft_wrap=True)
+            for line in commands:
+                out.print(line, highlight=False, markup=False, soft_wrap=True)
+        out.print()
 
 
 @app.command("doctor")

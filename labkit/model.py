@@ -52,6 +52,21 @@ class Protocol(str, Enum):
         return {"tcp": "-t", "udp": "-u"}[self.value]
 
 
+class Failover(str, Enum):
+    """How the directors share the work."""
+
+    keepalived = "keepalived"  # a VRRP pair: keepalived moves the VIPs and runs the IPVS services
+    none = "none"  # one director, rules pushed with ipvsadm, as the seeds teach it
+
+
+class Check(str, Enum):
+    """keepalived's health check of each real server."""
+
+    http = "http"  # HTTP_GET of / answered with 200
+    tcp = "tcp"  # TCP_CHECK: the port accepts a connection
+    none = "none"  # never taken out
+
+
 # Every scheduler ipvsadm(8) offers.
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf")
 
@@ -73,21 +88,38 @@ class RealServer(Strict):
     weight: Annotated[int, Field(ge=0, le=65535)] = 1
 
 
+class SorryServer(Strict):
+    address: IPv4Address
+    port: Port | None = None  # defaults to the service's port
+
+
 class VirtualService(Strict):
-    vip: IPv4Address
+    vip: IPv4Address | None = None
     port: Port = 80
+    # A firewall-mark service (Docker swarm's pattern): the directors' firewall marks packets
+    # for each of these VIPs on `port`, and one IPVS service schedules everything marked.
+    fwmark: Annotated[int, Field(ge=1, le=2**32 - 1)] | None = None
+    vips: list[IPv4Address] = []
     protocol: Protocol = Protocol.tcp
     scheduler: str = "rr"
     forwarding: Forwarding
     persistence: Annotated[int, Field(ge=1)] | None = None  # seconds, ipvsadm -p
+    check: Check = Check.http  # failover: keepalived only
+    sorry_server: SorryServer | None = None  # answers when every real server is down (keepalived)
     real_servers: list[RealServer] = Field(min_length=1)
 
     def real_port(self, rs: RealServer) -> int:
         return rs.port if rs.port is not None else self.port
 
     @property
+    def addresses(self) -> list[IPv4Address]:
+        """The VIPs the service answers on."""
+        return list(self.vips) if self.fwmark else [self.vip]
+
+    @property
     def key(self) -> str:
-        return f"{self.protocol.value} {self.vip}:{self.port}"
+        """As ipvsadm names the service: `tcp VIP:port`, or `fwm MARK`."""
+        return f"fwm {self.fwmark}" if self.fwmark else f"{self.protocol.value} {self.vip}:{self.port}"
 
 
 class Node(Strict):
@@ -100,6 +132,10 @@ class Lab(Strict):
     description: str = ""
     memory: Annotated[int, Field(ge=256)] = 512  # MiB per VM
     cpus: Annotated[int, Field(ge=1)] = 1
+    failover: Failover = Failover.keepalived
+    # NAT with keepalived: the floating address the real servers route replies through. It moves
+    # with the VIPs, so replies always reach the director that rewrote the request.
+    gateway: IPv4Address | None = None
     networks: dict[str, IPv4Network] = Field(min_length=1)
     nodes: dict[str, Node]
     services: list[VirtualService] = Field(min_length=1)
@@ -122,6 +158,28 @@ class Lab(Strict):
     @property
     def active_director(self) -> str:
         return self.directors[0]
+
+    @property
+    def ha(self) -> bool:
+        return self.failover == Failover.keepalived
+
+    @property
+    def vips(self) -> list[IPv4Address]:
+        return list(dict.fromkeys(vip for s in self.services for vip in s.addresses))
+
+    @property
+    def nat(self) -> bool:
+        return any(s.forwarding == Forwarding.masq for s in self.services)
+
+    def reply_gateway(self, real_server: str) -> IPv4Address | None:
+        """Where a NAT real server sends replies: the floating gateway of a keepalived pair,
+        or the active director's address on a network they share."""
+        if not any(s.forwarding == Forwarding.masq for s in self.services_of(real_server)):
+            return None
+        if self.ha:
+            return self.gateway
+        director = self.nodes[self.active_director].addresses
+        return next(director[n] for n in self.nodes[real_server].addresses if n in director)
 
     @property
     def real_servers(self) -> list[str]:
@@ -186,22 +244,33 @@ def semantic_problems(lab: Lab):
     if not directors:
         return
     shared = set.intersection(*(set(lab.nodes[d].addresses) for d in directors))
+    yield from _failover_problems(lab, shared, seen)
     keys: set[str] = set()
     for i, svc in enumerate(lab.services):
         field = f"services[{i}]"
+        if lab.ha and svc.protocol == Protocol.udp and svc.check != Check.none:
+            yield f"{field}.check: keepalived cannot check a UDP service with {svc.check.value}. Use check: none"
         if svc.key in keys:
             yield f"{field}: {svc.key} is declared twice. Merge the two services"
         keys.add(svc.key)
         if svc.scheduler not in SCHEDULERS:
             yield f"{field}.scheduler: unknown scheduler {svc.scheduler!r}. ipvsadm offers: {' '.join(SCHEDULERS)}"
-        if svc.vip in seen:
-            yield f"{field}.vip: {svc.vip} is already the address of {seen[svc.vip]}. Use a free address for the VIP"
-        vip_net = lab.network_of(svc.vip)
-        if vip_net is None or vip_net not in shared:
-            yield (f"{field}.vip: {svc.vip} is on no network that all directors ({', '.join(directors)}) share. "
-                   f"Use an address in {' or '.join(str(lab.networks[n]) for n in sorted(shared)) or 'a shared network'}")
-        elif svc.vip in (lab.networks[vip_net].network_address, lab.networks[vip_net].broadcast_address):
-            yield f"{field}.vip: {svc.vip} is the network or broadcast address of {lab.networks[vip_net]}. Use a host address"
+        if svc.fwmark is None and (svc.vip is None or svc.vips):
+            yield f"{field}: a service has one vip, or a fwmark with its vips. Give vip: <address>, or fwmark: and vips:"
+            continue
+        if svc.fwmark is not None and (svc.vip is not None or not svc.vips):
+            yield f"{field}: a fwmark service lists its addresses under vips:, not vip:. Give vips: [<address>, ...]"
+            continue
+        for k, vip in enumerate(svc.addresses):
+            vip_field = f"{field}.vips[{k}]" if svc.fwmark else f"{field}.vip"
+            if vip in seen:
+                yield f"{vip_field}: {vip} is already the address of {seen[vip]}. Use a free address for the VIP"
+            vip_net = lab.network_of(vip)
+            if vip_net is None or vip_net not in shared:
+                yield (f"{vip_field}: {vip} is on no network that all directors ({', '.join(directors)}) share. "
+                       f"Use an address in {' or '.join(str(lab.networks[n]) for n in sorted(shared)) or 'a shared network'}")
+            elif vip in (lab.networks[vip_net].network_address, lab.networks[vip_net].broadcast_address):
+                yield f"{vip_field}: {vip} is the network or broadcast address of {lab.networks[vip_net]}. Use a host address"
         addresses: set[IPv4Address] = set()
         for j, rs in enumerate(svc.real_servers):
             rs_field = f"{field}.real_servers[{j}]"
@@ -241,6 +310,41 @@ def semantic_problems(lab: Lab):
                                "Put the real servers on a network of their own")
 
 
+def _failover_problems(lab: Lab, shared: set[str], seen: dict[IPv4Address, str]):
+    nat_servers = [n for n in lab.real_servers
+                   if any(s.forwarding == Forwarding.masq for s in lab.services_of(n))]
+    if not lab.ha:
+        if lab.gateway is not None:
+            yield "gateway: only a keepalived pair has a floating gateway. Remove it, or use failover: keepalived"
+        for i, svc in enumerate(lab.services):
+            if svc.sorry_server is not None:
+                yield f"services[{i}].sorry_server: only keepalived uses a sorry server. Remove it, or use failover: keepalived"
+        return
+    if len(lab.directors) > 2:
+        yield (f"nodes: failover: keepalived pairs two directors, the lab has {len(lab.directors)}. "
+               "Keep two directors, or use failover: none")
+    if lab.gateway is None:
+        if nat_servers:
+            yield ("gateway: NAT real servers need a floating gateway that moves with the VIPs. "
+                   "Add e.g. gateway: <a free address on the real servers' network>")
+        return
+    net = lab.network_of(lab.gateway)
+    if net is None or net not in shared:
+        yield (f"gateway: {lab.gateway} is on no network that all directors share. "
+               f"Use a free address in {' or '.join(str(lab.networks[n]) for n in sorted(shared))}")
+    elif lab.gateway in (lab.networks[net].network_address, lab.networks[net].broadcast_address):
+        yield f"gateway: {lab.gateway} is the network or broadcast address of {lab.networks[net]}. Use a host address"
+    if lab.gateway in seen or lab.gateway in lab.vips:
+        yield f"gateway: {lab.gateway} is already in use. Use a free address"
+    for node in nat_servers:
+        if net not in lab.nodes[node].addresses:
+            yield f"gateway: {lab.gateway} is not on a network of the NAT real server {node}. Use an address on its network"
+    for i, svc in enumerate(lab.services):
+        if svc.sorry_server is not None and lab.node_at(svc.sorry_server.address) is None:
+            yield (f"services[{i}].sorry_server.address: {svc.sorry_server.address} is no node's address. "
+                   "Use the address of a node that serves the page")
+
+
 def _field(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -270,6 +374,26 @@ def parse_lab(text: str, source: str) -> Lab:
         elif err["type"] == "missing":
             msg = "is required"
         raise LabError(f"{source}: {field + ': ' if field else ''}{msg}{more}") from None
+
+
+def with_weight(lab: Lab, real_server: str, weight: int, service: str | None = None) -> Lab:
+    """The lab with a real server's weight changed in every service (or the one named by its
+    key, e.g. "tcp 192.168.55.100:80") that lists it."""
+    if lab.nodes.get(real_server) is None or lab.nodes[real_server].role != Role.real_server:
+        raise LabError(f"{real_server!r} is not a real server of the lab {lab.name}. "
+                       f"Real servers: {', '.join(lab.real_servers)}")
+    if not 0 <= weight <= 65535:
+        raise LabError(f"weight {weight} is out of range. Use 0 (drain) to 65535")
+    keys = [s.key for s in lab.services_of(real_server)]
+    if service is not None and service not in keys:
+        raise LabError(f"{real_server} is in no service {service!r}. Its services: {', '.join(keys)}")
+    data = lab.model_dump(mode="json", exclude_defaults=True)
+    for svc, raw in zip(lab.services, data["services"]):
+        if service in (None, svc.key):
+            for rs, raw_rs in zip(svc.real_servers, raw["real_servers"]):
+                if lab.node_at(rs.address) == real_server:
+                    raw_rs["weight"] = weight
+    return Lab.model_validate(data)
 
 
 def load_lab(path: Path) -> Lab:

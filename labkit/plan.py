@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from labkit import ipvs
+from labkit import ipvs, keepalived
 from labkit.model import Forwarding, Lab, Role
 from labkit.render import interfaces
 
@@ -25,7 +25,7 @@ BIG_FILE_SIZE = 1024 * 1024
 RULES_FILE = "/etc/ipvsadm.rules"  # where Debian's ipvsadm package keeps them
 
 PACKAGES = {
-    Role.director: {"ipvsadm": "ipvsadm", "keepalived": "keepalived"},
+    Role.director: {"ipvsadm": "ipvsadm", "keepalived": "keepalived", "iptables": "iptables"},
     Role.real_server: {"nginx": "nginx"},
     Role.client: {"curl": "curl"},
 }
@@ -62,8 +62,12 @@ def sysctls(lab: Lab, node: str) -> dict[str, str]:
     role = lab.nodes[node].role
     out: dict[str, str] = {}
     if role == Role.director:
-        if any(s.forwarding == Forwarding.masq for s in lab.services):
+        if lab.nat:
             out["net.ipv4.ip_forward"] = "1"
+        if lab.ha:
+            # A connection whose first packets the sync daemon had not copied yet still
+            # reaches the new active director mid-stream: let IPVS take it without a SYN.
+            out["net.ipv4.vs.sloppy_tcp"] = "1"
     elif role == Role.real_server:
         methods = {s.forwarding for s in lab.services_of(node)}
         if methods & {Forwarding.tun, Forwarding.route}:
@@ -94,14 +98,14 @@ def request_devices(lab: Lab, node: str) -> list[str]:
 
 
 def gateway_routes(lab: Lab, node: str) -> dict[str, str]:
-    """NAT real servers: each network they are not on, via the active director's DIP, so that
-    replies go back through the director that rewrote the request."""
-    if not any(s.forwarding == Forwarding.masq for s in lab.services_of(node)):
+    """NAT real servers: each network they are not on, via the director (the pair's floating
+    gateway, or the single director's DIP), so that replies go back through the director that
+    rewrote the request."""
+    via = lab.reply_gateway(node)
+    if via is None:
         return {}
     mine = lab.nodes[node].addresses
-    director = lab.nodes[lab.active_director].addresses
-    dip = next(director[n] for n in mine if n in director)
-    return {str(cidr): str(dip) for net, cidr in lab.networks.items() if net not in mine}
+    return {str(cidr): str(via) for net, cidr in lab.networks.items() if net not in mine}
 
 
 def vip_devices(lab: Lab, real_server: str) -> dict[IPv4Address, str]:
@@ -110,7 +114,8 @@ def vip_devices(lab: Lab, real_server: str) -> dict[IPv4Address, str]:
     out: dict[IPv4Address, str] = {}
     for svc in lab.services_of(real_server):
         if svc.forwarding != Forwarding.masq:
-            out.setdefault(svc.vip, "tunl0" if svc.forwarding == Forwarding.tun else "lo")
+            for vip in svc.addresses:
+                out.setdefault(vip, "tunl0" if svc.forwarding == Forwarding.tun else "lo")
     return out
 
 
@@ -126,6 +131,39 @@ def nginx_site(lab: Lab, node: str) -> str:
         f"    add_header X-Real-Server {node} always;\n"
         "}\n"
     )
+
+
+def firewall_marks(lab: Lab) -> list[tuple[str, Words]]:
+    """Why, and the iptables rule, for each VIP of a fwmark service, as Docker swarm marks its
+    VIPs (seed 004). Marked in PREROUTING, before IPVS looks for a service on the way in."""
+    return [(f"fwmark: packets for {vip} port {svc.port} get mark {svc.fwmark}, which one IPVS service matches",
+             ("-t", "mangle", "-A", "PREROUTING", "-d", f"{vip}/32", "-p", svc.protocol.value,
+              "--dport", str(svc.port), "-j", "MARK", "--set-mark", str(svc.fwmark)))
+            for svc in lab.services if svc.fwmark for vip in svc.addresses]
+
+
+def director_steps(lab: Lab, node: str) -> list[Step]:
+    steps = []
+    for why, rule in firewall_marks(lab):
+        check = ("iptables", *("-C" if word == "-A" else word for word in rule))
+        steps.append(Step(why, check, (("iptables", *rule),)))
+    if lab.ha:
+        return steps + [
+            _file("keepalived: VRRP for the VIPs (and the NAT gateway), the IPVS services with health checks, "
+                  "connection sync", keepalived.CONFIG, keepalived.config(lab, node)),
+            Step("keepalived runs with this configuration (a reload keeps VRRP state and connections)",
+                 ("applied", "keepalived", keepalived.CONFIG),
+                 (("apply_config", "keepalived"),)),
+        ]
+    if node == lab.active_director:
+        for vip in lab.vips:
+            dev = lab.network_of(vip)
+            steps.append(_address(dev, f"{vip}/32", f"the active director answers for the VIP {vip} on {dev}"))
+    steps.append(_file("the virtual services of the lab, in ipvsadm-save format", RULES_FILE, ipvs.rules(lab)))
+    steps.append(Step("load the IPVS table: edit it in place when only weights or schedulers changed, "
+                      "else replace it as a whole",
+                      ("ipvs_matches", RULES_FILE), (("ipvs_load", RULES_FILE),)))
+    return steps
 
 
 def plan(lab: Lab, node: str) -> list[Step]:
@@ -146,15 +184,10 @@ def plan(lab: Lab, node: str) -> list[Step]:
     if role == Role.director:
         steps.append(_module("ip_vs", "IPVS is the kernel's load balancer"))
         if settings := sysctls(lab, node):
-            steps.append(_sysctls("NAT: the director forwards between the client's and the real servers' networks",
-                                  settings))
-        if node == lab.active_director:
-            for vip in dict.fromkeys(s.vip for s in lab.services):
-                dev = lab.network_of(vip)
-                steps.append(_address(dev, f"{vip}/32", f"the active director answers for the VIP {vip} on {dev}"))
-        steps.append(_file("the virtual services of the lab, in ipvsadm-save format", RULES_FILE, ipvs.rules(lab)))
-        steps.append(Step("load the IPVS table as a whole, replacing whatever was there",
-                          ("ipvs_matches", RULES_FILE), (("ipvs_load", RULES_FILE),)))
+            why = {"net.ipv4.ip_forward": "NAT: the director forwards between the client's and the real servers' networks",
+                   "net.ipv4.vs.sloppy_tcp": "a pair: the new active director takes over connections it did not see open"}
+            steps.append(_sysctls("; ".join(why[k] for k in settings), settings))
+        steps += director_steps(lab, node)
 
     elif role == Role.real_server:
         methods = {s.forwarding for s in lab.services_of(node)}
@@ -218,7 +251,13 @@ sysctls_are() {
   for kv in "$@"; do [ "$(sysctl -n "${kv%%=*}")" = "${kv#*=}" ] || return 1; done
 }
 ipvs_matches() { [ "$(ipvsadm-save -n | sort)" = "$(sort "$1")" ]; }
-ipvs_load() { ipvsadm -C; ipvsadm-restore < "$1"; }
+ipvs_load() {
+  # -E/-e edit a service or server in place (connections stay); they fail for new ones.
+  sed -e 's/^-A /-E /' -e 's/^-a /-e /' "$1" | ipvsadm-restore 2>/dev/null || true
+  ipvs_matches "$1" || { ipvsadm -C; ipvsadm-restore < "$1"; }
+}
+applied() { systemctl is-active -q "$1" && [ -n "$(find "/run/labkit-$1.applied" -newer "$2" 2>/dev/null)" ]; }
+apply_config() { systemctl enable -q "$1"; systemctl reload-or-restart "$1"; touch "/run/labkit-$1.applied"; }
 size_is() { [ "$(stat -c %s "$1" 2>/dev/null)" = "$2" ]; }
 random_file() { mkdir -p "$(dirname "$1")"; head -c "$2" /dev/urandom > "$1"; }
 started_after() { systemctl is-active -q "$1" && [ -n "$(find "/run/$1.pid" -newer "$2" 2>/dev/null)" ]; }

@@ -57,18 +57,9 @@ def holds_vip(addr_text: str, vip: IPv4Address | str) -> bool:
     return IPv4Address(str(vip)) in {IPv4Address(a) for a in INET.findall(addr_text)}
 
 
-def lab_vips(lab: Lab) -> list[str]:
-    """Every VIP of the lab, in the lab file's order: a service's vip, or the vips a firewall-mark
-    service answers on (it has no vip of its own)."""
-    vips = [svc.vip for svc in lab.services if svc.vip is not None]
-    # VirtualService.vips comes with firewall-mark services in the model; until then there is none.
-    vips += [vip for svc in lab.services for vip in getattr(svc, "vips", ())]
-    return list(dict.fromkeys(str(vip) for vip in vips))
-
-
 def held_vips(lab: Lab, addr_text: str) -> list[str]:
     """The lab's VIPs that `ip -o -4 addr show` lists."""
-    return [vip for vip in lab_vips(lab) if holds_vip(addr_text, vip)]
+    return [vip for vip in [str(vip) for vip in lab.vips] if holds_vip(addr_text, vip)]
 
 
 def director_state(lab: Lab, name: str, outputs: Mapping[str, str]) -> DirectorState:
@@ -154,7 +145,7 @@ def services_table(lab: Lab, d: DirectorState) -> Table:
 def _vip_warnings(lab: Lab, directors: list[DirectorState]) -> list[Text]:
     # A VIP on two directors answers ARP from both (clients flip between them); on none, nothing answers.
     out = []
-    for vip in lab_vips(lab):
+    for vip in [str(vip) for vip in lab.vips]:
         holders = [d.name for d in directors if vip in d.vips]
         if len(holders) > 1:
             out.append(Text(f"warning: {vip} is held by {' and '.join(holders)}", style="bold red"))

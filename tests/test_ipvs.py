@@ -201,3 +201,19 @@ def test_parse_sync_daemons():
     assert master.options == {"maxlen": "1472", "group": "224.0.0.81", "port": "8848", "ttl": "1"}
     assert (backup.role, backup.syncid, backup.options) == ("backup", 2, {})
     assert ipvs.parse_daemons("") == []
+
+
+def test_fwmark_rules_and_expected_listing():
+    lab = load_lab(LABS / "fwmark" / "lab.yaml")
+    assert ipvs.rules(lab) == (
+        "-A -f 1 -s rr\n"
+        "-a -f 1 -r 192.168.66.111:80 -m -w 1\n"
+        "-a -f 1 -r 192.168.66.112:80 -m -w 1\n"
+    )
+    listed = ipvs.parse_list(
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+        "FWM  1 rr\n"
+        "  -> 192.168.66.111:80            Masq    1      0          0\n"
+        "  -> 192.168.66.112:80            Masq    1      0          0\n")
+    assert listed == [ipvs.expected(lab.services[0])]

@@ -11,6 +11,7 @@ from labkit.paths import LABS
 NAT = (LABS / "nat" / "lab.yaml").read_text()
 TUN = (LABS / "tun" / "lab.yaml").read_text()
 DR = (LABS / "dr" / "lab.yaml").read_text()
+FWMARK = (LABS / "fwmark" / "lab.yaml").read_text()
 
 
 @pytest.mark.parametrize("name", ["nat", "tun", "dr"])
@@ -80,6 +81,30 @@ CASES = [
      "networks.eth0", "becomes an interface name"),
     (NAT, lambda d: [d["nodes"].pop(n) for n in ("cl0",)],
      "nodes", "the lab has no client"),
+    (NAT, lambda d: d.pop("gateway"),
+     "gateway", "NAT real servers need a floating gateway"),
+    (NAT, lambda d: d.update(failover="none"),
+     "gateway", "only a keepalived pair has a floating gateway"),
+    (NAT, lambda d: d.update(gateway="192.168.66.112"),
+     "gateway", "192.168.66.112 is already in use"),
+    (NAT, lambda d: d.update(gateway="192.168.55.10"),
+     "gateway", "not on a network of the NAT real server rs0"),
+    (NAT, lambda d: d.update(failover="vrrp"),
+     "failover", "'keepalived' or 'none'"),
+    (NAT, lambda d: d["services"][0].update(check="ping"),
+     "services[0].check", "'http', 'tcp' or 'none'"),
+    (NAT, lambda d: d["services"][0].update(sorry_server={"address": "192.168.66.99"}),
+     "services[0].sorry_server.address", "is no node's address"),
+    (FWMARK, lambda d: d["services"][0].update(vip="192.168.55.100"),
+     "services[0]", "a fwmark service lists its addresses under vips:"),
+    (NAT, lambda d: d["services"][0].update(vips=["192.168.55.101"]),
+     "services[0]", "a service has one vip, or a fwmark with its vips"),
+    (FWMARK, lambda d: d["services"][0].update(vips=["192.168.55.100", "10.9.9.9"]),
+     "services[0].vips[1]", "on no network that all directors (lb0, lb1) share"),
+    (FWMARK, lambda d: d["services"][0].update(fwmark=0),
+     "services[0].fwmark", "greater than or equal to 1"),
+    (NAT, lambda d: d["nodes"].update(lb2={"role": "director", "addresses": {"ext": "192.168.55.13", "int": "192.168.66.13"}}),
+     "nodes", "keepalived pairs two directors"),
 ]
 
 
@@ -105,6 +130,14 @@ def test_not_a_mapping():
 def test_missing_file(tmp_path: Path):
     with pytest.raises(LabError, match="cannot read the lab file"):
         load_lab(tmp_path / "lab.yaml")
+
+
+def test_fwmark_service():
+    lab = parse_lab(FWMARK, "fwmark")
+    svc = lab.services[0]
+    assert svc.key == "fwm 1"
+    assert [str(v) for v in svc.addresses] == ["192.168.55.100", "192.168.55.101"]
+    assert [str(v) for v in lab.vips] == ["192.168.55.100", "192.168.55.101"]
 
 
 def test_nat_real_server_port_may_differ():

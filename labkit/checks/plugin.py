@@ -3,6 +3,7 @@ parametrisation of checks by the lab's own nodes and services."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def parameters(lab: Lab) -> dict[str, list]:
         "node": list(lab.nodes),
         "director": lab.directors,
         "nat_director": lab.directors if nat else [],
+        "paired_director": lab.directors if lab.ha else [],
+        "master": [lab.active_director] if lab.ha else [],  # the director a pair prefers
         "real_server": lab.real_servers,
         "vip_real_server": [n for n in lab.real_servers
                             if any(s.forwarding != Forwarding.masq for s in lab.services_of(n))],
@@ -38,6 +41,7 @@ def parameters(lab: Lab) -> dict[str, list]:
 
 
 NOT_HERE = object()
+FIGURES = pytest.StashKey[list]()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -47,7 +51,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize(name, values or [NOT_HERE], ids=ids or ["none"])
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "failover: breaks the lab and heals it; runs after the other checks")
+    config.stash[FIGURES] = []
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("failover") is not None)
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -72,3 +82,30 @@ def hosts(pytestconfig: pytest.Config, lab: Lab):
     with ThreadPoolExecutor(len(cache)) as pool:
         list(pool.map(lambda host: host.run("true"), cache.values()))
     return cache.__getitem__
+
+
+@pytest.fixture(scope="session")
+def lab_dir(pytestconfig: pytest.Config) -> Path:
+    return Path(pytestconfig.getoption("--lab-file")).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def ssh_config(pytestconfig: pytest.Config) -> Path:
+    return Path(pytestconfig.getoption("ssh_config"))
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest, record_property) -> Callable[[str, object], None]:
+    """figure(name, value): a measurement, shown in the summary and kept in the JUnit report."""
+    def note(name: str, value: object) -> None:
+        record_property(name, value)
+        request.config.stash[FIGURES].append((request.node.name, name, value))
+    return note
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    figures = config.stash.get(FIGURES, [])
+    if figures:
+        terminalreporter.section("measured")
+        for test, name, value in figures:
+            terminalreporter.write_line(f"{test}: {name} = {value}")

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from math import gcd
 
-from labkit import ipvs
+from labkit import ipvs, keepalived
 from labkit.model import Forwarding, Lab, VirtualService
 
 # ---- every node ----------------------------------------------------------------------------
@@ -62,7 +62,8 @@ def test_vip_on_real_server(hosts, lab: Lab, vip_real_server):
         dev = {Forwarding.tun: "tunl0", Forwarding.route: "lo"}.get(svc.forwarding)
         if dev:
             seen = host.check_output(f"ip -o -4 addr show dev {dev}")
-            assert f" {svc.vip}/32 " in seen, f"{vip_real_server}: expected VIP {svc.vip}/32 on {dev}, saw: {seen}"
+            for vip in svc.addresses:
+                assert f" {vip}/32 " in seen, f"{vip_real_server}: expected VIP {vip}/32 on {dev}, saw: {seen}"
     if Forwarding.tun in methods(lab, vip_real_server):
         link = host.check_output("ip -br link show dev tunl0")
         assert "UP" in link, f"expected tunl0 up, saw: {link}"
@@ -75,10 +76,11 @@ def test_route_to_client(hosts, lab: Lab, real_server):
         for addr in lab.nodes[client].addresses.values():
             seen = host.check_output(f"ip -4 route get {addr}")
             if Forwarding.masq in methods(lab, real_server):
-                director = lab.nodes[lab.active_director].addresses
-                dips = {str(a) for n, a in director.items() if n in lab.nodes[real_server].addresses}
+                # A pair's floating gateway moves with the VIP; a single director is its own DIP.
+                gateway = lab.gateway if lab.ha else next(
+                    a for n, a in lab.nodes[lab.active_director].addresses.items() if n in lab.nodes[real_server].addresses)
                 via = re.search(r" via (\S+)", seen)
-                assert via and via[1] in dips, f"NAT: expected the route to {addr} via the director ({', '.join(dips)}), saw: {seen}"
+                assert via and via[1] == str(gateway), f"NAT: expected the route to {addr} via the director ({gateway}), saw: {seen}"
             else:
                 assert " via " not in seen, f"expected {addr} to be reached directly, saw: {seen}"
 
@@ -104,15 +106,37 @@ def test_ip_forward(hosts, nat_director):
 
 def test_vip_on_active_director_only(hosts, lab: Lab, director):
     seen = hosts(director).check_output("ip -o -4 addr show")
-    for svc in lab.services:
-        holds = f" {svc.vip}/" in seen
+    for vip in lab.vips + ([lab.gateway] if lab.gateway else []):
+        holds = f" {vip}/" in seen
         if director == lab.active_director:
-            assert holds, f"the active director {director} must hold the VIP {svc.vip}"
+            assert holds, f"the active director {director} must hold {vip}"
         else:
-            assert not holds, f"the standby director {director} must not hold the VIP {svc.vip}"
+            assert not holds, f"the standby director {director} must not hold {vip}"
+
+
+def test_vrrp_state(hosts, lab: Lab, paired_director):
+    """keepalived's own view: the preferred director is MASTER of every VRRP instance, the other BACKUP."""
+    dump = ("rm -f /tmp/keepalived.data; kill -USR1 $(cat /run/keepalived.pid);"
+            " for i in $(seq 20); do grep -q 'VRRP Instance' /tmp/keepalived.data 2>/dev/null && break; sleep 0.2; done;"
+            " sleep 0.2; cat /tmp/keepalived.data")
+    states = keepalived.vrrp_states(hosts(paired_director).check_output(f"sudo -n sh -c {shlex.quote(dump)}"))
+    want = "MASTER" if paired_director == lab.active_director else "BACKUP"
+    expected = {i.name: want for i in keepalived.instances(lab)}
+    assert states == expected, f"{paired_director}: expected VRRP states {expected}, keepalived says {states}"
+
+
+def test_connection_sync_daemon(hosts, lab: Lab, paired_director):
+    """The active director sends its connections to the standby, which keeps them ready."""
+    seen = hosts(paired_director).check_output("sudo -n ipvsadm -L -n --daemon")
+    role = "master" if paired_director == lab.active_director else "backup"
+    assert re.search(rf"^{role} sync daemon \(mcast=\S+, syncid={keepalived.SYNC_ID}\)", seen, re.M), (
+        f"{paired_director}: expected a {role} sync daemon with syncid {keepalived.SYNC_ID}, ipvsadm says: {seen or 'none'}")
 
 
 def test_ipvs_table(hosts, lab: Lab, director):
+    """Both directors carry the lab's services. With keepalived a real server enters the table
+    only after its first good health check ('alpha'), so a full table also says the checkers
+    see every real server up."""
     listing = hosts(director).check_output("sudo -n ipvsadm -L -n")
     seen = {s.key: s for s in ipvs.parse_list(listing)}
     for svc in lab.services:
@@ -131,18 +155,22 @@ def test_ipvs_table(hosts, lab: Lab, director):
 # ---- from the client ----------------------------------------------------------------------
 
 
-def url(svc: VirtualService, path: str = "/") -> str:
-    return f"http://{svc.vip}:{svc.port}{path}"
+def url(svc: VirtualService, path: str = "/", vip=None) -> str:
+    return f"http://{vip or svc.addresses[0]}:{svc.port}{path}"
 
 
 def ask(hosts, lab: Lab, svc: VirtualService, count: int) -> list[str]:
-    """`count` requests in a row from the client; the names of the real servers that answered."""
-    loop = f"for i in $(seq {count}); do curl -sS -m 5 {shlex.quote(url(svc))} || echo FAILED; done"
+    """`count` requests in a row from the client, taking the service's VIPs in turn; the names
+    of the real servers that answered."""
+    urls = " ".join(shlex.quote(url(svc, vip=vip)) for vip in svc.addresses)
+    loop = (f"set -- {urls}; for i in $(seq {count}); do u=$1; shift; set -- \"$@\" $u; "
+            "curl -sS -m 5 $u || echo FAILED; done")
     return hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(loop)}").split()
 
 
 def test_split(hosts, lab: Lab, http_service: VirtualService):
-    """2N requests in a row split exactly as rr or wrr say; others only reach live servers."""
+    """2N requests in a row split exactly as rr or wrr say; others only reach live servers. A
+    fwmark service's VIPs take turns: one scheduler counts across both."""
     service = http_service
     live = {lab.node_at(rs.address): rs.weight for rs in service.real_servers if rs.weight > 0}
     if service.scheduler == "rr" and not service.persistence:

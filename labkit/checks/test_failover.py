@@ -1,0 +1,86 @@
+"""Failure scenarios on the running lab, measured from the client. Each breaks one part of
+the lab under a bounded load from the client, checks what the client saw, then heals the lab
+and checks that it is whole again. They run after every other check.
+
+The figures (seconds without an answer, failed requests, bytes of the long transfer) go to
+the terminal summary and, as properties, to the JUnit report.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from labkit import failover, keepalived
+from labkit.model import Lab
+from labkit.plan import BIG_FILE
+
+pytestmark = pytest.mark.failover
+
+
+@pytest.fixture
+def whole_again(lab: Lab, lab_dir, ssh_config, figure):
+    """Heal the lab after a scenario, and check that it is whole: the preferred director holds
+    the VIPs, every real server is back, and the client is answered by all of them."""
+    def heal():
+        seconds, load = failover.heal(lab, lab_dir, ssh_config)
+        figure("heal_seconds", round(seconds, 1))
+        return load
+    healed = []
+    yield lambda: healed.append(heal()) or healed[-1]
+    if not healed:  # the scenario failed before healing: leave the lab whole for the next one
+        heal()
+
+
+def original_sha256(hosts, server: str) -> str:
+    return hosts(server).check_output(f"sha256sum {BIG_FILE}").split()[0]
+
+
+def check_transfer(hosts, report: failover.Report, figure) -> None:
+    t = report.load.transfer
+    assert t is not None and "error" not in t, f"the long transfer broke: {t}"
+    figure("transfer_bytes_lost", t["length"] - t["bytes"])
+    assert t["bytes"] == t["length"], f"the long transfer got {t['bytes']} of {t['length']} bytes"
+    assert t["sha256"] == original_sha256(hosts, t["server"]), f"the long transfer from {t['server']} arrived changed"
+
+
+def test_real_server_dies(lab: Lab, lab_dir, ssh_config, master, figure, whole_again):
+    """nginx stops on a real server: requests fail only until the checker takes it out; then
+    every request is served by the others. Healed, it serves again."""
+    victim = lab.real_servers[0]
+    report = failover.fail(lab, lab_dir, ssh_config, failover.Target(victim, service="nginx"))
+    print("\n".join(report.lines()))
+    figure("failed_requests_until_checked", report.load.failed)
+    figure("seconds_until_checked", report.noticed)
+    survivors = {lab.node_at(rs.address) for rs in failover.service_for(lab, report.target).real_servers
+                 if rs.weight > 0} - {victim}
+    assert report.after.failed == 0, f"{report.after.failed} requests failed after the checker took {victim} out"
+    assert set(report.after.served()) == survivors, f"expected answers only from {survivors}, saw {report.after.served()}"
+    load = whole_again()
+    assert load.failed == 0 and victim in load.served(), f"{victim} did not rejoin: {load.served()}, {load.failed} failed"
+
+
+def test_director_stops(lab: Lab, lab_dir, ssh_config, hosts, master, figure, whole_again):
+    """keepalived stops on the active director (it says goodbye with priority 0): the standby
+    answers for the VIP within 3 s, and a long transfer survives."""
+    report = failover.fail(lab, lab_dir, ssh_config, failover.Target(master, service="keepalived"))
+    print("\n".join(report.lines()))
+    figure("outage_seconds", report.load.outage)
+    figure("failed_requests", report.load.failed)
+    assert report.holder == lab.directors[1], f"expected {lab.directors[1]} to hold the VIP, saw {report.holder}"
+    assert report.load.outage <= 3.0, f"the VIP did not answer for {report.load.outage} s (limit 3 s)"
+    check_transfer(hosts, report, figure)
+    whole_again()
+
+
+def test_director_dies(lab: Lab, lab_dir, ssh_config, hosts, master, figure, whole_again):
+    """The active director's VM freezes (no goodbye): the standby takes over when three VRRP
+    adverts are missed, and the synced connection table keeps a long transfer going."""
+    report = failover.fail(lab, lab_dir, ssh_config, failover.Target(master))
+    print("\n".join(report.lines()))
+    bound = keepalived.takeover_bound(lab) + 1.0  # + the client's 1 s request timeout
+    figure("outage_seconds", report.load.outage)
+    figure("failed_requests", report.load.failed)
+    assert report.holder == lab.directors[1], f"expected {lab.directors[1]} to hold the VIP, saw {report.holder}"
+    assert report.load.outage <= bound, f"the VIP did not answer for {report.load.outage} s (limit {bound:.1f} s)"
+    check_transfer(hosts, report, figure)
+    whole_again()
