@@ -15,6 +15,7 @@ from pathlib import Path
 from fabric import Config, Connection
 from paramiko.ssh_exception import SSHException
 
+from labkit.errors import LabkitError
 from labkit.model import Lab
 from labkit.plan import plan, script
 
@@ -28,6 +29,28 @@ class NodeResult:
 
 def connect(node: str, ssh_config: Path) -> Connection:
     return Connection(node, config=Config(runtime_ssh_path=str(ssh_config)), connect_timeout=30)
+
+
+def run(node: str, ssh_config: Path, commands: dict[str, list[str]]) -> dict[str, str]:
+    """Run each command (a list of words) on the node over one connection: name -> stdout.
+    A command that fails is an error naming the node, the command and what it said."""
+    outputs = {}
+    try:
+        with connect(node, ssh_config) as conn:
+            for name, words in commands.items():
+                out = conn.run(shlex.join(words), hide=True, warn=True, in_stream=False)
+                if out.exited != 0:
+                    raise LabkitError(f"{node}: {shlex.join(words)} failed: {out.stderr.strip()[-300:]}")
+                outputs[name] = out.stdout
+    except (OSError, SSHException) as exc:
+        raise LabkitError(f"cannot reach {node} over SSH: {exc}") from None
+    return outputs
+
+
+def run_on(nodes: list[str], ssh_config: Path, commands: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    """run() on several nodes at once: node -> name -> stdout."""
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        return dict(zip(nodes, pool.map(lambda node: run(node, ssh_config, commands), nodes)))
 
 
 def provision_node(lab: Lab, node: str, ssh_config: Path) -> NodeResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import sys
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from labkit import apply, boot, box, doctor, explain as explain_mod, failover, paths, verify as verify_mod
+from labkit import apply, boot, box, doctor, explain as explain_mod, failover, paths, show as show_mod, verify as verify_mod
 from labkit.errors import LabkitError
 from labkit.model import Lab, LabError, load_lab, with_weight
 from labkit.render import Provider, Target, render as render_vagrantfile
@@ -194,6 +195,27 @@ def verify(ctx: typer.Context, lab: RunningLab = None,
 
 @app.command()
 @handled
+def show(lab: RunningLab = None,
+         connections: Annotated[bool, typer.Option("--connections", help="The connection tables instead.")] = False,
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
+    """Both directors' IPVS tables side by side: services, real servers, weights, connections,
+    counters and rates; which director is active."""
+    model, lab_dir = running_lab(lab)
+    commands = dict(show_mod.COMMANDS)
+    if connections:
+        commands["connections"] = show_mod.CONNECTIONS_COMMAND
+    outputs = apply.run_on(model.directors, boot.ssh_config(lab_dir), commands)
+    states = [show_mod.director_state(model, name, outputs[name]) for name in model.directors]
+    if as_json:
+        sys.stdout.write(json.dumps(show_mod.as_json(model, states), indent=2) + "\n")
+    elif connections:
+        out.print(show_mod.connections_view(model, states))
+    else:
+        out.print(show_mod.view(model, states))
+
+
+@app.command()
+@handled
 def weight(lab: Annotated[str, typer.Argument(help="The running lab.")],
            real_server: Annotated[str, typer.Argument(help="A real server node, e.g. rs0.")],
            new_weight: Annotated[int, typer.Argument(metavar="WEIGHT", help="0 drains it: no new connections.")],
@@ -226,7 +248,8 @@ def fail(lab: Annotated[str, typer.Argument(help="The running lab.")],
     """Break part of a running lab under a bounded load from the client, and show what the client saw."""
     model, lab_dir = running_lab(lab)
     broken = failover.parse_target(model, target)
-    out.print(f"load from {model.clients[0]} for {seconds:.0f} s; {broken.what} after 2 s ...", highlight=False)
+    out.print(f"load from {model.clients[0]} for {seconds:.0f} s; {broken.what} {failover.LEAD_SECONDS} s after it starts ...",
+              highlight=False)
     report = failover.fail(model, lab_dir, boot.ssh_config(lab_dir), broken, seconds)
     for line in report.lines():
         out.print(line, highlight=False)

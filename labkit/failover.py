@@ -15,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from invoke.watchers import StreamWatcher
+
 from labkit import apply, boot, ipvs
 from labkit.errors import LabkitError
 from labkit.model import Lab, Protocol, Role, VirtualService
@@ -69,7 +71,7 @@ import hashlib, json, socket, sys, threading, time
 a = json.loads(sys.argv[1])
 t0 = time.monotonic()
 
-def fetch(path, rcvbuf=0, rate=0, timeout=1.0):
+def fetch(path, rcvbuf=0, rate=0, timeout=1.0, first_bytes=None):
     s = socket.socket()
     if rcvbuf:  # a small window keeps the download slow end to end, not just at the reader
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -83,6 +85,8 @@ def fetch(path, rcvbuf=0, rate=0, timeout=1.0):
             if not chunk:
                 return data
             data += chunk
+            if first_bytes is not None:
+                first_bytes.set()
             if rate:
                 time.sleep(max(0.0, len(data) / rate - (time.monotonic() - start)))
     finally:
@@ -97,15 +101,20 @@ def split(data):
 transfer = {}
 def download():
     try:
-        status, headers, body = split(fetch(a["path"], 16384, a["rate"], 30.0))
+        status, headers, body = split(fetch(a["path"], 16384, a["rate"], 30.0, started))
         transfer.update(status=status, server=headers.get("x-real-server"), bytes=len(body),
                         sha256=hashlib.sha256(body).hexdigest(), length=int(headers.get("content-length", -1)))
     except Exception as e:
         transfer.update(error=repr(e))
+    finally:
+        started.set()
 
+started = threading.Event()
 worker = threading.Thread(target=download)
 if a["path"]:
     worker.start()
+    started.wait(10)
+print("labkit-load-started", flush=True)  # the caller breaks the lab after this
 requests, i = [], 0
 while time.monotonic() - t0 < a["seconds"]:
     start = time.monotonic()
@@ -123,6 +132,7 @@ print(json.dumps({"requests": requests, "transfer": transfer or None}))
 """
 
 BIG_PATH = "/1m.bin"
+LEAD_SECONDS = 3  # from the start of the load to the failure
 
 
 @dataclass
@@ -138,16 +148,21 @@ class Load:
 
     @property
     def outage(self) -> float:
-        """Seconds from the last answer before the first failure to the first answer after the
-        last failure: how long the VIP did not answer. 0 when nothing failed."""
-        bad = [i for i, r in enumerate(self.requests) if r[2] is None]
-        if not bad:
-            return 0.0
-        before = [r[1] for r in self.requests[:bad[0]]]
-        after = [r[0] for r in self.requests[bad[-1] + 1:]]
-        start = before[-1] if before else self.requests[bad[0]][0]
-        end = after[0] if after else self.requests[-1][1]
-        return round(end - start, 2)
+        """The longest time without any answer, from the end of the last answered request
+        before failures to the start of the next answered one: how long the VIP was gone.
+        0 when nothing failed."""
+        longest, last_ok, failed_since = 0.0, None, None
+        for sent, done, server, _ in self.requests:
+            if server is None:
+                failed_since = sent if failed_since is None else failed_since
+                continue
+            if failed_since is not None:
+                longest = max(longest, sent - (last_ok if last_ok is not None else failed_since))
+                failed_since = None
+            last_ok = done
+        if failed_since is not None:  # still failing at the end
+            longest = max(longest, self.requests[-1][1] - (last_ok if last_ok is not None else failed_since))
+        return round(longest, 2)
 
     @property
     def failing_for(self) -> float:
@@ -162,17 +177,32 @@ class Load:
         return Counter(r[3] for r in self.requests if r[2] is None)
 
 
+class Started(StreamWatcher):
+    """Sets `event` when the load on the client says it is running."""
+
+    def __init__(self, event: threading.Event) -> None:
+        super().__init__()
+        self.event = event
+
+    def submit(self, stream: str) -> list[str]:
+        if "labkit-load-started" in stream:
+            self.event.set()
+        return []
+
+
 def client_load(lab: Lab, ssh_config: Path, svc: VirtualService, seconds: float,
-                transfer_seconds: float = 0) -> Load:
+                transfer_seconds: float = 0, started: threading.Event | None = None) -> Load:
     """A bounded load from the client against one of the lab's own services: a request every
-    0.1 s for `seconds`, plus, if asked, the 1 MiB file spread over about `transfer_seconds`."""
+    0.1 s for `seconds`, plus, if asked, the 1 MiB file spread over about `transfer_seconds`.
+    `started` is set once the load runs (and the download has begun)."""
     args = {"vip": str(svc.addresses[0]), "port": svc.port, "seconds": seconds, "interval": 0.1, "timeout": 1.0,
             "path": BIG_PATH if transfer_seconds else "", "rate": int(1024 * 1024 / transfer_seconds) if transfer_seconds else 0}
     with apply.connect(lab.clients[0], ssh_config) as conn:
-        out = conn.run(shlex.join(["python3", "-c", LOAD, json.dumps(args)]), hide=True, warn=True, in_stream=False)
+        out = conn.run(shlex.join(["python3", "-c", LOAD, json.dumps(args)]), hide=True, warn=True,
+                       in_stream=False, watchers=[Started(started or threading.Event())])
     if out.exited != 0:
         raise LabkitError(f"the load on {lab.clients[0]} failed: {out.stderr.strip()[-500:]}")
-    data = json.loads(out.stdout)
+    data = json.loads(out.stdout.splitlines()[-1])
     return Load(data["requests"], data["transfer"])
 
 
@@ -191,11 +221,7 @@ def service_for(lab: Lab, target: Target) -> VirtualService:
 
 def _run(lab: Lab, ssh_config: Path, node: str, command: list[str], sudo: bool = True) -> str:
     words = ["sudo", "-n", *command] if sudo else command
-    with apply.connect(node, ssh_config) as conn:
-        out = conn.run(shlex.join(words), hide=True, warn=True, in_stream=False)
-    if out.exited != 0:
-        raise LabkitError(f"{node}: {' '.join(command)} failed: {out.stderr.strip()[-300:]}")
-    return out.stdout
+    return apply.run(node, ssh_config, {"out": words})["out"]
 
 
 def inject(lab: Lab, lab_dir: Path, ssh_config: Path, target: Target) -> None:
@@ -244,7 +270,7 @@ class Report:
         out = [f"{self.target.what}, under load against {self.service}:",
                f"  requests: {len(load.requests)}, failed: {load.failed}"
                + (f" ({', '.join(f'{n} {e}' for e, n in load.errors().items())})" if load.failed else ""),
-               f"  the VIP did not answer for {load.outage:.2f} s" if load.failed else "  the VIP answered throughout"]
+               f"  the longest time without an answer: {load.outage:.2f} s" if load.failed else "  the VIP answered throughout"]
         if load.transfer is not None:
             t = load.transfer
             if "error" in t:
@@ -254,7 +280,7 @@ class Report:
         if self.holder:
             out.append(f"  VIP held by: {self.holder}")
         if self.noticed is not None:
-            out.append(f"  the checker took {self.target.node} out after {self.noticed:.1f} s")
+            out.append(f"  requests failed for {self.noticed:.1f} s, until the checker took {self.target.node} out")
         if self.after is not None:
             served = ", ".join(f"{k} {v}" for k, v in sorted(self.after.served().items()))
             out.append(f"  then: {len(self.after.requests)} requests, failed {self.after.failed}, served by {served}")
@@ -262,21 +288,28 @@ class Report:
 
 
 def fail(lab: Lab, lab_dir: Path, ssh_config: Path, target: Target, seconds: float = 16) -> Report:
-    """Break the target 2 s into a bounded load, and measure what the client saw."""
+    """Break the target 3 s into a bounded load, and measure what the client saw."""
     svc = service_for(lab, target)
     director = lab.nodes[target.node].role == Role.director
     result: dict[str, Load | Exception] = {}
 
+    started = threading.Event()
+
     def load() -> None:
         try:
-            result["load"] = client_load(lab, ssh_config, svc, seconds, transfer_seconds=10 if director else 0)
+            result["load"] = client_load(lab, ssh_config, svc, seconds, 10 if director else 0, started)
         except Exception as exc:  # reported below, in this thread
             result["load"] = exc
+        started.set()
 
     worker = threading.Thread(target=load)
     worker.start()
-    time.sleep(2)
-    inject(lab, lab_dir, ssh_config, target)
+    started.wait(60)
+    # The sync daemon sends the standby its batch of connections up to 2 s late: break the lab
+    # once the long transfer is older than that, as a connection in real use would be.
+    time.sleep(LEAD_SECONDS)
+    if worker.is_alive():
+        inject(lab, lab_dir, ssh_config, target)
     worker.join()
     if isinstance(result["load"], Exception):
         raise result["load"]
@@ -296,7 +329,8 @@ def fail(lab: Lab, lab_dir: Path, ssh_config: Path, target: Target, seconds: flo
 
 
 def paused_nodes(lab_dir: Path) -> list[str]:
-    return [node for node, state in boot.status(lab_dir).items() if state == "paused"]
+    # vagrant-libvirt says "paused", VirtualBox "saved"; python-vagrant reports both as "saved".
+    return [node for node, state in boot.status(lab_dir).items() if state in ("paused", "saved")]
 
 
 def converged(lab: Lab, ssh_config: Path) -> bool:

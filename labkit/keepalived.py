@@ -15,6 +15,7 @@ from ipaddress import IPv4Address
 from labkit.model import Check, Forwarding, Lab
 
 CONFIG = "/etc/keepalived/keepalived.conf"
+DEFAULTS = "/etc/default/keepalived"  # the daemon's arguments, read by its systemd unit
 ADVERT_SECONDS = 1
 SYNC_ID = 1
 LB_KIND = {Forwarding.masq: "NAT", Forwarding.tun: "TUN", Forwarding.route: "DR"}
@@ -70,6 +71,8 @@ def config(lab: Lab, director: str) -> str:
         "# Written by labkit from the lab file; labkit provision rewrites it.",
         "global_defs {",
         f"    router_id {director}",
+        "    # start from an empty IPVS table (it is kept when keepalived stops, see DEFAULTS)",
+        "    lvs_flush",
         f"    lvs_sync_daemon {sync_interface(lab)} {found[0].name} id {SYNC_ID}",
         "}",
         "",

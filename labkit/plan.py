@@ -149,6 +149,9 @@ def director_steps(lab: Lab, node: str) -> list[Step]:
         steps.append(Step(why, check, (("iptables", *rule),)))
     if lab.ha:
         return steps + [
+            _file("keepalived leaves the IPVS table in place when it stops: connections that still reach this "
+                  "director while the VIP moves are forwarded, not reset", keepalived.DEFAULTS,
+                  'DAEMON_ARGS="--dont-release-ipvs"\n'),
             _file("keepalived: VRRP for the VIPs (and the NAT gateway), the IPVS services with health checks, "
                   "connection sync", keepalived.CONFIG, keepalived.config(lab, node)),
             Step("keepalived runs with this configuration (a reload keeps VRRP state and connections)",

@@ -15,6 +15,7 @@ def verify(lab_file: Path, ssh_config: Path, pytest_args: list[str]) -> int:
         "-p", "labkit.checks.plugin",
         f"--lab-file={lab_file}", f"--ssh-config={ssh_config}",
         f"--rootdir={CHECKS}", "-p", "no:cacheprovider",
+        "-o", "junit_family=xunit1",  # keeps the measured figures as <properties> in JUnit XML
         *pytest_args,
     ]
     return subprocess.run(command).returncode

@@ -43,6 +43,19 @@ def test_outage_is_measured_from_the_last_answer_to_the_next():
     assert load.served(since=2.0) == {"rs0": 1, "rs1": 1}
 
 
+def test_alternating_failures_are_short_outages():
+    # a dead real server under rr: every other request fails, but the VIP keeps answering
+    load = Load([request(0.1 * i, None if i % 2 else "rs1", 0.02) for i in range(10)])
+    assert load.failed == 5
+    assert load.outage == round(0.2 - 0.02, 2)
+    assert load.failing_for == round(0.9 + 0.02 - 0.1, 2)
+
+
+def test_failing_to_the_end():
+    load = Load([request(0.0, "rs0"), request(0.1, None, 1.0), request(1.1, None, 1.0)])
+    assert load.outage == round(2.1 - 0.05, 2)
+
+
 def test_no_failure_no_outage():
     load = Load([request(0.0, "rs0"), request(0.1, "rs1")])
     assert (load.failed, load.outage, load.failing_for) == (0, 0.0, 0.0)

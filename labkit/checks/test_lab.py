@@ -128,9 +128,9 @@ def test_vrrp_state(hosts, lab: Lab, paired_director):
 def test_connection_sync_daemon(hosts, lab: Lab, paired_director):
     """The active director sends its connections to the standby, which keeps them ready."""
     seen = hosts(paired_director).check_output("sudo -n ipvsadm -L -n --daemon")
-    role = "master" if paired_director == lab.active_director else "backup"
-    assert re.search(rf"^{role} sync daemon \(mcast=\S+, syncid={keepalived.SYNC_ID}\)", seen, re.M), (
-        f"{paired_director}: expected a {role} sync daemon with syncid {keepalived.SYNC_ID}, ipvsadm says: {seen or 'none'}")
+    daemons = [(d.role, d.interface, d.syncid) for d in ipvs.parse_daemons(seen)]
+    want = ("master" if paired_director == lab.active_director else "backup", keepalived.sync_interface(lab), keepalived.SYNC_ID)
+    assert daemons == [want], f"{paired_director}: expected the sync daemon (role, interface, syncid) {want}, ipvsadm says: {seen or 'none'}"
 
 
 def test_ipvs_table(hosts, lab: Lab, director):
