@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,9 +20,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from labkit import apply, boot, box, doctor, explain as explain_mod, failover, paths, show as show_mod, verify as verify_mod
+from labkit import (apply, bench as bench_mod, boot, box, doctor, explain as explain_mod, failover, graph as graph_mod, paths,
+                    show as show_mod, trace as trace_mod, verify as verify_mod)
 from labkit.errors import LabkitError
-from labkit.model import Lab, LabError, load_lab, with_weight
+from labkit.model import Lab, LabError, Protocol, VirtualService, load_lab, with_weight
 from labkit.render import Provider, Target, render as render_vagrantfile
 
 app = typer.Typer(help="Linux Virtual Server labs on real virtual machines.",
@@ -214,6 +217,82 @@ def show(lab: RunningLab = None,
         out.print(show_mod.view(model, states))
 
 
+ServiceOpt = Annotated[Optional[str], typer.Option(
+    "--service", help="The service, as labkit status lists it (e.g. 'tcp 192.168.55.100:80'); default the first.")]
+
+
+def pick_service(model: Lab, key: str | None) -> VirtualService:
+    svc = next((s for s in model.services if key in (None, s.key) and s.protocol == Protocol.tcp), None)
+    if svc is None:
+        raise LabkitError(f"the lab {model.name} has no TCP service {key!r}. Its services: "
+                          f"{', '.join(s.key for s in model.services)}")
+    return svc
+
+
+@app.command()
+@handled
+def bench(lab: RunningLab = None, service: ServiceOpt = None,
+          requests: Annotated[int, typer.Option(min=1, max=bench_mod.MAX_REQUESTS, help="How many requests.")] = 2000,
+          concurrency: Annotated[int, typer.Option(min=1, max=bench_mod.MAX_CONCURRENCY, help="How many at once.")] = 4) -> None:
+    """A bounded load from the client against the VIP (ApacheBench): requests per second,
+    latency percentiles, errors, and the split per real server as IPVS counted it."""
+    model, lab_dir = running_lab(lab)
+    svc = pick_service(model, service)
+    ssh_config = boot.ssh_config(lab_dir)
+    director = failover.holder(model, ssh_config) or model.active_director
+    stats = {"stats": ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"]}
+    before = apply.run(director, ssh_config, stats)["stats"]
+    ab = apply.run(model.clients[0], ssh_config, {"ab": bench_mod.command(svc, requests, concurrency)})["ab"]
+    result = bench_mod.parse_ab(ab)
+    names = {f"{rs.address}:{svc.real_port(rs)}": model.node_at(rs.address) for rs in svc.real_servers}
+    deadline = time.monotonic() + 6  # the kernel's counters lag up to about 2 s
+    while True:
+        split = bench_mod.split(svc.key, before, apply.run(director, ssh_config, stats)["stats"], names)
+        if sum(split.values()) >= result.complete or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    out.print(f"{svc.key} ({svc.scheduler}, {svc.forwarding.value}) via {director}: {requests} requests, "
+              f"{concurrency} at a time, from {model.clients[0]}", highlight=False)
+    out.print(f"  {result.per_second:.1f} requests/s, mean {result.mean_ms:.1f} ms; completed {result.complete}, "
+              f"failed {result.failed}", highlight=False)
+    out.print("  latency ms: " + ", ".join(f"p{p} {ms}" for p, ms in result.percentiles.items() if p in (50, 90, 99, 100)),
+              highlight=False)
+    total = sum(split.values()) or 1
+    out.print("  split: " + ", ".join(f"{name} {n} ({100 * n / total:.0f}%)" for name, n in sorted(split.items())),
+              highlight=False)
+
+
+@app.command()
+@handled
+def trace(lab: RunningLab = None, service: ServiceOpt = None) -> None:
+    """Send one request from the client while tcpdump listens on the director and the real
+    servers; print the packet's path hop by hop."""
+    model, lab_dir = running_lab(lab)
+    svc = pick_service(model, service)
+    ssh_config = boot.ssh_config(lab_dir)
+    port = random.randint(40000, 59999)  # the client's port: a fresh one, not in TIME_WAIT
+    points = trace_mod.capture_points(model, svc)
+    with ThreadPoolExecutor(len(points)) as pool:
+        captures = {node: pool.submit(apply.run, node, ssh_config, {"c": trace_mod.capture_command(devs, port)})
+                    for node, devs in points.items()}
+        time.sleep(3)  # tcpdump is listening
+        url = f"http://{svc.addresses[0]}:{svc.port}/"
+        answer = apply.run(model.clients[0], ssh_config,
+                           {"curl": ["curl", "-sS", "-m", "5", "--local-port", str(port), url]})["curl"].strip()
+        captured = {node: trace_mod.parse(f.result()["c"]) for node, f in captures.items()}
+    request, reply = trace_mod.hops(model, svc, captured, port)
+    out.print(f"{model.clients[0]} asked {url} from port {port}; {answer} answered ({svc.forwarding.value}).\n",
+              highlight=False)
+    for title, path in (("request", request), ("reply", reply)):
+        out.print(f"[bold]{title}[/]")
+        for hop in path:
+            out.print(f"  {hop.node + ' ' + hop.interface:10} {trace_mod.describe(model, hop.packet)}", highlight=False)
+            if hop.note:
+                out.print(f"  {'':10} [dim]{hop.note}[/]", highlight=False)
+    if not request or not reply:
+        raise LabkitError("the capture missed the request or the reply: run labkit trace again")
+
+
 @app.command()
 @handled
 def weight(lab: Annotated[str, typer.Argument(help="The running lab.")],
@@ -332,6 +411,15 @@ def explain(lab: LabArg,
             for line in commands:
                 out.print(line, highlight=False, markup=False, soft_wrap=True)
         out.print()
+
+
+@app.command()
+@handled
+def graph(lab: LabArg,
+          out_dir: Annotated[Path, typer.Option("--out", help="Folder for <lab>.svg and <lab>.png.")] = Path(".")) -> None:
+    """Draw the lab: networks, addresses, VIPs, forwarding method, request and reply paths. Boots nothing."""
+    for path in graph_mod.draw(read_lab(lab), out_dir):
+        out.print(str(path), highlight=False)
 
 
 @app.command("doctor")
