@@ -76,3 +76,37 @@ def test_virtualbox_needs_a_virtualbox_box(home):
     assert result.exit_code == 1
     assert "built for libvirt only" in result.stderr and "--box" in result.stderr
     assert not (home / "labs").exists()
+
+
+def test_explain_prints_each_nodes_commands_with_reasons():
+    result = runner.invoke(app, ["explain", "nat", "--node", "rs0"])
+    assert result.exit_code == 0, result.output
+    assert "## rs0 (real_server)" in result.stdout
+    assert "# 5. NAT: replies to 192.168.55.0/24 go back through the director 192.168.66.10" in result.stdout
+    assert "ip route replace 192.168.55.0/24 via 192.168.66.10" in result.stdout
+
+
+def test_explain_unknown_node():
+    result = runner.invoke(app, ["explain", "nat", "--node", "rs7"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: the lab nat has no node 'rs7'. Its nodes: lb0, lb1, rs0, rs1, cl0"
+
+
+def test_graph_writes_svg_and_png(tmp_path):
+    result = runner.invoke(app, ["graph", "dr", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "dr.svg").read_text().lstrip().startswith("<?xml")
+    assert (tmp_path / "dr.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("args", [["show"], ["weight", "nat", "rs0", "2"], ["fail", "nat", "lb0"], ["heal"],
+                                  ["trace"], ["bench"]])
+def test_commands_on_a_running_lab_say_when_none_is_up(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "labkit up" in result.stderr, result.stderr
+
+
+def test_bench_bounds():
+    result = runner.invoke(app, ["bench", "nat", "--requests", "1000000"])
+    assert result.exit_code == 2 and "20000" in result.output  # click: a usage error
