@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 import os
+import random
 import shutil
 import sys
 import time
@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from labkit import (apply, bench as bench_mod, boot, box, doctor, explain as explain_mod, failover, graph as graph_mod, paths,
-                    show as show_mod, trace as trace_mod, verify as verify_mod)
+from labkit import apply, boot, box, doctor, failover, paths
+from labkit import bench as bench_mod, explain as explain_mod, graph as graph_mod, show as show_mod
+from labkit import trace as trace_mod, verify as verify_mod
 from labkit.errors import LabkitError
 from labkit.model import Lab, LabError, Protocol, VirtualService, load_lab, with_weight
 from labkit.render import Provider, Target, render as render_vagrantfile
@@ -275,7 +276,7 @@ def trace(lab: RunningLab = None, service: ServiceOpt = None) -> None:
     with ThreadPoolExecutor(len(points)) as pool:
         captures = {node: pool.submit(apply.run, node, ssh_config, {"c": trace_mod.capture_command(devs, port)})
                     for node, devs in points.items()}
-        time.sleep(3)  # tcpdump is listening
+        time.sleep(4)  # the captures are listening (SSH, sudo and tcpdump start, under emulation too)
         url = f"http://{svc.addresses[0]}:{svc.port}/"
         answer = apply.run(model.clients[0], ssh_config,
                            {"curl": ["curl", "-sS", "-m", "5", "--local-port", str(port), url]})["curl"].strip()

@@ -219,28 +219,28 @@ def service_for(lab: Lab, target: Target) -> VirtualService:
 # ---- breaking and healing ------------------------------------------------------------------
 
 
-def _run(lab: Lab, ssh_config: Path, node: str, command: list[str], sudo: bool = True) -> str:
+def _run(ssh_config: Path, node: str, command: list[str], sudo: bool = True) -> str:
     words = ["sudo", "-n", *command] if sudo else command
     return apply.run(node, ssh_config, {"out": words})["out"]
 
 
 def inject(lab: Lab, lab_dir: Path, ssh_config: Path, target: Target) -> None:
     if target.service:
-        _run(lab, ssh_config, target.node, ["systemctl", "stop", target.service])
+        _run(ssh_config, target.node, ["systemctl", "stop", target.service])
     elif target.link:
-        _run(lab, ssh_config, target.node, ["ip", "link", "set", "dev", target.link, "down"])
+        _run(ssh_config, target.node, ["ip", "link", "set", "dev", target.link, "down"])
     else:
         boot.freeze(lab_dir, target.node)
 
 
 def table(lab: Lab, ssh_config: Path, director: str) -> dict[str, ipvs.Service]:
-    return {s.key: s for s in ipvs.parse_list(_run(lab, ssh_config, director, ["ipvsadm", "-L", "-n"]))}
+    return {s.key: s for s in ipvs.parse_list(_run(ssh_config, director, ["ipvsadm", "-L", "-n"]))}
 
 
 def holder(lab: Lab, ssh_config: Path, paused: set[str] = frozenset()) -> str | None:
     """The director that holds the first VIP, if exactly one does."""
     holders = [d for d in lab.directors if d not in paused
-               and f" {lab.vips[0]}/" in _run(lab, ssh_config, d, ["ip", "-o", "-4", "addr", "show"], sudo=False)]
+               and f" {lab.vips[0]}/" in _run(ssh_config, d, ["ip", "-o", "-4", "addr", "show"], sudo=False)]
     return holders[0] if len(holders) == 1 else None
 
 

@@ -35,8 +35,9 @@ def test_helpers_become_plain_commands():
     assert not [line for line in lines if line.startswith(("put ", "same ", "name_link", "random_file"))]
 
 
-def test_fwmark_rules_in_order_before_keepalived():
+def test_fwmark_marks_come_before_the_rules():
     lines = flat("fwmark", "lb1")
     marks = [i for i, line in enumerate(lines) if "--set-mark 1" in line]
     assert len(marks) == 2
-    assert marks[-1] < lines.index("systemctl reload-or-restart keepalived")
+    assert marks[-1] < lines.index("ipvsadm-restore < /etc/ipvsadm.rules")
+    assert "-A -f 1 -s rr" in lines

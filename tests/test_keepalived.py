@@ -80,7 +80,7 @@ def test_checks_and_sorry_server():
 
 
 def test_fwmark_virtual_server():
-    fw = lab("fwmark")
+    fw = lab("fwmark", lambda d: d.update(failover="keepalived", gateway="192.168.66.10"))
     servers = blocks(config(fw, "lb0"), "virtual_server")
     assert list(servers) == ["fwmark 1"]
     assert [i.name for i in instances(fw)] == ["VIP_192_168_55_100", "VIP_192_168_55_101", "GATEWAY"]

@@ -68,3 +68,31 @@ def test_nat_hops():
     assert reply[-1].note.startswith("source rewritten 192.168.66.111.80 -> 192.168.55.100.80")
     assert describe(nat, request[0].packet) == (
         f"cl0:ext > lb0:ext  192.168.55.200.{PORT} > 192.168.55.100.80 [S]")
+
+
+TUN_LB0 = "\n".join([
+    "== ext",
+    line(CL0, LB0_EXT, f"192.168.55.200.{PORT}", "192.168.55.100.80", SYN),
+    "== int",
+    line(LB0_INT, RS0_INT, f"192.168.55.200.{PORT}", "192.168.55.100.80", SYN,
+         outer="192.168.66.11 > 192.168.66.111: "),
+])
+TUN_RS0 = "\n".join([
+    "== ext",
+    line("52:54:00:4c:01:03", CL0, "192.168.55.100.80", f"192.168.55.200.{PORT}", SYNACK),
+    "== int",
+    line(LB0_INT, RS0_INT, f"192.168.55.200.{PORT}", "192.168.55.100.80", SYN,
+         outer="192.168.66.11 > 192.168.66.111: "),
+    "== tunl0",  # tcpdump on tunl0 (raw IP) prints "ip: " where Ethernet would be
+    f"08:34:08.091164 ip: 192.168.55.200.{PORT} > 192.168.55.100.80: {SYN}",
+])
+
+
+def test_tun_hops():
+    tun = load_lab(LABS / "tun" / "lab.yaml")
+    request, reply = hops(tun, tun.services[0], {"lb0": parse(TUN_LB0), "rs0": parse(TUN_RS0)}, PORT)
+    assert [(h.node, h.interface) for h in request] == [("lb0", "ext"), ("lb0", "int"), ("rs0", "int"), ("rs0", "tunl0")]
+    assert request[1].note.startswith("wrapped in IP-in-IP 192.168.66.11 > 192.168.66.111")
+    assert request[3].note.startswith("unwrapped on tunl0")
+    assert [(h.node, h.interface) for h in reply] == [("rs0", "ext")]
+    assert "bypassing the director" in reply[0].note
