@@ -144,3 +144,23 @@ def test_nat_real_server_port_may_differ():
     lab = parse_lab(NAT, "nat")
     svc = lab.services[1]
     assert svc.port == 8080 and {svc.real_port(r) for r in svc.real_servers} == {80}
+
+
+def test_with_weight_changes_every_service_of_the_real_server():
+    from labkit.model import with_weight
+    lab = with_weight(parse_lab(NAT, "nat"), "rs1", 0)
+    assert [[rs.weight for rs in svc.real_servers] for svc in lab.services] == [[1, 0], [2, 0]]
+    only = with_weight(parse_lab(NAT, "nat"), "rs0", 5, service="tcp 192.168.55.100:8080")
+    assert [[rs.weight for rs in svc.real_servers] for svc in only.services] == [[1, 1], [5, 1]]
+    assert only.gateway == lab.gateway and only.failover == lab.failover
+
+
+@pytest.mark.parametrize("args, message", [
+    (("lb0", 1), "'lb0' is not a real server of the lab nat. Real servers: rs0, rs1"),
+    (("rs0", 70000), "weight 70000 is out of range. Use 0 (drain) to 65535"),
+    (("rs0", 1, "tcp 192.168.55.100:81"), "rs0 is in no service 'tcp 192.168.55.100:81'"),
+])
+def test_with_weight_mistakes(args, message):
+    from labkit.model import with_weight
+    with pytest.raises(LabError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with_weight(parse_lab(NAT, "nat"), *args)

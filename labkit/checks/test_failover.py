@@ -21,12 +21,15 @@ pytestmark = pytest.mark.failover
 def whole_again(lab: Lab, lab_dir, ssh_config, figure):
     """Heal the lab after a scenario, and check that it is whole: the preferred director holds
     the VIPs, every real server is back, and the client is answered by all of them."""
-    def heal():
+    healed = []
+
+    def heal() -> failover.Load:
         seconds, load = failover.heal(lab, lab_dir, ssh_config)
         figure("heal_seconds", round(seconds, 1))
+        healed.append(load)
         return load
-    healed = []
-    yield lambda: healed.append(heal()) or healed[-1]
+
+    yield heal
     if not healed:  # the scenario failed before healing: leave the lab whole for the next one
         heal()
 
@@ -45,7 +48,8 @@ def check_transfer(hosts, report: failover.Report, figure) -> None:
 
 def test_real_server_dies(lab: Lab, lab_dir, ssh_config, master, figure, whole_again):
     """nginx stops on a real server: requests fail only until the checker takes it out; then
-    every request is served by the others. Healed, it serves again."""
+    every request is served by the others. Healed, it serves again. (Only where keepalived
+    checks the real servers: `master` exists in a pair.)"""
     victim = lab.real_servers[0]
     report = failover.fail(lab, lab_dir, ssh_config, failover.Target(victim, service="nginx"))
     print("\n".join(report.lines()))
