@@ -25,11 +25,10 @@ def _lab(config: pytest.Config) -> Lab:
 def parameters(lab: Lab) -> dict[str, list]:
     """Fixture name -> what a check taking it runs for. A check runs once for each, and is left
     out (not skipped) when its list is empty: a DR lab has no NAT director to check."""
-    nat = any(s.forwarding == Forwarding.masq for s in lab.services)
     return {
         "node": list(lab.nodes),
         "director": lab.directors,
-        "nat_director": lab.directors if nat else [],
+        "nat_director": lab.directors if lab.nat else [],
         "paired_director": lab.directors if lab.ha else [],
         "master": [lab.active_director] if lab.ha else [],  # the director a pair prefers
         "real_server": lab.real_servers,
