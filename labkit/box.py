@@ -29,6 +29,7 @@ from labkit.errors import LabkitError
 
 DEFAULT_BOX = "labkit/bookworm"
 KEY_FILE = "labkit-key.pub"  # in the box: the installation key it trusts
+PACKAGES_FILE = "labkit-packages"  # in the box: the package list it was built with
 SUITE = "bookworm"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 LIBVIRT_URI = "qemu:///system"
@@ -155,12 +156,24 @@ def box_exists(name: str) -> bool:
     return (name, "libvirt") in parse_box_list(out)
 
 
+def _box_files(name: str, file: str) -> list[Path]:
+    home = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+    return list((home / "boxes" / name.replace("/", "-VAGRANTSLASH-")).glob(f"*/libvirt/{file}"))
+
+
 def box_trusts(name: str, public_key: str) -> bool:
     """Whether the installed box was built for this key (labkit ships it inside the box)."""
-    home = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
-    folder = home / "boxes" / name.replace("/", "-VAGRANTSLASH-")
-    return any(f.read_text().split()[:2] == public_key.split()[:2]
-               for f in folder.glob(f"*/libvirt/{KEY_FILE}"))
+    return any(f.read_text().split()[:2] == public_key.split()[:2] for f in _box_files(name, KEY_FILE))
+
+
+def package_list() -> str:
+    return " ".join(sorted(PACKAGES)) + "\n"
+
+
+def box_has_packages(name: str) -> bool:
+    """Whether the installed box holds every package labkit's labs now use: a box built
+    before a package joined the list would fail offline, where apt cannot reach a mirror."""
+    return any(f.read_text() == package_list() for f in _box_files(name, PACKAGES_FILE))
 
 
 def parse_box_list(machine_readable: str) -> set[tuple[str, str]]:
@@ -249,10 +262,13 @@ def build_box(
     key = _check_public_key(public_key)
     _check_host()
     if not force and box_exists(name):
-        if box_trusts(name, key):
+        if box_trusts(name, key) and box_has_packages(name):
             log(f"box {name} already exists; nothing to do")
             return False
-        log(f"box {name} was built for another installation key: building it again")
+        if box_trusts(name, key):
+            log(f"box {name} lacks packages labkit now uses: building it again")
+        else:
+            log(f"box {name} was built for another installation key: building it again")
 
     _old_base_volumes(name)  # fail before the slow part, not after it
     started = time.monotonic()
@@ -278,10 +294,11 @@ def build_box(
         (box_dir / "metadata.json").write_text(json.dumps(box_metadata()) + "\n")
         (box_dir / "Vagrantfile").write_text(BOX_VAGRANTFILE)
         (box_dir / KEY_FILE).write_text(key + "\n")
+        (box_dir / PACKAGES_FILE).write_text(package_list())
         box_file = work / "labkit.box"
         # Plain tar: qcow2 is already compact and gzip would cost most of the build time.
         with tarfile.open(box_file, "w") as tar:
-            for item in ("metadata.json", "Vagrantfile", KEY_FILE, "box.img"):
+            for item in ("metadata.json", "Vagrantfile", KEY_FILE, PACKAGES_FILE, "box.img"):
                 tar.add(box_dir / item, arcname=item)
 
         # Only now that the new box is ready, drop the old one and its pool images.
@@ -340,7 +357,7 @@ def _mbr_code() -> Path | None:
 
 def _cached_rootfs(cache_dir: Path, mirror: str, log: Callable[[str], None]) -> Path:
     """The debootstrap tree, downloaded once; a new package list gets a new tree."""
-    tag = hashlib.sha256(" ".join(sorted(PACKAGES)).encode()).hexdigest()[:12]
+    tag = hashlib.sha256(package_list().strip().encode()).hexdigest()[:12]
     tree = cache_dir / f"debootstrap-{SUITE}-{tag}"
     if tree.is_dir():
         log(f"using cached root tree {tree}")

@@ -54,9 +54,11 @@ def probes(provider: str = "libvirt", box_name: str = box.DEFAULT_BOX, thorough:
                            "(e.g. debian/bookworm64)"))
     elif box_name == box.DEFAULT_BOX:
         # The key file inside an installed box proves both that it is there and whom it trusts.
-        found.append(Probe(f"the box {box_name} is in Vagrant, built for this installation's SSH key",
-                           box.box_trusts(box_name, paths.key().with_suffix(".pub").read_text()),
-                           "labkit box build (it also rebuilds a box made for another key)"))
+        found.append(Probe(f"the box {box_name} is in Vagrant, built for this installation's SSH key "
+                           "with the packages the labs use",
+                           box.box_trusts(box_name, paths.key().with_suffix(".pub").read_text())
+                           and box.box_has_packages(box_name),
+                           "labkit box build (it also rebuilds a box made for another key or an older package list)"))
     elif has_vagrant:
         found.append(Probe(f"the box {box_name} is in Vagrant", box.box_exists(box_name), f"vagrant box add {box_name}"))
     found.append(Probe("an ssh client is installed", shutil.which("ssh") is not None, "apt-get install openssh-client"))

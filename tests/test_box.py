@@ -154,3 +154,14 @@ def test_public_key_accepted(key):
 def test_public_key_rejected(key):
     with pytest.raises(box.BoxError):
         box._check_public_key(key)
+
+
+def test_a_box_with_an_older_package_list_is_not_current(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    folder = tmp_path / "boxes" / "labkit-VAGRANTSLASH-bookworm" / "0" / "libvirt"
+    folder.mkdir(parents=True)
+    assert not box.box_has_packages("labkit/bookworm")  # built before the list was kept
+    (folder / box.PACKAGES_FILE).write_text("curl ipvsadm\n")
+    assert not box.box_has_packages("labkit/bookworm")
+    (folder / box.PACKAGES_FILE).write_text(box.package_list())
+    assert box.box_has_packages("labkit/bookworm")
