@@ -17,7 +17,7 @@ from pathlib import Path
 
 from invoke.watchers import StreamWatcher
 
-from labkit import apply, boot, ipvs
+from labkit import apply, boot, ipvs, show
 from labkit.errors import LabkitError
 from labkit.model import Lab, Protocol, Role, VirtualService
 
@@ -219,28 +219,27 @@ def service_for(lab: Lab, target: Target) -> VirtualService:
 # ---- breaking and healing ------------------------------------------------------------------
 
 
-def _run(ssh_config: Path, node: str, command: list[str], sudo: bool = True) -> str:
-    words = ["sudo", "-n", *command] if sudo else command
-    return apply.run(node, ssh_config, {"out": words})["out"]
-
-
-def inject(lab: Lab, lab_dir: Path, ssh_config: Path, target: Target) -> None:
+def inject(lab_dir: Path, ssh_config: Path, target: Target) -> None:
     if target.service:
-        _run(ssh_config, target.node, ["systemctl", "stop", target.service])
+        apply.run(target.node, ssh_config, {"stop": ["sudo", "-n", "systemctl", "stop", target.service]})
     elif target.link:
-        _run(ssh_config, target.node, ["ip", "link", "set", "dev", target.link, "down"])
+        apply.run(target.node, ssh_config, {"down": ["sudo", "-n", "ip", "link", "set", "dev", target.link, "down"]})
     else:
         boot.freeze(lab_dir, target.node)
 
 
-def table(lab: Lab, ssh_config: Path, director: str) -> dict[str, ipvs.Service]:
-    return {s.key: s for s in ipvs.parse_list(_run(ssh_config, director, ["ipvsadm", "-L", "-n"]))}
+def table(ssh_config: Path, director: str) -> dict[str, ipvs.Service]:
+    return {s.key: s for s in ipvs.parse_list(apply.run(director, ssh_config, {"list": show.COMMANDS["list"]})["list"])}
+
+
+def _holders(lab: Lab, outputs: dict[str, dict[str, str]]) -> list[str]:
+    return [d for d, out in outputs.items() if show.holds_vip(out["addresses"], lab.vips[0])]
 
 
 def holder(lab: Lab, ssh_config: Path, paused: set[str] = frozenset()) -> str | None:
     """The director that holds the first VIP, if exactly one does."""
-    holders = [d for d in lab.directors if d not in paused
-               and f" {lab.vips[0]}/" in _run(ssh_config, d, ["ip", "-o", "-4", "addr", "show"], sudo=False)]
+    running = [d for d in lab.directors if d not in paused]
+    holders = _holders(lab, apply.run_on(running, ssh_config, {"addresses": show.COMMANDS["addresses"]}))
     return holders[0] if len(holders) == 1 else None
 
 
@@ -309,7 +308,7 @@ def fail(lab: Lab, lab_dir: Path, ssh_config: Path, target: Target, seconds: flo
     # once the long transfer is older than that, as a connection in real use would be.
     time.sleep(LEAD_SECONDS)
     if worker.is_alive():
-        inject(lab, lab_dir, ssh_config, target)
+        inject(lab_dir, ssh_config, target)
     worker.join()
     if isinstance(result["load"], Exception):
         raise result["load"]
@@ -320,7 +319,7 @@ def fail(lab: Lab, lab_dir: Path, ssh_config: Path, target: Target, seconds: flo
         addresses = {str(a) for a in lab.nodes[target.node].addresses.values()}
         active = report.holder or lab.active_director
         wait_for(f"the checker on {active} taking {target.node} out of {svc.key}",
-                 lambda: not addresses & {d.address for d in table(lab, ssh_config, active)[svc.key].destinations},
+                 lambda: not addresses & {d.address for d in table(ssh_config, active)[svc.key].destinations},
                  20)
         # Requests fail until the checker takes the server out; the client saw that span.
         report.noticed = report.load.failing_for
@@ -334,10 +333,13 @@ def paused_nodes(lab_dir: Path) -> list[str]:
 
 
 def converged(lab: Lab, ssh_config: Path) -> bool:
-    """The preferred director holds the VIPs and its checkers see every real server."""
-    if holder(lab, ssh_config) != lab.active_director:
+    """The preferred director holds the VIPs and its checkers see every real server. One SSH
+    connection per director for each look."""
+    commands = {"addresses": show.COMMANDS["addresses"], "list": show.COMMANDS["list"]}
+    outputs = apply.run_on(lab.directors, ssh_config, commands)
+    if _holders(lab, outputs) != [lab.active_director]:
         return False
-    seen = table(lab, ssh_config, lab.active_director)
+    seen = {s.key: s for s in ipvs.parse_list(outputs[lab.active_director]["list"])}
     return all(svc.key in seen and len(seen[svc.key].destinations) == len(svc.real_servers)
                for svc in lab.services)
 
