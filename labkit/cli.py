@@ -20,12 +20,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from labkit import apply, boot, box, doctor, failover, paths
-from labkit import bench as bench_mod, explain as explain_mod, graph as graph_mod, show as show_mod
-from labkit import trace as trace_mod, verify as verify_mod
+from labkit import box, home as paths, labfile
+from labkit.describe import explain as explain_mod, graph as graph_mod
+from labkit.operate import bench as bench_mod, failover, show as show_mod, trace as trace_mod
+from labkit.run import doctor, ssh as apply, vagrant as boot, verify as verify_mod
 from labkit.errors import LabkitError
-from labkit.model import Lab, LabError, Protocol, VirtualService, load_lab, with_weight
-from labkit.render import Provider, Target, render as render_vagrantfile
+from labkit.labfile import Lab, LabError, Protocol, VirtualService, load_lab, with_weight
+from labkit.build.render import Provider, Target, render as render_vagrantfile
 
 app = typer.Typer(help="Linux Virtual Server labs on real virtual machines.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -62,9 +63,9 @@ AccelOpt = Annotated[Accel, typer.Option(help="libvirt: KVM, or QEMU software em
 
 
 def read_lab(name_or_path: str) -> Lab:
-    path = paths.lab_file(name_or_path)
+    path = labfile.lab_file(name_or_path)
     if not path.exists():
-        known = ", ".join(paths.known_labs())
+        known = ", ".join(labfile.known_labs())
         raise LabError(f"no lab {name_or_path!r}: {path} does not exist. Known labs: {known}; "
                        "or give the path of a lab.yaml")
     return load_lab(path)
@@ -97,7 +98,7 @@ def target_for(lab_source: Path, box_name: str, provider: Provider, accel: Accel
                 err.print(f"[yellow]warning:[/] {reason}: using QEMU software emulation, labs will be slow",
                           soft_wrap=True)
     key = str(paths.key()) if box_name == box.DEFAULT_BOX else None
-    return Target(provider=provider, box=box_name, driver=driver, private_key=key, source=paths.shown(lab_source))
+    return Target(provider=provider, box=box_name, driver=driver, private_key=key, source=labfile.shown(lab_source))
 
 
 def preflight(provider: Provider, box_name: str) -> None:
@@ -155,7 +156,7 @@ def do_provision(lab: Lab, lab_dir: Path, after_boot: bool = False) -> None:
 def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOpt = Provider.libvirt,
        accel: AccelOpt = Accel.auto) -> None:
     """Boot a lab's VMs and configure them (render, boot, provision)."""
-    source = paths.lab_file(lab)
+    source = labfile.lab_file(lab)
     model = read_lab(lab)
     preflight(provider, box_name)
     vagrantfile = render_vagrantfile(model, target_for(source, box_name, provider, accel, warn=True))
@@ -182,7 +183,7 @@ def provision(lab: RunningLab = None) -> None:
             raise LabkitError(f"failover changed from {model.failover.value} to {edited.failover.value}: the directors "
                               f"cannot be converted in place. Run: labkit down {model.name} && labkit up {lab}")
         model = edited
-        shutil.copyfile(paths.lab_file(lab), lab_dir / "lab.yaml")
+        shutil.copyfile(labfile.lab_file(lab), lab_dir / "lab.yaml")
     do_provision(model, lab_dir)
 
 
@@ -394,7 +395,7 @@ def render(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOp
            accel: AccelOpt = Accel.auto) -> None:
     """Print the lab's Vagrantfile. Boots nothing."""
     model = read_lab(lab)
-    sys.stdout.write(render_vagrantfile(model, target_for(paths.lab_file(lab), box_name, provider, accel, warn=False)))
+    sys.stdout.write(render_vagrantfile(model, target_for(labfile.lab_file(lab), box_name, provider, accel, warn=False)))
 
 
 @app.command()

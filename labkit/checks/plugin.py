@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from labkit.model import Forwarding, Lab, Protocol, VirtualService, load_lab
+from labkit.labfile import Forwarding, Lab, Protocol, VirtualService, load_lab
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from labkit import failover, keepalived
-from labkit.model import Lab
-from labkit.plan import BIG_FILE
+from labkit.build import keepalived
+from labkit.operate import failover
+from labkit.labfile import Lab
+from labkit.build.plan import BIG_FILE
 
 pytestmark = pytest.mark.failover
 

@@ -12,8 +12,8 @@ import time
 from collections import Counter
 from math import gcd
 
-from labkit import ipvs, keepalived
-from labkit.model import Forwarding, Lab, VirtualService
+from labkit.build import ipvs, keepalived
+from labkit.labfile import Forwarding, Lab, VirtualService
 
 # ---- every node ----------------------------------------------------------------------------
 

@@ -1,0 +1,232 @@
+"""IPVS rules and tables: the rules file labkit loads, and ipvsadm's listings parsed.
+
+This is the one place that knows ipvsadm's text formats. Pure: no SSH, no subprocess.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from labkit.labfile import Forwarding, Lab, VirtualService
+
+
+def rules(lab: Lab) -> str:
+    """The lab's services in ipvsadm-save -n format, ready for ipvsadm-restore."""
+    lines = []
+    for svc in lab.services:
+        name = f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {svc.vip}:{svc.port}"
+        persistence = f" -p {svc.persistence}" if svc.persistence else ""
+        lines.append(f"-A {name} -s {svc.scheduler}{persistence}")
+        # ipvsadm 1.31 (kernel 5.3+) names the tunnel type when it saves a tunnel rule.
+        tunnel = " --tun-type ipip" if svc.forwarding == Forwarding.tun else ""
+        for rs in svc.real_servers:
+            lines.append(f"-a {name} -r {rs.address}:{svc.real_port(rs)} {svc.forwarding.flag} -w {rs.weight}{tunnel}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Destination:
+    address: str
+    port: int
+    forward: str  # Masq, Tunnel, Route, Local
+    weight: int
+    active: int = 0
+    inactive: int = 0
+    # Filled by table() from the --stats and --rate listings; None where a listing lacked the row.
+    stats: Stats | None = None
+    rates: Rates | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+@dataclass
+class Service:
+    protocol: str  # TCP, UDP
+    vip: str
+    port: int
+    scheduler: str
+    persistence: int | None = None
+    destinations: list[Destination] = field(default_factory=list)
+    # A firewall-mark service (ipvsadm -f) has a mark instead of an address: protocol "FWM", vip "", port 0.
+    fwmark: int | None = None
+    ops: bool = False  # one-packet scheduling (-o): every UDP datagram is scheduled on its own
+    stats: Stats | None = None
+    rates: Rates | None = None
+
+    @property
+    def key(self) -> str:
+        if self.fwmark is not None:
+            return f"fwm {self.fwmark}"
+        return f"{self.protocol.lower()} {self.vip}:{self.port}"
+
+
+def _addr_port(text: str) -> tuple[str, int]:
+    addr, _, port = text.rpartition(":")
+    return addr, int(port)
+
+
+# print_service_entry: "%-4s %s" (protocol, address:port) or "FWM  %u", then the scheduler, then
+# "(flags)" for sh/mh flags, "persistent T", "mask M", "pe NAME" and "ops", each only when set.
+SERVICE = re.compile(r"^(?:(TCP|UDP|SCTP)\s+(\S+)|FWM\s+(\d+))\s+(\S+)(.*)$")
+DEST = re.compile(r"^\s+->\s+(\S+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)")
+
+
+def parse_list(text: str) -> list[Service]:
+    """Parse `ipvsadm -L -n` (seed 002's listing, for instance)."""
+    services: list[Service] = []
+    for line in text.splitlines():
+        if m := SERVICE.match(line):
+            addr, port = _addr_port(m[2]) if m[1] else ("", 0)
+            persistent = re.search(r"\bpersistent (\d+)", m[5])
+            services.append(Service(
+                m[1] or "FWM", addr, port, m[4], int(persistent[1]) if persistent else None,
+                fwmark=int(m[3]) if m[3] else None, ops=re.search(r"\bops\b", m[5]) is not None))
+        elif (m := DEST.match(line)) and services:
+            addr, port = _addr_port(m[1])
+            services[-1].destinations.append(
+                Destination(addr, port, m[2], int(m[3]), int(m[4]), int(m[5])))
+    return services
+
+
+@dataclass
+class Stats:
+    conns: int
+    in_packets: int
+    out_packets: int
+    in_bytes: int
+    out_bytes: int
+
+
+def parse_stats(text: str) -> dict[str, Stats]:
+    """Parse `ipvsadm -L -n --stats --exact` into per-service counters, keyed like Service.key."""
+    return {svc: stats for (svc, dest), stats in parse_counters(text).items() if dest is None}
+
+
+def expected(svc: VirtualService) -> Service:
+    """What `ipvsadm -L -n` should list for a service of the lab."""
+    destinations = [Destination(str(rs.address), svc.real_port(rs), svc.forwarding.listed_as, rs.weight)
+                    for rs in svc.real_servers]
+    if svc.fwmark:
+        return Service("FWM", "", 0, svc.scheduler, svc.persistence, destinations, fwmark=svc.fwmark)
+    return Service(svc.protocol.value.upper(), str(svc.vip), svc.port, svc.scheduler, svc.persistence, destinations)
+
+
+# ---- the listings behind `labkit show` ----------------------------------------------------
+#
+# The kernel does not count in the numbers ipvsadm prints at the moment it prints them: the IPVS
+# estimator sums the per-CPU counters and computes the rates about every 2 s (a timer up to kernel
+# 6.1, per-netns kthreads since 6.2), and --stats and --rate print its last result. A count can
+# lag the traffic by up to 2 s, and a rate is a smoothed average over several periods.
+
+
+@dataclass
+class Rates:
+    cps: int  # connections per second
+    in_pps: int
+    out_pps: int
+    in_bps: int  # bytes per second, as ipvsadm prints it
+    out_bps: int
+
+
+# print_service_entry under --stats or --rate: "%-33s" (the service) or "  -> %-28s" (a real
+# server), then five numbers. Without --exact ipvsadm rounds large ones to "1234K", "12M"...
+COUNTERS = re.compile(r"^(?:(TCP|UDP|SCTP)\s+(\S+)|FWM\s+(\d+)|\s+->\s+(\S+))((?:\s+\S+){5})\s*$")
+
+
+def _counter_rows(text: str) -> dict[tuple[str, str | None], tuple[int, ...]]:
+    rows: dict[tuple[str, str | None], tuple[int, ...]] = {}
+    service = None
+    for line in text.splitlines():
+        if not (m := COUNTERS.match(line)):
+            continue
+        words = m[5].split()
+        if not all(w.isdigit() for w in words):
+            raise ValueError(f"ipvsadm rounded the numbers in {line.strip()!r}: list with --exact")
+        if m[4]:
+            rows[(service, m[4])] = tuple(int(w) for w in words)
+        else:
+            service = f"{m[1].lower()} {m[2]}" if m[1] else f"fwm {m[3]}"
+            rows[(service, None)] = tuple(int(w) for w in words)
+    return rows
+
+
+def parse_counters(text: str) -> dict[tuple[str, str | None], Stats]:
+    """Parse `ipvsadm -L -n --stats --exact`: (Service.key, None) for a service's totals and
+    (Service.key, Destination.key) for each of its real servers."""
+    return {key: Stats(*row) for key, row in _counter_rows(text).items()}
+
+
+def parse_rates(text: str) -> dict[tuple[str, str | None], Rates]:
+    """Parse `ipvsadm -L -n --rate --exact`, keyed as parse_counters keys."""
+    return {key: Rates(*row) for key, row in _counter_rows(text).items()}
+
+
+def table(list_text: str, stats_text: str, rate_text: str) -> list[Service]:
+    """The three listings of one director merged: `ipvsadm -L -n` with each service's and each
+    real server's counters (--stats --exact) and rates (--rate --exact).
+
+    The three are separate reads of the kernel's table; a service or real server added or removed
+    between them keeps stats or rates of None rather than another's numbers.
+    """
+    stats, rates = parse_counters(stats_text), parse_rates(rate_text)
+    services = parse_list(list_text)
+    for svc in services:
+        svc.stats, svc.rates = stats.get((svc.key, None)), rates.get((svc.key, None))
+        for dest in svc.destinations:
+            dest.stats, dest.rates = stats.get((svc.key, dest.key)), rates.get((svc.key, dest.key))
+    return services
+
+
+@dataclass
+class Connection:
+    """One entry of the connection table. A persistent service also lists its templates: client
+    port 0, state NONE for TCP, protocol IP for a firewall-mark service."""
+
+    protocol: str  # TCP, UDP, SCTP, IP
+    expire: int  # seconds until the entry expires
+    state: str  # ESTABLISHED, SYN_RECV, FIN_WAIT, TIME_WAIT, CLOSE, NONE, UDP ...
+    source: str  # client address:port
+    virtual: str  # VIP:port
+    destination: str  # real server address:port
+
+
+# print_conn: "%-3s %-6s %-11s %-18s %-18s %s", the expiry as minutes:seconds; columns wider than
+# their field (a client at 192.168.55.200:43122) push the rest right by one space only.
+CONNECTION = re.compile(r"^(\S+)\s+(\d+):(\d\d)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)")
+
+
+def parse_connections(text: str) -> list[Connection]:
+    """Parse `ipvsadm -L -n -c`."""
+    return [
+        Connection(m[1], int(m[2]) * 60 + int(m[3]), m[4], m[5], m[6], m[7])
+        for line in text.splitlines() if (m := CONNECTION.match(line))
+    ]
+
+
+@dataclass
+class SyncDaemon:
+    """A connection synchronisation daemon: the master sends its connections to the backups,
+    so a backup director taking over the VIP keeps the established connections."""
+
+    role: str  # master or backup
+    interface: str  # mcast=: the interface the sync messages leave (master) or arrive on (backup)
+    syncid: int
+    options: dict[str, str] = field(default_factory=dict)  # maxlen, group, port, ttl when reported
+
+
+# list_daemon: "%s sync daemon (mcast=%s, syncid=%d" then ", maxlen=", ", group=", ", port=",
+# ", ttl=" when the kernel reports them, then ")".
+DAEMON = re.compile(r"^(master|backup) sync daemon \((.*)\)\s*$")
+
+
+def parse_daemons(text: str) -> list[SyncDaemon]:
+    """Parse `ipvsadm -L --daemon`: empty when no sync daemon runs."""
+    daemons = []
+    for line in text.splitlines():
+        if m := DAEMON.match(line):
+            options = dict(part.split("=", 1) for part in m[2].split(", "))
+            daemons.append(SyncDaemon(m[1], options.pop("mcast"), int(options.pop("syncid")), options))
+    return daemons

@@ -1,0 +1,277 @@
+"""Lab + node -> the steps that configure it, and the shell script that runs them. Pure.
+
+Every step says why it exists and carries a check: when the check succeeds the step is
+already done and is skipped, so provisioning twice changes nothing the second time. Commands
+are lists of words, joined with shlex: no lab value reaches the remote shell unquoted.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from labkit.build import ipvs, keepalived
+from labkit.labfile import Forwarding, Lab, Role
+from labkit.build.render import interfaces
+
+Words = tuple[str, ...]
+
+WEB_ROOT = "/var/www/labkit"
+NGINX_SITE = "/etc/nginx/conf.d/labkit.conf"
+BIG_FILE = f"{WEB_ROOT}/1m.bin"
+BIG_FILE_SIZE = 1024 * 1024
+RULES_FILE = "/etc/ipvsadm.rules"  # where Debian's ipvsadm package keeps them
+
+PACKAGES = {
+    Role.director: {"ipvsadm": "ipvsadm", "keepalived": "keepalived", "iptables": "iptables"},
+    Role.real_server: {"nginx": "nginx"},
+    Role.client: {"curl": "curl"},
+}
+COMMON_PACKAGES = {"ip": "iproute2", "sysctl": "procps", "tcpdump": "tcpdump"}
+
+
+@dataclass(frozen=True)
+class Step:
+    why: str
+    unless: Words  # a check: when it succeeds, the step is already done
+    commands: tuple[Words, ...]
+
+
+def _file(why: str, path: str, content: str | bytes, mode: str = "0644") -> Step:
+    data = base64.b64encode(content.encode() if isinstance(content, str) else content).decode()
+    return Step(why, ("same", path, data), (("put", path, mode, data),))
+
+
+def _sysctls(why: str, settings: dict[str, str]) -> Step:
+    pairs = tuple(f"{k}={v}" for k, v in settings.items())
+    return Step(why, ("sysctls_are", *pairs), (("sysctl", "-q", "-w", *pairs),))
+
+
+def _address(dev: str, cidr: str, why: str) -> Step:
+    return Step(why, ("has_addr", dev, cidr), (("ip", "addr", "replace", cidr, "dev", dev),))
+
+
+def _module(name: str, why: str) -> Step:
+    return Step(why, ("test", "-d", f"/sys/module/{name}"), (("modprobe", name),))
+
+
+def sysctls(lab: Lab, node: str) -> dict[str, str]:
+    """The kernel settings a node needs for the lab's forwarding methods (verify checks them)."""
+    role = lab.nodes[node].role
+    out: dict[str, str] = {}
+    if role == Role.director:
+        if lab.nat:
+            out["net.ipv4.ip_forward"] = "1"
+        if lab.ha:
+            # A connection whose first packets the sync daemon had not copied yet still
+            # reaches the new active director mid-stream: let IPVS take it without a SYN.
+            out["net.ipv4.vs.sloppy_tcp"] = "1"
+    elif role == Role.real_server:
+        methods = {s.forwarding for s in lab.services_of(node)}
+        if methods & {Forwarding.tun, Forwarding.route}:
+            vip_dev = "tunl0" if Forwarding.tun in methods else "lo"
+            for dev in ("all", vip_dev):
+                out[f"net.ipv4.conf.{dev}.arp_ignore"] = "1"
+                out[f"net.ipv4.conf.{dev}.arp_announce"] = "2"
+            for dev in ["all", *request_devices(lab, node)]:
+                out[f"net.ipv4.conf.{dev}.rp_filter"] = "0"
+    return out
+
+
+def request_devices(lab: Lab, node: str) -> list[str]:
+    """Where requests from the director arrive on a TUN/DR real server: tunl0 for TUN, the
+    network of the real server's address for DR."""
+    devs: list[str] = []
+    for svc in lab.services_of(node):
+        if svc.forwarding == Forwarding.tun:
+            dev = "tunl0"
+        elif svc.forwarding == Forwarding.route:
+            address = next(rs.address for rs in svc.real_servers if lab.node_at(rs.address) == node)
+            dev = lab.network_of(address) or ""
+        else:
+            continue
+        if dev not in devs:
+            devs.append(dev)
+    return devs
+
+
+def gateway_routes(lab: Lab, node: str) -> dict[str, str]:
+    """NAT real servers: each network they are not on, via the director (the pair's floating
+    gateway, or the single director's DIP), so that replies go back through the director that
+    rewrote the request."""
+    via = lab.reply_gateway(node)
+    if via is None:
+        return {}
+    mine = lab.nodes[node].addresses
+    return {str(cidr): str(via) for net, cidr in lab.networks.items() if net not in mine}
+
+
+def vip_devices(lab: Lab, real_server: str) -> dict[IPv4Address, str]:
+    """VIP -> where a TUN/DR real server holds it: on tunl0, which unwraps the tunnel, or on
+    lo for DR. NAT real servers never see the VIP."""
+    out: dict[IPv4Address, str] = {}
+    for svc in lab.services_of(real_server):
+        if svc.forwarding != Forwarding.masq:
+            for vip in svc.addresses:
+                out.setdefault(vip, "tunl0" if svc.forwarding == Forwarding.tun else "lo")
+    return out
+
+
+def nginx_site(lab: Lab, node: str) -> str:
+    ports = sorted({svc.real_port(rs) for svc in lab.services_of(node) for rs in svc.real_servers
+                    if lab.node_at(rs.address) == node})
+    listen = "".join(f"    listen {port};\n" for port in ports)
+    # The header names the server that answered, so a client can tell who served a download.
+    return (
+        "server {\n"
+        f"{listen}"
+        f"    root {WEB_ROOT};\n"
+        f"    add_header X-Real-Server {node} always;\n"
+        "}\n"
+    )
+
+
+def firewall_marks(lab: Lab) -> list[tuple[str, Words]]:
+    """Why, and the iptables rule, for each VIP of a fwmark service, as Docker swarm marks its
+    VIPs (seed 004). Marked in PREROUTING, before IPVS looks for a service on the way in."""
+    return [(f"fwmark: packets for {vip} port {svc.port} get mark {svc.fwmark}, which one IPVS service matches",
+             ("-t", "mangle", "-A", "PREROUTING", "-d", f"{vip}/32", "-p", svc.protocol.value,
+              "--dport", str(svc.port), "-j", "MARK", "--set-mark", str(svc.fwmark)))
+            for svc in lab.services if svc.fwmark for vip in svc.addresses]
+
+
+def director_steps(lab: Lab, node: str) -> list[Step]:
+    steps = []
+    for why, rule in firewall_marks(lab):
+        check = ("iptables", *("-C" if word == "-A" else word for word in rule))
+        steps.append(Step(why, check, (("iptables", *rule),)))
+    if lab.ha:
+        return steps + [
+            _file("keepalived leaves the IPVS table in place when it stops: connections that still reach this "
+                  "director while the VIP moves are forwarded, not reset", keepalived.DEFAULTS,
+                  'DAEMON_ARGS="--dont-release-ipvs"\n'),
+            _file("keepalived: VRRP for the VIPs (and the NAT gateway), the IPVS services with health checks, "
+                  "connection sync", keepalived.CONFIG, keepalived.config(lab, node)),
+            Step("keepalived runs with this configuration (a reload keeps VRRP state and connections)",
+                 ("applied", "keepalived", keepalived.CONFIG),
+                 (("apply_config", "keepalived"),)),
+        ]
+    if node == lab.active_director:
+        for vip in lab.vips:
+            dev = lab.network_of(vip)
+            steps.append(_address(dev, f"{vip}/32", f"the active director answers for the VIP {vip} on {dev}"))
+    steps.append(_file("the virtual services of the lab, in ipvsadm-save format", RULES_FILE, ipvs.rules(lab)))
+    steps.append(Step("load the IPVS table: edit it in place when only weights or schedulers changed, "
+                      "else replace it as a whole",
+                      ("ipvs_matches", RULES_FILE), (("ipvs_load", RULES_FILE),)))
+    return steps
+
+
+def plan(lab: Lab, node: str) -> list[Step]:
+    role = lab.nodes[node].role
+    needed = {**COMMON_PACKAGES, **PACKAGES[role]}
+    steps = [
+        Step("the box may lack the lab's tools: install them",
+             ("has_commands", *needed),
+             (("apt_install", *sorted(set(needed.values()))),)),
+        Step(f"the node is called {node}", ("hostname_is", node), (("set_hostname", node),)),
+    ]
+    for iface in interfaces(lab, node):
+        net, cidr = iface["network"], f"{iface['address']}/{lab.networks[iface['network']].prefixlen}"
+        steps.append(Step(f"the NIC on network {net} is named {net}, so every command can name it",
+                          ("link_named", net, iface["mac"]), (("name_link", net, iface["mac"]),)))
+        steps.append(_address(net, cidr, f"{node}'s address on network {net}"))
+
+    if role == Role.director:
+        steps.append(_module("ip_vs", "IPVS is the kernel's load balancer"))
+        if settings := sysctls(lab, node):
+            why = {"net.ipv4.ip_forward": "NAT: the director forwards between the client's and the real servers' networks",
+                   "net.ipv4.vs.sloppy_tcp": "a pair: the new active director takes over connections it did not see open"}
+            steps.append(_sysctls("; ".join(why[k] for k in settings), settings))
+        steps += director_steps(lab, node)
+
+    elif role == Role.real_server:
+        methods = {s.forwarding for s in lab.services_of(node)}
+        if Forwarding.tun in methods:
+            steps.append(_module("ipip", "TUN: the ipip module gives tunl0, which unwraps the director's IP-in-IP packets"))
+        if settings := sysctls(lab, node):
+            steps.append(_sysctls(
+                "the VIP is local here too: never answer ARP for it (arp_ignore=1) nor use it as ARP source "
+                "(arp_announce=2); accept requests that arrive where the route back does not leave (rp_filter=0)",
+                settings))
+        if Forwarding.tun in methods:
+            steps.append(Step("TUN: tunl0 up", ("link_up", "tunl0"), (("ip", "link", "set", "tunl0", "up"),)))
+        for vip, dev in vip_devices(lab, node).items():
+            steps.append(_address(dev, f"{vip}/32", f"the real server accepts packets for the VIP {vip} on {dev}"))
+        for net, via in gateway_routes(lab, node).items():
+            steps.append(Step(f"NAT: replies to {net} go back through the director {via}",
+                              ("route_via", net, via), (("ip", "route", "replace", net, "via", via),)))
+        steps.append(_file("a page that names the real server", f"{WEB_ROOT}/index.html", f"{node}\n"))
+        steps.append(Step("a 1 MiB file to check that transfers arrive byte-identical",
+                          ("size_is", BIG_FILE, str(BIG_FILE_SIZE)),
+                          (("random_file", BIG_FILE, str(BIG_FILE_SIZE)),)))
+        steps.append(Step("nginx's own default site would also claim port 80",
+                          ("test", "!", "-e", "/etc/nginx/sites-enabled/default"),
+                          (("rm", "-f", "/etc/nginx/sites-enabled/default"),)))
+        steps.append(_file("nginx serves the lab's pages on the real server ports", NGINX_SITE, nginx_site(lab, node)))
+        steps.append(Step("nginx runs with this configuration",
+                          ("started_after", "nginx", NGINX_SITE),
+                          (("systemctl", "enable", "-q", "nginx"), ("systemctl", "restart", "nginx"))))
+    return steps
+
+
+# Guest-side helpers the steps call. POSIX sh: the box's /bin/sh is dash.
+PRELUDE = r"""set -eu
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+current=start
+trap '[ $? -eq 0 ] || echo "labkit-failed: $current" >&2' EXIT
+changed() { echo "labkit-changed: $1"; }
+has_commands() { for c in "$@"; do command -v "$c" >/dev/null || return 1; done; }
+apt_install() { DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"; }
+hostname_is() { [ "$(hostname)" = "$1" ] && [ "$(cat /etc/hostname)" = "$1" ] && grep -q "^127.0.1.1 $1\$" /etc/hosts; }
+set_hostname() {
+  hostname "$1"; echo "$1" > /etc/hostname
+  sed -i '/^127.0.1.1 /d' /etc/hosts; echo "127.0.1.1 $1" >> /etc/hosts
+}
+same() { [ -f "$1" ] && [ "$(base64 -w0 < "$1")" = "$2" ]; }
+put() {
+  mkdir -p "$(dirname "$1")"
+  echo "$3" | base64 -d > "$1.labkit-new"; chmod "$2" "$1.labkit-new"; mv "$1.labkit-new" "$1"
+}
+link_named() { ip -br link show dev "$1" 2>/dev/null | awk -v mac="$2" '$3 == mac && $4 ~ /[<,]UP[,>]/ {ok=1} END {exit !ok}'; }
+name_link() {
+  dev=$(ip -br link | awk -v mac="$2" '$3 == mac {sub("@.*", "", $1); print $1}')
+  [ -n "$dev" ] || { echo "no network interface has the MAC address $2" >&2; return 1; }
+  if [ "$dev" != "$1" ]; then ip link set dev "$dev" down; ip link set dev "$dev" name "$1"; fi
+  ip link set dev "$1" up
+}
+link_up() { ip -br link show dev "$1" 2>/dev/null | awk '$NF ~ /[<,]UP[,>]/ {ok=1} END {exit !ok}'; }
+has_addr() { ip -o -4 addr show dev "$1" | awk '{print $4}' | grep -qx "$2"; }
+route_via() { [ "$(ip -4 route show exact "$1" | awk '{print $3}')" = "$2" ]; }
+sysctls_are() {
+  for kv in "$@"; do [ "$(sysctl -n "${kv%%=*}")" = "${kv#*=}" ] || return 1; done
+}
+ipvs_matches() { [ "$(ipvsadm-save -n | sort)" = "$(sort "$1")" ]; }
+ipvs_load() {
+  # -E/-e edit a service or server in place (connections stay); they fail for new ones.
+  sed -e 's/^-A /-E /' -e 's/^-a /-e /' "$1" | ipvsadm-restore 2>/dev/null || true
+  ipvs_matches "$1" || { ipvsadm -C; ipvsadm-restore < "$1"; }
+}
+applied() { systemctl is-active -q "$1" && [ -n "$(find "/run/labkit-$1.applied" -newer "$2" 2>/dev/null)" ]; }
+apply_config() { systemctl enable -q "$1"; systemctl reload-or-restart "$1"; touch "/run/labkit-$1.applied"; }
+size_is() { [ "$(stat -c %s "$1" 2>/dev/null)" = "$2" ]; }
+random_file() { mkdir -p "$(dirname "$1")"; head -c "$2" /dev/urandom > "$1"; }
+started_after() { systemctl is-active -q "$1" && [ -n "$(find "/run/$1.pid" -newer "$2" 2>/dev/null)" ]; }
+"""
+
+
+def script(steps: list[Step]) -> str:
+    """One shell script that runs the steps in order, printing a line for each change."""
+    parts = [PRELUDE]
+    for step in steps:
+        why = shlex.quote(step.why)
+        body = "".join(f"  {shlex.join(c)}\n" for c in step.commands)
+        parts.append(f"current={why}\nif ! {shlex.join(step.unless)}; then\n{body}  changed \"$current\"\nfi\n")
+    return "\n".join(parts)

@@ -1,0 +1,60 @@
+"""Lab -> Vagrantfile text, from Vagrantfile.j2. Pure: no VM, no subprocess."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import jinja2
+
+TEMPLATE = "Vagrantfile.j2"
+
+from labkit.labfile import Lab
+
+
+
+class Provider(str, Enum):
+    libvirt = "libvirt"
+    virtualbox = "virtualbox"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how the lab boots: everything the Vagrantfile needs besides the lab."""
+
+    provider: Provider = Provider.libvirt
+    box: str = "labkit/bookworm"
+    driver: str = "kvm"  # libvirt domain type: kvm, or qemu (software emulation)
+    private_key: str | None = None  # set when the box trusts labkit's own key
+    source: str = ""  # the lab file, named in the header
+
+
+def mac(net_index: int, node_index: int) -> str:
+    """A fixed MAC per (network, node): the plan finds each lab interface by it, whatever
+    name the guest's kernel gave the NIC."""
+    return f"52:54:00:4c:{net_index + 1:02x}:{node_index + 1:02x}"
+
+
+def interfaces(lab: Lab, node: str) -> list[dict]:
+    node_index = list(lab.nodes).index(node)
+    return [
+        {
+            "network": net,
+            "address": str(addr),
+            "netmask": str(lab.networks[net].netmask),
+            "mac": mac(list(lab.networks).index(net), node_index),
+        }
+        for net, addr in lab.nodes[node].addresses.items()
+    ]
+
+
+def render(lab: Lab, target: Target) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("labkit.build", ""),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    nodes = [{"name": name, "interfaces": interfaces(lab, name)} for name in lab.nodes]
+    return env.get_template(TEMPLATE).render(lab=lab, nodes=nodes, target=target)

@@ -1,0 +1,1 @@
+"""A lab described without booting it: its commands with reasons, its picture."""

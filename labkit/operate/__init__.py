@@ -1,0 +1,1 @@
+"""Operating a running lab: look at it, load it, break it and heal it."""

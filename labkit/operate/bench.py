@@ -1,0 +1,56 @@
+"""`labkit bench`: a bounded load from the client with ApacheBench (Debian's apache2-utils),
+and the split per real server as the director's IPVS counters saw it. Pure: the CLI runs ab
+and ipvsadm, this module builds the command and reads the outputs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from labkit.build import ipvs
+from labkit.labfile import VirtualService
+
+MAX_REQUESTS = 20000
+MAX_CONCURRENCY = 32
+
+
+def command(svc: VirtualService, requests: int, concurrency: int) -> list[str]:
+    """ab opens a new connection per request (no -k), so IPVS schedules every request.
+    -l: the pages differ by real server; -s: a request that hangs fails after 5 s."""
+    return ["ab", "-n", str(requests), "-c", str(concurrency), "-s", "5", "-l", "-r",
+            f"http://{svc.addresses[0]}:{svc.port}/"]
+
+
+@dataclass
+class Result:
+    complete: int
+    failed: int
+    per_second: float
+    mean_ms: float
+    percentiles: dict[int, int] = field(default_factory=dict)  # 50 -> ms
+    split: dict[str, int] = field(default_factory=dict)  # real server -> new connections
+
+
+def _number(pattern: str, text: str) -> float:
+    m = re.search(pattern, text, re.M)
+    if not m:
+        raise ValueError(f"ab printed no {pattern!r}:\n{text[-500:]}")
+    return float(m[1])
+
+
+def parse_ab(text: str) -> Result:
+    return Result(
+        complete=int(_number(r"^Complete requests:\s+(\d+)", text)),
+        failed=int(_number(r"^Failed requests:\s+(\d+)", text)),
+        per_second=_number(r"^Requests per second:\s+([\d.]+)", text),
+        mean_ms=_number(r"^Time per request:\s+([\d.]+) \[ms\] \(mean\)$", text),
+        percentiles={int(p): int(ms) for p, ms in re.findall(r"^\s+(\d+)%\s+(\d+)", text, re.M)},
+    )
+
+
+def split(svc_key: str, before: str, after: str, names: dict[str, str]) -> dict[str, int]:
+    """New connections per real server between two `ipvsadm -L -n --stats --exact` listings;
+    `names` maps 'address:port' to the node's name."""
+    was, now = ipvs.parse_counters(before), ipvs.parse_counters(after)
+    return {names.get(dest, dest): stats.conns - (was[(key, dest)].conns if (key, dest) in was else 0)
+            for (key, dest), stats in now.items() if key == svc_key and dest is not None}

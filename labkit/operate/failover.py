@@ -1,0 +1,365 @@
+"""Failure scenarios: break one part of a running lab while the client keeps asking, and
+measure what the client saw. Used by `labkit fail`/`labkit heal` and by the verify suite.
+
+The load runs on the client VM (a small Python program, bounded in time and rate) against the
+lab's own VIP; every figure comes from the client's clock, as a user would notice it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from invoke.watchers import StreamWatcher
+
+from labkit.build import ipvs
+from labkit.operate import show
+from labkit.run import ssh as apply, vagrant as boot
+from labkit.errors import LabkitError
+from labkit.labfile import Lab, Protocol, Role, VirtualService
+
+SERVICES = {Role.director: "keepalived", Role.real_server: "nginx"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to break: a whole node (its VM is frozen), a service on it, or one of its links."""
+
+    node: str
+    service: str = ""
+    link: str = ""
+
+    def __str__(self) -> str:
+        return ":".join(x for x in (self.node, self.service or self.link) if x)
+
+    @property
+    def what(self) -> str:
+        if self.service:
+            return f"{self.service} stopped on {self.node}"
+        if self.link:
+            return f"{self.node}'s link to network {self.link} down"
+        return f"{self.node} frozen (its VM paused, as if it crashed)"
+
+
+def parse_target(lab: Lab, text: str) -> Target:
+    node, _, part = text.partition(":")
+    usage = "Use NODE (freeze it), NODE:SERVICE (stop it) or NODE:NETWORK (link down)"
+    if node not in lab.nodes:
+        raise LabkitError(f"the lab {lab.name} has no node {node!r}. Nodes: {', '.join(lab.nodes)}. {usage}")
+    role = lab.nodes[node].role
+    if role == Role.client:
+        raise LabkitError(f"{node} is the client that measures the failure; break a director or a real server")
+    if not part:
+        return Target(node)
+    if part == SERVICES[role]:
+        return Target(node, service=part)
+    if part in lab.nodes[node].addresses:
+        return Target(node, link=part)
+    raise LabkitError(f"{text}: {node} runs no service and has no network called {part!r}. "
+                      f"Use {node}:{SERVICES[role]} or {node}:<{'|'.join(lab.nodes[node].addresses)}>")
+
+
+# ---- the client's load ------------------------------------------------------------------
+
+# Runs on the client with the box's python3. Sequential requests, each on a new connection so
+# that IPVS schedules each one; optionally a long, slow download alongside. Prints one JSON.
+LOAD = r"""
+import hashlib, json, socket, sys, threading, time
+a = json.loads(sys.argv[1])
+t0 = time.monotonic()
+
+def fetch(path, rcvbuf=0, rate=0, timeout=1.0, first_bytes=None):
+    s = socket.socket()
+    if rcvbuf:  # a small window keeps the download slow end to end, not just at the reader
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    try:
+        s.connect((a["vip"], a["port"]))
+        s.sendall(("GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" % (path, a["vip"])).encode())
+        data, start = b"", time.monotonic()
+        while True:
+            chunk = s.recv(16384)
+            if not chunk:
+                return data
+            data += chunk
+            if first_bytes is not None:
+                first_bytes.set()
+            if rate:
+                time.sleep(max(0.0, len(data) / rate - (time.monotonic() - start)))
+    finally:
+        s.close()
+
+def split(data):
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    return lines[0], headers, body
+
+transfer = {}
+def download():
+    try:
+        status, headers, body = split(fetch(a["path"], 16384, a["rate"], 30.0, started))
+        transfer.update(status=status, server=headers.get("x-real-server"), bytes=len(body),
+                        sha256=hashlib.sha256(body).hexdigest(), length=int(headers.get("content-length", -1)))
+    except Exception as e:
+        transfer.update(error=repr(e))
+    finally:
+        started.set()
+
+started = threading.Event()
+worker = threading.Thread(target=download)
+if a["path"]:
+    worker.start()
+    started.wait(10)
+print("labkit-load-started", flush=True)  # the caller breaks the lab after this
+requests, i = [], 0
+while time.monotonic() - t0 < a["seconds"]:
+    start = time.monotonic()
+    try:
+        status, headers, body = split(fetch("/", timeout=a["timeout"]))
+        ok = status.split()[1:2] == ["200"]
+        requests.append([start - t0, time.monotonic() - t0, body.decode().strip() if ok else None, None if ok else status])
+    except Exception as e:
+        requests.append([start - t0, time.monotonic() - t0, None, type(e).__name__])
+    i += 1
+    time.sleep(max(0.0, t0 + i * a["interval"] - time.monotonic()))
+if a["path"]:
+    worker.join(90)
+print(json.dumps({"requests": requests, "transfer": transfer or None}))
+"""
+
+BIG_PATH = "/1m.bin"
+LEAD_SECONDS = 3  # from the start of the load to the failure
+
+
+@dataclass
+class Load:
+    """What the client saw: per request (sent at, done at, server or None, error or None)."""
+
+    requests: list[list] = field(default_factory=list)
+    transfer: dict | None = None
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.requests if r[2] is None)
+
+    @property
+    def outage(self) -> float:
+        """The longest time without any answer, from the end of the last answered request
+        before failures to the start of the next answered one: how long the VIP was gone.
+        0 when nothing failed."""
+        longest, last_ok, failed_since = 0.0, None, None
+        for sent, done, server, _ in self.requests:
+            if server is None:
+                failed_since = sent if failed_since is None else failed_since
+                continue
+            if failed_since is not None:
+                longest = max(longest, sent - (last_ok if last_ok is not None else failed_since))
+                failed_since = None
+            last_ok = done
+        if failed_since is not None:  # still failing at the end
+            longest = max(longest, self.requests[-1][1] - (last_ok if last_ok is not None else failed_since))
+        return round(longest, 2)
+
+    @property
+    def failing_for(self) -> float:
+        """Seconds from the first failed request to the end of the last one."""
+        bad = [r for r in self.requests if r[2] is None]
+        return round(bad[-1][1] - bad[0][0], 2) if bad else 0.0
+
+    def served(self, since: float = 0.0) -> Counter:
+        return Counter(r[2] for r in self.requests if r[2] is not None and r[0] >= since)
+
+    def errors(self) -> Counter:
+        return Counter(r[3] for r in self.requests if r[2] is None)
+
+
+class Started(StreamWatcher):
+    """Sets `event` when the load on the client says it is running."""
+
+    def __init__(self, event: threading.Event) -> None:
+        super().__init__()
+        self.event = event
+
+    def submit(self, stream: str) -> list[str]:
+        if "labkit-load-started" in stream:
+            self.event.set()
+        return []
+
+
+def client_load(lab: Lab, ssh_config: Path, svc: VirtualService, seconds: float,
+                transfer_seconds: float = 0, started: threading.Event | None = None) -> Load:
+    """A bounded load from the client against one of the lab's own services: a request every
+    0.1 s for `seconds`, plus, if asked, the 1 MiB file spread over about `transfer_seconds`.
+    `started` is set once the load runs (and the download has begun)."""
+    args = {"vip": str(svc.addresses[0]), "port": svc.port, "seconds": seconds, "interval": 0.1, "timeout": 1.0,
+            "path": BIG_PATH if transfer_seconds else "", "rate": int(1024 * 1024 / transfer_seconds) if transfer_seconds else 0}
+    with apply.connect(lab.clients[0], ssh_config) as conn:
+        out = conn.run(shlex.join(["python3", "-c", LOAD, json.dumps(args)]), hide=True, warn=True,
+                       in_stream=False, watchers=[Started(started or threading.Event())])
+    if out.exited != 0:
+        raise LabkitError(f"the load on {lab.clients[0]} failed: {out.stderr.strip()[-500:]}")
+    data = json.loads(out.stdout.splitlines()[-1])
+    return Load(data["requests"], data["transfer"])
+
+
+def service_for(lab: Lab, target: Target) -> VirtualService:
+    """The TCP service the load asks: one the broken real server serves, or the first."""
+    tcp = [s for s in lab.services if s.protocol == Protocol.tcp]
+    if not tcp:
+        raise LabkitError(f"the lab {lab.name} has no TCP service to load")
+    if lab.nodes[target.node].role == Role.real_server:
+        return next((s for s in tcp if s in lab.services_of(target.node)), tcp[0])
+    return tcp[0]
+
+
+# ---- breaking and healing ------------------------------------------------------------------
+
+
+def inject(lab_dir: Path, ssh_config: Path, target: Target) -> None:
+    if target.service:
+        apply.run(target.node, ssh_config, {"stop": ["sudo", "-n", "systemctl", "stop", target.service]})
+    elif target.link:
+        apply.run(target.node, ssh_config, {"down": ["sudo", "-n", "ip", "link", "set", "dev", target.link, "down"]})
+    else:
+        boot.freeze(lab_dir, target.node)
+
+
+def table(ssh_config: Path, director: str) -> dict[str, ipvs.Service]:
+    return {s.key: s for s in ipvs.parse_list(apply.run(director, ssh_config, {"list": show.COMMANDS["list"]})["list"])}
+
+
+def _holders(lab: Lab, outputs: dict[str, dict[str, str]]) -> list[str]:
+    return [d for d, out in outputs.items() if show.holds_vip(out["addresses"], lab.vips[0])]
+
+
+def holder(lab: Lab, ssh_config: Path, paused: set[str] = frozenset()) -> str | None:
+    """The director that holds the first VIP, if exactly one does."""
+    running = [d for d in lab.directors if d not in paused]
+    holders = _holders(lab, apply.run_on(running, ssh_config, {"addresses": show.COMMANDS["addresses"]}))
+    return holders[0] if len(holders) == 1 else None
+
+
+def wait_for(what: str, condition, seconds: float):
+    """Poll until condition() returns something true; return it, or fail saying what did not happen."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise LabkitError(f"{what} did not happen within {seconds:.0f} s")
+        time.sleep(0.5)
+
+
+@dataclass
+class Report:
+    target: Target
+    service: str
+    load: Load
+    holder: str | None = None  # the director holding the VIP afterwards
+    noticed: float | None = None  # seconds until the checker took a dead real server out
+    after: Load | None = None  # the load once the checker had noticed
+
+    def lines(self) -> list[str]:
+        load = self.load
+        out = [f"{self.target.what}, under load against {self.service}:",
+               f"  requests: {len(load.requests)}, failed: {load.failed}"
+               + (f" ({', '.join(f'{n} {e}' for e, n in load.errors().items())})" if load.failed else ""),
+               f"  the longest time without an answer: {load.outage:.2f} s" if load.failed else "  the VIP answered throughout"]
+        if load.transfer is not None:
+            t = load.transfer
+            if "error" in t:
+                out.append(f"  long transfer: broken ({t['error']})")
+            else:
+                out.append(f"  long transfer: {t['bytes']} of {t['length']} bytes from {t['server']}, sha256 {t['sha256'][:16]}")
+        if self.holder:
+            out.append(f"  VIP held by: {self.holder}")
+        if self.noticed is not None:
+            out.append(f"  requests failed for {self.noticed:.1f} s, until the checker took {self.target.node} out")
+        if self.after is not None:
+            served = ", ".join(f"{k} {v}" for k, v in sorted(self.after.served().items()))
+            out.append(f"  then: {len(self.after.requests)} requests, failed {self.after.failed}, served by {served}")
+        return out
+
+
+def fail(lab: Lab, lab_dir: Path, ssh_config: Path, target: Target, seconds: float = 16) -> Report:
+    """Break the target 3 s into a bounded load, and measure what the client saw."""
+    svc = service_for(lab, target)
+    director = lab.nodes[target.node].role == Role.director
+    result: dict[str, Load | Exception] = {}
+
+    started = threading.Event()
+
+    def load() -> None:
+        try:
+            result["load"] = client_load(lab, ssh_config, svc, seconds, 10 if director else 0, started)
+        except Exception as exc:  # reported below, in this thread
+            result["load"] = exc
+        started.set()
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    started.wait(60)
+    # The sync daemon sends the standby its batch of connections up to 2 s late: break the lab
+    # once the long transfer is older than that, as a connection in real use would be.
+    time.sleep(LEAD_SECONDS)
+    if worker.is_alive():
+        inject(lab_dir, ssh_config, target)
+    worker.join()
+    if isinstance(result["load"], Exception):
+        raise result["load"]
+    report = Report(target, svc.key, result["load"])
+    paused = {target.node} if not (target.service or target.link) else set()
+    report.holder = holder(lab, ssh_config, paused)
+    if lab.nodes[target.node].role == Role.real_server and lab.ha:
+        addresses = {str(a) for a in lab.nodes[target.node].addresses.values()}
+        active = report.holder or lab.active_director
+        wait_for(f"the checker on {active} taking {target.node} out of {svc.key}",
+                 lambda: not addresses & {d.address for d in table(ssh_config, active)[svc.key].destinations},
+                 20)
+        # Requests fail until the checker takes the server out; the client saw that span.
+        report.noticed = report.load.failing_for
+        report.after = client_load(lab, ssh_config, svc, 3)
+    return report
+
+
+def paused_nodes(lab_dir: Path) -> list[str]:
+    # vagrant-libvirt says "paused", VirtualBox "saved"; python-vagrant reports both as "saved".
+    return [node for node, state in boot.status(lab_dir).items() if state in ("paused", "saved")]
+
+
+def converged(lab: Lab, ssh_config: Path) -> bool:
+    """The preferred director holds the VIPs and its checkers see every real server. One SSH
+    connection per director for each look."""
+    commands = {"addresses": show.COMMANDS["addresses"], "list": show.COMMANDS["list"]}
+    outputs = apply.run_on(lab.directors, ssh_config, commands)
+    if _holders(lab, outputs) != [lab.active_director]:
+        return False
+    seen = {s.key: s for s in ipvs.parse_list(outputs[lab.active_director]["list"])}
+    return all(svc.key in seen and len(seen[svc.key].destinations) == len(svc.real_servers)
+               for svc in lab.services)
+
+
+def heal(lab: Lab, lab_dir: Path, ssh_config: Path,
+         on_done=lambda result: None) -> tuple[float, Load]:
+    """Resume frozen nodes and provision again, which restarts stopped services and raises
+    downed links; wait until the preferred director has the VIPs and every real server back.
+    Returns the seconds that took and a short load that shows who answers now."""
+    started = time.monotonic()
+    for node in paused_nodes(lab_dir):
+        boot.thaw(lab_dir, node)
+    failed = [r for r in apply.provision(lab, ssh_config, on_done) if r.error]
+    if failed:
+        raise LabkitError("provisioning failed:\n" + "\n".join(f"  {r.node}: {r.error}" for r in failed))
+    if lab.ha:
+        wait_for("the preferred director holding the VIPs with every real server checked up",
+                 lambda: converged(lab, ssh_config), 30)
+    seconds = time.monotonic() - started
+    tcp = [s for s in lab.services if s.protocol == Protocol.tcp]
+    return seconds, client_load(lab, ssh_config, tcp[0], 3) if tcp else Load()

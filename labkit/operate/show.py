@@ -1,0 +1,254 @@
+"""`labkit show`: both directors' IPVS tables side by side, with counters and rates.
+
+Pure: the CLI runs COMMANDS on each director and hands the outputs to director_state(); this
+module parses them (through ipvs.py) and builds what is printed or dumped as JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, ip_address
+
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from labkit.build import ipvs
+from labkit.labfile import Lab
+
+# What show runs on each director, as words for shlex.join. --exact because without it ipvsadm
+# rounds large numbers to K, M, G; -n because name lookups in an isolated lab only time out.
+COMMANDS: dict[str, list[str]] = {
+    "list": ["sudo", "-n", "ipvsadm", "-L", "-n"],
+    "stats": ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"],
+    "rate": ["sudo", "-n", "ipvsadm", "-L", "-n", "--rate", "--exact"],
+    "daemon": ["sudo", "-n", "ipvsadm", "-L", "--daemon"],
+    "addresses": ["ip", "-o", "-4", "addr", "show"],
+}
+# Only for --connections: the table can hold thousands of entries.
+CONNECTIONS_COMMAND = ["sudo", "-n", "ipvsadm", "-L", "-n", "-c"]
+
+NOTE = "The kernel's estimator refreshes counters and rates about every 2 s: they can lag the traffic."
+
+
+@dataclass
+class DirectorState:
+    name: str
+    services: list[ipvs.Service]
+    vips: list[str]  # the lab's VIPs this director holds
+    connections: list[ipvs.Connection] | None = None  # None unless asked for
+    sync: list[ipvs.SyncDaemon] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        # The active director is the one holding the VIPs: clients' packets reach only it.
+        return bool(self.vips)
+
+
+INET = re.compile(r"\binet (\d+\.\d+\.\d+\.\d+)/\d+")
+
+
+def holds_vip(addr_text: str, vip: IPv4Address | str) -> bool:
+    """Whether `ip -o -4 addr show` lists the VIP among the node's addresses."""
+    return IPv4Address(str(vip)) in {IPv4Address(a) for a in INET.findall(addr_text)}
+
+
+def held_vips(lab: Lab, addr_text: str) -> list[str]:
+    """The lab's VIPs that `ip -o -4 addr show` lists."""
+    return [vip for vip in [str(vip) for vip in lab.vips] if holds_vip(addr_text, vip)]
+
+
+def director_state(lab: Lab, name: str, outputs: Mapping[str, str]) -> DirectorState:
+    """One director from the outputs of COMMANDS (same keys), plus "connections" if it ran
+    CONNECTIONS_COMMAND."""
+    return DirectorState(
+        name,
+        ipvs.table(outputs["list"], outputs["stats"], outputs["rate"]),
+        held_vips(lab, outputs["addresses"]),
+        ipvs.parse_connections(outputs["connections"]) if "connections" in outputs else None,
+        ipvs.parse_daemons(outputs.get("daemon", "")),
+    )
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+
+def _title(d: DirectorState) -> Text:
+    if d.active:
+        return Text.assemble((f"{d.name} ", "bold"), ("● active", "bold green"), f" (holds {', '.join(d.vips)})")
+    return Text.assemble((f"{d.name} ", "bold"), ("○ standby", "yellow"), " (holds no VIP)")
+
+
+def _sync(d: DirectorState) -> str:
+    if not d.sync:
+        return "no sync daemon"
+    return "; ".join(f"sync {s.role} on {s.interface}, syncid {s.syncid}" for s in d.sync)
+
+
+def _name(svc: ipvs.Service) -> str:
+    name = f"FWM {svc.fwmark}" if svc.fwmark is not None else f"{svc.protocol} {svc.vip}:{svc.port}"
+    flags = ([f"persistent {svc.persistence}"] if svc.persistence else []) + (["ops"] if svc.ops else [])
+    return f"{name} ({', '.join(flags)})" if flags else name
+
+
+def _real_server(lab: Lab, dest: ipvs.Destination) -> str:
+    try:
+        node = lab.node_at(ip_address(dest.address))
+    except ValueError:
+        node = None
+    return f"  {dest.key}" + (f" {node}" if node else "")
+
+
+def _pair(a: int, b: int) -> str:
+    return f"{a}/{b}"
+
+
+def _numbers(stats: ipvs.Stats | None, rates: ipvs.Rates | None) -> list[str]:
+    counted = ([str(stats.conns), _pair(stats.in_packets, stats.out_packets), _pair(stats.in_bytes, stats.out_bytes)]
+               if stats else ["–"] * 3)
+    rated = ([str(rates.cps), _pair(rates.in_pps, rates.out_pps), _pair(rates.in_bps, rates.out_bps)]
+             if rates else ["–"] * 3)
+    return counted + rated
+
+
+# Two-line headings, as narrow as the numbers under them, so that two directors fit side by side.
+# ActiveConn/InActConn are what the scheduler weighs now; conns counts every connection since the
+# service was added or last zeroed (ipvsadm -Z).
+HEADINGS = ("weight", "active/\ninact", "conns", "packets\nin/out", "bytes\nin/out", "conn/s",
+            "pkt/s\nin/out", "B/s\nin/out")
+
+
+def services_table(lab: Lab, d: DirectorState) -> Table:
+    """One director's IPVS table: a row per service, then one per real server, as ipvsadm lists them."""
+    table = Table(title=_title(d), caption=_sync(d), box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False,
+                  title_justify="left", caption_justify="left")
+    # On a terminal narrower than the table, cells fold onto a second line rather than end in "…":
+    # a cut number reads as another number.
+    table.add_column("virtual service\n  real server", overflow="fold")
+    table.add_column("sched\nfwd", overflow="fold")
+    for heading in HEADINGS:
+        table.add_column(heading, justify="right", overflow="fold")
+    if not d.services:
+        table.add_row("(no virtual service)")
+    for svc in d.services:
+        table.add_row(_name(svc), svc.scheduler, "", "", *_numbers(svc.stats, svc.rates), style="bold")
+        for dest in svc.destinations:
+            table.add_row(_real_server(lab, dest), dest.forward, str(dest.weight), _pair(dest.active, dest.inactive),
+                          *_numbers(dest.stats, dest.rates))
+    return table
+
+
+def _vip_warnings(lab: Lab, directors: list[DirectorState]) -> list[Text]:
+    # A VIP on two directors answers ARP from both (clients flip between them); on none, nothing answers.
+    out = []
+    for vip in [str(vip) for vip in lab.vips]:
+        holders = [d.name for d in directors if vip in d.vips]
+        if len(holders) > 1:
+            out.append(Text(f"warning: {vip} is held by {' and '.join(holders)}", style="bold red"))
+        elif not holders:
+            out.append(Text(f"warning: no director holds {vip}", style="bold red"))
+    return out
+
+
+class SideBySide:
+    """Tables next to each other when all fit whole, one under the other otherwise: two squeezed
+    tables are harder to read than two stacked."""
+
+    def __init__(self, tables: list[Table], gap: int = 3):
+        self.tables, self.gap = tables, gap
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # The natural width: a cell's minimum is its longest word, which would let numbers fold.
+        whole = sum(Measurement.get(console, options, t).maximum for t in self.tables)
+        if whole + self.gap * (len(self.tables) - 1) > options.max_width:
+            yield Group(*self.tables)
+            return
+        grid = Table.grid(padding=(0, self.gap))
+        for _ in self.tables:
+            grid.add_column(vertical="top")
+        grid.add_row(*self.tables)
+        yield grid
+
+
+def view(lab: Lab, directors: list[DirectorState]) -> RenderableType:
+    """Both directors' tables side by side, the active one marked, then what looks wrong."""
+    return Group(SideBySide([services_table(lab, d) for d in directors]),
+                 *_vip_warnings(lab, directors), Text(NOTE, style="dim"))
+
+
+def _expire(seconds: int) -> str:
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def connections_table(lab: Lab, d: DirectorState) -> Table:
+    """One director's connection table, as `ipvsadm -L -n -c` lists it."""
+    conns = d.connections or []
+    caption = f"{len(conns)} entr{'y' if len(conns) == 1 else 'ies'}"
+    table = Table(title=_title(d), caption=caption, box=box.SIMPLE_HEAD, show_edge=False,
+                  title_justify="left", caption_justify="left")
+    for heading in ("pro", "expire", "state", "source", "virtual", "destination"):
+        table.add_column(heading, no_wrap=True)
+    for c in conns:
+        table.add_row(c.protocol, _expire(c.expire), c.state, c.source, c.virtual, c.destination)
+    return table
+
+
+def connections_view(lab: Lab, directors: list[DirectorState]) -> RenderableType:
+    """`labkit show --connections`: each director's connection table, side by side."""
+    return SideBySide([connections_table(lab, d) for d in directors])
+
+
+# ---- JSON -------------------------------------------------------------------------------------
+
+
+def _stats_json(stats: ipvs.Stats | None) -> dict | None:
+    if stats is None:
+        return None
+    return {"conns": stats.conns, "in_packets": stats.in_packets, "out_packets": stats.out_packets,
+            "in_bytes": stats.in_bytes, "out_bytes": stats.out_bytes}
+
+
+def _rates_json(rates: ipvs.Rates | None) -> dict | None:
+    if rates is None:
+        return None
+    return {"cps": rates.cps, "in_pps": rates.in_pps, "out_pps": rates.out_pps,
+            "in_bps": rates.in_bps, "out_bps": rates.out_bps}
+
+
+def _service_json(svc: ipvs.Service) -> dict:
+    return {
+        "key": svc.key, "protocol": svc.protocol, "vip": svc.vip or None, "port": svc.port or None,
+        "fwmark": svc.fwmark, "scheduler": svc.scheduler, "persistence": svc.persistence, "ops": svc.ops,
+        "stats": _stats_json(svc.stats), "rates": _rates_json(svc.rates),
+        "real_servers": [
+            {"address": d.address, "port": d.port, "forward": d.forward, "weight": d.weight,
+             "active_conns": d.active, "inactive_conns": d.inactive,
+             "stats": _stats_json(d.stats), "rates": _rates_json(d.rates)}
+            for d in svc.destinations
+        ],
+    }
+
+
+def as_json(lab: Lab, directors: list[DirectorState]) -> dict:
+    """The same data as view() (and the connections when fetched), for scripts: stable keys,
+    exact integers, null where a listing had no row."""
+    return {
+        "lab": lab.name,
+        "directors": [
+            {
+                "name": d.name, "active": d.active, "vips": d.vips,
+                "sync_daemons": [{"role": s.role, "interface": s.interface, "syncid": s.syncid, **s.options}
+                                 for s in d.sync],
+                "services": [_service_json(svc) for svc in d.services],
+                "connections": None if d.connections is None else [
+                    {"protocol": c.protocol, "expire": c.expire, "state": c.state, "source": c.source,
+                     "virtual": c.virtual, "destination": c.destination}
+                    for c in d.connections],
+            }
+            for d in directors
+        ],
+    }

@@ -1,0 +1,149 @@
+"""`labkit trace`: one request from the client, captured with tcpdump on the active director
+and the real servers, told hop by hop. Pure: the CLI runs the captures and the request.
+
+Every capture point is one interface of one node. Clocks differ between VMs, so the hops are
+put in the order a packet must take (client -> director -> real server and back), not sorted
+by time. The request's first packet (SYN) and the reply's first packet (SYN-ACK) are shown.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from labkit.labfile import Forwarding, Lab, VirtualService
+from labkit.build.render import interfaces
+
+SECONDS = 8  # how long each tcpdump listens
+
+
+@dataclass(frozen=True)
+class Packet:
+    src_mac: str
+    dst_mac: str
+    src: str  # address.port
+    dst: str
+    flags: str  # tcpdump's: S for SYN, S. for SYN-ACK
+    outer: tuple[str, str] | None = None  # IP-in-IP: the outer source and destination
+
+
+@dataclass(frozen=True)
+class Hop:
+    node: str
+    interface: str
+    packet: Packet
+    note: str = ""
+
+
+def capture_points(lab: Lab, svc: VirtualService) -> dict[str, list[str]]:
+    """node -> the interfaces to listen on: every lab network of the active director and of
+    the service's real servers, and tunl0 where tunnels end."""
+    points = {lab.active_director: list(lab.nodes[lab.active_director].addresses)}
+    for rs in svc.real_servers:
+        node = lab.node_at(rs.address)
+        points[node] = list(lab.nodes[node].addresses) + (["tunl0"] if svc.forwarding == Forwarding.tun else [])
+    return points
+
+
+def capture_command(devices: list[str], port: int) -> list[str]:
+    """One shell command that listens on each device at once and prints each capture after a
+    `== device` line. `ip proto 4` catches the tunnel packets, whose TCP header is inside."""
+    listen = " ".join(
+        f"timeout {SECONDS} tcpdump -i {shlex.quote(dev)} -e -n -l --immediate-mode "
+        f"'tcp port {port} or ip proto 4' > /tmp/labkit-trace.{dev} 2>/dev/null &"
+        for dev in devices)
+    show = "; ".join(f"echo '== {dev}'; cat /tmp/labkit-trace.{dev}" for dev in devices)
+    return ["sudo", "-n", "sh", "-c", f"{listen} wait; {show}"]
+
+
+LINE = re.compile(
+    r"(?:(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), .*?length \d+: )?"
+    r"(?:IP )?(?:(?P<outer_src>\d+\.\d+\.\d+\.\d+) > (?P<outer_dst>\d+\.\d+\.\d+\.\d+): (?:IP )?)?"
+    r"(?P<src>\d+\.\d+\.\d+\.\d+\.\d+) > (?P<dst>\d+\.\d+\.\d+\.\d+\.\d+): Flags \[(?P<flags>[^\]]+)\]")
+
+
+def parse(output: str) -> dict[str, list[Packet]]:
+    """The capture command's output -> device -> packets."""
+    out: dict[str, list[Packet]] = {}
+    device = ""
+    for line in output.splitlines():
+        if line.startswith("== "):
+            device = line[3:].strip()
+            out[device] = []
+        elif (m := LINE.search(line)) and device:
+            outer = (m["outer_src"], m["outer_dst"]) if m["outer_src"] else None
+            out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", m["src"], m["dst"], m["flags"], outer))
+    return out
+
+
+def macs(lab: Lab) -> dict[str, str]:
+    """MAC address -> 'node:network', from the fixed MACs labkit gives every lab NIC."""
+    return {i["mac"]: f"{node}:{i['network']}" for node in lab.nodes for i in interfaces(lab, node)}
+
+
+def _first(packets: list[Packet], client_port: int, flags: str) -> Packet | None:
+    for p in packets:
+        ends = (p.src.rsplit(".", 1)[1], p.dst.rsplit(".", 1)[1])
+        if str(client_port) in ends and p.flags == flags:
+            return p
+    return None
+
+
+def hops(lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packet]]],
+         client_port: int) -> tuple[list[Hop], list[Hop]]:
+    """The request's hops and the reply's, in path order, with what changed at each."""
+    director = lab.active_director
+    found = {(node, dev): p for node, devs in captured.items() for dev, packets in devs.items()
+             if (p := _first(packets, client_port, "S"))}
+    replies = {(node, dev): p for node, devs in captured.items() for dev, packets in devs.items()
+               if (p := _first(packets, client_port, "S."))}
+    server = next((node for node, _ in found if node != director), None)
+    request: list[Hop] = []
+    reply: list[Hop] = []
+    client_net = next(iter(lab.nodes[lab.clients[0]].addresses))
+    order = [(director, client_net)] + [(director, d) for d in lab.nodes[director].addresses if d != client_net]
+    if server:
+        order += [(server, d) for d in lab.nodes[server].addresses] + [(server, "tunl0")]
+    for key in order:
+        if key in found:
+            request.append(Hop(*key, found[key], _request_note(request[-1].packet if request else None, found[key])))
+    back = ([(server, d) for d in lab.nodes[server].addresses] if server else []) + \
+        [(director, d) for d in lab.nodes[director].addresses if d != client_net] + [(director, client_net)]
+    for key in back:
+        if key in replies:
+            reply.append(Hop(*key, replies[key], _reply_note(svc, reply[-1].packet if reply else None, replies[key])))
+    return request, reply
+
+
+def _request_note(before: Packet | None, p: Packet) -> str:
+    if before is None:
+        return "from the client to the VIP"
+    if p.outer and not before.outer:
+        return f"wrapped in IP-in-IP {p.outer[0]} > {p.outer[1]}; inside, still the client's packet to the VIP"
+    if before.outer and not p.outer:
+        return "unwrapped on tunl0: the client's packet to the VIP, which this real server holds"
+    if (p.src, p.dst, p.outer) == (before.src, before.dst, before.outer):
+        if p.dst_mac != before.dst_mac:
+            return "only the destination MAC rewritten: the IP packet is still the client's, to the VIP"
+        return "arrives as sent"
+    if p.dst != before.dst:
+        return f"destination rewritten {before.dst} -> {p.dst}; the client's port kept"
+    return ""
+
+
+def _reply_note(svc: VirtualService, before: Packet | None, p: Packet) -> str:
+    if before is None:
+        if svc.forwarding == Forwarding.masq:
+            return "the real server answers the client, through its gateway (the director)"
+        return "the real server answers from the VIP straight to the client, bypassing the director"
+    if p.src != before.src:
+        return f"source rewritten {before.src} -> {p.src}: the client sees the VIP answer"
+    return "arrives as sent"
+
+
+def describe(lab: Lab, p: Packet) -> str:
+    owners = macs(lab)
+    link = f"{owners.get(p.src_mac, p.src_mac)} > {owners.get(p.dst_mac, p.dst_mac)}  " if p.src_mac else ""
+    outer = f"[{p.outer[0]} > {p.outer[1]} ipip] " if p.outer else ""
+    return f"{link}{outer}{p.src} > {p.dst} [{p.flags}]"

@@ -1,0 +1,1 @@
+"""Running a lab: its VMs (Vagrant), its nodes (SSH), its checks (pytest)."""

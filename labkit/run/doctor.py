@@ -1,0 +1,65 @@
+"""Probes of the host: is everything a lab needs there, and if not, the command that fixes it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from labkit import box, home as paths
+from labkit.run.vagrant import kvm_usable
+
+
+@dataclass
+class Probe:
+    what: str
+    ok: bool
+    fix: str = ""  # the command or step that fixes it
+    fatal: bool = True  # False: labs still run, only worse
+
+
+def _answers(command: list[str]) -> bool:
+    try:
+        return subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def probes(provider: str = "libvirt", box_name: str = box.DEFAULT_BOX, thorough: bool = True) -> list[Probe]:
+    """Everything `labkit doctor` checks. thorough=False (before every `up`) skips the probes
+    that cost seconds of Vagrant's Ruby start-up; vagrant itself reports those failures."""
+    found: list[Probe] = []
+    has_vagrant = shutil.which("vagrant") is not None
+    found.append(Probe("vagrant is installed", has_vagrant, "apt-get install vagrant (or scripts/setup)"))
+    if provider == "libvirt":
+        if thorough and has_vagrant:
+            plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True).stdout
+            found.append(Probe("the vagrant-libvirt plugin is installed", "vagrant-libvirt" in plugins,
+                               "apt-get install vagrant-libvirt"))
+        found.append(Probe("QEMU is installed", shutil.which("qemu-system-x86_64") is not None,
+                           "apt-get install qemu-system-x86 qemu-utils"))
+        found.append(Probe("libvirtd answers on qemu:///system",
+                           _answers(["virsh", "-c", "qemu:///system", "version"]),
+                           "start it: systemctl start libvirtd (no init system: virtlogd -d && libvirtd -d)"))
+        reason = kvm_usable()
+        found.append(Probe("KVM can run guests" + (f" ({reason})" if reason else ""), reason is None,
+                           "labs run under QEMU software emulation instead: correct but several times slower",
+                           fatal=False))
+    else:
+        found.append(Probe("VirtualBox is installed", shutil.which("VBoxManage") is not None,
+                           "install VirtualBox from your distribution or virtualbox.org"))
+    if box_name == box.DEFAULT_BOX and provider != "libvirt":
+        found.append(Probe(f"the box {box_name} can boot under {provider}", False,
+                           f"{box_name} is built for libvirt only: name a {provider} box with --box "
+                           "(e.g. debian/bookworm64)"))
+    elif box_name == box.DEFAULT_BOX:
+        # The key file inside an installed box proves both that it is there and whom it trusts.
+        found.append(Probe(f"the box {box_name} is in Vagrant, built for this installation's SSH key "
+                           "with the packages the labs use",
+                           box.box_trusts(box_name, paths.key().with_suffix(".pub").read_text())
+                           and box.box_has_packages(box_name),
+                           "labkit box build (it also rebuilds a box made for another key or an older package list)"))
+    elif has_vagrant:
+        found.append(Probe(f"the box {box_name} is in Vagrant", box.box_exists(box_name), f"vagrant box add {box_name}"))
+    found.append(Probe("an ssh client is installed", shutil.which("ssh") is not None, "apt-get install openssh-client"))
+    return found

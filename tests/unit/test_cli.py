@@ -1,0 +1,112 @@
+"""The CLI's answers that need no VM: rendering, and one clear error for bad input."""
+
+import pytest
+from typer.testing import CliRunner
+
+from labkit.cli import app
+from labkit.labfile import LABS
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_render_prints_a_vagrantfile():
+    result = runner.invoke(app, ["render", "tun", "--accel", "tcg"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("# Rendered by labkit from labs/tun/lab.yaml")
+    assert 'libvirt.driver = "qemu"' in result.stdout
+    assert 'libvirt__network_name: "labkit-tun-int"' in result.stdout
+
+
+def test_render_for_virtualbox_with_another_box():
+    result = runner.invoke(app, ["render", "dr", "--provider", "virtualbox", "--box", "debian/bookworm64"])
+    assert result.exit_code == 0, result.output
+    assert 'config.vm.box = "debian/bookworm64"' in result.stdout
+    assert "insert_key" not in result.stdout  # another box keeps Vagrant's own key handling
+    assert 'virtualbox__intnet: "labkit-dr-ext"' in result.stdout
+
+
+def bad_lab(tmp_path, text):
+    path = tmp_path / "bad" / "lab.yaml"
+    path.parent.mkdir()
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["up", "render"])
+def test_bad_lab_file_one_error_nothing_created(tmp_path, home, command):
+    nat = (LABS / "nat" / "lab.yaml").read_text()
+    path = bad_lab(tmp_path, nat.replace("scheduler: rr", "scheduler: fastest"))
+    result = runner.invoke(app, [command, path])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: {path}: services[0].scheduler: unknown scheduler 'fastest'. "
+                     "ipvsadm offers: rr wrr lc wlc lblc lblcr dh sh sed nq mh fo ovf"]
+    assert not (home / "labs").exists()
+
+
+def test_unknown_lab_lists_the_known_ones():
+    result = runner.invoke(app, ["up", "natt"])
+    assert result.exit_code == 1
+    assert "no lab 'natt'" in result.stderr and "Known labs: dr, fwmark, nat, tun" in result.stderr
+
+
+def test_commands_on_a_lab_that_is_not_up():
+    for args in (["verify"], ["status"], ["down"], ["provision"], ["ssh", "lb0"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, args
+        assert result.stderr.strip() == "error: no lab is up. Start one with: labkit up nat"
+    result = runner.invoke(app, ["verify", "tun"])
+    assert result.exit_code == 1 and "the lab tun is not up. Start it with: labkit up tun" in result.stderr
+
+
+def test_unknown_option_value_is_refused():
+    result = runner.invoke(app, ["render", "nat", "--provider", "hyperv"])
+    assert result.exit_code == 2 and "hyperv" in result.output
+
+
+def test_virtualbox_needs_a_virtualbox_box(home):
+    result = runner.invoke(app, ["up", "nat", "--provider", "virtualbox"])
+    assert result.exit_code == 1
+    assert "built for libvirt only" in result.stderr and "--box" in result.stderr
+    assert not (home / "labs").exists()
+
+
+def test_explain_prints_each_nodes_commands_with_reasons():
+    result = runner.invoke(app, ["explain", "nat", "--node", "rs0"])
+    assert result.exit_code == 0, result.output
+    assert "## rs0 (real_server)" in result.stdout
+    assert "# 5. NAT: replies to 192.168.55.0/24 go back through the director 192.168.66.10" in result.stdout
+    assert "ip route replace 192.168.55.0/24 via 192.168.66.10" in result.stdout
+
+
+def test_explain_unknown_node():
+    result = runner.invoke(app, ["explain", "nat", "--node", "rs7"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: the lab nat has no node 'rs7'. Its nodes: lb0, lb1, rs0, rs1, cl0"
+
+
+def test_graph_writes_svg_and_png(tmp_path):
+    result = runner.invoke(app, ["graph", "dr", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "dr.svg").read_text().lstrip().startswith("<?xml")
+    assert (tmp_path / "dr.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("args", [["show"], ["weight", "nat", "rs0", "2"], ["fail", "nat", "lb0"], ["heal"],
+                                  ["trace"], ["bench"]])
+def test_commands_on_a_running_lab_say_when_none_is_up(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "labkit up" in result.stderr, result.stderr
+
+
+def test_bench_bounds():
+    result = runner.invoke(app, ["bench", "nat", "--requests", "1000000"])
+    assert result.exit_code == 2 and "20000" in result.output  # click: a usage error

@@ -1,0 +1,43 @@
+"""labkit explain: the plan as commands a person would type, with their reasons."""
+
+from labkit.describe.explain import walkthrough
+from labkit.labfile import load_lab
+from labkit.labfile import LABS
+
+
+def lab(name):
+    return load_lab(LABS / name / "lab.yaml")
+
+
+def flat(name, node):
+    return [line for _, lines in walkthrough(lab(name), node) for line in lines]
+
+
+def test_every_step_has_a_reason_and_a_command():
+    for name in ("nat", "tun", "dr", "fwmark"):
+        for node in lab(name).nodes:
+            for why, lines in walkthrough(lab(name), node):
+                assert why and lines
+
+
+def test_files_are_shown_as_their_text():
+    lines = flat("nat", "lb0")
+    start = lines.index("cat > /etc/keepalived/keepalived.conf <<'EOF'")
+    assert lines[start + 1] == "# Written by labkit from the lab file; labkit provision rewrites it."
+    assert "    router_id lb0" in lines[start:]
+
+
+def test_helpers_become_plain_commands():
+    lines = flat("tun", "rs0")
+    assert "modprobe ipip" in lines
+    assert "ip addr replace 192.168.55.100/32 dev tunl0" in lines
+    assert "head -c 1048576 /dev/urandom > /var/www/labkit/1m.bin" in lines
+    assert not [line for line in lines if line.startswith(("put ", "same ", "name_link", "random_file"))]
+
+
+def test_fwmark_marks_come_before_the_rules():
+    lines = flat("fwmark", "lb1")
+    marks = [i for i, line in enumerate(lines) if "--set-mark 1" in line]
+    assert len(marks) == 2
+    assert marks[-1] < lines.index("ipvsadm-restore < /etc/ipvsadm.rules")
+    assert "-A -f 1 -s rr" in lines

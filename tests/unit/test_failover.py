@@ -1,0 +1,61 @@
+"""The pure parts of the failure scenarios: what may be broken, and what the client saw."""
+
+import pytest
+
+from labkit.errors import LabkitError
+from labkit.operate.failover import Load, Target, parse_target
+from labkit.labfile import load_lab
+from labkit.labfile import LABS
+
+NAT = load_lab(LABS / "nat" / "lab.yaml")
+
+
+def test_targets():
+    assert parse_target(NAT, "lb0") == Target("lb0")
+    assert parse_target(NAT, "lb0:keepalived") == Target("lb0", service="keepalived")
+    assert parse_target(NAT, "rs1:nginx") == Target("rs1", service="nginx")
+    assert parse_target(NAT, "rs1:int") == Target("rs1", link="int")
+    assert "frozen" in Target("lb0").what and "link to network int down" in Target("rs1", link="int").what
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lb9", "has no node 'lb9'. Nodes: lb0, lb1, rs0, rs1, cl0"),
+    ("cl0", "cl0 is the client that measures the failure"),
+    ("rs0:keepalived", "Use rs0:nginx or rs0:<int>"),
+    ("lb0:ext2", "Use lb0:keepalived or lb0:<ext|int>"),
+])
+def test_bad_targets(text, message):
+    with pytest.raises(LabkitError, match=message.replace("|", r"\|")):
+        parse_target(NAT, text)
+
+
+def request(start, server, took=0.05):
+    return [start, start + took, server, None if server else "timeout"]
+
+
+def test_outage_is_measured_from_the_last_answer_to_the_next():
+    load = Load([request(0.0, "rs0"), request(0.1, "rs1"), request(0.2, None, 1.0), request(1.2, None, 1.0),
+                 request(2.2, "rs0"), request(2.3, "rs1")])
+    assert load.failed == 2
+    assert load.outage == round(2.2 - 0.15, 2)
+    assert load.failing_for == round(2.2 - 0.2, 2)
+    assert load.served() == {"rs0": 2, "rs1": 2}
+    assert load.served(since=2.0) == {"rs0": 1, "rs1": 1}
+
+
+def test_alternating_failures_are_short_outages():
+    # a dead real server under rr: every other request fails, but the VIP keeps answering
+    load = Load([request(0.1 * i, None if i % 2 else "rs1", 0.02) for i in range(10)])
+    assert load.failed == 5
+    assert load.outage == round(0.2 - 0.02, 2)
+    assert load.failing_for == round(0.9 + 0.02 - 0.1, 2)
+
+
+def test_failing_to_the_end():
+    load = Load([request(0.0, "rs0"), request(0.1, None, 1.0), request(1.1, None, 1.0)])
+    assert load.outage == round(2.1 - 0.05, 2)
+
+
+def test_no_failure_no_outage():
+    load = Load([request(0.0, "rs0"), request(0.1, "rs1")])
+    assert (load.failed, load.outage, load.failing_for) == (0, 0.0, 0.0)

@@ -1,0 +1,219 @@
+"""ipvsadm's formats: the rules labkit loads, and the listings it reads back."""
+
+import pytest
+
+from labkit.build import ipvs
+from labkit.labfile import load_lab
+from labkit.labfile import LABS
+
+# Seed 002: the two-director NAT lab, as `ipvsadm -L -n` printed it on lb0.
+SEED_LISTING = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  192.168.55.100:80 wrr
+  -> 192.168.66.111:80            Masq    100    0          0         
+  -> 192.168.66.112:80            Masq    100    0          0         
+"""
+
+PERSISTENT = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  192.168.56.185:80 wrr persistent 300
+  -> 192.168.56.183:80            Tunnel  2      1          4
+UDP  192.168.56.186:53 sh
+  -> 192.168.56.184:53            Route   1      0          0
+"""
+
+STATS = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port
+TCP  192.168.55.100:80                   6       36        0     2274        0
+  -> 192.168.66.111:80                   3       18        0     1137        0
+  -> 192.168.66.112:80                   3       18        0     1137        0
+"""
+
+
+def test_parse_seed_listing():
+    (svc,) = ipvs.parse_list(SEED_LISTING)
+    assert (svc.key, svc.scheduler, svc.persistence) == ("tcp 192.168.55.100:80", "wrr", None)
+    assert [(d.address, d.port, d.forward, d.weight) for d in svc.destinations] == [
+        ("192.168.66.111", 80, "Masq", 100), ("192.168.66.112", 80, "Masq", 100)]
+
+
+def test_parse_persistence_counters_and_udp():
+    tcp, udp = ipvs.parse_list(PERSISTENT)
+    assert tcp.persistence == 300 and tcp.destinations[0].active == 1 and tcp.destinations[0].inactive == 4
+    assert (udp.key, udp.scheduler, udp.destinations[0].forward) == ("udp 192.168.56.186:53", "sh", "Route")
+
+
+def test_parse_stats_keeps_services_only():
+    stats = ipvs.parse_stats(STATS)
+    assert list(stats) == ["tcp 192.168.55.100:80"]
+    assert stats["tcp 192.168.55.100:80"] == ipvs.Stats(6, 36, 0, 2274, 0)
+
+
+def test_rules_in_ipvsadm_save_format():
+    assert ipvs.rules(load_lab(LABS / "nat" / "lab.yaml")) == (
+        "-A -t 192.168.55.100:80 -s rr\n"
+        "-a -t 192.168.55.100:80 -r 192.168.66.111:80 -m -w 1\n"
+        "-a -t 192.168.55.100:80 -r 192.168.66.112:80 -m -w 1\n"
+        "-A -t 192.168.55.100:8080 -s wrr\n"
+        "-a -t 192.168.55.100:8080 -r 192.168.66.111:80 -m -w 2\n"
+        "-a -t 192.168.55.100:8080 -r 192.168.66.112:80 -m -w 1\n"
+    )
+
+
+def test_expected_listing_for_tun():
+    lab = load_lab(LABS / "tun" / "lab.yaml")
+    want = ipvs.expected(lab.services[0])
+    assert want.key == "tcp 192.168.55.100:80"
+    assert [(d.forward, d.weight) for d in want.destinations] == [("Tunnel", 2), ("Tunnel", 1)]
+
+
+def test_tunnel_rules_name_the_tunnel_type_as_ipvsadm_save_does():
+    text = ipvs.rules(load_lab(LABS / "tun" / "lab.yaml"))
+    assert "-a -t 192.168.55.100:80 -r 192.168.66.111:80 -i -w 2 --tun-type ipip\n" in text
+
+
+# The listings behind `labkit show`, as ipvsadm 1.31 prints them (print_service_entry, print_conn
+# and list_daemon's formats): a NAT service and a firewall-mark service.
+FLAGS_LISTING = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  192.168.55.100:80 wrr persistent 300
+  -> 192.168.66.111:80            Masq    2      1          0         
+FWM  262 rr
+  -> 10.0.1.31:0                  Masq    1      0          0         
+UDP  192.168.55.100:53 sh (sh-fallback,sh-port) persistent 60 mask 255.255.255.0 ops
+  -> 192.168.66.112:53            Route   1      0          0         
+"""
+
+FULL_STATS = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port
+TCP  192.168.55.100:80                   6       36       24     2274  1054312
+  -> 192.168.66.111:80                   3       18       12     1137   527156
+  -> 192.168.66.112:80                   3       18       12     1137   527156
+FWM  262                                 1        5        0      300 123456789012
+  -> 10.0.1.31:0                         1        5        0      300 123456789012
+"""
+
+RATES = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS
+  -> RemoteAddress:Port
+TCP  192.168.55.100:80                   2       12        8      758   351437
+  -> 192.168.66.111:80                   1        6        4      379   175718
+  -> 192.168.66.112:80                   1        6        4      379   175719
+FWM  262                                 0        0        0        0        0
+  -> 10.0.1.31:0                         0        0        0        0        0
+"""
+
+CONNECTIONS = """\
+IPVS connection entries
+pro expire state       source             virtual            destination
+TCP 01:58  TIME_WAIT   192.168.55.200:43122 192.168.55.100:80  192.168.66.111:80
+TCP 14:59  ESTABLISHED 192.168.55.200:43124 192.168.55.100:80  192.168.66.112:80
+TCP 04:58  NONE        192.168.55.200:0   192.168.55.100:80  192.168.66.111:80
+UDP 120:00 UDP         192.168.55.200:5353 192.168.55.100:53  192.168.66.112:53
+"""
+
+
+def test_parse_firewall_mark_persistent_and_one_packet_services():
+    tcp, fwm, udp = ipvs.parse_list(FLAGS_LISTING)
+    assert (tcp.key, tcp.scheduler, tcp.persistence, tcp.ops) == ("tcp 192.168.55.100:80", "wrr", 300, False)
+    assert (fwm.key, fwm.fwmark, fwm.scheduler, fwm.persistence) == ("fwm 262", 262, "rr", None)
+    assert [(d.address, d.port, d.forward, d.weight) for d in fwm.destinations] == [("10.0.1.31", 0, "Masq", 1)]
+    # Scheduler flags come before "persistent": the timeout is still read.
+    assert (udp.key, udp.scheduler, udp.persistence, udp.ops) == ("udp 192.168.55.100:53", "sh", 60, True)
+    assert udp.destinations[0].forward == "Route"
+
+
+def test_parse_counters_per_service_and_per_real_server():
+    counters = ipvs.parse_counters(FULL_STATS)
+    assert counters[("tcp 192.168.55.100:80", None)] == ipvs.Stats(6, 36, 24, 2274, 1054312)
+    assert counters[("tcp 192.168.55.100:80", "192.168.66.112:80")] == ipvs.Stats(3, 18, 12, 1137, 527156)
+    # --exact prints numbers past 8 digits in full, one space wide of the column.
+    assert counters[("fwm 262", "10.0.1.31:0")].out_bytes == 123456789012
+    assert len(counters) == 5
+
+
+def test_parse_stats_keeps_services_and_knows_firewall_marks():
+    assert list(ipvs.parse_stats(FULL_STATS)) == ["tcp 192.168.55.100:80", "fwm 262"]
+
+
+def test_rounded_numbers_are_refused():
+    rounded = FULL_STATS.replace("123456789012", "  123456M")
+    with pytest.raises(ValueError, match="--exact"):
+        ipvs.parse_counters(rounded)
+
+
+def test_parse_rates_per_service_and_per_real_server():
+    rates = ipvs.parse_rates(RATES)
+    assert rates[("tcp 192.168.55.100:80", None)] == ipvs.Rates(2, 12, 8, 758, 351437)
+    assert rates[("tcp 192.168.55.100:80", "192.168.66.111:80")] == ipvs.Rates(1, 6, 4, 379, 175718)
+    assert rates[("fwm 262", "10.0.1.31:0")] == ipvs.Rates(0, 0, 0, 0, 0)
+
+
+TABLE_LISTING = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  192.168.55.100:80 wrr persistent 300
+  -> 192.168.66.111:80            Masq    2      1          0         
+  -> 192.168.66.112:80            Masq    1      0          3         
+FWM  262 rr
+  -> 10.0.1.31:0                  Masq    1      0          0         
+UDP  192.168.55.100:53 rr
+  -> 192.168.66.112:53            Masq    1      0          0         
+"""
+
+
+def test_table_merges_the_three_listings():
+    tcp, fwm, udp = ipvs.table(TABLE_LISTING, FULL_STATS, RATES)
+    assert tcp.stats == ipvs.Stats(6, 36, 24, 2274, 1054312) and tcp.rates.out_bps == 351437
+    assert [(d.key, d.stats.out_bytes, d.rates.out_bps) for d in tcp.destinations] == [
+        ("192.168.66.111:80", 527156, 175718), ("192.168.66.112:80", 527156, 175719)]
+    assert fwm.destinations[0].stats.conns == 1
+    # Added between the listings: no numbers rather than someone else's.
+    assert udp.stats is None and udp.destinations[0].rates is None
+
+
+def test_parse_connections():
+    conns = ipvs.parse_connections(CONNECTIONS)
+    assert conns[0] == ipvs.Connection(
+        "TCP", 118, "TIME_WAIT", "192.168.55.200:43122", "192.168.55.100:80", "192.168.66.111:80")
+    assert [(c.state, c.expire) for c in conns] == [
+        ("TIME_WAIT", 118), ("ESTABLISHED", 899), ("NONE", 298), ("UDP", 7200)]
+    assert conns[2].source == "192.168.55.200:0"  # a persistence template
+
+
+def test_parse_sync_daemons():
+    text = ("master sync daemon (mcast=int, syncid=1, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
+            "backup sync daemon (mcast=int, syncid=2)\n")
+    master, backup = ipvs.parse_daemons(text)
+    assert (master.role, master.interface, master.syncid) == ("master", "int", 1)
+    assert master.options == {"maxlen": "1472", "group": "224.0.0.81", "port": "8848", "ttl": "1"}
+    assert (backup.role, backup.syncid, backup.options) == ("backup", 2, {})
+    assert ipvs.parse_daemons("") == []
+
+
+def test_fwmark_rules_and_expected_listing():
+    lab = load_lab(LABS / "fwmark" / "lab.yaml")
+    assert ipvs.rules(lab) == (
+        "-A -f 1 -s rr\n"
+        "-a -f 1 -r 192.168.66.111:80 -m -w 1\n"
+        "-a -f 1 -r 192.168.66.112:80 -m -w 1\n"
+    )
+    listed = ipvs.parse_list(
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+        "FWM  1 rr\n"
+        "  -> 192.168.66.111:80            Masq    1      0          0\n"
+        "  -> 192.168.66.112:80            Masq    1      0          0\n")
+    assert listed == [ipvs.expected(lab.services[0])]

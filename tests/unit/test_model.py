@@ -1,0 +1,166 @@
+"""The lab loader: the shipped labs load, and each kind of mistake gets its own clear error."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labkit.labfile import LabError, load_lab, parse_lab
+from labkit.labfile import LABS
+
+NAT = (LABS / "nat" / "lab.yaml").read_text()
+TUN = (LABS / "tun" / "lab.yaml").read_text()
+DR = (LABS / "dr" / "lab.yaml").read_text()
+FWMARK = (LABS / "fwmark" / "lab.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", ["nat", "tun", "dr"])
+def test_shipped_labs_load(name):
+    lab = load_lab(LABS / name / "lab.yaml")
+    assert lab.name == name
+    assert lab.directors == ["lb0", "lb1"] and lab.active_director == "lb0"
+    assert lab.real_servers == ["rs0", "rs1"] and lab.clients == ["cl0"]
+    assert str(lab.services[0].vip) == "192.168.55.100"
+
+
+def edited(text: str, change) -> str:
+    data = yaml.safe_load(text)
+    change(data)
+    return yaml.safe_dump(data)
+
+
+def rs(data, i=0, j=0):
+    return data["services"][i]["real_servers"][j]
+
+
+CASES = [
+    # (lab, change, the error names this field, and says this)
+    (NAT, lambda d: d["nodes"]["rs0"]["addresses"].update(int="192.168.77.5"),
+     "nodes.rs0.addresses.int", "192.168.77.5 is not in network int (192.168.66.0/24)"),
+    (NAT, lambda d: d["nodes"]["rs1"]["addresses"].update(int="192.168.66.111"),
+     "nodes.rs1.addresses.int", "already used by nodes.rs0.addresses.int"),
+    (NAT, lambda d: d["nodes"]["rs0"]["addresses"].update(int="192.168.66.255"),
+     "nodes.rs0.addresses.int", "broadcast"),
+    (NAT, lambda d: d["services"][0].update(vip="10.1.1.1"),
+     "services[0].vip", "on no network that all directors (lb0, lb1) share"),
+    (NAT, lambda d: d["services"][0].update(vip="192.168.55.200"),
+     "services[0].vip", "already the address of nodes.cl0.addresses.ext"),
+    (NAT, lambda d: d["services"][0].update(scheduler="roundrobin"),
+     "services[0].scheduler", "unknown scheduler 'roundrobin'. ipvsadm offers: rr wrr lc"),
+    (NAT, lambda d: rs(d).update(weight=70000),
+     "services[0].real_servers[0].weight", "less than or equal to 65535"),
+    (NAT, lambda d: rs(d).update(weight=-1),
+     "services[0].real_servers[0].weight", "greater than or equal to 0"),
+    (NAT, lambda d: d["nodes"].update(LB_2={"role": "director", "addresses": {"ext": "192.168.55.13"}}),
+     "nodes.LB_2", "not a plain hostname"),
+    (TUN, lambda d: rs(d).update(port=8080),
+     "services[0].real_servers[0].port", "tun cannot map port 80 to 8080"),
+    (DR, lambda d: rs(d).update(port=8080),
+     "services[0].real_servers[0].port", "forwarding: masq, the mode that maps ports"),
+    (DR, lambda d: (d["networks"].update(far="192.168.77.0/24"),
+                    d["nodes"]["rs0"]["addresses"].update(far="192.168.77.111"),
+                    rs(d).update(address="192.168.77.111")),
+     "services[0].real_servers[0].address", "direct routing rewrites only the MAC address"),
+    (NAT, lambda d: d["nodes"]["rs0"]["addresses"].update(ext="192.168.55.111"),
+     "services[0].real_servers[0].address", "replies would bypass the director"),
+    (TUN, lambda d: d["nodes"]["rs0"]["addresses"].pop("ext"),
+     "services[0].real_servers[0].address", "answers the client cl0 directly, but they share no network"),
+    (NAT, lambda d: rs(d).update(address="192.168.55.11"),
+     "services[0].real_servers[0].address", "not the address of a real_server node"),
+    (NAT, lambda d: d["nodes"]["rs0"]["addresses"].update(dmz="192.168.9.9"),
+     "nodes.rs0.addresses.dmz", "there is no network 'dmz'"),
+    (NAT, lambda d: d["services"][0].update(protocol="sctp"),
+     "services[0].protocol", "'tcp' or 'udp'"),
+    (NAT, lambda d: d["services"][0].update(forwarding="nat"),
+     "services[0].forwarding", "'masq', 'tun' or 'route'"),
+    (NAT, lambda d: d["services"][0].update(sheduler="wrr"),
+     "services[0].sheduler", "unknown field"),
+    (NAT, lambda d: d["services"].append(dict(d["services"][0])),
+     "services[2]", "is declared twice"),
+    (NAT, lambda d: d["networks"].update(eth0="10.0.0.0/24"),
+     "networks.eth0", "becomes an interface name"),
+    (NAT, lambda d: [d["nodes"].pop(n) for n in ("cl0",)],
+     "nodes", "the lab has no client"),
+    (NAT, lambda d: d.pop("gateway"),
+     "gateway", "NAT real servers need a floating gateway"),
+    (NAT, lambda d: d.update(failover="none"),
+     "gateway", "only a keepalived pair has a floating gateway"),
+    (NAT, lambda d: d.update(gateway="192.168.66.112"),
+     "gateway", "192.168.66.112 is already in use"),
+    (NAT, lambda d: d.update(gateway="192.168.55.10"),
+     "gateway", "not on a network of the NAT real server rs0"),
+    (NAT, lambda d: d.update(failover="vrrp"),
+     "failover", "'keepalived' or 'none'"),
+    (NAT, lambda d: d["services"][0].update(check="ping"),
+     "services[0].check", "'http', 'tcp' or 'none'"),
+    (NAT, lambda d: d["services"][0].update(sorry_server={"address": "192.168.66.99"}),
+     "services[0].sorry_server.address", "is no node's address"),
+    (FWMARK, lambda d: d["services"][0].update(vip="192.168.55.100"),
+     "services[0]", "a fwmark service lists its addresses under vips:"),
+    (NAT, lambda d: d["services"][0].update(vips=["192.168.55.101"]),
+     "services[0]", "a service has one vip, or a fwmark with its vips"),
+    (FWMARK, lambda d: d["services"][0].update(vips=["192.168.55.100", "10.9.9.9"]),
+     "services[0].vips[1]", "on no network that all directors (lb0, lb1) share"),
+    (FWMARK, lambda d: d["services"][0].update(fwmark=0),
+     "services[0].fwmark", "greater than or equal to 1"),
+    (NAT, lambda d: d["nodes"].update(lb2={"role": "director", "addresses": {"ext": "192.168.55.13", "int": "192.168.66.13"}}),
+     "nodes", "keepalived pairs two directors"),
+]
+
+
+@pytest.mark.parametrize("text, change, field, message", CASES, ids=[c[2] + ":" + c[3][:30] for c in CASES])
+def test_mistakes_are_named(text, change, field, message):
+    with pytest.raises(LabError) as caught:
+        parse_lab(edited(text, change), "labs/x/lab.yaml")
+    said = str(caught.value)
+    assert said.startswith(f"labs/x/lab.yaml: {field}"), said
+    assert message in said, said
+
+
+def test_yaml_syntax_error_names_the_line():
+    with pytest.raises(LabError, match=r"labs/x/lab.yaml: line 3 is not valid YAML"):
+        parse_lab("name: x\nnetworks:\n\text: 192.168.55.0/24\n", "labs/x/lab.yaml")
+
+
+def test_not_a_mapping():
+    with pytest.raises(LabError, match="a lab file is a YAML mapping"):
+        parse_lab("- just\n- a list\n", "lab.yaml")
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(LabError, match="cannot read the lab file"):
+        load_lab(tmp_path / "lab.yaml")
+
+
+def test_fwmark_service():
+    lab = parse_lab(FWMARK, "fwmark")
+    svc = lab.services[0]
+    assert svc.key == "fwm 1"
+    assert [str(v) for v in svc.addresses] == ["192.168.55.100", "192.168.55.101"]
+    assert [str(v) for v in lab.vips] == ["192.168.55.100", "192.168.55.101"]
+
+
+def test_nat_real_server_port_may_differ():
+    lab = parse_lab(NAT, "nat")
+    svc = lab.services[1]
+    assert svc.port == 8080 and {svc.real_port(r) for r in svc.real_servers} == {80}
+
+
+def test_with_weight_changes_every_service_of_the_real_server():
+    from labkit.labfile import with_weight
+    lab = with_weight(parse_lab(NAT, "nat"), "rs1", 0)
+    assert [[rs.weight for rs in svc.real_servers] for svc in lab.services] == [[1, 0], [2, 0]]
+    only = with_weight(parse_lab(NAT, "nat"), "rs0", 5, service="tcp 192.168.55.100:8080")
+    assert [[rs.weight for rs in svc.real_servers] for svc in only.services] == [[1, 1], [5, 1]]
+    assert only.gateway == lab.gateway and only.failover == lab.failover
+
+
+@pytest.mark.parametrize("args, message", [
+    (("lb0", 1), "'lb0' is not a real server of the lab nat. Real servers: rs0, rs1"),
+    (("rs0", 70000), "weight 70000 is out of range. Use 0 (drain) to 65535"),
+    (("rs0", 1, "tcp 192.168.55.100:81"), "rs0 is in no service 'tcp 192.168.55.100:81'"),
+])
+def test_with_weight_mistakes(args, message):
+    from labkit.labfile import with_weight
+    with pytest.raises(LabError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with_weight(parse_lab(NAT, "nat"), *args)

@@ -1,0 +1,50 @@
+"""Vagrantfiles rendered from the shipped labs, compared with golden files.
+
+After an intended change to Vagrantfile.j2, refresh them with:
+    LABKIT_UPDATE_GOLDEN=1 python -m pytest tests/test_render.py
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from labkit.labfile import load_lab
+from labkit.labfile import LABS
+from labkit.build.render import Provider, Target, render
+
+GOLDEN = Path(__file__).parent / "golden"
+
+TARGETS = {
+    "nat-libvirt-qemu": ("nat", Target(driver="qemu", private_key="/home/user/.local/share/labkit/id_ed25519")),
+    "tun-libvirt-kvm": ("tun", Target(driver="kvm", private_key="/home/user/.local/share/labkit/id_ed25519")),
+    "dr-libvirt-otherbox": ("dr", Target(box="debian/bookworm64")),
+    "nat-virtualbox": ("nat", Target(provider=Provider.virtualbox, box="debian/bookworm64")),
+}
+
+
+@pytest.mark.parametrize("name", TARGETS)
+def test_golden(name):
+    lab, target = TARGETS[name]
+    target = Target(**{**target.__dict__, "source": f"labs/{lab}/lab.yaml"})
+    text = render(load_lab(LABS / lab / "lab.yaml"), target)
+    golden = GOLDEN / f"{name}.Vagrantfile"
+    if os.environ.get("LABKIT_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+@pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby (from vagrant) checks the syntax")
+@pytest.mark.parametrize("name", TARGETS)
+def test_golden_is_valid_ruby(name):
+    result = subprocess.run(["ruby", "-c", str(GOLDEN / f"{name}.Vagrantfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_each_interface_has_its_own_mac():
+    from labkit.build.render import interfaces
+    lab = load_lab(LABS / "tun" / "lab.yaml")
+    macs = [i["mac"] for node in lab.nodes for i in interfaces(lab, node)]
+    assert len(macs) == len(set(macs)) == 9
