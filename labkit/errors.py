@@ -1,3 +1,5 @@
 class LabkitError(Exception):
     """An expected failure: the CLI prints its message (what is wrong and how to fix it) and
-    exits 1. Anything else is a bug and gets a traceback."""
+    exits with `code`. Anything else is a bug and gets a traceback."""
+
+    code = 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from labkit.errors import LabkitError
 from labkit.labfile import Forwarding, Lab, VirtualService
 
 
@@ -144,7 +145,7 @@ def _counter_rows(text: str) -> dict[tuple[str, str | None], tuple[int, ...]]:
             continue
         words = m[5].split()
         if not all(w.isdigit() for w in words):
-            raise ValueError(f"ipvsadm rounded the numbers in {line.strip()!r}: list with --exact")
+            raise LabkitError(f"ipvsadm rounded the numbers in {line.strip()!r}: list with --exact")
         if m[4]:
             rows[(service, m[4])] = tuple(int(w) for w in words)
         else:

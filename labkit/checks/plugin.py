@@ -11,15 +11,16 @@ import pytest
 import testinfra
 
 from labkit.labfile import Forwarding, Lab, Protocol, VirtualService, load_lab
+from labkit.run.lab import RunningLab
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--lab-file", required=True, help="the lab.yaml the lab was provisioned from")
+    parser.addoption("--lab-dir", required=True, help="the running lab's folder (under LABKIT_HOME)")
     # --ssh-config (Vagrant's, for the lab's nodes) is testinfra's own option.
 
 
 def _lab(config: pytest.Config) -> Lab:
-    return load_lab(Path(config.getoption("--lab-file")))
+    return load_lab(Path(config.getoption("--lab-dir")) / "lab.yaml")
 
 
 def parameters(lab: Lab) -> dict[str, list]:
@@ -84,13 +85,10 @@ def hosts(pytestconfig: pytest.Config, lab: Lab):
 
 
 @pytest.fixture(scope="session")
-def lab_dir(pytestconfig: pytest.Config) -> Path:
-    return Path(pytestconfig.getoption("--lab-file")).resolve().parent
-
-
-@pytest.fixture(scope="session")
-def ssh_config(pytestconfig: pytest.Config) -> Path:
-    return Path(pytestconfig.getoption("ssh_config"))
+def running(pytestconfig: pytest.Config):
+    """The lab as labkit runs it: what the failure scenarios break and heal."""
+    with RunningLab(Path(pytestconfig.getoption("--lab-dir"))) as running:
+        yield running
 
 
 @pytest.fixture

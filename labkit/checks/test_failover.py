@@ -19,13 +19,13 @@ pytestmark = pytest.mark.failover
 
 
 @pytest.fixture
-def whole_again(lab: Lab, lab_dir, ssh_config, figure):
+def whole_again(running, figure):
     """Heal the lab after a scenario, and check that it is whole: the preferred director holds
     the VIPs, every real server is back, and the client is answered by all of them."""
     healed = []
 
     def heal() -> failover.Load:
-        seconds, load = failover.heal(lab, lab_dir, ssh_config)
+        seconds, load = failover.heal(running)
         figure("heal_seconds", round(seconds, 1))
         healed.append(load)
         return load
@@ -47,12 +47,12 @@ def check_transfer(hosts, report: failover.Report, figure) -> None:
     assert t["sha256"] == original_sha256(hosts, t["server"]), f"the long transfer from {t['server']} arrived changed"
 
 
-def test_real_server_dies(lab: Lab, lab_dir, ssh_config, master, figure, whole_again):
+def test_real_server_dies(lab: Lab, running, master, figure, whole_again):
     """nginx stops on a real server: requests fail only until the checker takes it out; then
     every request is served by the others. Healed, it serves again. (Only where keepalived
     checks the real servers: `master` exists in a pair.)"""
     victim = lab.real_servers[0]
-    report = failover.fail(lab, lab_dir, ssh_config, failover.Target(victim, service="nginx"))
+    report = failover.fail(running, failover.StopService(victim, "nginx"))
     print("\n".join(report.lines()))
     figure("failed_requests_until_checked", report.load.failed)
     figure("seconds_until_checked", report.noticed)
@@ -64,10 +64,10 @@ def test_real_server_dies(lab: Lab, lab_dir, ssh_config, master, figure, whole_a
     assert load.failed == 0 and victim in load.served(), f"{victim} did not rejoin: {load.served()}, {load.failed} failed"
 
 
-def test_director_stops(lab: Lab, lab_dir, ssh_config, hosts, master, figure, whole_again):
+def test_director_stops(lab: Lab, running, hosts, master, figure, whole_again):
     """keepalived stops on the active director (it says goodbye with priority 0): the standby
     answers for the VIP within 3 s, and a long transfer survives."""
-    report = failover.fail(lab, lab_dir, ssh_config, failover.Target(master, service="keepalived"))
+    report = failover.fail(running, failover.StopService(master, "keepalived"))
     print("\n".join(report.lines()))
     figure("outage_seconds", report.load.outage)
     figure("failed_requests", report.load.failed)
@@ -77,10 +77,10 @@ def test_director_stops(lab: Lab, lab_dir, ssh_config, hosts, master, figure, wh
     whole_again()
 
 
-def test_director_dies(lab: Lab, lab_dir, ssh_config, hosts, master, figure, whole_again):
+def test_director_dies(lab: Lab, running, hosts, master, figure, whole_again):
     """The active director's VM freezes (no goodbye): the standby takes over when three VRRP
     adverts are missed, and the synced connection table keeps a long transfer going."""
-    report = failover.fail(lab, lab_dir, ssh_config, failover.Target(master))
+    report = failover.fail(running, failover.Freeze(master))
     print("\n".join(report.lines()))
     # VRRP's bound, + the client's 1 s request timeout (a request sent just before the takeover
     # waits it out), + 0.5 s for the gratuitous ARP to land and the guests' scheduling under emulation

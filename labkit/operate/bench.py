@@ -1,14 +1,17 @@
 """`labkit bench`: a bounded load from the client with ApacheBench (Debian's apache2-utils),
-and the split per real server as the director's IPVS counters saw it. Pure: the CLI runs ab
-and ipvsadm, this module builds the command and reads the outputs."""
+and the split per real server as the director's IPVS counters saw it. bench() runs ab and
+ipvsadm; building the command and reading the outputs is pure."""
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 from labkit.build import ipvs
+from labkit.errors import LabkitError
 from labkit.labfile import VirtualService
+from labkit.run.lab import RunningLab
 
 MAX_REQUESTS = 20000
 MAX_CONCURRENCY = 32
@@ -34,7 +37,7 @@ class Result:
 def _number(pattern: str, text: str) -> float:
     m = re.search(pattern, text, re.M)
     if not m:
-        raise ValueError(f"ab printed no {pattern!r}:\n{text[-500:]}")
+        raise LabkitError(f"ab printed no {pattern!r}:\n{text[-500:]}")
     return float(m[1])
 
 
@@ -54,3 +57,22 @@ def split(svc_key: str, before: str, after: str, names: dict[str, str]) -> dict[
     was, now = ipvs.parse_counters(before), ipvs.parse_counters(after)
     return {names.get(dest, dest): stats.conns - (was[(key, dest)].conns if (key, dest) in was else 0)
             for (key, dest), stats in now.items() if key == svc_key and dest is not None}
+
+
+STATS = ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"]
+
+
+def bench(running: RunningLab, svc: VirtualService, requests: int, concurrency: int) -> tuple[str, Result]:
+    """ab from the client against the service; the director that served it and the result,
+    with the split per real server from its counters."""
+    lab = running.lab
+    director = running.holder() or lab.active_director
+    before = running.run(director, STATS)
+    result = parse_ab(running.run(lab.clients[0], command(svc, requests, concurrency)))
+    names = {f"{rs.address}:{svc.real_port(rs)}": lab.node_at(rs.address) for rs in svc.real_servers}
+    deadline = time.monotonic() + 6  # the kernel's counters lag up to about 2 s
+    while True:
+        result.split = split(svc.key, before, running.run(director, STATS), names)
+        if sum(result.split.values()) >= result.complete or time.monotonic() > deadline:
+            return director, result
+        time.sleep(0.5)

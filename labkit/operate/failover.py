@@ -13,37 +13,58 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from invoke.watchers import StreamWatcher
 
 from labkit.build import ipvs
-from labkit.operate import show
-from labkit.run import ssh as apply, vagrant as boot
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, Protocol, Role, VirtualService
+from labkit.operate import show
+from labkit.run.lab import RunningLab
+from labkit.run.ssh import Said
 
 SERVICES = {Role.director: "keepalived", Role.real_server: "nginx"}
 
 
 @dataclass(frozen=True)
-class Target:
-    """What to break: a whole node (its VM is frozen), a service on it, or one of its links."""
+class Freeze:
+    """A whole node: its VM is paused, as a crashed machine stops, without a word to its peers."""
 
     node: str
-    service: str = ""
-    link: str = ""
 
     def __str__(self) -> str:
-        return ":".join(x for x in (self.node, self.service or self.link) if x)
+        return self.node
 
     @property
     def what(self) -> str:
-        if self.service:
-            return f"{self.service} stopped on {self.node}"
-        if self.link:
-            return f"{self.node}'s link to network {self.link} down"
         return f"{self.node} frozen (its VM paused, as if it crashed)"
+
+
+@dataclass(frozen=True)
+class StopService:
+    node: str
+    service: str  # keepalived on a director, nginx on a real server
+
+    def __str__(self) -> str:
+        return f"{self.node}:{self.service}"
+
+    @property
+    def what(self) -> str:
+        return f"{self.service} stopped on {self.node}"
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    node: str
+    network: str
+
+    def __str__(self) -> str:
+        return f"{self.node}:{self.network}"
+
+    @property
+    def what(self) -> str:
+        return f"{self.node}'s link to network {self.network} down"
+
+
+Target = Freeze | StopService | LinkDown
 
 
 def parse_target(lab: Lab, text: str) -> Target:
@@ -55,11 +76,11 @@ def parse_target(lab: Lab, text: str) -> Target:
     if role == Role.client:
         raise LabkitError(f"{node} is the client that measures the failure; break a director or a real server")
     if not part:
-        return Target(node)
+        return Freeze(node)
     if part == SERVICES[role]:
-        return Target(node, service=part)
+        return StopService(node, part)
     if part in lab.nodes[node].addresses:
-        return Target(node, link=part)
+        return LinkDown(node, part)
     raise LabkitError(f"{text}: {node} runs no service and has no network called {part!r}. "
                       f"Use {node}:{SERVICES[role]} or {node}:<{'|'.join(lab.nodes[node].addresses)}>")
 
@@ -137,16 +158,26 @@ BIG_PATH = "/1m.bin"
 LEAD_SECONDS = 3  # from the start of the load to the failure
 
 
+@dataclass(frozen=True)
+class Request:
+    """One request of the load, times in seconds from its start on the client's clock."""
+
+    sent: float
+    done: float
+    server: str | None  # the real server that answered, None when the request failed
+    error: str | None = None  # why it failed: an exception's name or the HTTP status line
+
+
 @dataclass
 class Load:
-    """What the client saw: per request (sent at, done at, server or None, error or None)."""
+    """What the client saw."""
 
-    requests: list[list] = field(default_factory=list)
-    transfer: dict | None = None
+    requests: list[Request] = field(default_factory=list)
+    transfer: dict | None = None  # the long download: status, server, bytes, sha256, length (or error)
 
     @property
     def failed(self) -> int:
-        return sum(1 for r in self.requests if r[2] is None)
+        return sum(1 for r in self.requests if r.server is None)
 
     @property
     def outage(self) -> float:
@@ -154,58 +185,46 @@ class Load:
         before failures to the start of the next answered one: how long the VIP was gone.
         0 when nothing failed."""
         longest, last_ok, failed_since = 0.0, None, None
-        for sent, done, server, _ in self.requests:
-            if server is None:
-                failed_since = sent if failed_since is None else failed_since
+        for r in self.requests:
+            if r.server is None:
+                failed_since = r.sent if failed_since is None else failed_since
                 continue
             if failed_since is not None:
-                longest = max(longest, sent - (last_ok if last_ok is not None else failed_since))
+                longest = max(longest, r.sent - (last_ok if last_ok is not None else failed_since))
                 failed_since = None
-            last_ok = done
+            last_ok = r.done
         if failed_since is not None:  # still failing at the end
-            longest = max(longest, self.requests[-1][1] - (last_ok if last_ok is not None else failed_since))
+            longest = max(longest, self.requests[-1].done - (last_ok if last_ok is not None else failed_since))
         return round(longest, 2)
 
     @property
     def failing_for(self) -> float:
         """Seconds from the first failed request to the end of the last one."""
-        bad = [r for r in self.requests if r[2] is None]
-        return round(bad[-1][1] - bad[0][0], 2) if bad else 0.0
+        bad = [r for r in self.requests if r.server is None]
+        return round(bad[-1].done - bad[0].sent, 2) if bad else 0.0
 
     def served(self, since: float = 0.0) -> Counter:
-        return Counter(r[2] for r in self.requests if r[2] is not None and r[0] >= since)
+        return Counter(r.server for r in self.requests if r.server is not None and r.sent >= since)
 
     def errors(self) -> Counter:
-        return Counter(r[3] for r in self.requests if r[2] is None)
+        return Counter(r.error for r in self.requests if r.server is None)
 
 
-class Started(StreamWatcher):
-    """Sets `event` when the load on the client says it is running."""
-
-    def __init__(self, event: threading.Event) -> None:
-        super().__init__()
-        self.event = event
-
-    def submit(self, stream: str) -> list[str]:
-        if "labkit-load-started" in stream:
-            self.event.set()
-        return []
-
-
-def client_load(lab: Lab, ssh_config: Path, svc: VirtualService, seconds: float,
+def client_load(running: RunningLab, svc: VirtualService, seconds: float,
                 transfer_seconds: float = 0, started: threading.Event | None = None) -> Load:
     """A bounded load from the client against one of the lab's own services: a request every
     0.1 s for `seconds`, plus, if asked, the 1 MiB file spread over about `transfer_seconds`.
     `started` is set once the load runs (and the download has begun)."""
     args = {"vip": str(svc.addresses[0]), "port": svc.port, "seconds": seconds, "interval": 0.1, "timeout": 1.0,
             "path": BIG_PATH if transfer_seconds else "", "rate": int(1024 * 1024 / transfer_seconds) if transfer_seconds else 0}
-    with apply.connect(lab.clients[0], ssh_config) as conn:
-        out = conn.run(shlex.join(["python3", "-c", LOAD, json.dumps(args)]), hide=True, warn=True,
-                       in_stream=False, watchers=[Started(started or threading.Event())])
-    if out.exited != 0:
-        raise LabkitError(f"the load on {lab.clients[0]} failed: {out.stderr.strip()[-500:]}")
-    data = json.loads(out.stdout.splitlines()[-1])
-    return Load(data["requests"], data["transfer"])
+    client = running.lab.clients[0]
+    try:
+        out = running.run(client, ["python3", "-c", LOAD, json.dumps(args)],
+                          watchers=[Said("labkit-load-started", started or threading.Event())])
+        data = json.loads(out.splitlines()[-1])
+    except (LabkitError, ValueError, IndexError) as exc:
+        raise LabkitError(f"the load on {client} failed: {exc}") from None
+    return Load([Request(*row) for row in data["requests"]], data["transfer"])
 
 
 def service_for(lab: Lab, target: Target) -> VirtualService:
@@ -221,28 +240,18 @@ def service_for(lab: Lab, target: Target) -> VirtualService:
 # ---- breaking and healing ------------------------------------------------------------------
 
 
-def inject(lab_dir: Path, ssh_config: Path, target: Target) -> None:
-    if target.service:
-        apply.run(target.node, ssh_config, {"stop": ["sudo", "-n", "systemctl", "stop", target.service]})
-    elif target.link:
-        apply.run(target.node, ssh_config, {"down": ["sudo", "-n", "ip", "link", "set", "dev", target.link, "down"]})
-    else:
-        boot.freeze(lab_dir, target.node)
+def inject(running: RunningLab, target: Target) -> None:
+    match target:
+        case StopService(node, service):
+            running.run(node, ["sudo", "-n", "systemctl", "stop", service])
+        case LinkDown(node, network):
+            running.run(node, ["sudo", "-n", "ip", "link", "set", "dev", network, "down"])
+        case Freeze(node):
+            running.freeze(node)
 
 
-def table(ssh_config: Path, director: str) -> dict[str, ipvs.Service]:
-    return {s.key: s for s in ipvs.parse_list(apply.run(director, ssh_config, {"list": show.COMMANDS["list"]})["list"])}
-
-
-def _holders(lab: Lab, outputs: dict[str, dict[str, str]]) -> list[str]:
-    return [d for d, out in outputs.items() if show.holds_vip(out["addresses"], lab.vips[0])]
-
-
-def holder(lab: Lab, ssh_config: Path, paused: set[str] = frozenset()) -> str | None:
-    """The director that holds the first VIP, if exactly one does."""
-    running = [d for d in lab.directors if d not in paused]
-    holders = _holders(lab, apply.run_on(running, ssh_config, {"addresses": show.COMMANDS["addresses"]}))
-    return holders[0] if len(holders) == 1 else None
+def table(running: RunningLab, director: str) -> dict[str, ipvs.Service]:
+    return {s.key: s for s in ipvs.parse_list(running.run(director, show.COMMANDS["list"]))}
 
 
 def wait_for(what: str, condition, seconds: float):
@@ -288,8 +297,9 @@ class Report:
         return out
 
 
-def fail(lab: Lab, lab_dir: Path, ssh_config: Path, target: Target, seconds: float = 16) -> Report:
+def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
     """Break the target 3 s into a bounded load, and measure what the client saw."""
+    lab = running.lab
     svc = service_for(lab, target)
     director = lab.nodes[target.node].role == Role.director
     result: dict[str, Load | Exception] = {}
@@ -298,68 +308,60 @@ def fail(lab: Lab, lab_dir: Path, ssh_config: Path, target: Target, seconds: flo
 
     def load() -> None:
         try:
-            result["load"] = client_load(lab, ssh_config, svc, seconds, 10 if director else 0, started)
+            result["load"] = client_load(running, svc, seconds, 10 if director else 0, started)
         except Exception as exc:  # reported below, in this thread
             result["load"] = exc
         started.set()
 
-    worker = threading.Thread(target=load)
+    worker = threading.Thread(target=load, daemon=True)
     worker.start()
     started.wait(60)
     # The sync daemon sends the standby its batch of connections up to 2 s late: break the lab
     # once the long transfer is older than that, as a connection in real use would be.
     time.sleep(LEAD_SECONDS)
     if worker.is_alive():
-        inject(lab_dir, ssh_config, target)
+        inject(running, target)
     worker.join()
     if isinstance(result["load"], Exception):
         raise result["load"]
     report = Report(target, svc.key, result["load"])
-    paused = {target.node} if not (target.service or target.link) else set()
-    report.holder = holder(lab, ssh_config, paused)
+    report.holder = running.holder(paused={target.node} if isinstance(target, Freeze) else set())
     if lab.nodes[target.node].role == Role.real_server and lab.ha:
         addresses = {str(a) for a in lab.nodes[target.node].addresses.values()}
         active = report.holder or lab.active_director
         wait_for(f"the checker on {active} taking {target.node} out of {svc.key}",
-                 lambda: not addresses & {d.address for d in table(ssh_config, active)[svc.key].destinations},
+                 lambda: not addresses & {d.address for d in table(running, active)[svc.key].destinations},
                  20)
         # Requests fail until the checker takes the server out; the client saw that span.
         report.noticed = report.load.failing_for
-        report.after = client_load(lab, ssh_config, svc, 3)
+        report.after = client_load(running, svc, 3)
     return report
 
 
-def paused_nodes(lab_dir: Path) -> list[str]:
-    # vagrant-libvirt says "paused", VirtualBox "saved"; python-vagrant reports both as "saved".
-    return [node for node, state in boot.status(lab_dir).items() if state in ("paused", "saved")]
-
-
-def converged(lab: Lab, ssh_config: Path) -> bool:
+def converged(running: RunningLab) -> bool:
     """The preferred director holds the VIPs and its checkers see every real server. One SSH
     connection per director for each look."""
-    commands = {"addresses": show.COMMANDS["addresses"], "list": show.COMMANDS["list"]}
-    outputs = apply.run_on(lab.directors, ssh_config, commands)
-    if _holders(lab, outputs) != [lab.active_director]:
+    lab = running.lab
+    outputs = running.run_on(lab.directors, {"addresses": show.ADDRESSES, "list": show.COMMANDS["list"]})
+    if show.holders(lab, {d: out["addresses"] for d, out in outputs.items()}) != [lab.active_director]:
         return False
     seen = {s.key: s for s in ipvs.parse_list(outputs[lab.active_director]["list"])}
     return all(svc.key in seen and len(seen[svc.key].destinations) == len(svc.real_servers)
                for svc in lab.services)
 
 
-def heal(lab: Lab, lab_dir: Path, ssh_config: Path,
-         on_done=lambda result: None) -> tuple[float, Load]:
+def heal(running: RunningLab, on_done=lambda result: None) -> tuple[float, Load]:
     """Resume frozen nodes and provision again, which restarts stopped services and raises
     downed links; wait until the preferred director has the VIPs and every real server back.
     Returns the seconds that took and a short load that shows who answers now."""
     started = time.monotonic()
-    for node in paused_nodes(lab_dir):
-        boot.thaw(lab_dir, node)
-    failed = [r for r in apply.provision(lab, ssh_config, on_done) if r.error]
-    if failed:
-        raise LabkitError("provisioning failed:\n" + "\n".join(f"  {r.node}: {r.error}" for r in failed))
+    for node in running.paused():
+        running.thaw(node)
+    running.provision(on_done=on_done)
+    lab = running.lab
     if lab.ha:
         wait_for("the preferred director holding the VIPs with every real server checked up",
-                 lambda: converged(lab, ssh_config), 30)
+                 lambda: converged(running), 30)
     seconds = time.monotonic() - started
     tcp = [s for s in lab.services if s.protocol == Protocol.tcp]
-    return seconds, client_load(lab, ssh_config, tcp[0], 3) if tcp else Load()
+    return seconds, client_load(running, tcp[0], 3) if tcp else Load()

@@ -22,12 +22,13 @@ from labkit.labfile import Lab
 
 # What show runs on each director, as words for shlex.join. --exact because without it ipvsadm
 # rounds large numbers to K, M, G; -n because name lookups in an isolated lab only time out.
+ADDRESSES = ["ip", "-o", "-4", "addr", "show"]  # which VIPs a director holds
 COMMANDS: dict[str, list[str]] = {
     "list": ["sudo", "-n", "ipvsadm", "-L", "-n"],
     "stats": ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"],
     "rate": ["sudo", "-n", "ipvsadm", "-L", "-n", "--rate", "--exact"],
     "daemon": ["sudo", "-n", "ipvsadm", "-L", "--daemon"],
-    "addresses": ["ip", "-o", "-4", "addr", "show"],
+    "addresses": ADDRESSES,
 }
 # Only for --connections: the table can hold thousands of entries.
 CONNECTIONS_COMMAND = ["sudo", "-n", "ipvsadm", "-L", "-n", "-c"]
@@ -60,6 +61,11 @@ def holds_vip(addr_text: str, vip: IPv4Address | str) -> bool:
 def held_vips(lab: Lab, addr_text: str) -> list[str]:
     """The lab's VIPs that `ip -o -4 addr show` lists."""
     return [vip for vip in [str(vip) for vip in lab.vips] if holds_vip(addr_text, vip)]
+
+
+def holders(lab: Lab, addresses: Mapping[str, str]) -> list[str]:
+    """The directors whose `ip -o -4 addr show` (director -> output) lists the first VIP."""
+    return [d for d, text in addresses.items() if holds_vip(text, lab.vips[0])]
 
 
 def director_state(lab: Lab, name: str, outputs: Mapping[str, str]) -> DirectorState:

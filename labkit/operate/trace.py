@@ -1,5 +1,5 @@
 """`labkit trace`: one request from the client, captured with tcpdump on the active director
-and the real servers, told hop by hop. Pure: the CLI runs the captures and the request.
+and the real servers, told hop by hop. trace() runs the captures and the request; the rest is pure.
 
 Every capture point is one interface of one node. Clocks differ between VMs, so the hops are
 put in the order a packet must take (client -> director -> real server and back), not sorted
@@ -8,12 +8,18 @@ by time. The request's first packet (SYN) and the reply's first packet (SYN-ACK)
 
 from __future__ import annotations
 
+import random
 import re
 import shlex
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from labkit.labfile import Forwarding, Lab, VirtualService
 from labkit.build.render import interfaces
+from labkit.errors import LabkitError
+from labkit.run.lab import RunningLab
+from labkit.run.ssh import Said
 
 SECONDS = 8  # how long each tcpdump listens
 
@@ -46,15 +52,22 @@ def capture_points(lab: Lab, svc: VirtualService) -> dict[str, list[str]]:
     return points
 
 
+CAPTURING = "labkit-capturing"  # printed once every tcpdump listens
+
+
 def capture_command(devices: list[str], port: int) -> list[str]:
-    """One shell command that listens on each device at once and prints each capture after a
-    `== device` line. `ip proto 4` catches the tunnel packets, whose TCP header is inside."""
+    """One shell command that listens on each device at once, says CAPTURING once every
+    tcpdump is listening, and prints each capture after a `== device` line. `ip proto 4`
+    catches the tunnel packets, whose TCP header is inside."""
+    files = [f"/tmp/labkit-trace.{dev}" for dev in devices]
     listen = " ".join(
         f"timeout {SECONDS} tcpdump -i {shlex.quote(dev)} -e -n -l --immediate-mode "
-        f"'tcp port {port} or ip proto 4' > /tmp/labkit-trace.{dev} 2>/dev/null &"
-        for dev in devices)
-    show = "; ".join(f"echo '== {dev}'; cat /tmp/labkit-trace.{dev}" for dev in devices)
-    return ["sudo", "-n", "sh", "-c", f"{listen} wait; {show}"]
+        f"'tcp port {port} or ip proto 4' > {f} 2> {f}.err &"
+        for dev, f in zip(devices, files))
+    listening = " && ".join(f"grep -q 'listening on' {f}.err" for f in files)
+    ready = f"for i in $(seq 100); do {listening} && break; sleep 0.1; done; echo {CAPTURING}"
+    show = "; ".join(f"echo '== {dev}'; cat {f}" for dev, f in zip(devices, files))
+    return ["sudo", "-n", "sh", "-c", f"{listen} {ready}; wait; {show}"]
 
 
 LINE = re.compile(
@@ -147,3 +160,33 @@ def describe(lab: Lab, p: Packet) -> str:
     link = f"{owners.get(p.src_mac, p.src_mac)} > {owners.get(p.dst_mac, p.dst_mac)}  " if p.src_mac else ""
     outer = f"[{p.outer[0]} > {p.outer[1]} ipip] " if p.outer else ""
     return f"{link}{outer}{p.src} > {p.dst} [{p.flags}]"
+
+
+@dataclass
+class Trace:
+    url: str
+    client_port: int
+    answer: str  # the body the client got: the real server's name
+    request: list[Hop]
+    reply: list[Hop]
+
+
+def trace(running: RunningLab, svc: VirtualService) -> Trace:
+    """Listen on every capture point, send one request from the client once all listen, and
+    read the captures back in path order."""
+    lab = running.lab
+    port = random.randint(40000, 59999)  # the client's port: a fresh one, not in TIME_WAIT
+    points = capture_points(lab, svc)
+    listening = {node: threading.Event() for node in points}
+    with ThreadPoolExecutor(len(points)) as pool:
+        captures = {node: pool.submit(running.run, node, capture_command(devs, port),
+                                      [Said(CAPTURING, listening[node])])
+                    for node, devs in points.items()}
+        for node, event in listening.items():
+            if not event.wait(30):
+                raise LabkitError(f"tcpdump on {node} did not start listening within 30 s")
+        url = f"http://{svc.addresses[0]}:{svc.port}/"
+        answer = running.run(lab.clients[0], ["curl", "-sS", "-m", "5", "--local-port", str(port), url]).strip()
+        captured = {node: parse(f.result()) for node, f in captures.items()}
+    request, reply = hops(lab, svc, captured, port)
+    return Trace(url, port, answer, request, reply)

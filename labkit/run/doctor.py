@@ -6,7 +6,9 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from labkit import box, home as paths
+from labkit import box, home
+from labkit.build.render import Provider
+from labkit.errors import LabkitError
 from labkit.run.vagrant import kvm_usable
 
 
@@ -25,13 +27,13 @@ def _answers(command: list[str]) -> bool:
         return False
 
 
-def probes(provider: str = "libvirt", box_name: str = box.DEFAULT_BOX, thorough: bool = True) -> list[Probe]:
+def probes(provider: Provider = Provider.libvirt, box_name: str = box.DEFAULT_BOX, thorough: bool = True) -> list[Probe]:
     """Everything `labkit doctor` checks. thorough=False (before every `up`) skips the probes
     that cost seconds of Vagrant's Ruby start-up; vagrant itself reports those failures."""
     found: list[Probe] = []
     has_vagrant = shutil.which("vagrant") is not None
     found.append(Probe("vagrant is installed", has_vagrant, "apt-get install vagrant (or scripts/setup)"))
-    if provider == "libvirt":
+    if provider == Provider.libvirt:
         if thorough and has_vagrant:
             plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True).stdout
             found.append(Probe("the vagrant-libvirt plugin is installed", "vagrant-libvirt" in plugins,
@@ -48,18 +50,26 @@ def probes(provider: str = "libvirt", box_name: str = box.DEFAULT_BOX, thorough:
     else:
         found.append(Probe("VirtualBox is installed", shutil.which("VBoxManage") is not None,
                            "install VirtualBox from your distribution or virtualbox.org"))
-    if box_name == box.DEFAULT_BOX and provider != "libvirt":
-        found.append(Probe(f"the box {box_name} can boot under {provider}", False,
-                           f"{box_name} is built for libvirt only: name a {provider} box with --box "
+    if box_name == box.DEFAULT_BOX and provider != Provider.libvirt:
+        found.append(Probe(f"the box {box_name} can boot under {provider.value}", False,
+                           f"{box_name} is built for libvirt only: name a {provider.value} box with --box "
                            "(e.g. debian/bookworm64)"))
     elif box_name == box.DEFAULT_BOX:
         # The key file inside an installed box proves both that it is there and whom it trusts.
         found.append(Probe(f"the box {box_name} is in Vagrant, built for this installation's SSH key "
                            "with the packages the labs use",
-                           box.box_trusts(box_name, paths.key().with_suffix(".pub").read_text())
+                           box.box_trusts(box_name, home.key().with_suffix(".pub").read_text())
                            and box.box_has_packages(box_name),
                            "labkit box build (it also rebuilds a box made for another key or an older package list)"))
     elif has_vagrant:
         found.append(Probe(f"the box {box_name} is in Vagrant", box.box_exists(box_name), f"vagrant box add {box_name}"))
     found.append(Probe("an ssh client is installed", shutil.which("ssh") is not None, "apt-get install openssh-client"))
     return found
+
+
+def preflight(provider: Provider, box_name: str) -> None:
+    """Before a lab is made: the probes that cost no Vagrant start-up, each failure with its fix."""
+    failed = [p for p in probes(provider, box_name, thorough=False) if p.fatal and not p.ok]
+    if failed:
+        lines = "\n".join(f"  - {p.what}: no. Fix: {p.fix}" for p in failed)
+        raise LabkitError(f"this host cannot boot the lab yet:\n{lines}\n(labkit doctor shows every check)")

@@ -1,23 +1,29 @@
-"""Push a lab's plan to its nodes over SSH with fabric, all nodes at once.
+"""Commands on a node over SSH with fabric.
 
-Each node gets its whole plan as one script, run by `sudo sh -c`: one round trip per node,
-whatever the number of steps. (Not on standard input: invoke feeds that a byte at a time.)
+A node's whole plan goes as one script, run by `sudo sh -c`: one round trip per node, whatever
+the number of steps. (Not on standard input: invoke feeds that a byte at a time.)
 """
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabric import Config, Connection
+from invoke.watchers import StreamWatcher
 from paramiko.ssh_exception import SSHException
 
+from labkit.build.plan import Step, script
 from labkit.errors import LabkitError
-from labkit.labfile import Lab
-from labkit.build.plan import plan, script
+
+# What a connection that broke or never opened raises.
+UNREACHABLE = (OSError, EOFError, SSHException)
+
+
+class Unreachable(LabkitError):
+    """A node did not answer over SSH."""
 
 
 @dataclass
@@ -27,40 +33,42 @@ class NodeResult:
     error: str = ""  # empty when every step succeeded
 
 
+class Said(StreamWatcher):
+    """Sets `event` when a command's output contains `text`: the command is ready for what comes next."""
+
+    def __init__(self, text: str, event: threading.Event) -> None:
+        super().__init__()
+        self.text, self.event = text, event
+
+    def submit(self, stream: str) -> list[str]:
+        if self.text in stream:
+            self.event.set()
+        return []
+
+
 def connect(node: str, ssh_config: Path) -> Connection:
     return Connection(node, config=Config(runtime_ssh_path=str(ssh_config)), connect_timeout=30)
 
 
-def run(node: str, ssh_config: Path, commands: dict[str, list[str]]) -> dict[str, str]:
-    """Run each command (a list of words) on the node over one connection: name -> stdout.
-    A command that fails is an error naming the node, the command and what it said."""
-    outputs = {}
+def run(conn: Connection, words: list[str], watchers: list[StreamWatcher] = ()) -> str:
+    """A command (a list of words) on the node: its standard output. A command that fails is an
+    error naming the node, the command and what it said."""
     try:
-        with connect(node, ssh_config) as conn:
-            for name, words in commands.items():
-                out = conn.run(shlex.join(words), hide=True, warn=True, in_stream=False)
-                if out.exited != 0:
-                    raise LabkitError(f"{node}: {shlex.join(words)} failed: {out.stderr.strip()[-300:]}")
-                outputs[name] = out.stdout
-    except (OSError, SSHException) as exc:
-        raise LabkitError(f"cannot reach {node} over SSH: {exc}") from None
-    return outputs
+        out = conn.run(shlex.join(words), hide=True, warn=True, in_stream=False, watchers=list(watchers))
+    except UNREACHABLE as exc:
+        raise Unreachable(f"cannot reach {conn.host} over SSH: {exc}") from None
+    if out.exited != 0:
+        raise LabkitError(f"{conn.host}: {shlex.join(words)[:200]} failed: {out.stderr.strip()[-300:]}")
+    return out.stdout
 
 
-def run_on(nodes: list[str], ssh_config: Path, commands: dict[str, list[str]]) -> dict[str, dict[str, str]]:
-    """run() on several nodes at once: node -> name -> stdout."""
-    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-        return dict(zip(nodes, pool.map(lambda node: run(node, ssh_config, commands), nodes)))
-
-
-def provision_node(lab: Lab, node: str, ssh_config: Path) -> NodeResult:
-    result = NodeResult(node)
+def apply(conn: Connection, steps: list[Step]) -> NodeResult:
+    """Run the node's steps as one script; what changed, or which step failed and why."""
+    result = NodeResult(conn.host)
     try:
-        with connect(node, ssh_config) as conn:
-            command = shlex.join(["sudo", "-n", "sh", "-c", script(plan(lab, node))])
-            out = conn.run(command, hide=True, warn=True, in_stream=False)
-    except (OSError, SSHException) as exc:  # unreachable or refused: name the node and the cause
-        result.error = f"cannot reach {node} over SSH: {exc}"
+        out = conn.run(shlex.join(["sudo", "-n", "sh", "-c", script(steps)]), hide=True, warn=True, in_stream=False)
+    except UNREACHABLE as exc:  # unreachable or refused: name the node and the cause
+        result.error = f"cannot reach {conn.host} over SSH: {exc}"
         return result
     result.changed = [line.removeprefix("labkit-changed: ")
                       for line in out.stdout.splitlines() if line.startswith("labkit-changed: ")]
@@ -70,15 +78,3 @@ def provision_node(lab: Lab, node: str, ssh_config: Path) -> NodeResult:
         detail = "\n".join(line for line in out.stderr.splitlines()[-8:] if not line.startswith("labkit-failed: "))
         result.error = f"step failed: {failed[0] if failed else '?'}\n{detail}".rstrip()
     return result
-
-
-def provision(lab: Lab, ssh_config: Path, on_done: Callable[[NodeResult], None] = lambda r: None,
-              nodes: list[str] | None = None) -> list[NodeResult]:
-    nodes = nodes or list(lab.nodes)
-    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-        futures = [pool.submit(provision_node, lab, node, ssh_config) for node in nodes]
-        results = []
-        for future in futures:
-            results.append(future.result())
-            on_done(results[-1])
-    return results

@@ -1,4 +1,4 @@
-"""Vagrant, through python-vagrant: boot, report, tear down. A thin shell around the tool.
+"""Vagrant, through python-vagrant: boot, report, pause, tear down. A thin shell around the tool.
 
 The lab folder holds the rendered Vagrantfile and Vagrant's `.vagrant/`; nothing else keeps
 track of the machines.
@@ -10,11 +10,13 @@ import os
 import re
 import shutil
 import subprocess
+from enum import Enum
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import vagrant
 
+from labkit.build.render import Provider
 from labkit.errors import LabkitError
 
 
@@ -39,6 +41,23 @@ def kvm_usable() -> str | None:
     return None
 
 
+class Accel(str, Enum):
+    auto = "auto"
+    kvm = "kvm"
+    tcg = "tcg"
+
+
+def driver(provider: Provider, accel: Accel) -> tuple[str, str | None]:
+    """libvirt's domain type for the lab, kvm or qemu (software emulation), and, when auto
+    fell back to emulation, why."""
+    if provider != Provider.libvirt:
+        return "kvm", None
+    reason = kvm_usable()
+    if accel == Accel.tcg or (accel == Accel.auto and reason):
+        return "qemu", reason if accel == Accel.auto else None
+    return "kvm", None
+
+
 def machine(lab_dir: Path) -> vagrant.Vagrant:
     env = dict(os.environ)
     env.setdefault("VAGRANT_CHECKPOINT_DISABLE", "1")  # no update check on every call
@@ -50,12 +69,12 @@ def machine(lab_dir: Path) -> vagrant.Vagrant:
 NODE_LINE = re.compile(r"^==> (\S+): (.*)$")
 
 
-def up(lab_dir: Path, provider: str, on_progress: Callable[[str, str], None]) -> None:
+def up(lab_dir: Path, provider: Provider, on_progress: Callable[[str, str], None]) -> None:
     """`vagrant up`, all nodes at once; on_progress(node, message) for each line Vagrant prints."""
     log = lab_dir / "vagrant.log"
     try:
         with log.open("a") as out:
-            for line in _stream(machine(lab_dir).up(provider=provider, stream_output=True)):
+            for line in _stream(machine(lab_dir).up(provider=provider.value, stream_output=True)):
                 out.write(line + "\n")
                 out.flush()
                 if m := NODE_LINE.match(line):
@@ -80,7 +99,7 @@ def status(lab_dir: Path) -> dict[str, str]:
     """Node -> Vagrant's state ("running", "shutoff", "not_created", ...)."""
     if not (lab_dir / "Vagrantfile").exists():
         return {}
-    return {s.name: s.state for s in machine(lab_dir).status()}
+    return {s.name: s.state for s in _vagrant(lab_dir, "status")}
 
 
 def freeze(lab_dir: Path, node: str) -> None:
@@ -92,11 +111,13 @@ def thaw(lab_dir: Path, node: str) -> None:
     _vagrant(lab_dir, "resume", node)
 
 
-def _vagrant(lab_dir: Path, action: str, node: str) -> None:
+def _vagrant(lab_dir: Path, action: str, node: str | None = None):
+    """One python-vagrant call; a failure names the action and shows the end of the log."""
     try:
-        getattr(machine(lab_dir), action)(vm_name=node)
-    except subprocess.CalledProcessError:
-        raise BootError(f"vagrant {action} {node} failed:\n{_tail(lab_dir / 'vagrant.log')}") from None
+        return getattr(machine(lab_dir), action)(vm_name=node)
+    except (subprocess.CalledProcessError, OSError):
+        raise BootError(f"vagrant {action.replace('_', '-')} {node or ''} failed in {lab_dir}:\n"
+                        f"{_tail(lab_dir / 'vagrant.log')}") from None
 
 
 def ssh_config(lab_dir: Path, refresh: bool = False) -> Path:
@@ -107,16 +128,12 @@ def ssh_config(lab_dir: Path, refresh: bool = False) -> Path:
     """
     path = lab_dir / "ssh_config"
     if refresh or not path.exists():
-        path.write_text(machine(lab_dir).ssh_config())
+        path.write_text(_vagrant(lab_dir, "ssh_config"))
     return path
 
 
 def destroy(lab_dir: Path) -> None:
     """Remove every VM, volume and network of the lab, then the lab folder."""
     if (lab_dir / "Vagrantfile").exists():
-        try:
-            machine(lab_dir).destroy()
-        except subprocess.CalledProcessError:
-            raise BootError(f"vagrant destroy failed in {lab_dir}:\n{_tail(lab_dir / 'vagrant.log')}\n"
-                            f"Fix the cause, then run `labkit down` again") from None
+        _vagrant(lab_dir, "destroy")
     shutil.rmtree(lab_dir, ignore_errors=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 CHECKS = Path(str(resources.files("labkit.checks")))
 
 
-def verify(lab_file: Path, ssh_config: Path, pytest_args: list[str]) -> int:
+def verify(lab_dir: Path, ssh_config: Path, pytest_args: list[str]) -> int:
     command = [
         sys.executable, "-m", "pytest", str(CHECKS),
         "-p", "labkit.checks.plugin",
-        f"--lab-file={lab_file}", f"--ssh-config={ssh_config}",
+        f"--lab-dir={lab_dir}", f"--ssh-config={ssh_config}",
         f"--rootdir={CHECKS}", "-p", "no:cacheprovider",
         "-o", "junit_family=xunit1",  # keeps the measured figures as <properties> in JUnit XML
         *pytest_args,

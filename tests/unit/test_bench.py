@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from labkit.errors import LabkitError
 from labkit.operate.bench import command, parse_ab, split
-from labkit.labfile import load_lab
-from labkit.labfile import LABS
+from labkit.labfile import LABS, load_lab
 
 AB = (Path(__file__).parent / "samples" / "ab.txt").read_text()
 
@@ -25,7 +25,7 @@ def test_ab_output():
 
 
 def test_truncated_ab_output_is_an_error():
-    with pytest.raises(ValueError, match="Requests per second"):
+    with pytest.raises(LabkitError, match="Requests per second"):
         parse_ab(AB.split("Requests per second")[0])
 
 

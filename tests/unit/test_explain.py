@@ -1,8 +1,7 @@
 """labkit explain: the plan as commands a person would type, with their reasons."""
 
 from labkit.describe.explain import walkthrough
-from labkit.labfile import load_lab
-from labkit.labfile import LABS
+from labkit.labfile import LABS, load_lab
 
 
 def lab(name):

@@ -3,19 +3,19 @@
 import pytest
 
 from labkit.errors import LabkitError
-from labkit.operate.failover import Load, Target, parse_target
-from labkit.labfile import load_lab
-from labkit.labfile import LABS
+from labkit.operate.failover import Freeze, LinkDown, Load, Request, StopService, parse_target
+from labkit.labfile import LABS, load_lab
 
 NAT = load_lab(LABS / "nat" / "lab.yaml")
 
 
 def test_targets():
-    assert parse_target(NAT, "lb0") == Target("lb0")
-    assert parse_target(NAT, "lb0:keepalived") == Target("lb0", service="keepalived")
-    assert parse_target(NAT, "rs1:nginx") == Target("rs1", service="nginx")
-    assert parse_target(NAT, "rs1:int") == Target("rs1", link="int")
-    assert "frozen" in Target("lb0").what and "link to network int down" in Target("rs1", link="int").what
+    assert parse_target(NAT, "lb0") == Freeze("lb0")
+    assert parse_target(NAT, "lb0:keepalived") == StopService("lb0", "keepalived")
+    assert parse_target(NAT, "rs1:nginx") == StopService("rs1", "nginx")
+    assert parse_target(NAT, "rs1:int") == LinkDown("rs1", "int")
+    assert "frozen" in Freeze("lb0").what and "link to network int down" in LinkDown("rs1", "int").what
+    assert [str(parse_target(NAT, t)) for t in ("lb0", "rs1:nginx", "rs1:int")] == ["lb0", "rs1:nginx", "rs1:int"]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -30,7 +30,7 @@ def test_bad_targets(text, message):
 
 
 def request(start, server, took=0.05):
-    return [start, start + took, server, None if server else "timeout"]
+    return Request(start, start + took, server, None if server else "timeout")
 
 
 def test_outage_is_measured_from_the_last_answer_to_the_next():

@@ -17,8 +17,7 @@ import pytest
 
 from labkit.describe import graph
 from labkit.errors import LabkitError
-from labkit.labfile import load_lab, parse_lab
-from labkit.labfile import LABS
+from labkit.labfile import LABS, load_lab, parse_lab
 
 GOLDEN = Path(__file__).parent / "golden"
 LAB_NAMES = ("nat", "tun", "dr")

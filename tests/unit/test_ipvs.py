@@ -3,8 +3,8 @@
 import pytest
 
 from labkit.build import ipvs
-from labkit.labfile import load_lab
-from labkit.labfile import LABS
+from labkit.errors import LabkitError
+from labkit.labfile import LABS, load_lab
 
 # Seed 002: the two-director NAT lab, as `ipvsadm -L -n` printed it on lb0.
 SEED_LISTING = """\
@@ -149,7 +149,7 @@ def test_parse_stats_keeps_services_and_knows_firewall_marks():
 
 def test_rounded_numbers_are_refused():
     rounded = FULL_STATS.replace("123456789012", "  123456M")
-    with pytest.raises(ValueError, match="--exact"):
+    with pytest.raises(LabkitError, match="--exact"):
         ipvs.parse_counters(rounded)
 
 

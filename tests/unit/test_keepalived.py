@@ -5,8 +5,7 @@ import re
 import yaml
 
 from labkit.build.keepalived import config, instances, sync_interface, takeover_bound, vrrp_states
-from labkit.labfile import load_lab, parse_lab
-from labkit.labfile import LABS
+from labkit.labfile import LABS, load_lab, parse_lab
 
 
 def lab(name, change=None):

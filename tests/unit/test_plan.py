@@ -6,8 +6,7 @@ import pytest
 
 import yaml
 
-from labkit.labfile import load_lab, parse_lab
-from labkit.labfile import LABS
+from labkit.labfile import LABS, load_lab, parse_lab
 from labkit.build.plan import PRELUDE, RULES_FILE, gateway_routes, plan, script, sysctls
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.labfile import load_lab
-from labkit.labfile import LABS
+from labkit.labfile import LABS, load_lab
 from labkit.build.render import Provider, Target, render
 
 GOLDEN = Path(__file__).parent / "golden"

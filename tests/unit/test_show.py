@@ -5,8 +5,7 @@ import json
 from rich.console import Console
 
 from labkit.operate import show
-from labkit.labfile import load_lab
-from labkit.labfile import LABS
+from labkit.labfile import LABS, load_lab
 
 LAB = load_lab(LABS / "nat" / "lab.yaml")
 

@@ -1,7 +1,6 @@
 """labkit trace: tcpdump lines read, and the hops put in path order with what changed."""
 
-from labkit.labfile import load_lab
-from labkit.labfile import LABS
+from labkit.labfile import LABS, load_lab
 from labkit.operate.trace import capture_command, capture_points, describe, hops, parse
 
 PORT = 45678

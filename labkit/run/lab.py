@@ -1,0 +1,220 @@
+"""A running lab: the one owner of its folder, its VMs, its SSH connections and its configuration.
+
+Every command that acts on a lab that is up goes through a RunningLab: the CLI, the verify
+suite, failover, bench, trace and weight. Its folder under LABKIT_HOME holds the lab file as the
+lab runs, the rendered Vagrantfile and Vagrant's `.vagrant/`, the only record of the machines.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from fabric import Connection
+from invoke.watchers import StreamWatcher
+
+from labkit import home
+from labkit.build.plan import plan
+from labkit.build.render import Provider, Target, render
+from labkit.errors import LabkitError
+from labkit.labfile import Lab, known_labs, lab_file, load_lab
+from labkit.operate.show import ADDRESSES, holders
+from labkit.run import doctor, ssh, vagrant
+
+
+class RunningLab:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.name = folder.name
+        self._lab: Lab | None = None
+        self._connections: dict[str, Connection] = {}
+        self._connecting = threading.Lock()
+
+    # ---- which lab ------------------------------------------------------------------------
+
+    @staticmethod
+    def names() -> list[str]:
+        """The labs that are up (or were being booted)."""
+        return sorted(p.name for p in home.labs_dir().glob("*") if (p / "Vagrantfile").exists())
+
+    @classmethod
+    def find(cls, name: str | None) -> RunningLab:
+        """The lab a command acts on: as named (a lab's name, or its lab file), or the only one up."""
+        up = cls.names()
+        if name is None:
+            if not up:
+                raise LabkitError("no lab is up. Start one with: labkit up nat")
+            if len(up) > 1:
+                raise LabkitError(f"several labs are up ({', '.join(up)}): name one, e.g. labkit verify {up[0]}")
+            name = up[0]
+        elif name not in up:
+            name = read(name).name  # a lab file's path, or a known lab that is not up
+        if name not in up:
+            raise LabkitError(f"the lab {name} is not up. Start it with: labkit up {name}")
+        return cls(home.lab_dir(name))
+
+    @classmethod
+    def create(cls, lab: Lab, source: Path, vagrantfile: str) -> RunningLab:
+        """The folder of a lab about to boot: its Vagrantfile and its lab file."""
+        folder = home.lab_dir(lab.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "Vagrantfile").write_text(vagrantfile)
+        shutil.copyfile(source, folder / "lab.yaml")
+        return cls(folder)
+
+    @property
+    def lab(self) -> Lab:
+        """The lab as it runs (the file it was brought up with, or changed with `labkit weight`)."""
+        if self._lab is None:
+            self._lab = load_lab(self.folder / "lab.yaml")
+        return self._lab
+
+    def adopt(self, source: Path) -> Lab:
+        """Run from this lab file from now on (an edited file, or the original after `weight`)."""
+        edited = load_lab(source)
+        if edited.failover != self.lab.failover:
+            raise LabkitError(f"failover changed from {self.lab.failover.value} to {edited.failover.value}: the "
+                              f"directors cannot be converted in place. Run: labkit down {self.name} && labkit up {source}")
+        shutil.copyfile(source, self.folder / "lab.yaml")
+        self._lab = edited
+        return edited
+
+    def record(self, lab: Lab, why: str) -> None:
+        """Keep `lab` as the lab that runs now: verify checks it, `labkit provision LAB` undoes it."""
+        data = lab.model_dump(mode="json", exclude_defaults=True)
+        (self.folder / "lab.yaml").write_text(f"# {self.name} as it runs: {why}\n" + yaml.safe_dump(data, sort_keys=False))
+        self._lab = lab
+
+    # ---- its VMs --------------------------------------------------------------------------
+
+    def boot(self, provider: Provider, on_progress: Callable[[str, str], None]) -> None:
+        vagrant.up(self.folder, provider, on_progress)
+        vagrant.ssh_config(self.folder, refresh=True)
+
+    def status(self) -> dict[str, str]:
+        """Node -> Vagrant's state ("running", "paused", "not_created", ...)."""
+        return vagrant.status(self.folder)
+
+    def freeze(self, node: str) -> None:
+        self._forget(node)
+        vagrant.freeze(self.folder, node)
+
+    def thaw(self, node: str) -> None:
+        vagrant.thaw(self.folder, node)
+
+    def paused(self) -> list[str]:
+        # vagrant-libvirt says "paused", VirtualBox "saved"; python-vagrant reports both as "saved".
+        return [node for node, state in self.status().items() if state in ("paused", "saved")]
+
+    def destroy(self) -> None:
+        """Remove every VM, volume and network of the lab, then its folder."""
+        self.close()
+        vagrant.destroy(self.folder)
+
+    # ---- its nodes over SSH ---------------------------------------------------------------
+
+    @property
+    def ssh_config(self) -> Path:
+        return vagrant.ssh_config(self.folder)
+
+    def connection(self, node: str) -> Connection:
+        """One SSH connection per node, opened on first use and kept for the lab's lifetime."""
+        with self._connecting:
+            if node not in self._connections:
+                self._connections[node] = ssh.connect(node, self.ssh_config)
+            return self._connections[node]
+
+    def _forget(self, node: str) -> None:
+        with self._connecting:
+            conn = self._connections.pop(node, None)
+        if conn is not None:
+            conn.close()
+
+    def run(self, node: str, words: list[str], watchers: list[StreamWatcher] = ()) -> str:
+        """A command on a node: its output. A connection that broke (a node that was paused or
+        rebooted) is opened again once."""
+        try:
+            return ssh.run(self.connection(node), words, watchers)
+        except ssh.Unreachable:
+            self._forget(node)
+            return ssh.run(self.connection(node), words, watchers)
+
+    def run_all(self, node: str, commands: dict[str, list[str]]) -> dict[str, str]:
+        """Several commands on one node: name -> output."""
+        return {name: self.run(node, words) for name, words in commands.items()}
+
+    def run_on(self, nodes: list[str], commands: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+        """run_all() on several nodes at once: node -> name -> output."""
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            return dict(zip(nodes, pool.map(lambda node: self.run_all(node, commands), nodes)))
+
+    def provision(self, lab: Lab | None = None, nodes: list[str] | None = None,
+                  on_done: Callable[[ssh.NodeResult], None] = lambda result: None) -> list[ssh.NodeResult]:
+        """Push each node's plan, all nodes at once; on_done(result) as each finishes, in order.
+        A node that failed makes it an error naming every failed node and its step."""
+        lab = lab or self.lab
+        nodes = nodes or list(lab.nodes)
+
+        def one(node: str) -> ssh.NodeResult:
+            result = ssh.apply(self.connection(node), plan(lab, node))
+            if result.error.startswith("cannot reach"):
+                self._forget(node)
+            return result
+
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            results = []
+            for future in [pool.submit(one, node) for node in nodes]:
+                results.append(future.result())
+                on_done(results[-1])
+        failed = [r for r in results if r.error]
+        if failed:
+            raise LabkitError("provisioning failed:\n" + "\n".join(f"  {r.node}: {r.error}" for r in failed)
+                              + f"\nFix the cause, then run: labkit provision {self.name}")
+        return results
+
+    def holders(self, paused: set[str] = frozenset()) -> list[str]:
+        """The directors (of those not paused) that hold the first VIP."""
+        running = [d for d in self.lab.directors if d not in paused]
+        seen = self.run_on(running, {"addresses": ADDRESSES})
+        return holders(self.lab, {d: out["addresses"] for d, out in seen.items()})
+
+    def holder(self, paused: set[str] = frozenset()) -> str | None:
+        """The director that holds the first VIP, if exactly one does."""
+        found = self.holders(paused)
+        return found[0] if len(found) == 1 else None
+
+    def close(self) -> None:
+        with self._connecting:
+            connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> RunningLab:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str], None]) -> RunningLab:
+    """Render the lab's Vagrantfile and boot every node at once; provision() comes next."""
+    doctor.preflight(target.provider, target.box)
+    running = RunningLab.create(lab, source, render(lab, target))
+    try:
+        running.boot(target.provider, on_progress)
+    except vagrant.BootError as exc:
+        raise LabkitError(f"{exc}\nRemove what was made with: labkit down {lab.name}") from None
+    return running
+
+
+def read(name_or_path: str) -> Lab:
+    """A lab file by name (a shipped lab), folder or path; an unknown name lists the known ones."""
+    path = lab_file(name_or_path)
+    if not path.exists():
+        raise LabkitError(f"no lab {name_or_path!r}: {path} does not exist. Known labs: {', '.join(known_labs())}; "
+                       "or give the path of a lab.yaml")
+    return load_lab(path)
