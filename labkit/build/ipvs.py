@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from labkit.errors import LabkitError
-from labkit.labfile import Forwarding, Lab, VirtualService
+from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
 
 
 def rules(lab: Lab) -> str:
@@ -26,11 +26,15 @@ def rules(lab: Lab) -> str:
     return "\n".join(lines) + "\n"
 
 
+# How `ipvsadm -L -n` names each forwarding method.
+LISTED = {f.listed_as: f for f in Forwarding}
+
+
 @dataclass
 class Destination:
     address: str
     port: int
-    forward: str  # Masq, Tunnel, Route, Local
+    forward: Forwarding
     weight: int
     active: int = 0
     inactive: int = 0
@@ -45,13 +49,14 @@ class Destination:
 
 @dataclass
 class Service:
-    protocol: str  # TCP, UDP
-    vip: str
-    port: int
+    """A virtual service: an address (protocol, VIP and port), or a firewall mark (ipvsadm -f)."""
+
+    protocol: Protocol | None  # None for a firewall-mark service
+    vip: str | None
+    port: int | None
     scheduler: str
     persistence: int | None = None
     destinations: list[Destination] = field(default_factory=list)
-    # A firewall-mark service (ipvsadm -f) has a mark instead of an address: protocol "FWM", vip "", port 0.
     fwmark: int | None = None
     ops: bool = False  # one-packet scheduling (-o): every UDP datagram is scheduled on its own
     stats: Stats | None = None
@@ -59,9 +64,12 @@ class Service:
 
     @property
     def key(self) -> str:
-        if self.fwmark is not None:
-            return f"fwm {self.fwmark}"
-        return f"{self.protocol.lower()} {self.vip}:{self.port}"
+        return service_key(self.protocol, self.vip, self.port, self.fwmark)
+
+
+def service_key(protocol: Protocol | None, vip: object, port: int | None, fwmark: int | None) -> str:
+    """How labkit names a service everywhere (`labkit show`, --service): `tcp VIP:port`, or `fwm MARK`."""
+    return f"fwm {fwmark}" if fwmark is not None else f"{protocol.value} {vip}:{port}"
 
 
 def _addr_port(text: str) -> tuple[str, int]:
@@ -72,6 +80,20 @@ def _addr_port(text: str) -> tuple[str, int]:
 # print_service_entry: "%-4s %s" (protocol, address:port) or "FWM  %u", then the scheduler, then
 # "(flags)" for sh/mh flags, "persistent T", "mask M", "pe NAME" and "ops", each only when set.
 SERVICE = re.compile(r"^(?:(TCP|UDP|SCTP)\s+(\S+)|FWM\s+(\d+))\s+(\S+)(.*)$")
+
+
+def _protocol(listed: str) -> Protocol:
+    try:
+        return Protocol(listed.lower())
+    except ValueError:
+        raise LabkitError(f"ipvsadm lists a {listed} service, which no labkit lab makes: remove it with ipvsadm -D") from None
+
+
+def _forward(listed: str) -> Forwarding:
+    if listed not in LISTED:
+        raise LabkitError(f"ipvsadm lists a real server forwarded as {listed!r}, which no labkit lab makes "
+                          f"(known: {', '.join(LISTED)})")
+    return LISTED[listed]
 DEST = re.compile(r"^\s+->\s+(\S+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)")
 
 
@@ -80,15 +102,15 @@ def parse_list(text: str) -> list[Service]:
     services: list[Service] = []
     for line in text.splitlines():
         if m := SERVICE.match(line):
-            addr, port = _addr_port(m[2]) if m[1] else ("", 0)
+            addr, port = _addr_port(m[2]) if m[1] else (None, None)
             persistent = re.search(r"\bpersistent (\d+)", m[5])
             services.append(Service(
-                m[1] or "FWM", addr, port, m[4], int(persistent[1]) if persistent else None,
+                _protocol(m[1]) if m[1] else None, addr, port, m[4], int(persistent[1]) if persistent else None,
                 fwmark=int(m[3]) if m[3] else None, ops=re.search(r"\bops\b", m[5]) is not None))
         elif (m := DEST.match(line)) and services:
             addr, port = _addr_port(m[1])
             services[-1].destinations.append(
-                Destination(addr, port, m[2], int(m[3]), int(m[4]), int(m[5])))
+                Destination(addr, port, _forward(m[2]), int(m[3]), int(m[4]), int(m[5])))
     return services
 
 
@@ -108,11 +130,11 @@ def parse_stats(text: str) -> dict[str, Stats]:
 
 def expected(svc: VirtualService) -> Service:
     """What `ipvsadm -L -n` should list for a service of the lab."""
-    destinations = [Destination(str(rs.address), svc.real_port(rs), svc.forwarding.listed_as, rs.weight)
+    destinations = [Destination(str(rs.address), svc.real_port(rs), svc.forwarding, rs.weight)
                     for rs in svc.real_servers]
     if svc.fwmark:
-        return Service("FWM", "", 0, svc.scheduler, svc.persistence, destinations, fwmark=svc.fwmark)
-    return Service(svc.protocol.value.upper(), str(svc.vip), svc.port, svc.scheduler, svc.persistence, destinations)
+        return Service(None, None, None, str(svc.scheduler), svc.persistence, destinations, fwmark=svc.fwmark)
+    return Service(svc.protocol, str(svc.vip), svc.port, str(svc.scheduler), svc.persistence, destinations)
 
 
 # ---- the listings behind `labkit show` ----------------------------------------------------
@@ -149,7 +171,8 @@ def _counter_rows(text: str) -> dict[tuple[str, str | None], tuple[int, ...]]:
         if m[4]:
             rows[(service, m[4])] = tuple(int(w) for w in words)
         else:
-            service = f"{m[1].lower()} {m[2]}" if m[1] else f"fwm {m[3]}"
+            addr, port = _addr_port(m[2]) if m[1] else (None, None)
+            service = service_key(_protocol(m[1]) if m[1] else None, addr, port, int(m[3]) if m[3] else None)
             rows[(service, None)] = tuple(int(w) for w in words)
     return rows
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from labkit.build import ipvs, keepalived
+from labkit.build.guest import PRELUDE
 from labkit.labfile import Forwarding, Lab, Role
 from labkit.build.render import interfaces
 
@@ -179,9 +180,9 @@ def plan(lab: Lab, node: str) -> list[Step]:
         Step(f"the node is called {node}", ("hostname_is", node), (("set_hostname", node),)),
     ]
     for iface in interfaces(lab, node):
-        net, cidr = iface["network"], f"{iface['address']}/{lab.networks[iface['network']].prefixlen}"
+        net, cidr = iface.network, iface.cidr
         steps.append(Step(f"the NIC on network {net} is named {net}, so every command can name it",
-                          ("link_named", net, iface["mac"]), (("name_link", net, iface["mac"]),)))
+                          ("link_named", net, iface.mac), (("name_link", net, iface.mac),)))
         steps.append(_address(net, cidr, f"{node}'s address on network {net}"))
 
     if role == Role.director:
@@ -220,51 +221,6 @@ def plan(lab: Lab, node: str) -> list[Step]:
                           ("started_after", "nginx", NGINX_SITE),
                           (("systemctl", "enable", "-q", "nginx"), ("systemctl", "restart", "nginx"))))
     return steps
-
-
-# Guest-side helpers the steps call. POSIX sh: the box's /bin/sh is dash.
-PRELUDE = r"""set -eu
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-current=start
-trap '[ $? -eq 0 ] || echo "labkit-failed: $current" >&2' EXIT
-changed() { echo "labkit-changed: $1"; }
-has_commands() { for c in "$@"; do command -v "$c" >/dev/null || return 1; done; }
-apt_install() { DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"; }
-hostname_is() { [ "$(hostname)" = "$1" ] && [ "$(cat /etc/hostname)" = "$1" ] && grep -q "^127.0.1.1 $1\$" /etc/hosts; }
-set_hostname() {
-  hostname "$1"; echo "$1" > /etc/hostname
-  sed -i '/^127.0.1.1 /d' /etc/hosts; echo "127.0.1.1 $1" >> /etc/hosts
-}
-same() { [ -f "$1" ] && [ "$(base64 -w0 < "$1")" = "$2" ]; }
-put() {
-  mkdir -p "$(dirname "$1")"
-  echo "$3" | base64 -d > "$1.labkit-new"; chmod "$2" "$1.labkit-new"; mv "$1.labkit-new" "$1"
-}
-link_named() { ip -br link show dev "$1" 2>/dev/null | awk -v mac="$2" '$3 == mac && $4 ~ /[<,]UP[,>]/ {ok=1} END {exit !ok}'; }
-name_link() {
-  dev=$(ip -br link | awk -v mac="$2" '$3 == mac {sub("@.*", "", $1); print $1}')
-  [ -n "$dev" ] || { echo "no network interface has the MAC address $2" >&2; return 1; }
-  if [ "$dev" != "$1" ]; then ip link set dev "$dev" down; ip link set dev "$dev" name "$1"; fi
-  ip link set dev "$1" up
-}
-link_up() { ip -br link show dev "$1" 2>/dev/null | awk '$NF ~ /[<,]UP[,>]/ {ok=1} END {exit !ok}'; }
-has_addr() { ip -o -4 addr show dev "$1" | awk '{print $4}' | grep -qx "$2"; }
-route_via() { [ "$(ip -4 route show exact "$1" | awk '{print $3}')" = "$2" ]; }
-sysctls_are() {
-  for kv in "$@"; do [ "$(sysctl -n "${kv%%=*}")" = "${kv#*=}" ] || return 1; done
-}
-ipvs_matches() { [ "$(ipvsadm-save -n | sort)" = "$(sort "$1")" ]; }
-ipvs_load() {
-  # -E/-e edit a service or server in place (connections stay); they fail for new ones.
-  sed -e 's/^-A /-E /' -e 's/^-a /-e /' "$1" | ipvsadm-restore 2>/dev/null || true
-  ipvs_matches "$1" || { ipvsadm -C; ipvsadm-restore < "$1"; }
-}
-applied() { systemctl is-active -q "$1" && [ -n "$(find "/run/labkit-$1.applied" -newer "$2" 2>/dev/null)" ]; }
-apply_config() { systemctl enable -q "$1"; systemctl reload-or-restart "$1"; touch "/run/labkit-$1.applied"; }
-size_is() { [ "$(stat -c %s "$1" 2>/dev/null)" = "$2" ]; }
-random_file() { mkdir -p "$(dirname "$1")"; head -c "$2" /dev/urandom > "$1"; }
-started_after() { systemctl is-active -q "$1" && [ -n "$(find "/run/$1.pid" -newer "$2" 2>/dev/null)" ]; }
-"""
 
 
 def script(steps: list[Step]) -> str:

@@ -35,15 +35,26 @@ def mac(net_index: int, node_index: int) -> str:
     return f"52:54:00:4c:{net_index + 1:02x}:{node_index + 1:02x}"
 
 
-def interfaces(lab: Lab, node: str) -> list[dict]:
+@dataclass(frozen=True)
+class Interface:
+    """A node's NIC on a lab network. The guest names it after the network."""
+
+    network: str
+    address: str
+    prefixlen: int
+    netmask: str
+    mac: str
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.prefixlen}"
+
+
+def interfaces(lab: Lab, node: str) -> list[Interface]:
     node_index = list(lab.nodes).index(node)
     return [
-        {
-            "network": net,
-            "address": str(addr),
-            "netmask": str(lab.networks[net].netmask),
-            "mac": mac(list(lab.networks).index(net), node_index),
-        }
+        Interface(net, str(addr), lab.networks[net].prefixlen, str(lab.networks[net].netmask),
+                  mac(list(lab.networks).index(net), node_index))
         for net, addr in lab.nodes[node].addresses.items()
     ]
 

@@ -96,7 +96,7 @@ def _sync(d: DirectorState) -> str:
 
 
 def _name(svc: ipvs.Service) -> str:
-    name = f"FWM {svc.fwmark}" if svc.fwmark is not None else f"{svc.protocol} {svc.vip}:{svc.port}"
+    name = f"FWM {svc.fwmark}" if svc.fwmark is not None else f"{svc.protocol.value.upper()} {svc.vip}:{svc.port}"
     flags = ([f"persistent {svc.persistence}"] if svc.persistence else []) + (["ops"] if svc.ops else [])
     return f"{name} ({', '.join(flags)})" if flags else name
 
@@ -143,7 +143,7 @@ def services_table(lab: Lab, d: DirectorState) -> Table:
     for svc in d.services:
         table.add_row(_name(svc), svc.scheduler, "", "", *_numbers(svc.stats, svc.rates), style="bold")
         for dest in svc.destinations:
-            table.add_row(_real_server(lab, dest), dest.forward, str(dest.weight), _pair(dest.active, dest.inactive),
+            table.add_row(_real_server(lab, dest), dest.forward.listed_as, str(dest.weight), _pair(dest.active, dest.inactive),
                           *_numbers(dest.stats, dest.rates))
     return table
 
@@ -227,11 +227,11 @@ def _rates_json(rates: ipvs.Rates | None) -> dict | None:
 
 def _service_json(svc: ipvs.Service) -> dict:
     return {
-        "key": svc.key, "protocol": svc.protocol, "vip": svc.vip or None, "port": svc.port or None,
+        "key": svc.key, "protocol": svc.protocol.value.upper() if svc.protocol else "FWM", "vip": svc.vip, "port": svc.port,
         "fwmark": svc.fwmark, "scheduler": svc.scheduler, "persistence": svc.persistence, "ops": svc.ops,
         "stats": _stats_json(svc.stats), "rates": _rates_json(svc.rates),
         "real_servers": [
-            {"address": d.address, "port": d.port, "forward": d.forward, "weight": d.weight,
+            {"address": d.address, "port": d.port, "forward": d.forward.listed_as, "weight": d.weight,
              "active_conns": d.active, "inactive_conns": d.inactive,
              "stats": _stats_json(d.stats), "rates": _rates_json(d.rates)}
             for d in svc.destinations

@@ -92,7 +92,7 @@ def parse(output: str) -> dict[str, list[Packet]]:
 
 def macs(lab: Lab) -> dict[str, str]:
     """MAC address -> 'node:network', from the fixed MACs labkit gives every lab NIC."""
-    return {i["mac"]: f"{node}:{i['network']}" for node in lab.nodes for i in interfaces(lab, node)}
+    return {i.mac: f"{node}:{i.network}" for node in lab.nodes for i in interfaces(lab, node)}
 
 
 def _first(packets: list[Packet], client_port: int, flags: str) -> Packet | None:

@@ -1,5 +1,11 @@
 """labkit explain: the plan as commands a person would type, with their reasons."""
 
+import subprocess
+
+import pytest
+
+from labkit.build.guest import HELPERS, PRELUDE, PROGRAMS
+from labkit.build.plan import plan
 from labkit.describe.explain import walkthrough
 from labkit.labfile import LABS, load_lab
 
@@ -40,3 +46,25 @@ def test_fwmark_marks_come_before_the_rules():
     assert len(marks) == 2
     assert marks[-1] < lines.index("ipvsadm-restore < /etc/ipvsadm.rules")
     assert "-A -f 1 -s rr" in lines
+
+
+@pytest.mark.parametrize("name", ["nat", "tun", "dr", "fwmark"])
+def test_every_step_calls_a_helper_or_a_known_program(name):
+    """What the script runs and what explain shows come from one list: a step calls a check
+    helper in `unless`, and a command helper (which explain can show) or a known program."""
+    lab_ = lab(name)
+    for node in lab_.nodes:
+        for step in plan(lab_, node):
+            check = step.unless[0]
+            assert check in PROGRAMS or (check in HELPERS and HELPERS[check].shown is None), (node, step.why, check)
+            for words in step.commands:
+                assert words[0] in PROGRAMS or (words[0] in HELPERS and HELPERS[words[0]].shown is not None), (
+                    node, step.why, words[0])
+
+
+def test_the_prelude_defines_every_helper():
+    names = " ".join(HELPERS)
+    result = subprocess.run(["sh", "-c", PRELUDE + f"for f in {names}; do command -V $f; done"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("is a shell function") == len(HELPERS), result.stdout

@@ -4,7 +4,7 @@ import pytest
 
 from labkit.build import ipvs
 from labkit.errors import LabkitError
-from labkit.labfile import LABS, load_lab
+from labkit.labfile import LABS, Forwarding, load_lab
 
 # Seed 002: the two-director NAT lab, as `ipvsadm -L -n` printed it on lb0.
 SEED_LISTING = """\
@@ -40,13 +40,13 @@ def test_parse_seed_listing():
     (svc,) = ipvs.parse_list(SEED_LISTING)
     assert (svc.key, svc.scheduler, svc.persistence) == ("tcp 192.168.55.100:80", "wrr", None)
     assert [(d.address, d.port, d.forward, d.weight) for d in svc.destinations] == [
-        ("192.168.66.111", 80, "Masq", 100), ("192.168.66.112", 80, "Masq", 100)]
+        ("192.168.66.111", 80, Forwarding.masq, 100), ("192.168.66.112", 80, Forwarding.masq, 100)]
 
 
 def test_parse_persistence_counters_and_udp():
     tcp, udp = ipvs.parse_list(PERSISTENT)
     assert tcp.persistence == 300 and tcp.destinations[0].active == 1 and tcp.destinations[0].inactive == 4
-    assert (udp.key, udp.scheduler, udp.destinations[0].forward) == ("udp 192.168.56.186:53", "sh", "Route")
+    assert (udp.key, udp.scheduler, udp.destinations[0].forward) == ("udp 192.168.56.186:53", "sh", Forwarding.route)
 
 
 def test_parse_stats_keeps_services_only():
@@ -70,7 +70,7 @@ def test_expected_listing_for_tun():
     lab = load_lab(LABS / "tun" / "lab.yaml")
     want = ipvs.expected(lab.services[0])
     assert want.key == "tcp 192.168.55.100:80"
-    assert [(d.forward, d.weight) for d in want.destinations] == [("Tunnel", 2), ("Tunnel", 1)]
+    assert [(d.forward, d.weight) for d in want.destinations] == [(Forwarding.tun, 2), (Forwarding.tun, 1)]
 
 
 def test_tunnel_rules_name_the_tunnel_type_as_ipvsadm_save_does():
@@ -128,10 +128,10 @@ def test_parse_firewall_mark_persistent_and_one_packet_services():
     tcp, fwm, udp = ipvs.parse_list(FLAGS_LISTING)
     assert (tcp.key, tcp.scheduler, tcp.persistence, tcp.ops) == ("tcp 192.168.55.100:80", "wrr", 300, False)
     assert (fwm.key, fwm.fwmark, fwm.scheduler, fwm.persistence) == ("fwm 262", 262, "rr", None)
-    assert [(d.address, d.port, d.forward, d.weight) for d in fwm.destinations] == [("10.0.1.31", 0, "Masq", 1)]
+    assert [(d.address, d.port, d.forward, d.weight) for d in fwm.destinations] == [("10.0.1.31", 0, Forwarding.masq, 1)]
     # Scheduler flags come before "persistent": the timeout is still read.
     assert (udp.key, udp.scheduler, udp.persistence, udp.ops) == ("udp 192.168.55.100:53", "sh", 60, True)
-    assert udp.destinations[0].forward == "Route"
+    assert udp.destinations[0].forward == Forwarding.route
 
 
 def test_parse_counters_per_service_and_per_real_server():

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from labkit.labfile import LABS, load_lab, parse_lab
-from labkit.build.plan import PRELUDE, RULES_FILE, gateway_routes, plan, script, sysctls
+from labkit.build.guest import PRELUDE
+from labkit.build.plan import RULES_FILE, gateway_routes, plan, script, sysctls
 
 
 def lab(name):

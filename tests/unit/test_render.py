@@ -45,5 +45,5 @@ def test_golden_is_valid_ruby(name):
 def test_each_interface_has_its_own_mac():
     from labkit.build.render import interfaces
     lab = load_lab(LABS / "tun" / "lab.yaml")
-    macs = [i["mac"] for node in lab.nodes for i in interfaces(lab, node)]
+    macs = [i.mac for node in lab.nodes for i in interfaces(lab, node)]
     assert len(macs) == len(set(macs)) == 9
