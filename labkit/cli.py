@@ -22,7 +22,7 @@ from labkit.describe import explain as explain_mod, graph as graph_mod
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, LabError, Protocol, VirtualService, with_weight
 from labkit.operate import bench as bench_mod, failover, show as show_mod, trace as trace_mod
-from labkit.run import doctor, lab as running_lab, verify as verify_mod
+from labkit.run import doctor, lab as running_lab, lock, verify as verify_mod
 from labkit.run.lab import RunningLab, read
 from labkit.run.ssh import NodeResult
 from labkit.run.vagrant import Accel, driver
@@ -115,6 +115,21 @@ def provisioned(name: str, results: list[NodeResult], started: float) -> None:
     out.print(f"provisioned {name}: {total} changes in {time.monotonic() - started:.1f} s")
 
 
+# What an interrupted command leaves, and the command that goes on from there.
+LEFT = {
+    "provision": "{name}'s nodes may be partly configured. Finish with: labkit provision {name}",
+    "weight": "{name}'s directors may be partly reconfigured. Finish with: labkit provision {name}",
+    "verify": "a failure scenario may have left {name} broken. Bring it back with: labkit heal {name}",
+    "fail": "{name} may be broken (the client's load stops by itself). Bring it back with: labkit heal {name}",
+    "heal": "{name} may be partly healed. Finish with: labkit heal {name}",
+    "down": "{name} is partly removed. Finish with: labkit down {name}",
+}
+
+
+def writing(running: RunningLab, command: str):
+    return lock.writing(running.name, command, LEFT[command].format(name=running.name))
+
+
 def pick_service(model: Lab, key: str | None) -> VirtualService:
     svc = next((s for s in model.services if key in (None, s.key) and s.protocol == Protocol.tcp), None)
     if svc is None:
@@ -131,12 +146,15 @@ def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOpt = 
     source = labfile.lab_file(lab)
     model = read(lab)
     target = target_for(source, box_name, provider, accel, warn=True)
-    with Progress(list(model.nodes)) as progress:
-        running = running_lab.boot(model, source, target, progress)
-    out.print(f"booted {len(model.nodes)} nodes in {time.monotonic() - progress.started:.0f} s")
-    with running:
-        started = time.monotonic()
-        provisioned(model.name, running.provision(on_done=report), started)
+    name = model.name
+    with lock.writing(name, "up", f"{name} is partly up. Continue with: labkit up {lab}; "
+                                  f"or remove what was made: labkit down {name}"):
+        with Progress(list(model.nodes)) as progress:
+            running = running_lab.boot(model, source, target, progress)
+        out.print(f"booted {len(model.nodes)} nodes in {time.monotonic() - progress.started:.0f} s")
+        with running:
+            started = time.monotonic()
+            provisioned(name, running.provision(on_done=report), started)
     out.print(f"\n[bold]{model.name} is up.[/] Next: [bold]labkit verify {model.name}[/]")
 
 
@@ -144,7 +162,7 @@ def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOpt = 
 @handled
 def provision(lab: RunningArg = None) -> None:
     """Push the lab's configuration to its running VMs again (changes only what differs)."""
-    with RunningLab.find(lab) as running:
+    with RunningLab.find(lab) as running, writing(running, "provision"):
         if lab is not None and labfile.lab_file(lab).exists():
             running.adopt(labfile.lab_file(lab))  # the lab file may have been edited since `up`
         started = time.monotonic()
@@ -158,7 +176,9 @@ def verify(ctx: typer.Context, lab: RunningArg = None,
     """Check the running lab with pytest + testinfra. Extra arguments go to pytest (e.g. -k split)."""
     running = RunningLab.find(lab)
     args = list(ctx.args) + ([f"--junitxml={junitxml}"] if junitxml else [])
-    raise typer.Exit(verify_mod.verify(running.folder, running.ssh_config, args))
+    with writing(running, "verify"):  # its failure scenarios break the lab and heal it
+        code = verify_mod.verify(running.folder, running.ssh_config, args)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -233,7 +253,7 @@ def weight(lab: Annotated[str, typer.Argument(help="The running lab.")],
            new_weight: Annotated[int, typer.Argument(metavar="WEIGHT", help="0 drains it: no new connections.")],
            service: Annotated[Optional[str], typer.Option(help="Only this service, e.g. 'tcp 192.168.55.100:80'.")] = None) -> None:
     """Change a real server's weight on the running directors, without restarting anything."""
-    with RunningLab.find(lab) as running:
+    with RunningLab.find(lab) as running, writing(running, "weight"):
         changed = with_weight(running.lab, real_server, new_weight, service)
         running.provision(changed, nodes=changed.directors)
         # The lab as it now runs: verify checks this split, `labkit provision <lab>` restores the file's.
@@ -252,7 +272,7 @@ def fail(lab: Annotated[str, typer.Argument(help="The running lab.")],
                                                     "NODE:NETWORK (take that link down).")],
          seconds: Annotated[float, typer.Option(min=6, max=120, help="How long the client's load runs.")] = 16) -> None:
     """Break part of a running lab under a bounded load from the client, and show what the client saw."""
-    with RunningLab.find(lab) as running:
+    with RunningLab.find(lab) as running, writing(running, "fail"):
         broken = failover.parse_target(running.lab, target)
         out.print(f"load from {running.lab.clients[0]} for {seconds:.0f} s; {broken.what} "
                   f"{failover.LEAD_SECONDS} s after it starts ...", highlight=False)
@@ -266,7 +286,7 @@ def fail(lab: Annotated[str, typer.Argument(help="The running lab.")],
 @handled
 def heal(lab: RunningArg = None) -> None:
     """Undo every failure: resume frozen nodes, restart services, raise links; wait until the lab is whole."""
-    with RunningLab.find(lab) as running:
+    with RunningLab.find(lab) as running, writing(running, "heal"):
         seconds, load = failover.heal(running)
     served = ", ".join(f"{k} {v}" for k, v in sorted(load.served().items()))
     out.print(f"{running.name} healed in {seconds:.0f} s: {len(load.requests)} requests, failed {load.failed}, "
@@ -309,7 +329,8 @@ def down(lab: RunningArg = None) -> None:
     """Remove the lab's VMs, their volumes and the lab's networks."""
     running = RunningLab.find(lab)
     started = time.monotonic()
-    running.destroy()
+    with writing(running, "down"):
+        running.destroy()
     out.print(f"{running.name} is down ({time.monotonic() - started:.0f} s)")
 
 
