@@ -23,7 +23,7 @@ from labkit.build.render import Provider, Target, render
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, known_labs, lab_file, load_lab
 from labkit.operate.show import ADDRESSES, holders
-from labkit.run import doctor, ssh, vagrant
+from labkit.run import doctor, host, ssh, vagrant
 
 
 class RunningLab:
@@ -203,6 +203,9 @@ class RunningLab:
 def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str], None]) -> RunningLab:
     """Render the lab's Vagrantfile and boot every node at once; provision() comes next."""
     doctor.preflight(target.provider, target.box)
+    shortfalls = host.problems(lab, target, fresh=lab.name not in RunningLab.names())
+    if shortfalls:
+        raise LabkitError(f"this host cannot hold the lab {lab.name}:\n" + "\n".join(f"  - {p}" for p in shortfalls))
     running = RunningLab.create(lab, source, render(lab, target))
     try:
         running.boot(target.provider, on_progress)

@@ -64,7 +64,7 @@ def test_an_interrupt_stops_what_the_command_started_and_says_how_to_go_on(holde
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=20)
     assert process.returncode == 128 + sig
-    assert stderr == f"interrupted ({sig.name}): nat is partly up. Continue with: labkit up nat\n"
+    assert f"interrupted ({sig.name}): nat is partly up. Continue with: labkit up nat" in stderr.splitlines(), stderr
     deadline = time.monotonic() + 5
     while Path(f"/proc/{child}").exists() and _state(child) != "Z" and time.monotonic() < deadline:
         time.sleep(0.1)
