@@ -22,7 +22,7 @@ from labkit.describe import explain as explain_mod, graph as graph_mod
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, LabError, Protocol, VirtualService, with_weight
 from labkit.operate import bench as bench_mod, failover, show as show_mod, trace as trace_mod
-from labkit.run import doctor, lab as running_lab, lock, verify as verify_mod
+from labkit.run import doctor, lab as running_lab, libvirt, lock, verify as verify_mod
 from labkit.run.lab import RunningLab, read
 from labkit.run.ssh import NodeResult
 from labkit.run.vagrant import Accel, driver
@@ -327,8 +327,19 @@ def ssh(node: str, lab: Annotated[Optional[str], typer.Option(help="The lab, whe
 @handled
 def down(lab: RunningArg = None) -> None:
     """Remove the lab's VMs, their volumes and the lab's networks."""
-    running = RunningLab.find(lab)
     started = time.monotonic()
+    if lab is not None and lab not in RunningLab.names():
+        # Not up as far as labkit knows; libvirt may still hold what a lost lab made.
+        model = read(lab)
+        with lock.writing(model.name, "down", LEFT["down"].format(name=model.name)):
+            left = libvirt.of(model, libvirt.present())
+            if left:
+                failed = libvirt.remove(left)
+                if failed:
+                    raise LabkitError("could not remove:\n" + "\n".join(f"  {f}" for f in failed))
+                out.print(f"{model.name} was not up; removed what libvirt still held of it: {', '.join(left.names())}")
+                return
+    running = RunningLab.find(lab)
     with writing(running, "down"):
         running.destroy()
     out.print(f"{running.name} is down ({time.monotonic() - started:.0f} s)")

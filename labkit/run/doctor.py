@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from labkit import box, home
 from labkit.build.render import Provider
 from labkit.errors import LabkitError
+from labkit.labfile import load_lab
+from labkit.run import libvirt
 from labkit.run.vagrant import kvm_usable
 
 
@@ -64,7 +66,23 @@ def probes(provider: Provider = Provider.libvirt, box_name: str = box.DEFAULT_BO
     elif has_vagrant:
         found.append(Probe(f"the box {box_name} is in Vagrant", box.box_exists(box_name), f"vagrant box add {box_name}"))
     found.append(Probe("an ssh client is installed", shutil.which("ssh") is not None, "apt-get install openssh-client"))
+    if thorough and provider == Provider.libvirt:
+        stray = leftovers()
+        found.append(Probe("libvirt holds nothing of labs that are gone" + (f" (it holds {', '.join(stray)})" if stray else ""),
+                           not stray, "labkit down LAB for each lab named there (it removes them by name)",
+                           fatal=False))
     return found
+
+
+def leftovers() -> list[str]:
+    """libvirt's labkit-* objects that belong to no lab labkit has up."""
+    up = []
+    for lab_yaml in home.labs_dir().glob("*/lab.yaml"):
+        try:
+            up.append(load_lab(lab_yaml))
+        except LabkitError:
+            continue
+    return libvirt.strays(up, libvirt.present()).names()
 
 
 def preflight(provider: Provider, box_name: str) -> None:

@@ -23,7 +23,7 @@ from labkit.build.render import Provider, Target, render
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, known_labs, lab_file, load_lab
 from labkit.operate.show import ADDRESSES, holders
-from labkit.run import doctor, host, ssh, vagrant
+from labkit.run import doctor, host, libvirt, ssh, vagrant
 
 
 class RunningLab:
@@ -111,9 +111,20 @@ class RunningLab:
         return [node for node, state in self.status().items() if state in ("paused", "saved")]
 
     def destroy(self) -> None:
-        """Remove every VM, volume and network of the lab, then its folder."""
+        """Remove every VM, volume and network of the lab, then its folder. What Vagrant's state
+        misses (lost, corrupt, or a boot cut short) is found in libvirt by name."""
         self.close()
-        vagrant.destroy(self.folder)
+        try:
+            vagrant.destroy(self.folder)
+        except vagrant.BootError as exc:
+            refused = exc
+        else:
+            refused = None
+        left = remove_leftovers(self.lab)
+        if left:
+            raise LabkitError(f"{self.name}: these could not be removed:\n" + "\n".join(f"  {f}" for f in left)
+                              + (f"\n{refused}" if refused else "") + f"\nFix the cause, then run: labkit down {self.name}")
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     # ---- its nodes over SSH ---------------------------------------------------------------
 
@@ -212,6 +223,11 @@ def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str
     except vagrant.BootError as exc:
         raise LabkitError(f"{exc}\nRemove what was made with: labkit down {lab.name}") from None
     return running
+
+
+def remove_leftovers(lab: Lab) -> list[str]:
+    """Remove whatever libvirt still holds of the lab; what could not be removed, and why."""
+    return libvirt.remove(libvirt.of(lab, libvirt.present()))
 
 
 def read(name_or_path: str) -> Lab:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from enum import Enum
 from collections.abc import Callable, Iterator
@@ -133,7 +132,6 @@ def ssh_config(lab_dir: Path, refresh: bool = False) -> Path:
 
 
 def destroy(lab_dir: Path) -> None:
-    """Remove every VM, volume and network of the lab, then the lab folder."""
+    """Remove every VM, volume and network Vagrant knows of the lab."""
     if (lab_dir / "Vagrantfile").exists():
         _vagrant(lab_dir, "destroy")
-    shutil.rmtree(lab_dir, ignore_errors=True)
