@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from labkit import box, home, labfile
-from labkit.build.render import Provider, Target, render as render_vagrantfile
+from labkit.build.render import TCG_EMULATOR, Provider, Target, render as render_vagrantfile
 from labkit.describe import explain as explain_mod, graph as graph_mod
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, LabError, Protocol, VirtualService, with_weight
@@ -65,7 +65,9 @@ def target_for(source: Path, box_name: str, provider: Provider, accel: Accel, wa
     if warn and fallback:
         err.print(f"[yellow]warning:[/] {fallback}: using QEMU software emulation, labs will be slow", soft_wrap=True)
     key = str(home.key()) if box_name == box.DEFAULT_BOX else None
-    return Target(provider=provider, box=box_name, driver=domain, private_key=key, source=labfile.shown(source))
+    emulator = TCG_EMULATOR if domain == "qemu" and os.access(TCG_EMULATOR, os.X_OK) else None
+    return Target(provider=provider, box=box_name, driver=domain, emulator=emulator, private_key=key,
+                  source=labfile.shown(source))
 
 
 class Progress:
@@ -123,6 +125,8 @@ LEFT = {
     "fail": "{name} may be broken (the client's load stops by itself). Bring it back with: labkit heal {name}",
     "heal": "{name} may be partly healed. Finish with: labkit heal {name}",
     "down": "{name} is partly removed. Finish with: labkit down {name}",
+    "snapshot": "{name}'s snapshot may be partial. Take it again with: labkit snapshot {name}",
+    "reset": "{name} may be partly reset. Reset it again with: labkit reset {name}",
 }
 
 
@@ -155,6 +159,10 @@ def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOpt = 
         with running:
             started = time.monotonic()
             provisioned(name, running.provision(on_done=report), started)
+            if running.on_libvirt:
+                started = time.monotonic()
+                running.snapshot()
+                out.print(f"snapshot taken in {time.monotonic() - started:.0f} s (labkit reset {name} comes back to it)")
     out.print(f"\n[bold]{model.name} is up.[/] Next: [bold]labkit verify {model.name}[/]")
 
 
@@ -291,6 +299,27 @@ def heal(lab: RunningArg = None) -> None:
     served = ", ".join(f"{k} {v}" for k, v in sorted(load.served().items()))
     out.print(f"{running.name} healed in {seconds:.0f} s: {len(load.requests)} requests, failed {load.failed}, "
               f"served by {served or 'nobody'}", highlight=False)
+
+
+@app.command()
+@handled
+def snapshot(lab: RunningArg = None) -> None:
+    """Keep the running lab's state (every VM's memory and disks) for labkit reset. labkit up takes one."""
+    with RunningLab.find(lab) as running, writing(running, "snapshot"):
+        started = time.monotonic()
+        running.snapshot()
+    out.print(f"{running.name}: snapshot taken in {time.monotonic() - started:.0f} s. labkit reset {running.name} goes back to it")
+
+
+@app.command()
+@handled
+def reset(lab: RunningArg = None) -> None:
+    """Put the lab back as its snapshot has it (as labkit up left it): every VM's memory and disks,
+    the IPVS tables and keepalived's state, in seconds."""
+    with RunningLab.find(lab) as running, writing(running, "reset"):
+        started = time.monotonic()
+        running.reset()
+    out.print(f"{running.name} reset in {time.monotonic() - started:.0f} s")
 
 
 @app.command()

@@ -8,6 +8,8 @@ from enum import Enum
 import jinja2
 
 TEMPLATE = "Vagrantfile.j2"
+# Where scripts/setup installs build/qemu-tcg: libvirt's QEMU user must be able to run it.
+TCG_EMULATOR = "/usr/local/libexec/labkit-qemu-tcg"
 
 from labkit.labfile import Lab
 
@@ -25,6 +27,7 @@ class Target:
     provider: Provider = Provider.libvirt
     box: str = "labkit/bookworm"
     driver: str = "kvm"  # libvirt domain type: kvm, or qemu (software emulation)
+    emulator: str | None = None  # libvirt: a QEMU wrapper that caps TCG's translation cache
     private_key: str | None = None  # set when the box trusts labkit's own key
     source: str = ""  # the lab file, named in the header
 

@@ -219,8 +219,9 @@ def client_load(running: RunningLab, svc: VirtualService, seconds: float,
             "path": BIG_PATH if transfer_seconds else "", "rate": int(1024 * 1024 / transfer_seconds) if transfer_seconds else 0}
     client = running.lab.clients[0]
     try:
+        # On a pty: if labkit stops, the hangup stops the load on the client too.
         out = running.run(client, ["python3", "-c", LOAD, json.dumps(args)],
-                          watchers=[Said("labkit-load-started", started or threading.Event())])
+                          watchers=[Said("labkit-load-started", started or threading.Event())], pty=True)
         data = json.loads(out.splitlines()[-1])
     except (LabkitError, ValueError, IndexError) as exc:
         raise LabkitError(f"the load on {client} failed: {exc}") from None

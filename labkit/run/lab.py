@@ -110,10 +110,43 @@ class RunningLab:
         # vagrant-libvirt says "paused", VirtualBox "saved"; python-vagrant reports both as "saved".
         return [node for node, state in self.status().items() if state in ("paused", "saved")]
 
+    @property
+    def domains(self) -> list[str]:
+        """The libvirt domains of the lab's nodes (the Vagrantfile's default_prefix + node)."""
+        return [f"labkit-{self.name}-{node}" for node in self.lab.nodes]
+
+    @property
+    def on_libvirt(self) -> bool:
+        return ":libvirt do" in (self.folder / "Vagrantfile").read_text()
+
+    def snapshot(self) -> None:
+        """Keep the lab's state (every VM's memory and disks) for reset()."""
+        self._need_libvirt("snapshot")
+        failed = libvirt.snapshot(self.domains)
+        if failed:
+            raise LabkitError("the snapshot failed:\n" + "\n".join(f"  {f}" for f in failed))
+
+    def reset(self) -> None:
+        """Every VM back to the snapshot, running; nothing is provisioned again."""
+        self._need_libvirt("reset")
+        if not libvirt.has_snapshot(self.domains):
+            raise LabkitError(f"the lab {self.name} has no snapshot to go back to. Take one with: labkit snapshot {self.name}")
+        self.close()  # the connections belong to the VMs' present, which is discarded
+        failed = libvirt.revert(self.domains)
+        if failed:
+            raise LabkitError("the reset failed:\n" + "\n".join(f"  {f}" for f in failed)
+                              + f"\nTry again, or bring the lab back with: labkit heal {self.name}")
+
+    def _need_libvirt(self, what: str) -> None:
+        if not self.on_libvirt:
+            raise LabkitError(f"{what} uses libvirt's snapshots: the lab {self.name} runs under another provider")
+
     def destroy(self) -> None:
         """Remove every VM, volume and network of the lab, then its folder. What Vagrant's state
         misses (lost, corrupt, or a boot cut short) is found in libvirt by name."""
         self.close()
+        if self.on_libvirt:
+            libvirt.drop_snapshots(self.domains)  # libvirt keeps a domain that has snapshots
         try:
             vagrant.destroy(self.folder)
         except vagrant.BootError as exc:
@@ -145,14 +178,14 @@ class RunningLab:
         if conn is not None:
             conn.close()
 
-    def run(self, node: str, words: list[str], watchers: list[StreamWatcher] = ()) -> str:
+    def run(self, node: str, words: list[str], watchers: list[StreamWatcher] = (), pty: bool = False) -> str:
         """A command on a node: its output. A connection that broke (a node that was paused or
         rebooted) is opened again once."""
         try:
-            return ssh.run(self.connection(node), words, watchers)
+            return ssh.run(self.connection(node), words, watchers, pty)
         except ssh.Unreachable:
             self._forget(node)
-            return ssh.run(self.connection(node), words, watchers)
+            return ssh.run(self.connection(node), words, watchers, pty)
 
     def run_all(self, node: str, commands: dict[str, list[str]]) -> dict[str, str]:
         """Several commands on one node: name -> output."""

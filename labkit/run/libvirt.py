@@ -5,6 +5,7 @@ lab can be removed, and strays found, without Vagrant's `.vagrant/` state."""
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from labkit.labfile import Lab
@@ -65,12 +66,44 @@ def strays(labs: list[Lab], seen: Objects) -> Objects:
     return Objects(*[[n for n in names if n not in owned] for names in (seen.domains, seen.volumes, seen.networks)])
 
 
+# ---- snapshots: a lab's state as `labkit up` left it, memory included ---------------------------
+
+SNAPSHOT = "labkit-up"
+
+
+def _each(domains: list[str], *args: str) -> list[str]:
+    """virsh ARGS for every domain at once ({} is the domain); the failures, with virsh's reason."""
+    with ThreadPoolExecutor(max_workers=len(domains)) as pool:
+        results = list(pool.map(lambda d: _virsh(*[a.replace("{}", d) for a in args]), domains))
+    return [f"{d}: {r.stderr.strip()}" for d, r in zip(domains, results) if r.returncode != 0]
+
+
+def snapshot(domains: list[str]) -> list[str]:
+    """Take (or take again) each running domain's snapshot, disks and memory: libvirt's internal
+    snapshot in the domain's qcow2 volume."""
+    drop_snapshots(domains)
+    return _each(domains, "snapshot-create-as", "--domain", "{}", "--name", SNAPSHOT, "--atomic")
+
+
+def has_snapshot(domains: list[str]) -> bool:
+    return not _each(domains, "snapshot-info", "--domain", "{}", "--snapshotname", SNAPSHOT)
+
+
+def revert(domains: list[str]) -> list[str]:
+    """Every domain back to its snapshot, running: memory, disks and devices as they were."""
+    return _each(domains, "snapshot-revert", "--domain", "{}", "--snapshotname", SNAPSHOT, "--running", "--force")
+
+
+def drop_snapshots(domains: list[str]) -> None:
+    _each(domains, "snapshot-delete", "--domain", "{}", "--snapshotname", SNAPSHOT)
+
+
 def remove(objects: Objects) -> list[str]:
     """Stop and remove each object; what could not be removed, with virsh's reason."""
     failed = []
     for domain in objects.domains:
         _virsh("destroy", domain)  # fails harmlessly when it is not running
-        if (r := _virsh("undefine", domain)).returncode != 0:
+        if (r := _virsh("undefine", "--snapshots-metadata", domain)).returncode != 0:
             failed.append(f"domain {domain}: {r.stderr.strip()}")
     for volume in objects.volumes:
         if (r := _virsh("vol-delete", "--pool", POOL, volume)).returncode != 0:

@@ -50,15 +50,16 @@ def connect(node: str, ssh_config: Path) -> Connection:
     return Connection(node, config=Config(runtime_ssh_path=str(ssh_config)), connect_timeout=30)
 
 
-def run(conn: Connection, words: list[str], watchers: list[StreamWatcher] = ()) -> str:
+def run(conn: Connection, words: list[str], watchers: list[StreamWatcher] = (), pty: bool = False) -> str:
     """A command (a list of words) on the node: its standard output. A command that fails is an
-    error naming the node, the command and what it said."""
+    error naming the node, the command and what it said. With a pty the command ends with its
+    SSH session (a hangup), however labkit stops; its error output is then in the output."""
     try:
-        out = conn.run(shlex.join(words), hide=True, warn=True, in_stream=False, watchers=list(watchers))
+        out = conn.run(shlex.join(words), hide=True, warn=True, in_stream=False, watchers=list(watchers), pty=pty)
     except UNREACHABLE as exc:
         raise Unreachable(f"cannot reach {conn.host} over SSH: {exc}") from None
     if out.exited != 0:
-        raise LabkitError(f"{conn.host}: {shlex.join(words)[:200]} failed: {out.stderr.strip()[-300:]}")
+        raise LabkitError(f"{conn.host}: {shlex.join(words)[:200]} failed: {(out.stderr or out.stdout).strip()[-300:]}")
     return out.stdout
 
 

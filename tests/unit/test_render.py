@@ -1,7 +1,7 @@
 """Vagrantfiles rendered from the shipped labs, compared with golden files.
 
 After an intended change to Vagrantfile.j2, refresh them with:
-    LABKIT_UPDATE_GOLDEN=1 python -m pytest tests/test_render.py
+    LABKIT_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_render.py
 """
 
 import os
@@ -17,7 +17,8 @@ from labkit.build.render import Provider, Target, render
 GOLDEN = Path(__file__).parent / "golden"
 
 TARGETS = {
-    "nat-libvirt-qemu": ("nat", Target(driver="qemu", private_key="/home/user/.local/share/labkit/id_ed25519")),
+    "nat-libvirt-qemu": ("nat", Target(driver="qemu", emulator="/usr/local/libexec/labkit-qemu-tcg",
+                                       private_key="/home/user/.local/share/labkit/id_ed25519")),
     "tun-libvirt-kvm": ("tun", Target(driver="kvm", private_key="/home/user/.local/share/labkit/id_ed25519")),
     "dr-libvirt-otherbox": ("dr", Target(box="debian/bookworm64")),
     "nat-virtualbox": ("nat", Target(provider=Provider.virtualbox, box="debian/bookworm64")),
@@ -47,3 +48,12 @@ def test_each_interface_has_its_own_mac():
     lab = load_lab(LABS / "tun" / "lab.yaml")
     macs = [i.mac for node in lab.nodes for i in interfaces(lab, node)]
     assert len(macs) == len(set(macs)) == 9
+
+
+def test_the_tcg_wrapper_caps_the_translation_cache_and_passes_the_rest(tmp_path):
+    wrapper = (Path(__file__).resolve().parents[2] / "labkit/build/qemu-tcg").read_text()
+    echo = tmp_path / "qemu"
+    echo.write_text(wrapper.replace("exec /usr/bin/qemu-system-x86_64", "printf '%s\\n'"))
+    args = ["-name", "guest=tcg", "-accel", "tcg", "-cpu", "qemu64", "-m", "512"]
+    seen = subprocess.run(["sh", str(echo), *args], capture_output=True, text=True, check=True).stdout.split("\n")[:-1]
+    assert seen == ["-name", "guest=tcg", "-accel", "tcg,tb-size=128", "-cpu", "qemu64", "-m", "512"]
