@@ -204,7 +204,7 @@ class RunningLab:
         nodes = nodes or list(lab.nodes)
 
         def one(node: str) -> ssh.NodeResult:
-            result = ssh.apply(self.connection(node), plan(lab, node))
+            result = ssh.apply(node, self.connection(node), plan(lab, node))
             if result.error.startswith("cannot reach"):
                 self._forget(node)
             return result

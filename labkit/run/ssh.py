@@ -57,19 +57,19 @@ def run(conn: Connection, words: list[str], watchers: list[StreamWatcher] = (), 
     try:
         out = conn.run(shlex.join(words), hide=True, warn=True, in_stream=False, watchers=list(watchers), pty=pty)
     except UNREACHABLE as exc:
-        raise Unreachable(f"cannot reach {conn.host} over SSH: {exc}") from None
+        raise Unreachable(f"cannot reach {conn.original_host} over SSH: {exc}") from None
     if out.exited != 0:
-        raise LabkitError(f"{conn.host}: {shlex.join(words)[:200]} failed: {(out.stderr or out.stdout).strip()[-300:]}")
+        raise LabkitError(f"{conn.original_host}: {shlex.join(words)[:200]} failed: {(out.stderr or out.stdout).strip()[-300:]}")
     return out.stdout
 
 
-def apply(conn: Connection, steps: list[Step]) -> NodeResult:
+def apply(node: str, conn: Connection, steps: list[Step]) -> NodeResult:
     """Run the node's steps as one script; what changed, or which step failed and why."""
-    result = NodeResult(conn.host)
+    result = NodeResult(node)
     try:
         out = conn.run(shlex.join(["sudo", "-n", "sh", "-c", script(steps)]), hide=True, warn=True, in_stream=False)
     except UNREACHABLE as exc:  # unreachable or refused: name the node and the cause
-        result.error = f"cannot reach {conn.host} over SSH: {exc}"
+        result.error = f"cannot reach {node} over SSH: {exc}"
         return result
     result.changed = [line.removeprefix("labkit-changed: ")
                       for line in out.stdout.splitlines() if line.startswith("labkit-changed: ")]
