@@ -1,10 +1,10 @@
 """The lab file: found, read, validated into a Lab. Everything after it trusts a Lab."""
 
 from labkit.labfile.find import LABS, known_labs, lab_file, shown
+from labkit.labfile.load import load_lab, parse_lab
 from labkit.labfile.model import (SCHEDULERS, Check, Failover, Forwarding, Lab, LabError, Node, Protocol,
-                                  RealServer, Role, SorryServer, VirtualService, load_lab, parse_lab,
-                                  with_weight)
+                                  RealServer, Role, Scheduler, SorryServer, VirtualService, with_weight)
 
 __all__ = ["LABS", "SCHEDULERS", "Check", "Failover", "Forwarding", "Lab", "LabError", "Node", "Protocol",
-           "RealServer", "Role", "SorryServer", "VirtualService", "known_labs", "lab_file", "load_lab",
+           "RealServer", "Role", "Scheduler", "SorryServer", "VirtualService", "known_labs", "lab_file", "load_lab",
            "parse_lab", "shown", "with_weight"]

@@ -1,12 +1,12 @@
 """The lab loader: the shipped labs load, and each kind of mistake gets its own clear error."""
 
+import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
-from labkit.labfile import LabError, load_lab, parse_lab
-from labkit.labfile import LABS
+from labkit.labfile import LABS, LabError, load_lab, parse_lab
 
 NAT = (LABS / "nat" / "lab.yaml").read_text()
 TUN = (LABS / "tun" / "lab.yaml").read_text()
@@ -75,7 +75,7 @@ CASES = [
      "services[0].forwarding", "'masq', 'tun' or 'route'"),
     (NAT, lambda d: d["services"][0].update(sheduler="wrr"),
      "services[0].sheduler", "unknown field"),
-    (NAT, lambda d: d["services"].append(dict(d["services"][0])),
+    (NAT, lambda d: d["services"].append(copy.deepcopy(d["services"][0])),
      "services[2]", "is declared twice"),
     (NAT, lambda d: d["networks"].update(eth0="10.0.0.0/24"),
      "networks.eth0", "becomes an interface name"),
@@ -164,3 +164,55 @@ def test_with_weight_mistakes(args, message):
     from labkit.labfile import with_weight
     with pytest.raises(LabError, match=message.replace("(", r"\(").replace(")", r"\)")):
         with_weight(parse_lab(NAT, "nat"), *args)
+
+
+def test_every_problem_at_once_each_on_its_line():
+    text = edited(NAT, lambda d: (d["services"][0].update(vip="10.1.1.1"),
+                                  d["nodes"]["rs1"]["addresses"].update(int="192.168.66.111")))
+    with pytest.raises(LabError) as caught:
+        parse_lab(text, "x.yaml")
+    assert str(caught.value).splitlines() == [
+        "x.yaml: nodes.rs1.addresses.int: 192.168.66.111 is already used by nodes.rs0.addresses.int. "
+        "Give every node its own address",
+        "x.yaml: services[0].vip: 10.1.1.1 is on no network that all directors (lb0, lb1) share. "
+        "Use an address in 192.168.55.0/24 or 192.168.66.0/24",
+        "x.yaml: services[0].real_servers[1].address: 192.168.66.112 is not the address of a real_server node. "
+        "Use one of: 192.168.66.111, 192.168.66.111",
+        "x.yaml: services[1].real_servers[1].address: 192.168.66.112 is not the address of a real_server node. "
+        "Use one of: 192.168.66.111, 192.168.66.111",
+    ]
+    structure = edited(NAT, lambda d: (d["services"][0].update(scheduler="fastest", port=0), d.update(cpus=0)))
+    with pytest.raises(LabError) as caught:
+        parse_lab(structure, "x.yaml")
+    assert [line.split(":")[1].strip() for line in str(caught.value).splitlines()] == [
+        "cpus", "services[0].port", "services[0].scheduler"]
+
+
+def test_networks_that_overlap_each_other():
+    text = edited(NAT, lambda d: d["networks"].update(ext="192.168.0.0/16"))
+    with pytest.raises(LabError) as caught:
+        parse_lab(text, "x.yaml")
+    assert ("x.yaml: networks.int: 192.168.66.0/24 overlaps networks.ext (192.168.0.0/16). "
+            "Give each network its own range") in str(caught.value).splitlines()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8 text (byte 0 is 0x89). Save the lab file as UTF-8"),
+    (b"name: \xff\xfe", "not UTF-8 text (byte 6 is 0xff)"),
+    (b"name: a\x00b\n", "character U+0000 at offset 7 is not allowed in YAML. Remove it"),
+    (b"", "a lab file is a YAML mapping"),
+    (b"a: &x [1, 2]\nb: *x\n", "line 2: an alias (*x) is not allowed in a lab file"),
+    (b"nodes: " + b"[" * 100 + b"]" * 100, "nested more than 20 levels deep"),
+    (b"? [a, b]\n: c\n", "a key is a sequence, not a name"),
+    (b"1: x\n", "line 1: the key '1' is not a name (YAML reads it as a int). Quote it, or use a name"),
+    (b"nodes:\n  yes: {}\n", "line 2: the key 'yes' is not a name (YAML reads it as a bool)"),
+    (b"!!python/object:os.system {}\n", "is not valid YAML"),
+    (b"x" * (1024 * 1024 + 1), "more than 1024 KiB"),
+])
+def test_any_bytes_get_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "lab.yaml"
+    path.write_bytes(content)
+    with pytest.raises(LabError) as caught:
+        load_lab(path)
+    said = str(caught.value)
+    assert said.startswith(f"{path}: ") and message in said, said
