@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from labkit.errors import LabkitError
 from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
+from labkit.labfile.model import service_key
 
 
 def rules(lab: Lab) -> str:
@@ -65,11 +66,6 @@ class Service:
     @property
     def key(self) -> str:
         return service_key(self.protocol, self.vip, self.port, self.fwmark)
-
-
-def service_key(protocol: Protocol | None, vip: object, port: int | None, fwmark: int | None) -> str:
-    """How labkit names a service everywhere (`labkit show`, --service): `tcp VIP:port`, or `fwm MARK`."""
-    return f"fwm {fwmark}" if fwmark is not None else f"{protocol.value} {vip}:{port}"
 
 
 def _addr_port(text: str) -> tuple[str, int]:

@@ -122,6 +122,12 @@ class SorryServer(Strict):
     port: Port | None = None  # defaults to the service's port
 
 
+def service_key(protocol: Protocol | None, vip: object, port: int | None, fwmark: int | None) -> str:
+    """How labkit names a service everywhere (lab file, `labkit show`, --service): `tcp VIP:port`,
+    or `fwm MARK` for a firewall-mark service."""
+    return f"fwm {fwmark}" if fwmark is not None else f"{protocol.value} {vip}:{port}"
+
+
 class VirtualService(Strict):
     vip: IPv4Address | None = None
     port: Port = 80
@@ -155,7 +161,7 @@ class VirtualService(Strict):
     @property
     def key(self) -> str:
         """As ipvsadm names the service: `tcp VIP:port`, or `fwm MARK`."""
-        return f"fwm {self.fwmark}" if self.fwmark else f"{self.protocol.value} {self.vip}:{self.port}"
+        return service_key(self.protocol, self.vip, self.port, self.fwmark)
 
 
 class Node(Strict):
