@@ -1,12 +1,17 @@
 """Pure parts of the box builder: no VM, no root, no network."""
 
 import json
-import struct
+import os
+import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from labkit import box
+from labkit.box import build, image, mirror, store
+from labkit.box.image import DISK_GIB
 
 ONE_LINE = """\
 # deb cdrom:[Debian GNU/Linux 12]/ bookworm main
@@ -91,51 +96,42 @@ def test_debian_mirror_reads_sources_list_d_and_ignores_other_suffixes(tmp_path:
 
 
 def test_debian_mirror_falls_back(tmp_path: Path):
-    assert box.debian_mirror(tmp_path) == box.FALLBACK_MIRROR == "http://deb.debian.org/debian"
+    assert box.debian_mirror(tmp_path) == mirror.FALLBACK_MIRROR == "http://deb.debian.org/debian"
 
 
-def test_metadata_is_what_vagrant_libvirt_expects():
-    meta = json.loads(json.dumps(box.box_metadata()))
-    assert meta == {"provider": "libvirt", "format": "qcow2", "virtual_size": box.DISK_GIB}
-
-
-def test_parse_box_list_machine_readable():
-    out = """\
-1700000000,,ui,info,labkit/bookworm (libvirt%!(VAGRANT_COMMA) 0)
-1700000000,,box-name,labkit/bookworm
-1700000000,,box-provider,libvirt
-1700000000,,box-version,0
-1700000000,,box-name,other/box
-1700000000,,box-provider,virtualbox
-1700000000,,box-version,1.0
-"""
-    assert box.parse_box_list(out) == {("labkit/bookworm", "libvirt"), ("other/box", "virtualbox")}
+def test_the_box_file_holds_what_vagrant_libvirt_reads(tmp_path: Path):
+    """The box is a tar of a qcow2 image, metadata.json naming the provider, format and size,
+    and the key and package list it was built with."""
+    image = tmp_path / "box.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
+    packed = build.pack(image, "ssh-ed25519 AAAA labkit", tmp_path / "labkit.box")
+    with tarfile.open(packed) as tar:
+        assert sorted(tar.getnames()) == sorted(["metadata.json", "Vagrantfile", "box.img", "labkit-key.pub",
+                                                 "labkit-packages"])
+        meta = json.load(tar.extractfile("metadata.json"))
+        assert meta == {"provider": "libvirt", "format": "qcow2", "virtual_size": DISK_GIB}
+        assert tar.extractfile("labkit-key.pub").read() == b"ssh-ed25519 AAAA labkit\n"
 
 
 def test_base_volume_prefix_matches_vagrant_libvirt_names():
-    prefix = box.base_volume_prefix("labkit/bookworm")
+    prefix = store.base_volume_prefix("labkit/bookworm")
     assert "labkit-VAGRANTSLASH-bookworm_vagrant_box_image_0_box.img".startswith(prefix)
     assert "labkit-VAGRANTSLASH-bookworm_vagrant_box_image_0_1795323187_box.img".startswith(prefix)
     assert not "labkit-nat-lb0.img".startswith(prefix)
 
 
-def test_mbr_has_one_bootable_linux_partition():
-    total = box.DISK_GIB * 1024**3 // box.SECTOR
-    sector = box.mbr(b"\xeb" * 500, box.PART_START, total - box.PART_START, b"ABCD")
-    assert len(sector) == 512
-    assert sector[:440] == b"\xeb" * 440  # boot code cut to its slot
-    assert sector[440:444] == b"ABCD"
-    assert sector[510:] == b"\x55\xaa"
-    status, chs_start, ptype, chs_end, start, count = struct.unpack("<B3sB3sII", sector[446:462])
-    assert (status, ptype, start, count) == (0x80, 0x83, 2048, total - 2048)
-    assert chs_start == bytes([32, 33, 0])  # LBA 2048 = cylinder 0, head 32, sector 33
-    # last LBA 8388607 = cylinder 522 (0x20A), head 42, sector 32; cylinder bits 8-9 go in the sector byte
-    assert chs_end == bytes([42, 32 | 0x80, 0x0A])
-    assert sector[462:510] == bytes(48)  # the other three entries are empty
-
-
-def test_chs_past_1023_cylinders_says_use_lba():
-    assert box._chs(1024 * 255 * 63) == bytes([254, 0xFF, 0xFF])
+def test_sfdisk_makes_one_bootable_linux_partition_from_1_mib(tmp_path: Path):
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as disk:
+        disk.truncate(64 * 1024**2)
+    root = "d0b2c7a4-1111-4222-8333-944445555666"
+    sfdisk = shutil.which("sfdisk", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    subprocess.run([sfdisk, "--quiet", str(raw)], input=image.partition_table(root), text=True, check=True)
+    table = json.loads(subprocess.run([sfdisk, "--json", str(raw)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    assert (table["label"], table["id"]) == ("dos", "0xd0b2c7a4")
+    (part,) = table["partitions"]
+    assert (part["start"], part["size"], part["type"], part.get("bootable")) == (2048, 64 * 2048 - 2048, "83", True)
 
 
 @pytest.mark.parametrize("key", [
@@ -143,7 +139,7 @@ def test_chs_past_1023_cylinders_says_use_lba():
     "ecdsa-sha2-nistp256 AAAAE2VjZHNh",
 ])
 def test_public_key_accepted(key):
-    assert box._check_public_key(key) == key.strip()
+    assert image._check_public_key(key) == key.strip()
 
 
 @pytest.mark.parametrize("key", [
@@ -153,7 +149,7 @@ def test_public_key_accepted(key):
 ])
 def test_public_key_rejected(key):
     with pytest.raises(box.BoxError):
-        box._check_public_key(key)
+        image._check_public_key(key)
 
 
 def test_a_box_with_an_older_package_list_is_not_current(tmp_path: Path, monkeypatch):
@@ -161,7 +157,7 @@ def test_a_box_with_an_older_package_list_is_not_current(tmp_path: Path, monkeyp
     folder = tmp_path / "boxes" / "labkit-VAGRANTSLASH-bookworm" / "0" / "libvirt"
     folder.mkdir(parents=True)
     assert not box.box_has_packages("labkit/bookworm")  # built before the list was kept
-    (folder / box.PACKAGES_FILE).write_text("curl ipvsadm\n")
+    (folder / image.PACKAGES_FILE).write_text("curl ipvsadm\n")
     assert not box.box_has_packages("labkit/bookworm")
-    (folder / box.PACKAGES_FILE).write_text(box.package_list())
+    (folder / image.PACKAGES_FILE).write_text(box.package_list())
     assert box.box_has_packages("labkit/bookworm")

@@ -1,29 +1,19 @@
-"""Build the Debian bookworm Vagrant box (libvirt provider) that labkit labs boot from.
-
-Vagrant Cloud cannot be reached, so the box is made here from Debian packages:
-debootstrap a root tree (cached, it is the slow part), customise a throwaway copy
-of it, put that on a raw disk with extlinux, convert it to qcow2 and
-`vagrant box add` the result.
-"""
+"""The box's disk image, made from Debian packages: debootstrap a root tree (cached, it is the
+slow part), customise a throwaway copy of it, and put that on a raw disk that extlinux boots,
+partitioned by sfdisk."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
-import struct
 import subprocess
-import tarfile
-import tempfile
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import urlsplit
 
 from labkit.errors import LabkitError
 
@@ -31,13 +21,9 @@ DEFAULT_BOX = "labkit/bookworm"
 KEY_FILE = "labkit-key.pub"  # in the box: the installation key it trusts
 PACKAGES_FILE = "labkit-packages"  # in the box: the package list it was built with
 SUITE = "bookworm"
-FALLBACK_MIRROR = "http://deb.debian.org/debian"
 LIBVIRT_URI = "qemu:///system"
-LIBVIRT_POOL = "default"  # where vagrant-libvirt uploads box images
 
 DISK_GIB = 4
-SECTOR = 512
-PART_START = 2048  # sectors: the usual 1 MiB alignment
 
 PACKAGES = (
     # what makes it a bootable, reachable VM
@@ -62,6 +48,7 @@ TOOLS = {
     "mkfs.ext4": "e2fsprogs",
     "losetup": "mount",
     "partx": "util-linux",
+    "sfdisk": "fdisk",
     "mount": "mount",
     "umount": "mount",
     "chroot": "coreutils",
@@ -72,262 +59,8 @@ class BoxError(LabkitError):
     """Building or installing the box failed; the message says how to fix it."""
 
 
-# ---------------------------------------------------------------- mirror
-
-
-def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
-    """The Debian mirror the host's apt uses, so debootstrap goes where apt already can."""
-    for text, deb822 in _apt_source_texts(apt_dir):
-        found = mirror_from_sources(text, deb822=deb822)
-        if found:
-            return found
-    return FALLBACK_MIRROR
-
-
-def _apt_source_texts(apt_dir: Path) -> Iterator[tuple[str, bool]]:
-    files = [apt_dir / "sources.list"]
-    parts = apt_dir / "sources.list.d"
-    if parts.is_dir():
-        files += sorted(p for p in parts.iterdir() if p.suffix in (".list", ".sources"))
-    for path in files:
-        try:
-            yield path.read_text(errors="replace"), path.suffix == ".sources"
-        except OSError:
-            continue
-
-
-def mirror_from_sources(text: str, *, deb822: bool) -> str | None:
-    """First Debian archive URI in one apt sources file (one-line or deb822 format)."""
-    entries = _deb822_entries(text) if deb822 else _one_line_entries(text)
-    for uri, suite in entries:
-        if _is_debian_archive(uri, suite):
-            return uri.rstrip("/")
-    return None
-
-
-def _one_line_entries(text: str) -> Iterator[tuple[str, str]]:
-    for line in text.splitlines():
-        # "deb [arch=amd64 signed-by=...] URI SUITE COMPONENTS..."; options may hold spaces
-        m = re.match(r"\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line)
-        if m:
-            yield m.group(1), m.group(2)
-
-
-def _deb822_entries(text: str) -> Iterator[tuple[str, str]]:
-    for stanza in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        key = None
-        for line in stanza.splitlines():
-            if line.startswith("#") or not line.strip():
-                continue
-            if line[0].isspace() and key:  # folded continuation of the previous field
-                fields[key] += " " + line.strip()
-            elif ":" in line:
-                key, value = line.split(":", 1)
-                key = key.strip().lower()
-                fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split():
-            continue
-        if fields.get("enabled", "yes").lower() == "no":
-            continue
-        suites = fields.get("suites", "").split() or [""]
-        for uri in fields.get("uris", "").split():
-            yield uri, suites[0]
-
-
-def _is_debian_archive(uri: str, suite: str) -> bool:
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https", "file") or suite.endswith("-security"):
-        return False
-    segments = [s for s in parts.path.split("/") if s]
-    # ".../debian" or ".../debian/<snapshot date>", never debian-security, -ports, -debug
-    if "debian" in segments:
-        return True
-    # a mirror that serves the archive at its root, e.g. http://debian.example.org/
-    return not segments and "debian" in parts.netloc and "security" not in parts.netloc
-
-
-# ---------------------------------------------------------------- vagrant / libvirt
-
-
-def box_exists(name: str) -> bool:
-    """Whether Vagrant has the box for the libvirt provider."""
-    out = _run_out(["vagrant", "box", "list", "--machine-readable"])
-    return (name, "libvirt") in parse_box_list(out)
-
-
-def _box_files(name: str, file: str) -> list[Path]:
-    home = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
-    return list((home / "boxes" / name.replace("/", "-VAGRANTSLASH-")).glob(f"*/libvirt/{file}"))
-
-
-def box_trusts(name: str, public_key: str) -> bool:
-    """Whether the installed box was built for this key (labkit ships it inside the box)."""
-    return any(f.read_text().split()[:2] == public_key.split()[:2] for f in _box_files(name, KEY_FILE))
-
-
 def package_list() -> str:
     return " ".join(sorted(PACKAGES)) + "\n"
-
-
-def box_has_packages(name: str) -> bool:
-    """Whether the installed box holds every package labkit's labs now use: a box built
-    before a package joined the list would fail offline, where apt cannot reach a mirror."""
-    return any(f.read_text() == package_list() for f in _box_files(name, PACKAGES_FILE))
-
-
-def parse_box_list(machine_readable: str) -> set[tuple[str, str]]:
-    """(name, provider) pairs from `vagrant box list --machine-readable`."""
-    boxes: set[tuple[str, str]] = set()
-    name = None
-    for line in machine_readable.splitlines():
-        fields = line.split(",", 3)
-        if len(fields) < 4:
-            continue
-        if fields[2] == "box-name":
-            name = fields[3]
-        elif fields[2] == "box-provider" and name is not None:
-            boxes.add((name, fields[3]))
-    return boxes
-
-
-def base_volume_prefix(box_name: str) -> str:
-    """How vagrant-libvirt names the pool volumes it uploads a box's image to."""
-    return box_name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
-
-
-def _pool_volumes() -> dict[str, str]:
-    """name -> path of the volumes in the libvirt pool; empty if there is no pool yet."""
-    proc = subprocess.run(
-        ["virsh", "-c", LIBVIRT_URI, "-q", "vol-list", "--pool", LIBVIRT_POOL],
-        capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        return {}  # vagrant-libvirt creates the pool on first use
-    volumes = {}
-    for line in proc.stdout.splitlines():
-        fields = line.split(None, 1)
-        if len(fields) == 2:
-            volumes[fields[0]] = fields[1].strip()
-    return volumes
-
-
-def _backing_path(volume: str) -> str | None:
-    proc = subprocess.run(
-        ["virsh", "-c", LIBVIRT_URI, "vol-dumpxml", "--pool", LIBVIRT_POOL, volume],
-        capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        return None  # deleted since the listing, e.g. by a lab being destroyed
-    node = ET.fromstring(proc.stdout).find("backingStore/path")
-    return node.text if node is not None else None
-
-
-def _old_base_volumes(box_name: str) -> list[str]:
-    """The box's images in the pool, which must go, else vagrant-libvirt keeps using them.
-
-    Raises while a VM disk is still an overlay on one: deleting it would break that VM.
-    """
-    volumes = _pool_volumes()
-    prefix = base_volume_prefix(box_name)
-    old = {n: p for n, p in volumes.items() if n.startswith(prefix)}
-    if not old:
-        return []
-    for volume in volumes.keys() - old.keys():
-        if _backing_path(volume) in old.values():
-            raise BoxError(
-                f"the old image of box {box_name} is still the base of VM disk {volume}: "
-                "destroy the labs that use it (vagrant destroy) and build again"
-            )
-    return sorted(old)
-
-
-# ---------------------------------------------------------------- build
-
-
-def build_box(
-    name: str,
-    public_key: str,
-    *,
-    mirror: str,
-    cache_dir: Path,
-    force: bool = False,
-    log: Callable[[str], None] = print,
-) -> bool:
-    """Build the box and add it to Vagrant.
-
-    False if the box already exists and force is not set (nothing done), True once
-    a new box is built and added.
-    """
-    key = _check_public_key(public_key)
-    _check_host()
-    if not force and box_exists(name):
-        if box_trusts(name, key) and box_has_packages(name):
-            log(f"box {name} already exists; nothing to do")
-            return False
-        if box_trusts(name, key):
-            log(f"box {name} lacks packages labkit now uses: building it again")
-        else:
-            log(f"box {name} was built for another installation key: building it again")
-
-    _old_base_volumes(name)  # fail before the slow part, not after it
-    started = time.monotonic()
-    cache_dir = cache_dir.resolve()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    rootfs = _cached_rootfs(cache_dir, mirror, log)
-    # The work dir sits beside the cache: same disk, and /tmp may be a small tmpfs.
-    work = Path(tempfile.mkdtemp(prefix="box-build-", dir=cache_dir))
-    try:
-        tree = work / "rootfs"
-        log("copying the cached root tree")
-        _run(["cp", "-a", "--reflink=auto", str(rootfs), str(tree)])
-        root_uuid = str(uuid.uuid4())
-        _customise(tree, key, root_uuid, log)
-        raw = work / "disk.raw"
-        _make_disk(tree, raw, root_uuid, log)
-        _remove_tree(tree)
-        box_dir = work / "box"
-        box_dir.mkdir()
-        log("converting the disk to qcow2")
-        _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(box_dir / "box.img")])
-        raw.unlink()
-        (box_dir / "metadata.json").write_text(json.dumps(box_metadata()) + "\n")
-        (box_dir / "Vagrantfile").write_text(BOX_VAGRANTFILE)
-        (box_dir / KEY_FILE).write_text(key + "\n")
-        (box_dir / PACKAGES_FILE).write_text(package_list())
-        box_file = work / "labkit.box"
-        # Plain tar: qcow2 is already compact and gzip would cost most of the build time.
-        with tarfile.open(box_file, "w") as tar:
-            for item in ("metadata.json", "Vagrantfile", KEY_FILE, PACKAGES_FILE, "box.img"):
-                tar.add(box_dir / item, arcname=item)
-
-        # Only now that the new box is ready, drop the old one and its pool images.
-        old_volumes = _old_base_volumes(name)
-        if box_exists(name):
-            log(f"removing old box {name}")
-            _run(["vagrant", "box", "remove", "--force", "--all", "--provider", "libvirt", name])
-        for volume in old_volumes:
-            log(f"deleting old base image {volume} from libvirt pool {LIBVIRT_POOL}")
-            _run(["virsh", "-c", LIBVIRT_URI, "vol-delete", "--pool", LIBVIRT_POOL, volume])
-        log(f"adding box {name}")
-        _run(["vagrant", "box", "add", "--force", "--name", name, str(box_file)])
-    finally:
-        _remove_tree(work)
-    log(f"box {name} built in {time.monotonic() - started:.0f} s")
-    return True
-
-
-def box_metadata() -> dict[str, object]:
-    return {"provider": "libvirt", "format": "qcow2", "virtual_size": DISK_GIB}
-
-
-BOX_VAGRANTFILE = """\
-Vagrant.configure("2") do |config|
-  config.vm.guest = :debian
-  # The image has neither rsync nor NFS; labs that want files push them themselves.
-  config.vm.synced_folder ".", "/vagrant", disabled: true
-end
-"""
 
 
 def _check_public_key(public_key: str) -> str:
@@ -465,12 +198,14 @@ def _kernel_version(tree: Path) -> str:
 
 def _make_disk(tree: Path, raw: Path, root_uuid: str, log: Callable[[str], None]) -> None:
     log(f"making a {DISK_GIB} GiB disk")
-    total = DISK_GIB * 1024**3 // SECTOR
     with open(raw, "wb") as disk:
-        disk.truncate(total * SECTOR)  # sparse
-        code = _mbr_code()
-        assert code is not None  # checked in _check_host
-        disk.write(mbr(code.read_bytes(), PART_START, total - PART_START, uuid.UUID(root_uuid).bytes[:4]))
+        disk.truncate(DISK_GIB * 1024**3)  # sparse
+    # One bootable Linux partition from 1 MiB on; the disk id is the root's, as before.
+    _run(["sfdisk", "--quiet", str(raw)], stdin=partition_table(root_uuid))
+    code = _mbr_code()
+    assert code is not None  # checked in _check_host
+    with open(raw, "r+b") as disk:
+        disk.write(code.read_bytes()[:440])  # syslinux's boot code, before the disk id and the table
 
     loop = _run_out(["losetup", "--find", "--show", str(raw)]).strip()
     try:
@@ -505,21 +240,9 @@ def _ext4_features() -> str:
     return ",".join(features)
 
 
-def mbr(boot_code: bytes, start: int, sectors: int, disk_id: bytes) -> bytes:
-    """A DOS partition table with one bootable Linux partition, after the boot code."""
-    entry = struct.pack(
-        "<B3sB3sII", 0x80, _chs(start), 0x83, _chs(start + sectors - 1), start, sectors
-    )
-    return boot_code[:440].ljust(440, b"\0") + disk_id + b"\0\0" + entry + bytes(48) + b"\x55\xaa"
-
-
-def _chs(lba: int) -> bytes:
-    # classic 255 heads x 63 sectors geometry; past its reach the fields say "use LBA"
-    cyl, rest = divmod(lba, 255 * 63)
-    head, sector = divmod(rest, 63)
-    if cyl > 1023:
-        cyl, head, sector = 1023, 254, 62
-    return bytes([head, (sector + 1) | (cyl >> 8) << 6, cyl & 0xFF])
+def partition_table(root_uuid: str) -> str:
+    """sfdisk's script for the disk: a DOS label and one bootable Linux partition filling it."""
+    return f"label: dos\nlabel-id: 0x{uuid.UUID(root_uuid).hex[:8]}\nstart=2048, type=83, bootable\n"
 
 
 def _wait_for(path: Path) -> Path:
@@ -577,9 +300,9 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def _run(args: list[str], hint: str = "see its output above") -> None:
+def _run(args: list[str], hint: str = "see its output above", stdin: str | None = None) -> None:
     try:
-        subprocess.run(args, check=True, cwd="/")
+        subprocess.run(args, check=True, cwd="/", input=stdin, text=stdin is not None)
     except subprocess.CalledProcessError as e:
         raise BoxError(f"{' '.join(args[:3])} ... failed (exit {e.returncode}): {hint}") from e
 

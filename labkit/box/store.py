@@ -1,0 +1,111 @@
+"""What Vagrant and libvirt hold of a box: Vagrant's boxes through python-vagrant, and the
+images vagrant-libvirt uploads to libvirt's pool."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import vagrant
+
+from labkit.box.image import BoxError, KEY_FILE, PACKAGES_FILE, package_list
+
+LIBVIRT_URI = "qemu:///system"
+LIBVIRT_POOL = "default"  # where vagrant-libvirt uploads box images
+
+
+def _vagrant() -> vagrant.Vagrant:
+    # rooted at / so that no Vagrantfile of the caller's folder is ever loaded
+    env = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"}
+    return vagrant.Vagrant(root="/", env=env, quiet_stdout=False, quiet_stderr=False)
+
+
+def _call(action: str, *args) -> object:
+    try:
+        return getattr(_vagrant(), action)(*args)
+    except FileNotFoundError:
+        raise BoxError("vagrant is not installed: apt-get install vagrant") from None
+    except subprocess.CalledProcessError as exc:
+        raise BoxError(f"vagrant {action.replace('_', ' ')} failed (exit {exc.returncode}): see its output above") from None
+
+
+def box_exists(name: str) -> bool:
+    """Whether Vagrant has the box for the libvirt provider."""
+    return any(b.name == name and b.provider == "libvirt" for b in _call("box_list"))
+
+
+def box_add(name: str, box_file: Path) -> None:
+    _call("box_add", name, str(box_file), "libvirt", True)
+
+
+def box_remove(name: str) -> None:
+    _call("box_remove", name, "libvirt")
+
+
+def _box_files(name: str, file: str) -> list[Path]:
+    home = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+    return list((home / "boxes" / name.replace("/", "-VAGRANTSLASH-")).glob(f"*/libvirt/{file}"))
+
+
+def box_trusts(name: str, public_key: str) -> bool:
+    """Whether the installed box was built for this key (labkit ships it inside the box)."""
+    return any(f.read_text().split()[:2] == public_key.split()[:2] for f in _box_files(name, KEY_FILE))
+
+
+def box_has_packages(name: str) -> bool:
+    """Whether the installed box holds every package labkit's labs now use: a box built
+    before a package joined the list would fail offline, where apt cannot reach a mirror."""
+    return any(f.read_text() == package_list() for f in _box_files(name, PACKAGES_FILE))
+
+
+def base_volume_prefix(box_name: str) -> str:
+    """How vagrant-libvirt names the pool volumes it uploads a box's image to."""
+    return box_name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
+
+
+def _pool_volumes() -> dict[str, str]:
+    """name -> path of the volumes in the libvirt pool; empty if there is no pool yet."""
+    proc = subprocess.run(
+        ["virsh", "-c", LIBVIRT_URI, "-q", "vol-list", "--pool", LIBVIRT_POOL],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        return {}  # vagrant-libvirt creates the pool on first use
+    volumes = {}
+    for line in proc.stdout.splitlines():
+        fields = line.split(None, 1)
+        if len(fields) == 2:
+            volumes[fields[0]] = fields[1].strip()
+    return volumes
+
+
+def _backing_path(volume: str) -> str | None:
+    proc = subprocess.run(
+        ["virsh", "-c", LIBVIRT_URI, "vol-dumpxml", "--pool", LIBVIRT_POOL, volume],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        return None  # deleted since the listing, e.g. by a lab being destroyed
+    node = ET.fromstring(proc.stdout).find("backingStore/path")
+    return node.text if node is not None else None
+
+
+def _old_base_volumes(box_name: str) -> list[str]:
+    """The box's images in the pool, which must go, else vagrant-libvirt keeps using them.
+
+    Raises while a VM disk is still an overlay on one: deleting it would break that VM.
+    """
+    volumes = _pool_volumes()
+    prefix = base_volume_prefix(box_name)
+    old = {n: p for n, p in volumes.items() if n.startswith(prefix)}
+    if not old:
+        return []
+    for volume in volumes.keys() - old.keys():
+        if _backing_path(volume) in old.values():
+            raise BoxError(
+                f"the old image of box {box_name} is still the base of VM disk {volume}: "
+                "destroy the labs that use it (vagrant destroy) and build again"
+            )
+    return sorted(old)
