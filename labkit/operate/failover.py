@@ -8,7 +8,6 @@ lab's own VIP; every figure comes from the client's clock, as a user would notic
 from __future__ import annotations
 
 import json
-import shlex
 import threading
 import time
 from collections import Counter

@@ -61,7 +61,7 @@ def test_nat_hops():
     nat = load_lab(LABS / "nat" / "lab.yaml")
     request, reply = hops(nat, nat.services[0], {"lb0": parse(NAT_LB0), "rs0": parse(NAT_RS0)}, PORT)
     assert [(h.node, h.interface) for h in request] == [("lb0", "ext"), ("lb0", "int"), ("rs0", "int")]
-    assert request[1].note == f"destination rewritten 192.168.55.100.80 -> 192.168.66.111.80; the client's port kept"
+    assert request[1].note == "destination rewritten 192.168.55.100.80 -> 192.168.66.111.80; the client's port kept"
     assert request[2].note == "arrives as sent"
     assert [(h.node, h.interface) for h in reply] == [("rs0", "int"), ("lb0", "int"), ("lb0", "ext")]
     assert reply[-1].note.startswith("source rewritten 192.168.66.111.80 -> 192.168.55.100.80")
