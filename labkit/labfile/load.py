@@ -15,6 +15,11 @@ MAX_BYTES = 1024 * 1024  # a lab file is a page or two; anything near this is no
 MAX_DEPTH = 20  # a lab file nests four levels; deeper is not a lab file
 
 
+# What YAML makes of a key that is not a string, as the error says it.
+KINDS = {"int": "a number", "float": "a number", "bool": "true or false", "null": "nothing (null)",
+         "timestamp": "a date"}
+
+
 class _Loader(yaml.SafeLoader):
     """YAML as a lab file uses it: no anchors and aliases (they can expand a small file into an
     enormous one), a bounded depth, keys that are plain scalars."""
@@ -40,10 +45,9 @@ class _Loader(yaml.SafeLoader):
                 raise yaml.YAMLError(f"line {key.start_mark.line + 1}: a key is a {key.id}, not a name. "
                                      "Use plain names as keys")
             if key.tag != "tag:yaml.org,2002:str":
-                kind = key.tag.rsplit(":", 1)[-1]
+                kind = KINDS.get(key.tag.rsplit(":", 1)[-1], "something else")
                 raise yaml.YAMLError(f"line {key.start_mark.line + 1}: the key {key.value!r} is not a name "
-                                     f"(YAML reads it as {'null' if kind == 'null' else 'a ' + kind}). "
-                                     "Quote it, or use a name")
+                                     f"(YAML reads it as {kind}). Quote it, or use a name")
         return super().construct_mapping(node, deep)
 
 

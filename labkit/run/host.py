@@ -15,23 +15,29 @@ from labkit.labfile import Lab
 
 LIBVIRT_URI = "qemu:///system"
 # Host memory a VM takes beyond its guest RAM: QEMU itself, and under software emulation the
-# TCG translation cache, which ends up resident (about 1 GiB per VM seen with QEMU 7.2).
-OVERHEAD_MIB = {"kvm": 256, "qemu": 1024}
+# TCG translation cache, which ends up resident: about 1 GiB per VM with QEMU 7.2's default,
+# 128 MiB through labkit's wrapper (Target.emulator).
+OVERHEAD_MIB = {"kvm": 256, "qemu": 1024, "qemu-capped": 256}
 # A VM's disk is a copy-on-write overlay of the box; a lab writes a few hundred MiB into it.
 DISK_MIB_PER_VM = 512
 
 
-def memory_needed(lab: Lab, driver: str) -> int:
-    """MiB of host memory the lab's VMs take once booted."""
-    return len(lab.nodes) * (lab.memory + OVERHEAD_MIB.get(driver, OVERHEAD_MIB["kvm"]))
+def overhead(target: Target) -> int:
+    kind = "qemu-capped" if target.driver == "qemu" and target.emulator else target.driver
+    return OVERHEAD_MIB.get(kind, OVERHEAD_MIB["kvm"])
 
 
-def memory_problem(lab: Lab, driver: str, available_mib: int) -> str | None:
-    need = memory_needed(lab, driver)
+def memory_needed(lab: Lab, target: Target) -> int:
+    """MiB of host memory the lab's VMs take once booted, at most."""
+    return len(lab.nodes) * (lab.memory + overhead(target))
+
+
+def memory_problem(lab: Lab, target: Target, available_mib: int) -> str | None:
+    need = memory_needed(lab, target)
     if need <= available_mib:
         return None
     return (f"memory: the lab's {len(lab.nodes)} VMs need about {need} MiB ({lab.memory} MiB each plus "
-            f"{OVERHEAD_MIB.get(driver, 256)} MiB for QEMU), the host has {available_mib} MiB available. "
+            f"{overhead(target)} MiB for QEMU), the host has {available_mib} MiB available. "
             "Take a running lab down (labkit down LAB), or lower memory: in the lab file")
 
 
@@ -53,7 +59,7 @@ def network_problems(lab: Lab, taken: dict[str, IPv4Network]) -> list[str]:
 def problems(lab: Lab, target: Target, fresh: bool) -> list[str]:
     """Everything that keeps this host from holding the lab; empty when it fits. Memory and
     disk only for a lab not yet started (one being continued already holds its share)."""
-    found = [memory_problem(lab, target.driver, available_memory_mib()) if fresh else None]
+    found = [memory_problem(lab, target, available_memory_mib()) if fresh else None]
     if target.provider.value == "libvirt":
         found.append(disk_problem(lab, pool_available_mib()) if fresh else None)
         taken = {f"the host's route via {dev}": net for dev, net in host_routes()}

@@ -2,17 +2,22 @@
 
 from ipaddress import ip_network
 
+from labkit.build.render import Target
 from labkit.labfile import LABS, load_lab
 from labkit.run import host
 
 NAT = load_lab(LABS / "nat" / "lab.yaml")
 
 
+TCG = Target(driver="qemu")
+CAPPED = Target(driver="qemu", emulator="/usr/local/libexec/labkit-qemu-tcg")
+
+
 def test_memory_counts_qemus_own_share_under_emulation():
-    assert host.memory_needed(NAT, "qemu") == 5 * (512 + 1024)
-    assert host.memory_needed(NAT, "kvm") == 5 * (512 + 256)
-    assert host.memory_problem(NAT, "qemu", 8000) is None
-    assert host.memory_problem(NAT, "qemu", 4000) == (
+    assert host.memory_needed(NAT, TCG) == 5 * (512 + 1024)
+    assert host.memory_needed(NAT, CAPPED) == host.memory_needed(NAT, Target(driver="kvm")) == 5 * (512 + 256)
+    assert host.memory_problem(NAT, TCG, 8000) is None
+    assert host.memory_problem(NAT, TCG, 4000) == (
         "memory: the lab's 5 VMs need about 7680 MiB (512 MiB each plus 1024 MiB for QEMU), the host has "
         "4000 MiB available. Take a running lab down (labkit down LAB), or lower memory: in the lab file")
 

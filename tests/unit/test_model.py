@@ -204,8 +204,8 @@ def test_networks_that_overlap_each_other():
     (b"a: &x [1, 2]\nb: *x\n", "line 2: an alias (*x) is not allowed in a lab file"),
     (b"nodes: " + b"[" * 100 + b"]" * 100, "nested more than 20 levels deep"),
     (b"? [a, b]\n: c\n", "a key is a sequence, not a name"),
-    (b"1: x\n", "line 1: the key '1' is not a name (YAML reads it as a int). Quote it, or use a name"),
-    (b"nodes:\n  yes: {}\n", "line 2: the key 'yes' is not a name (YAML reads it as a bool)"),
+    (b"1: x\n", "line 1: the key '1' is not a name (YAML reads it as a number). Quote it, or use a name"),
+    (b"nodes:\n  yes: {}\n", "line 2: the key 'yes' is not a name (YAML reads it as true or false)"),
     (b"!!python/object:os.system {}\n", "is not valid YAML"),
     (b"x" * (1024 * 1024 + 1), "more than 1024 KiB"),
 ])
