@@ -122,7 +122,7 @@ LEFT = {
     "provision": "{name}'s nodes may be partly configured. Finish with: labkit provision {name}",
     "weight": "{name}'s directors may be partly reconfigured. Finish with: labkit provision {name}",
     "verify": "a failure scenario may have left {name} broken. Bring it back with: labkit heal {name}",
-    "fail": "{name} may be broken (the client's load stops by itself). Bring it back with: labkit heal {name}",
+    "fail": "{name} may be broken (the load on the client stopped with labkit). Bring it back with: labkit heal {name}",
     "heal": "{name} may be partly healed. Finish with: labkit heal {name}",
     "down": "{name} is partly removed. Finish with: labkit down {name}",
     "snapshot": "{name}'s snapshot may be partial. Take it again with: labkit snapshot {name}",

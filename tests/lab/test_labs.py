@@ -45,14 +45,17 @@ FAILOVER_LABS = {"nat", "dr"} | ({"tun"} if os.environ.get("LABKIT_FULL") else s
 # snapshot `labkit up` took) the others.
 HEALED = {"nat", "dr"}
 
-# A lab whose first `labkit up` is interrupted mid-boot (SIGINT) and then continued: its boot.
-INTERRUPTED_UP = {"dr"}
+# Labs whose first `labkit up` is interrupted mid-boot, and with which signal; the `labkit up`
+# that continues it is their boot.
+INTERRUPTED_UP = {"dr": signal.SIGINT, "tun": signal.SIGTERM}
+# `labkit fail` is stopped mid-load with SIGINT in these labs, SIGTERM in the others.
+FAIL_SIGINT = {"nat", "fwmark"}
 # A lab whose `.vagrant/` is lost before `labkit down`, which must still remove everything.
 LOST_STATE = {"fwmark"}
 
 
-def interrupted_up(name: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """`labkit up` stopped with SIGINT once Vagrant is creating the VMs; what it said, and the
+def interrupted_up(name: str, sig: signal.Signals) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`labkit up` stopped with `sig` once Vagrant is creating the VMs; what it said, and the
     processes it left (none expected)."""
     process = subprocess.Popen([sys.executable, "-m", "labkit", "up", name], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -63,9 +66,9 @@ def interrupted_up(name: str) -> tuple[subprocess.CompletedProcess, list[str]]:
             break
         time.sleep(0.5)
     time.sleep(5)  # in the middle of creating the domains
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=60)
-    print(f"$ labkit up {name} (SIGINT)  -> exit {process.returncode}\n{stdout}\n{stderr}")
+    print(f"$ labkit up {name} ({sig.name})  -> exit {process.returncode}\n{stdout}\n{stderr}")
     left = subprocess.run(["pgrep", "-af", f"vagrant up|{lab_dir(name)}"], capture_output=True, text=True).stdout
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), left.splitlines()
 
@@ -73,7 +76,7 @@ def interrupted_up(name: str) -> tuple[subprocess.CompletedProcess, list[str]]:
 @pytest.fixture(scope="module", params=["nat", "tun", "dr", "fwmark"])
 def lab(request):
     name = request.param
-    interrupted = interrupted_up(name) if name in INTERRUPTED_UP else None
+    interrupted = interrupted_up(name, INTERRUPTED_UP[name]) if name in INTERRUPTED_UP else None
     result = labkit("up", name)
     yield name, result, interrupted
     if (lab_dir(name) / "Vagrantfile").exists():  # test_down failed or never ran
@@ -84,8 +87,9 @@ def test_up(lab):
     name, result, interrupted = lab
     if interrupted is not None:
         stopped, left = interrupted
-        assert stopped.returncode == 130, stopped.stderr
-        assert (f"interrupted (SIGINT): {name} is partly up. Continue with: labkit up {name}; "
+        sig = INTERRUPTED_UP[name]
+        assert stopped.returncode == 128 + sig, stopped.stderr
+        assert (f"interrupted ({sig.name}): {name} is partly up. Continue with: labkit up {name}; "
                 f"or remove what was made: labkit down {name}") in stopped.stderr.splitlines(), stopped.stderr
         assert left == [], f"labkit up {name} left processes behind: {left}"
     assert result.returncode == 0, result.stderr
@@ -153,7 +157,7 @@ def test_weight_zero_drains_a_real_server(lab):
 
 
 def test_fail_holds_the_lab_stops_when_interrupted_then_heal_or_reset(lab):
-    """`labkit fail` under load: a second writer is refused while it runs; SIGTERM stops it and
+    """`labkit fail` under load: a second writer is refused while it runs; a signal stops it and
     the load it started on the client; `labkit heal` or `labkit reset` brings the lab back."""
     name, *_ = lab
     process = subprocess.Popen([sys.executable, "-m", "labkit", "fail", name, "rs1:nginx", "--seconds", "60"],
@@ -167,9 +171,11 @@ def test_fail_holds_the_lab_stops_when_interrupted_then_heal_or_reset(lab):
     second = labkit("provision", name)
     assert second.returncode == 1
     assert f"the lab {name} is busy: `labkit fail` (process {process.pid}) is changing it" in second.stderr
-    process.send_signal(signal.SIGTERM)
+    sig = signal.SIGINT if name in FAIL_SIGINT else signal.SIGTERM
+    process.send_signal(sig)
     _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert process.returncode == 128 + sig, stderr
+    assert f"interrupted ({sig.name}): " in stderr, stderr
     assert f"Bring it back with: labkit heal {name}" in stderr
     time.sleep(2)
     assert subprocess.run(ssh, capture_output=True).returncode == 1, "the client's load outlived labkit fail"
