@@ -26,6 +26,9 @@ from labkit.operate.show import ADDRESSES, holders
 from labkit.run import doctor, host, libvirt, ssh, vagrant
 
 
+SNAPSHOT_LAB = "lab.snapshot.yaml"  # the lab file as it was when the snapshot was taken
+
+
 class RunningLab:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -125,6 +128,7 @@ class RunningLab:
         failed = libvirt.snapshot(self.domains)
         if failed:
             raise LabkitError("the snapshot failed:\n" + "\n".join(f"  {f}" for f in failed))
+        shutil.copyfile(self.folder / "lab.yaml", self.folder / SNAPSHOT_LAB)  # the lab the VMs run
 
     def reset(self) -> None:
         """Every VM back to the snapshot, running; nothing is provisioned again."""
@@ -136,6 +140,9 @@ class RunningLab:
         if failed:
             raise LabkitError("the reset failed:\n" + "\n".join(f"  {f}" for f in failed)
                               + f"\nTry again, or bring the lab back with: labkit heal {self.name}")
+        if (self.folder / SNAPSHOT_LAB).exists():  # a weight changed since runs no more
+            shutil.copyfile(self.folder / SNAPSHOT_LAB, self.folder / "lab.yaml")
+            self._lab = None
 
     def _need_libvirt(self, what: str) -> None:
         if not self.on_libvirt:
