@@ -23,6 +23,20 @@ def test_hostname(hosts, node):
     assert seen == node, f"expected hostname {node}, saw {seen}"
 
 
+def test_versions(hosts, lab: Lab, node, figure):
+    """What the run ran on, kept with its figures: the node's kernel, and on directors the
+    ipvsadm and keepalived that drive its IPVS (a regression is a kernel's, or a tool's)."""
+    host = hosts(node)
+    kernel = host.check_output("uname -r")
+    assert re.fullmatch(r"\d+\.\d+\S*", kernel), f"uname -r said {kernel!r}"
+    figure(f"{node}_kernel", kernel)
+    if node in lab.directors:
+        for package in ("ipvsadm", "keepalived"):
+            version = host.check_output(f"dpkg-query -W -f '${{Version}}' {package}")
+            assert version, f"{package} is not installed on {node}"
+            figure(f"{node}_{package}", version)
+
+
 def test_addresses(hosts, lab: Lab, node):
     for net, addr in lab.nodes[node].addresses.items():
         cidr = f"{addr}/{lab.networks[net].prefixlen}"
