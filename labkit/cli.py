@@ -22,7 +22,7 @@ from labkit.describe import explain as explain_mod, graph as graph_mod
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, LabError, Protocol, VirtualService, with_weight
 from labkit.operate import bench as bench_mod, failover, show as show_mod, trace as trace_mod
-from labkit.run import doctor, lab as running_lab, libvirt, lock, verify as verify_mod
+from labkit.run import doctor, lab as running_lab, lock, verify as verify_mod
 from labkit.run.lab import RunningLab, read
 from labkit.run.ssh import NodeResult
 from labkit.run.vagrant import Accel, driver
@@ -361,13 +361,10 @@ def down(lab: RunningArg = None) -> None:
         # Not up as far as labkit knows; libvirt may still hold what a lost lab made.
         model = read(lab)
         with lock.writing(model.name, "down", LEFT["down"].format(name=model.name)):
-            left = libvirt.of(model, libvirt.present())
-            if left:
-                failed = libvirt.remove(left)
-                if failed:
-                    raise LabkitError("could not remove:\n" + "\n".join(f"  {f}" for f in failed))
-                out.print(f"{model.name} was not up; removed what libvirt still held of it: {', '.join(left.names())}")
-                return
+            removed = running_lab.remove_lost(model)
+        if removed:
+            out.print(f"{model.name} was not up; removed what libvirt still held of it: {', '.join(removed)}")
+            return
     running = RunningLab.find(lab)
     with writing(running, "down"):
         running.destroy()

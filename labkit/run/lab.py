@@ -270,6 +270,15 @@ def remove_leftovers(lab: Lab) -> list[str]:
     return libvirt.remove(libvirt.of(lab, libvirt.present()))
 
 
+def remove_lost(lab: Lab) -> list[str]:
+    """A lab labkit has no folder for: remove what libvirt still holds of it; what was removed."""
+    left = libvirt.of(lab, libvirt.present())
+    failed = libvirt.remove(left)
+    if failed:
+        raise LabkitError("could not remove:\n" + "\n".join(f"  {f}" for f in failed))
+    return left.names()
+
+
 def read(name_or_path: str) -> Lab:
     """A lab file by name (a shipped lab), folder or path; an unknown name lists the known ones."""
     path = lab_file(name_or_path)
