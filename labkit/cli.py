@@ -354,17 +354,19 @@ def ssh(node: str, lab: Annotated[Optional[str], typer.Option(help="The lab, whe
 
 @app.command()
 @handled
-def down(lab: RunningArg = None) -> None:
+def down(lab: RunningArg = None,
+         leftovers: Annotated[bool, typer.Option(
+             "--leftovers", help="The lab has no folder here: remove what libvirt holds under its name anyway.")] = False) -> None:
     """Remove the lab's VMs, their volumes and the lab's networks."""
     started = time.monotonic()
     if lab is not None and lab not in RunningLab.names():
-        # Not up as far as labkit knows; libvirt may still hold what a lost lab made.
+        # Not up as far as this installation knows. libvirt may hold what a lost lab made, or
+        # another installation's lab of the same name: only an explicit --leftovers removes it.
         model = read(lab)
         with lock.writing(model.name, "down", LEFT["down"].format(name=model.name)):
-            removed = running_lab.remove_lost(model)
-        if removed:
-            out.print(f"{model.name} was not up; removed what libvirt still held of it: {', '.join(removed)}")
-            return
+            removed = running_lab.remove_lost(model, really=leftovers)
+        out.print(f"{model.name} was not up; removed what libvirt still held of it: {', '.join(removed)}")
+        return
     running = RunningLab.find(lab)
     with writing(running, "down"):
         running.destroy()

@@ -69,7 +69,7 @@ def probes(provider: Provider = Provider.libvirt, box_name: str = box.DEFAULT_BO
     if thorough and provider == Provider.libvirt:
         stray = leftovers()
         found.append(Probe("libvirt holds nothing of labs that are gone" + (f" (it holds {', '.join(stray)})" if stray else ""),
-                           not stray, "labkit down LAB for each lab named there (it removes them by name)",
+                           not stray, "labkit down LAB --leftovers for each lab named there (it removes them by name)",
                            fatal=False))
     return found
 

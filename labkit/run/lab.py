@@ -270,9 +270,16 @@ def remove_leftovers(lab: Lab) -> list[str]:
     return libvirt.remove(libvirt.of(lab, libvirt.present()))
 
 
-def remove_lost(lab: Lab) -> list[str]:
-    """A lab labkit has no folder for: remove what libvirt still holds of it; what was removed."""
+def remove_lost(lab: Lab, really: bool) -> list[str]:
+    """A lab this installation has no folder for: what libvirt still holds of it, removed when
+    `really` (it may be another installation's lab of the same name)."""
     left = libvirt.of(lab, libvirt.present())
+    if not left:
+        raise LabkitError(f"the lab {lab.name} is not up. Start it with: labkit up {lab.name}")
+    if not really:
+        raise LabkitError(f"the lab {lab.name} is not up here, but libvirt holds {len(left.names())} of its objects "
+                          f"({', '.join(left.names()[:3])}, ...): left by a lab whose folder is gone, or another "
+                          f"installation's. If they are leftovers, remove them with: labkit down {lab.name} --leftovers")
     failed = libvirt.remove(left)
     if failed:
         raise LabkitError("could not remove:\n" + "\n".join(f"  {f}" for f in failed))
