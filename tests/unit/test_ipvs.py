@@ -1,5 +1,7 @@
 """ipvsadm's formats: the rules labkit loads, and the listings it reads back."""
 
+from pathlib import Path
+
 import pytest
 
 from labkit.build import ipvs
@@ -26,16 +28,6 @@ UDP  192.168.56.186:53 sh
   -> 192.168.56.184:53            Route   1      0          0
 """
 
-STATS = """\
-IP Virtual Server version 1.2.1 (size=4096)
-Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
-  -> RemoteAddress:Port
-TCP  192.168.55.100:80                   6       36        0     2274        0
-  -> 192.168.66.111:80                   3       18        0     1137        0
-  -> 192.168.66.112:80                   3       18        0     1137        0
-"""
-
-
 def test_parse_seed_listing():
     (svc,) = ipvs.parse_list(SEED_LISTING)
     assert (svc.key, svc.scheduler, svc.persistence) == ("tcp 192.168.55.100:80", "wrr", None)
@@ -50,9 +42,9 @@ def test_parse_persistence_counters_and_udp():
 
 
 def test_parse_stats_keeps_services_only():
-    stats = ipvs.parse_stats(STATS)
-    assert list(stats) == ["tcp 192.168.55.100:80"]
-    assert stats["tcp 192.168.55.100:80"] == ipvs.Stats(6, 36, 0, 2274, 0)
+    stats = ipvs.parse_stats((Path(__file__).parent / "samples" / "nat-lb0-stats.txt").read_text())
+    assert list(stats) == ["tcp 192.168.55.100:80", "tcp 192.168.55.100:8080"]
+    assert stats["tcp 192.168.55.100:80"] == ipvs.Stats(4, 24, 16, 1516, 1054312)
 
 
 def test_rules_in_ipvsadm_save_format():

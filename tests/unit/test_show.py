@@ -1,6 +1,7 @@
 """`labkit show`: what a user reads for the two directors of a lab, and the JSON for scripts."""
 
 import json
+from pathlib import Path
 
 from rich.console import Console
 
@@ -8,42 +9,14 @@ from labkit.operate import show
 from labkit.labfile import LABS, load_lab
 
 LAB = load_lab(LABS / "nat" / "lab.yaml")
+# lb0 of a running nat lab: `ipvsadm -L -n`, with --stats --exact and --rate --exact
+SAMPLES = Path(__file__).parent / "samples"
 
-LISTING = """\
-IP Virtual Server version 1.2.1 (size=4096)
-Prot LocalAddress:Port Scheduler Flags
-  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
-TCP  192.168.55.100:80 rr
-  -> 192.168.66.111:80            Masq    1      0          2         
-  -> 192.168.66.112:80            Masq    1      0          2         
-TCP  192.168.55.100:8080 wrr
-  -> 192.168.66.111:80            Masq    2      0          4         
-  -> 192.168.66.112:80            Masq    1      0          2         
-"""
+LISTING = (SAMPLES / "nat-lb0-list.txt").read_text()
 
-STATS = """\
-IP Virtual Server version 1.2.1 (size=4096)
-Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
-  -> RemoteAddress:Port
-TCP  192.168.55.100:80                   4       24       16     1516  1054312
-  -> 192.168.66.111:80                   2       12        8      758   527156
-  -> 192.168.66.112:80                   2       12        8      758   527156
-TCP  192.168.55.100:8080                 6       36       24     2274     3117
-  -> 192.168.66.111:80                   4       24       16     1516     2078
-  -> 192.168.66.112:80                   2       12        8      758     1039
-"""
+STATS = (SAMPLES / "nat-lb0-stats.txt").read_text()
 
-RATES = """\
-IP Virtual Server version 1.2.1 (size=4096)
-Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS
-  -> RemoteAddress:Port
-TCP  192.168.55.100:80                   1        6        4      379   263578
-  -> 192.168.66.111:80                   0        3        2      189   131789
-  -> 192.168.66.112:80                   0        3        2      189   131789
-TCP  192.168.55.100:8080                 0        0        0        0        0
-  -> 192.168.66.111:80                   0        0        0        0        0
-  -> 192.168.66.112:80                   0        0        0        0        0
-"""
+RATES = (SAMPLES / "nat-lb0-rate.txt").read_text()
 
 # The standby has the same table and has seen no packet of it.
 IDLE_STATS = """\
