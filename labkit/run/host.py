@@ -32,12 +32,14 @@ def memory_needed(lab: Lab, target: Target) -> int:
     return len(lab.nodes) * (lab.memory + overhead(target))
 
 
-def memory_problem(lab: Lab, target: Target, available_mib: int) -> str | None:
+def memory_problem(lab: Lab, target: Target, available_mib: int, others: list[str] = ()) -> str | None:
+    """`others`: the labs already up here, whose VMs hold part of what is not available."""
     need = memory_needed(lab, target)
     if need <= available_mib:
         return None
+    running = f" (labs up: {', '.join(others)})" if others else ""
     return (f"memory: the lab's {len(lab.nodes)} VMs need about {need} MiB ({lab.memory} MiB each plus "
-            f"{overhead(target)} MiB for QEMU), the host has {available_mib} MiB available. "
+            f"{overhead(target)} MiB for QEMU), the host has {available_mib} MiB available{running}. "
             "Take a running lab down (labkit down LAB), or lower memory: in the lab file")
 
 
@@ -56,10 +58,12 @@ def network_problems(lab: Lab, taken: dict[str, IPv4Network]) -> list[str]:
             for what, other in taken.items() if cidr.overlaps(other)]
 
 
-def problems(lab: Lab, target: Target, fresh: bool) -> list[str]:
-    """Everything that keeps this host from holding the lab; empty when it fits. Memory and
-    disk only for a lab not yet started (one being continued already holds its share)."""
-    found = [memory_problem(lab, target, available_memory_mib()) if fresh else None]
+def problems(lab: Lab, target: Target, up: list[str]) -> list[str]:
+    """Everything that keeps this host from holding the lab; empty when it fits. `up`: the labs
+    up here. Memory and disk only for a lab not yet started (one being continued already holds
+    its share)."""
+    fresh = lab.name not in up
+    found = [memory_problem(lab, target, available_memory_mib(), up) if fresh else None]
     if target.provider.value == "libvirt":
         found.append(disk_problem(lab, pool_available_mib()) if fresh else None)
         taken = {f"the host's route via {dev}": net for dev, net in host_routes()}

@@ -254,7 +254,7 @@ class RunningLab:
 def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str], None]) -> RunningLab:
     """Render the lab's Vagrantfile and boot every node at once; provision() comes next."""
     doctor.preflight(target.provider, target.box)
-    shortfalls = host.problems(lab, target, fresh=lab.name not in RunningLab.names())
+    shortfalls = host.problems(lab, target, RunningLab.names())
     if shortfalls:
         raise LabkitError(f"this host cannot hold the lab {lab.name}:\n" + "\n".join(f"  - {p}" for p in shortfalls))
     running = RunningLab.create(lab, source, render(lab, target))

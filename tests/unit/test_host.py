@@ -17,6 +17,7 @@ def test_memory_counts_qemus_own_share_under_emulation():
     assert host.memory_needed(NAT, TCG) == 5 * (512 + 1024)
     assert host.memory_needed(NAT, CAPPED) == host.memory_needed(NAT, Target(driver="kvm")) == 5 * (512 + 256)
     assert host.memory_problem(NAT, TCG, 8000) is None
+    assert "4000 MiB available (labs up: tun, dr). Take" in host.memory_problem(NAT, TCG, 4000, ["tun", "dr"])
     assert host.memory_problem(NAT, TCG, 4000) == (
         "memory: the lab's 5 VMs need about 7680 MiB (512 MiB each plus 1024 MiB for QEMU), the host has "
         "4000 MiB available. Take a running lab down (labkit down LAB), or lower memory: in the lab file")
