@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from labkit import box, home, labfile
@@ -46,7 +47,7 @@ def handled(command):
         except LabkitError as exc:
             lines = str(exc).splitlines() if isinstance(exc, LabError) else [str(exc)]
             for line in lines:
-                err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True, markup=True)
+                err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True, markup=True)
             raise typer.Exit(exc.code) from None
     return run
 
@@ -92,7 +93,7 @@ class Progress:
         if self.live is not None:
             self.live.update(self.table())
         else:
-            out.print(f"{time.monotonic() - self.started:6.0f}s {node}: {message}", highlight=False, soft_wrap=True)
+            out.print(f"{time.monotonic() - self.started:6.0f}s {node}: {escape(message)}", highlight=False, soft_wrap=True)
 
     def __enter__(self) -> Progress:
         if out.is_terminal:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labkit.labfile import LABS, LabError, load_lab, parse_lab
+from labkit.labfile import LABS, LabError, Scheduler, load_lab, parse_lab
 
 NAT = (LABS / "nat" / "lab.yaml").read_text()
 TUN = (LABS / "tun" / "lab.yaml").read_text()
@@ -199,15 +199,30 @@ def test_networks_that_overlap_each_other():
 @pytest.mark.parametrize("content, message", [
     (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8 text (byte 0 is 0x89). Save the lab file as UTF-8"),
     (b"name: \xff\xfe", "not UTF-8 text (byte 6 is 0xff)"),
-    (b"name: a\x00b\n", "character U+0000 at offset 7 is not allowed in YAML. Remove it"),
-    (b"", "a lab file is a YAML mapping"),
-    (b"a: &x [1, 2]\nb: *x\n", "line 2: an alias (*x) is not allowed in a lab file"),
-    (b"nodes: " + b"[" * 100 + b"]" * 100, "nested more than 20 levels deep"),
-    (b"? [a, b]\n: c\n", "a key is a sequence, not a name"),
+    (b"\xff\xfen\x00a\x00", "not UTF-8 text (byte 0 is 0xff)"),  # UTF-16
+    (b"name: \xc3\xa9a\x00b\n", "line 1: character U+0000 (byte 9) is not allowed in YAML. Remove it"),
+    (b"", "the file holds nothing; a lab file is a YAML mapping with networks, nodes and services. "
+          "Start from labs/nat/lab.yaml"),
+    (b"# only a comment\n", "the file holds nothing"),
+    (b"- a\n- list\n", "a lab file is a YAML mapping with networks, nodes and services"),
+    (b"a: &x [1, 2]\nb: *x\n", "line 2: an alias (*x) is not allowed in a lab file. Write the value out"),
+    (b"a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n", "line 2: an alias (*a) is not allowed"),  # billion laughs
+    (b"nodes: " + b"[" * 100 + b"]" * 100, "line 1: nested more than 20 levels deep"),
+    (b"services: [" + b"0, " * 6000 + b"0]\n", "line 1: more than 5000 values (a lab file holds a few hundred)"),
+    (b"? [a, b]\n: c\n", "line 1: a key is a sequence, not a name. Use plain names as keys"),
     (b"1: x\n", "line 1: the key '1' is not a name (YAML reads it as a number). Quote it, or use a name"),
     (b"nodes:\n  yes: {}\n", "line 2: the key 'yes' is not a name (YAML reads it as true or false)"),
-    (b"!!python/object:os.system {}\n", "is not valid YAML"),
-    (b"x" * (1024 * 1024 + 1), "more than 1024 KiB"),
+    (b"~: x\n", "the key '~' is not a name (YAML reads it as nothing (null))"),
+    (b"name: a\nnetworks: {}\nname: b\n", "line 3: the key 'name' is given twice (first on line 1). Keep one of them"),
+    (b"!!python/object:os.system {}\n", "line 1: the tag !!python/object:os.system is not allowed in a lab file. Remove it"),
+    (b"name: !!binary aGk=\n", "line 1: the tag !!binary is not allowed in a lab file. Remove it"),
+    (b"name: 2024-02-30\n", "line 1: '2024-02-30' reads as a date, but there is no such date (day is out of range "
+                            "for month). Write a real date, or quote it"),
+    (b"cpus: " + b"9" * 5000 + b"\n", "is too long a number to read. Use a smaller number"),
+    (b"name: =\n", "line 1: YAML reads '=' as !!value, not as text. Quote it"),
+    (b"name: a\n---\nname: b\n", "line 2: a second YAML document ('---'). A lab file holds one lab: remove the second document"),
+    (b"x" * (3 * 1024 * 1024), "3.0 MiB is more than a lab file may be (1 MiB; the shipped labs are under 2 KiB). "
+                              "Give the path of a lab.yaml"),
 ])
 def test_any_bytes_get_one_clear_error(tmp_path, content, message):
     path = tmp_path / "lab.yaml"
@@ -216,3 +231,32 @@ def test_any_bytes_get_one_clear_error(tmp_path, content, message):
         load_lab(path)
     said = str(caught.value)
     assert said.startswith(f"{path}: ") and message in said, said
+    assert len(said.splitlines()) == 1, said
+
+
+def test_every_key_problem_at_once():
+    text = "name: a\nyes: 1\nnodes:\n  1: {}\n  lb0: {}\n  lb0: {}\n"
+    with pytest.raises(LabError) as caught:
+        parse_lab(text, "x.yaml")
+    assert caught.value.source == "x.yaml"
+    assert caught.value.problems == [
+        "line 2: the key 'yes' is not a name (YAML reads it as true or false). Quote it, or use a name",
+        "line 4: the key '1' is not a name (YAML reads it as a number). Quote it, or use a name",
+        "line 6: the key 'lb0' is given twice (first on line 5). Keep one of them",
+    ]
+    assert str(caught.value).splitlines() == [f"x.yaml: {p}" for p in caught.value.problems]
+
+
+def test_a_name_with_a_newline_stays_on_its_line():
+    text = edited(NAT, lambda d: d["services"][0].update({"sched\nuler": "rr"}))
+    with pytest.raises(LabError) as caught:
+        parse_lab(text, "x.yaml")
+    assert str(caught.value).splitlines() == [
+        "x.yaml: services[0].sched\\nuler: unknown field. Check its spelling against labs/nat/lab.yaml"]
+
+
+def test_schedulers_are_ipvsadms_and_print_as_ipvsadm_names_them():
+    assert " ".join(s.value for s in Scheduler) == "rr wrr lc wlc lblc lblcr dh sh sed nq mh fo ovf"
+    svc = parse_lab(NAT, "nat").services[1]
+    assert svc.scheduler is Scheduler.wrr and svc.scheduler == "wrr"
+    assert (f"-s {svc.scheduler}", str(svc.scheduler)) == ("-s wrr", "wrr")
