@@ -69,6 +69,12 @@ def sysctls(lab: Lab, node: str) -> dict[str, str]:
             # A connection whose first packets the sync daemon had not copied yet still
             # reaches the new active director mid-stream: let IPVS take it without a SYN.
             out["net.ipv4.vs.sloppy_tcp"] = "1"
+        if any(s.forwarding != Forwarding.masq for s in lab.services):
+            # DR and TUN replies bypass the director, so the last state it sees of a connection is
+            # FIN_WAIT, kept 2 minutes. A client that picks the same source port again in that
+            # time would reach the old real server, even one drained to weight 0; bit 2 makes
+            # IPVS schedule such a SYN anew (bit 1 does it for TIME_WAIT, which NAT sees).
+            out["net.ipv4.vs.conn_reuse_mode"] = "3"
     elif role == Role.real_server:
         methods = {s.forwarding for s in lab.services_of(node)}
         if methods & {Forwarding.tun, Forwarding.route}:
@@ -189,7 +195,9 @@ def plan(lab: Lab, node: str) -> list[Step]:
         steps.append(_module("ip_vs", "IPVS is the kernel's load balancer"))
         if settings := sysctls(lab, node):
             why = {"net.ipv4.ip_forward": "NAT: the director forwards between the client's and the real servers' networks",
-                   "net.ipv4.vs.sloppy_tcp": "a pair: the new active director takes over connections it did not see open"}
+                   "net.ipv4.vs.sloppy_tcp": "a pair: the new active director takes over connections it did not see open",
+                   "net.ipv4.vs.conn_reuse_mode": "DR/TUN: a new connection on a source port seen closing is scheduled "
+                                                  "anew, not sent to the old real server"}
             steps.append(_sysctls("; ".join(why[k] for k in settings), settings))
         steps += director_steps(lab, node)
 

@@ -30,6 +30,8 @@ def parameters(lab: Lab) -> dict[str, list]:
         "node": list(lab.nodes),
         "director": lab.directors,
         "nat_director": lab.directors if lab.nat else [],
+        # directors whose replies come back another way (DR, TUN): they see half of each connection
+        "bypassed_director": lab.directors if any(s.forwarding != Forwarding.masq for s in lab.services) else [],
         "paired_director": lab.directors if lab.ha else [],
         "master": [lab.active_director] if lab.ha else [],  # the director a pair prefers
         "real_server": lab.real_servers,

@@ -113,6 +113,14 @@ def test_nginx(hosts, lab: Lab, real_server):
 # ---- directors ----------------------------------------------------------------------------
 
 
+def test_port_reuse_is_scheduled_anew(hosts, bypassed_director):
+    """DR and TUN: the director never sees the real server's half of a connection, so it keeps
+    the entry in FIN_WAIT for 2 minutes. conn_reuse_mode bit 2 schedules a new connection that
+    reuses such an entry's source port, so it cannot reach a server drained to weight 0."""
+    mode = sysctl(hosts(bypassed_director), "net.ipv4.vs.conn_reuse_mode")
+    assert mode & 2, f"expected conn_reuse_mode with bit 2 (FIN_WAIT entries rescheduled), saw {mode}"
+
+
 def test_ip_forward(hosts, nat_director):
     forward = sysctl(hosts(nat_director), "net.ipv4.ip_forward")
     assert forward == 1, f"NAT: the director must forward, expected ip_forward 1, saw {forward}"
@@ -182,6 +190,22 @@ def ask(hosts, lab: Lab, svc: VirtualService, count: int) -> list[str]:
     return hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(loop)}").split()
 
 
+def paths(hosts, lab: Lab, svc: VirtualService) -> str:
+    """Where the client's requests could have gone: its neighbour entries for the VIPs, and each
+    director's VIPs and IPVS connection entries from the client."""
+    client = lab.clients[0]
+    vips = " ".join(str(v) for v in svc.addresses)
+    lines = [f"{client}: " + hosts(client).run(f"for v in {vips}; do ip neigh show $v; done").stdout.strip()]
+    for director in lab.directors:
+        host = hosts(director)
+        held = [str(v) for v in svc.addresses if host.run(f"ip -o addr show to {v}").stdout.strip()]
+        entries = host.run("sudo -n ipvsadm -L -n -c").stdout.splitlines()
+        mine = [e for e in entries if any(f" {a}:" in e for a in lab.nodes[client].addresses.values())]
+        lines.append(f"{director} holds {held or 'no VIP'}; IPVS connections from {client}:")
+        lines += mine[-20:]
+    return "\n".join(lines)
+
+
 def test_split(hosts, lab: Lab, http_service: VirtualService):
     """2N requests in a row split exactly as rr or wrr say; others only reach live servers. A
     fwmark service's VIPs take turns: one scheduler counts across both."""
@@ -197,7 +221,8 @@ def test_split(hosts, lab: Lab, http_service: VirtualService):
     count = sum(want.values()) if want else 2 * len(live)
     seen = Counter(ask(hosts, lab, service, count))
     if want is not None:
-        assert dict(seen) == want, f"{service.key} {service.scheduler}: expected {want} from {count} requests, saw {dict(seen)}"
+        assert dict(seen) == want, (f"{service.key} {service.scheduler}: expected {want} from {count} requests, "
+                                    f"saw {dict(seen)}\n{paths(hosts, lab, service)}")
     else:
         assert set(seen) <= set(live), f"{service.key}: answers from {dict(seen)}, expected only {sorted(live)}"
         if service.persistence:

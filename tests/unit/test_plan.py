@@ -65,8 +65,8 @@ def test_vip_placement():
 def test_sysctls_per_mode():
     assert sysctls(lab("nat"), "lb0") == {"net.ipv4.ip_forward": "1", "net.ipv4.vs.sloppy_tcp": "1"}
     assert sysctls(single_director("nat"), "lb0") == {"net.ipv4.ip_forward": "1"}
-    assert sysctls(lab("tun"), "lb0") == {"net.ipv4.vs.sloppy_tcp": "1"}
-    assert sysctls(single_director("tun"), "lb0") == {}
+    assert sysctls(lab("tun"), "lb0") == {"net.ipv4.vs.sloppy_tcp": "1", "net.ipv4.vs.conn_reuse_mode": "3"}
+    assert sysctls(single_director("tun"), "lb0") == {"net.ipv4.vs.conn_reuse_mode": "3"}
     assert sysctls(lab("tun"), "rs0") == {
         "net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2",
         "net.ipv4.conf.tunl0.arp_ignore": "1", "net.ipv4.conf.tunl0.arp_announce": "2",
