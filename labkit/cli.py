@@ -3,6 +3,7 @@ modules: labfile (the lab file), build (what it needs), run (a running lab), ope
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -22,7 +23,8 @@ from labkit.build.render import TCG_EMULATOR, Provider, Target, render as render
 from labkit.describe import explain as explain_mod, graph as graph_mod
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, LabError, Protocol, VirtualService, with_weight
-from labkit.operate import bench as bench_mod, failover, show as show_mod, trace as trace_mod
+from labkit.operate import (bench as bench_mod, failover, matrix as matrix_mod, matrix_report, show as show_mod,
+                            trace as trace_mod)
 from labkit.run import doctor, lab as running_lab, lock, verify as verify_mod
 from labkit.run.lab import RunningLab, read
 from labkit.run.ssh import NodeResult
@@ -57,15 +59,27 @@ RunningArg = Annotated[Optional[str], typer.Argument(help="The lab; may be left 
 BoxOpt = Annotated[str, typer.Option("--box", help="Vagrant box to boot; any other than labkit's gets the lab packages installed.")]
 ProviderOpt = Annotated[Provider, typer.Option(help="Vagrant provider.")]
 AccelOpt = Annotated[Accel, typer.Option(help="libvirt: KVM, or QEMU software emulation (tcg); auto uses KVM when it works.")]
+KERNEL_HELP = (f"A Debian suite whose linux-image-amd64 to use ({', '.join(box.SUITES)}) "
+               "or the path of a linux-image-*.deb.")
+KernelOpt = Annotated[Optional[str], typer.Option(
+    help=KERNEL_HELP + " Boots the box labkit box build --kernel made for it.")]
 ServiceOpt = Annotated[Optional[str], typer.Option(
     "--service", help="The service, as labkit status lists it (e.g. 'tcp 192.168.55.100:80'); default the first.")]
+
+
+def box_to_boot(box_name: str, kernel: str | None) -> str:
+    if kernel is None:
+        return box_name
+    if box_name != box.DEFAULT_BOX:
+        raise LabkitError(f"--kernel {kernel} and --box {box_name} both choose the box: give one of them")
+    return box.box_for_kernel(kernel)
 
 
 def target_for(source: Path, box_name: str, provider: Provider, accel: Accel, warn: bool) -> Target:
     domain, fallback = driver(provider, accel)
     if warn and fallback:
         err.print(f"[yellow]warning:[/] {fallback}: using QEMU software emulation, labs will be slow", soft_wrap=True)
-    key = str(home.key()) if box_name == box.DEFAULT_BOX else None
+    key = str(home.key()) if box.is_labkit_box(box_name) else None
     emulator = TCG_EMULATOR if domain == "qemu" and os.access(TCG_EMULATOR, os.X_OK) else None
     return Target(provider=provider, box=box_name, driver=domain, emulator=emulator, private_key=key,
                   source=labfile.shown(source))
@@ -145,14 +159,15 @@ def pick_service(model: Lab, key: str | None) -> VirtualService:
 
 @app.command()
 @handled
-def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOpt = Provider.libvirt,
-       accel: AccelOpt = Accel.auto) -> None:
+def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, kernel: KernelOpt = None,
+       provider: ProviderOpt = Provider.libvirt, accel: AccelOpt = Accel.auto) -> None:
     """Boot a lab's VMs and configure them (render, boot, provision)."""
     source = labfile.lab_file(lab)
     model = read(lab)
-    target = target_for(source, box_name, provider, accel, warn=True)
+    target = target_for(source, box_to_boot(box_name, kernel), provider, accel, warn=True)
     name = model.name
-    with lock.writing(name, "up", f"{name} is partly up. Continue with: labkit up {lab}; "
+    same = f" --kernel {kernel}" if kernel else (f" --box {box_name}" if box_name != box.DEFAULT_BOX else "")
+    with lock.writing(name, "up", f"{name} is partly up. Continue with: labkit up {lab}{same}; "
                                   f"or remove what was made: labkit down {name}"):
         with Progress(list(model.nodes)) as progress:
             running = running_lab.boot(model, source, target, progress)
@@ -216,13 +231,17 @@ def show(lab: RunningArg = None,
 @handled
 def bench(lab: RunningArg = None, service: ServiceOpt = None,
           requests: Annotated[int, typer.Option(min=1, max=bench_mod.MAX_REQUESTS, help="How many requests.")] = 2000,
-          concurrency: Annotated[int, typer.Option(min=1, max=bench_mod.MAX_CONCURRENCY, help="How many at once.")] = 4) -> None:
+          concurrency: Annotated[int, typer.Option(min=1, max=bench_mod.MAX_CONCURRENCY, help="How many at once.")] = 4,
+          as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
     """A bounded load from the client against the VIP (ApacheBench): requests per second,
     latency percentiles, errors, and the split per real server as IPVS counted it."""
     with RunningLab.find(lab) as running:
         model = running.lab
         svc = pick_service(model, service)
         director, result = bench_mod.bench(running, svc, requests, concurrency)
+    if as_json:
+        sys.stdout.write(json.dumps({"service": svc.key, "director": director, **dataclasses.asdict(result)}) + "\n")
+        return
     out.print(f"{svc.key} ({svc.scheduler}, {svc.forwarding.value}) via {director}: {requests} requests, "
               f"{concurrency} at a time, from {model.clients[0]}", highlight=False)
     out.print(f"  {result.per_second:.1f} requests/s, mean {result.mean_ms:.1f} ms; completed {result.complete}, "
@@ -376,11 +395,12 @@ def down(lab: RunningArg = None,
 
 @app.command()
 @handled
-def render(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, provider: ProviderOpt = Provider.libvirt,
-           accel: AccelOpt = Accel.auto) -> None:
+def render(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, kernel: KernelOpt = None,
+           provider: ProviderOpt = Provider.libvirt, accel: AccelOpt = Accel.auto) -> None:
     """Print the lab's Vagrantfile. Boots nothing."""
     model = read(lab)
-    sys.stdout.write(render_vagrantfile(model, target_for(labfile.lab_file(lab), box_name, provider, accel, warn=False)))
+    target = target_for(labfile.lab_file(lab), box_to_boot(box_name, kernel), provider, accel, warn=False)
+    sys.stdout.write(render_vagrantfile(model, target))
 
 
 @app.command()
@@ -409,6 +429,29 @@ def graph(lab: LabArg,
         out.print(str(path), highlight=False)
 
 
+@app.command()
+@handled
+def matrix(labs: Annotated[list[str], typer.Argument(help="The labs, e.g. nat tun dr.")],
+           kernel: Annotated[list[str], typer.Option(
+               help=KERNEL_HELP + " Give it once per kernel; the first is the baseline.")],
+           report: Annotated[Path, typer.Option(help="The report folder.")] = Path("labkit-matrix"),
+           again: Annotated[bool, typer.Option("--again", help="Run the cells already done again.")] = False) -> None:
+    """Every lab on every kernel (up, verify with the failure scenarios, bench, down), and a
+    report comparing each kernel with the first. Exit status 1 when a kernel regresses."""
+    try:
+        records = matrix_mod.run(labs, kernel, report, again, lambda line: out.print(line, highlight=False, markup=False))
+    except matrix_mod.Interrupted as exc:
+        err.print(f"interrupted ({exc}): the cell that ran was removed; the cells done are kept in {report}. "
+                  "Continue with the same command", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(128 + exc.signum) from None
+    regressions = matrix_report.write(report, records, kernel)
+    for line in regressions:
+        out.print(f"regression: {line}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"report: {report / 'matrix.md'}, {report / 'matrix.html'}, {report / 'matrix.json'}", highlight=False)
+    if regressions:
+        raise typer.Exit(1)
+
+
 @app.command("doctor")
 @handled
 def doctor_cmd(provider: ProviderOpt = Provider.libvirt, box_name: BoxOpt = box.DEFAULT_BOX) -> None:
@@ -423,15 +466,36 @@ def doctor_cmd(provider: ProviderOpt = Provider.libvirt, box_name: BoxOpt = box.
 
 @box_app.command("build")
 @handled
-def box_build(force: Annotated[bool, typer.Option(help="Rebuild even if the box exists.")] = False,
+def box_build(kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "bookworm",
+              force: Annotated[bool, typer.Option(help="Rebuild even if the box exists.")] = False,
               mirror: Annotated[Optional[str], typer.Option(help="Debian mirror; default: the one apt uses.")] = None,
-              name: Annotated[str, typer.Option(help="Name of the box in Vagrant.")] = box.DEFAULT_BOX) -> None:
-    """Build labkit's Debian box from Debian packages and add it to Vagrant."""
+              name: Annotated[Optional[str], typer.Option(
+                  help=f"Name of the box in Vagrant; default {box.DEFAULT_BOX}, or labkit/linux-RELEASE for another kernel.")] = None) -> None:
+    """Build labkit's box from Debian packages, or the same box with another kernel."""
+    spec = box.parse_kernel(kernel)
     public_key = home.key().with_suffix(".pub").read_text()
     started = time.monotonic()
-    built = box.build_box(name, public_key, mirror=mirror or box.debian_mirror(), cache_dir=home.cache_dir(),
-                          force=force, log=lambda line: out.print(line, highlight=False))
+    built = box.build_box(public_key, mirror=mirror or box.debian_mirror(), cache_dir=home.cache_dir(), kernel=spec,
+                          name=name, force=force, log=lambda line: out.print(line, highlight=False))
     if built:
-        out.print(f"box {name} built and added in {time.monotonic() - started:.0f} s")
+        out.print(f"box {built} built and added in {time.monotonic() - started:.0f} s. "
+                  f"Boot a lab on it: labkit up LAB --kernel {kernel}", highlight=False)
     else:
-        out.print(f"box {name} is already in Vagrant (--force rebuilds it)")
+        out.print(f"the box for kernel {kernel} is already in Vagrant (--force rebuilds it)", highlight=False)
+
+
+@box_app.command("list")
+@handled
+def box_list() -> None:
+    """The boxes labkit built, with their kernels and where each came from."""
+    boxes = box.labkit_boxes()
+    if not boxes:
+        out.print("no labkit box yet: labkit box build (and labkit box build --kernel SPEC for another kernel)")
+        return
+    rows = [("box", "version", "kernel", "from", "ipvsadm", "keepalived", "built")]
+    rows += [(b.name, b.version, b.kernel or "?", b.spec or "?", b.ipvsadm or "?", b.keepalived or "?", b.built or "?")
+             for b in boxes]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:  # plain columns, never cut: the names and releases are what matter
+        out.print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), highlight=False,
+                  markup=False, soft_wrap=True)

@@ -8,41 +8,49 @@ import tarfile
 import tempfile
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from labkit.box.image import (DISK_GIB, KEY_FILE, PACKAGES_FILE, _cached_rootfs, _check_host, _check_public_key,
-                              _customise, _make_disk, _remove_tree, _run, package_list)
-from labkit.box.store import (LIBVIRT_POOL, LIBVIRT_URI, _old_base_volumes, box_add, box_exists, box_has_packages,
-                              box_remove, box_trusts)
+from labkit.box.image import (DEFAULT_BOX, DISK_GIB, KEY_FILE, META_FILE, PACKAGES_FILE, _cached_rootfs, _check_host,
+                              _check_public_key, _customise, _make_disk, _remove_tree, _run, package_list)
+from labkit.box.kernel import Kernel, box_name, check_modules, check_package, install, package_version, parse
+from labkit.box.store import (LIBVIRT_POOL, LIBVIRT_URI, _old_base_volumes, box_add, box_exists, box_for,
+                              box_has_packages, box_remove, box_trusts)
+
+DEFAULT_KERNEL = parse("bookworm")
 
 
 def build_box(
-    name: str,
     public_key: str,
     *,
     mirror: str,
     cache_dir: Path,
+    kernel: Kernel = DEFAULT_KERNEL,
+    name: str | None = None,
     force: bool = False,
     log: Callable[[str], None] = print,
-) -> bool:
-    """Build the box and add it to Vagrant.
+) -> str | None:
+    """Build the box for a kernel (by default bookworm's, labkit's default box) and add it to
+    Vagrant. Its name, or None if it exists already and force is not set (nothing done).
 
-    False if the box already exists and force is not set (nothing done), True once
-    a new box is built and added.
+    Every box comes from the same cached root tree; a kernel box only has its kernel replaced.
     """
     key = _check_public_key(public_key)
     _check_host()
-    if not force and box_exists(name):
-        if box_trusts(name, key) and box_has_packages(name):
-            log(f"box {name} already exists; nothing to do")
-            return False
-        if box_trusts(name, key):
-            log(f"box {name} lacks packages labkit now uses: building it again")
+    existing = name if name and box_exists(name) else (None if name else box_for(kernel))
+    if not force and existing:
+        if box_trusts(existing, key) and box_has_packages(existing):
+            log(f"box {existing} for kernel {kernel.spec} already exists; nothing to do")
+            return None
+        if box_trusts(existing, key):
+            log(f"box {existing} lacks packages labkit now uses: building it again")
         else:
-            log(f"box {name} was built for another installation key: building it again")
+            log(f"box {existing} was built for another installation key: building it again")
+    check_package(kernel)
+    if existing:
+        _old_base_volumes(existing)  # fail before the slow part, not after it
 
-    _old_base_volumes(name)  # fail before the slow part, not after it
     started = time.monotonic()
     cache_dir = cache_dir.resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -53,8 +61,16 @@ def build_box(
         tree = work / "rootfs"
         log("copying the cached root tree")
         _run(["cp", "-a", "--reflink=auto", str(rootfs), str(tree)])
+        if not kernel.is_default:
+            install(tree, kernel, mirror, log)
         root_uuid = str(uuid.uuid4())
-        _customise(tree, key, root_uuid, log)
+        release = _customise(tree, key, root_uuid, log)
+        check_modules(tree, kernel, release)
+        name = name or (DEFAULT_BOX if kernel.is_default else box_name(release))
+        now = datetime.now(timezone.utc)
+        meta = {"kernel": release, "spec": kernel.spec, "deb_sha256": kernel.deb_sha256,
+                "ipvsadm": package_version(tree, "ipvsadm"), "keepalived": package_version(tree, "keepalived"),
+                "built": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
         raw = work / "disk.raw"
         _make_disk(tree, raw, root_uuid, log)
         _remove_tree(tree)
@@ -62,7 +78,7 @@ def build_box(
         log("converting the disk to qcow2")
         _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(image)])
         raw.unlink()
-        box_file = pack(image, key, work / "labkit.box")
+        box_file = pack(image, key, meta, work / "labkit.box")
 
         # Only now that the new box is ready, drop the old one and its pool images.
         old_volumes = _old_base_volumes(name)
@@ -72,23 +88,24 @@ def build_box(
         for volume in old_volumes:
             log(f"deleting old base image {volume} from libvirt pool {LIBVIRT_POOL}")
             _run(["virsh", "-c", LIBVIRT_URI, "vol-delete", "--pool", LIBVIRT_POOL, volume])
-        log(f"adding box {name}")
-        box_add(name, box_file)
+        log(f"adding box {name} (kernel {release})")
+        box_add(name, box_file, version=now.strftime("%Y.%m.%d.%H%M%S"))  # one Vagrant can order
     finally:
         _remove_tree(work)
     log(f"box {name} built in {time.monotonic() - started:.0f} s")
-    return True
+    return name
 
 
-def pack(image: Path, public_key: str, box_file: Path) -> Path:
+def pack(image: Path, public_key: str, meta: dict, box_file: Path) -> Path:
     """The .box file: the qcow2 image, the metadata vagrant-libvirt reads, a Vagrantfile, and the
-    key and package list the box was built with. Plain tar: qcow2 is already compact, and gzip
-    would cost most of the build time."""
+    key, package list, kernel and tool versions the box was built with. Plain tar: qcow2 is
+    already compact, and gzip would cost most of the build time."""
     members = {
         "metadata.json": json.dumps({"provider": "libvirt", "format": "qcow2", "virtual_size": DISK_GIB}) + "\n",
         "Vagrantfile": BOX_VAGRANTFILE,
         KEY_FILE: public_key + "\n",
         PACKAGES_FILE: package_list(),
+        META_FILE: json.dumps(meta, indent=2) + "\n",
     }
     with tarfile.open(box_file, "w") as tar:
         for name, text in members.items():

@@ -20,6 +20,7 @@ from labkit.errors import LabkitError
 DEFAULT_BOX = "labkit/bookworm"
 KEY_FILE = "labkit-key.pub"  # in the box: the installation key it trusts
 PACKAGES_FILE = "labkit-packages"  # in the box: the package list it was built with
+META_FILE = "labkit-box.json"  # in the box: its kernel, tool versions and where the kernel came from
 SUITE = "bookworm"
 LIBVIRT_URI = "qemu:///system"
 
@@ -116,7 +117,8 @@ def _cached_rootfs(cache_dir: Path, mirror: str, log: Callable[[str], None]) -> 
     return tree
 
 
-def _customise(tree: Path, public_key: str, root_uuid: str, log: Callable[[str], None]) -> None:
+def _customise(tree: Path, public_key: str, root_uuid: str, log: Callable[[str], None]) -> str:
+    """Make the tree a VM that labkit can reach; the release of the kernel it boots."""
     log("configuring the image")
     etc = tree / "etc"
     _write(etc / "hostname", "labkit\n")
@@ -171,6 +173,7 @@ def _customise(tree: Path, public_key: str, root_uuid: str, log: Callable[[str],
         _run(chroot + ["systemctl", "disable", "keepalived", "e2scrub_reap.service",
                        "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer"])
         _run(chroot + ["update-initramfs", "-u", "-k", kernel])
+    return kernel
 
 
 HOST_KEYS_UNIT = """\

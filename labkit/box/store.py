@@ -3,14 +3,18 @@ images vagrant-libvirt uploads to libvirt's pool."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import vagrant
 
-from labkit.box.image import BoxError, KEY_FILE, PACKAGES_FILE, package_list
+from labkit.box.image import DEFAULT_BOX, KEY_FILE, META_FILE, PACKAGES_FILE, BoxError, package_list
+from labkit.box.kernel import Kernel, parse
 
 LIBVIRT_URI = "qemu:///system"
 LIBVIRT_POOL = "default"  # where vagrant-libvirt uploads box images
@@ -36,17 +40,80 @@ def box_exists(name: str) -> bool:
     return any(b.name == name and b.provider == "libvirt" for b in _call("box_list"))
 
 
-def box_add(name: str, box_file: Path) -> None:
-    _call("box_add", name, str(box_file), "libvirt", True)
+def box_add(name: str, box_file: Path, version: str) -> None:
+    """Add the box through a one-version catalog beside it: Vagrant then knows its version
+    (a bare .box is version 0, "No version detected") and checks its sha256."""
+    digest = hashlib.sha256()
+    with box_file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    catalog = box_file.with_suffix(".json")
+    catalog.write_text(json.dumps({"name": name, "versions": [{"version": version, "providers": [{
+        "name": "libvirt", "url": box_file.resolve().as_uri(), "checksum_type": "sha256",
+        "checksum": digest.hexdigest()}]}]}))
+    _call("box_add", name, str(catalog), "libvirt", True)
 
 
 def box_remove(name: str) -> None:
     _call("box_remove", name, "libvirt")
 
 
+def _boxes_dir() -> Path:
+    return Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d")) / "boxes"
+
+
 def _box_files(name: str, file: str) -> list[Path]:
-    home = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
-    return list((home / "boxes" / name.replace("/", "-VAGRANTSLASH-")).glob(f"*/libvirt/{file}"))
+    return list((_boxes_dir() / name.replace("/", "-VAGRANTSLASH-")).glob(f"*/libvirt/{file}"))
+
+
+@dataclass(frozen=True)
+class Box:
+    """One of labkit's boxes in Vagrant, with what it was built from (empty for a box built
+    before labkit kept that)."""
+    name: str
+    version: str
+    kernel: str = ""
+    spec: str = ""
+    ipvsadm: str = ""
+    keepalived: str = ""
+    built: str = ""
+    deb_sha256: str | None = None
+
+
+def labkit_boxes() -> list[Box]:
+    """The boxes labkit built that Vagrant has, oldest first."""
+    found = []
+    for folder in _boxes_dir().glob("labkit-VAGRANTSLASH-*/*/libvirt"):
+        name = folder.parents[1].name.replace("-VAGRANTSLASH-", "/")
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+        except (OSError, ValueError):
+            meta = {}
+        fields = {k: meta[k] for k in Box.__dataclass_fields__ if k in meta and k not in ("name", "version")}
+        found.append(Box(name=name, version=folder.parent.name, **fields))
+    return sorted(found, key=lambda b: (b.built, b.name))
+
+
+def is_labkit_box(name: str) -> bool:
+    """Built by labkit, so it trusts the installation's key and holds the lab packages."""
+    return name.startswith("labkit/")
+
+
+def box_for(kernel: Kernel) -> str | None:
+    """The box built for that kernel, the newest if several were; None if there is none."""
+    if kernel.is_default:
+        return DEFAULT_BOX if box_exists(DEFAULT_BOX) else None
+    digest = kernel.deb_sha256
+    matches = [b for b in labkit_boxes() if (b.deb_sha256 == digest if digest else b.spec == kernel.spec)]
+    return matches[-1].name if matches else None
+
+
+def box_for_kernel(spec: str) -> str:
+    """The box for a kernel SPEC, or an error that says how to build it."""
+    name = box_for(parse(spec))
+    if name is None:
+        raise BoxError(f"there is no box for kernel {spec}. Build it with: labkit box build --kernel {spec}")
+    return name
 
 
 def box_trusts(name: str, public_key: str) -> bool:

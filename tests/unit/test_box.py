@@ -1,7 +1,9 @@
 """Pure parts of the box builder: no VM, no root, no network."""
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labkit import box
-from labkit.box import build, image, mirror, store
+from labkit.box import build, image, kernel as kernel_mod, mirror, store
 from labkit.box.image import DISK_GIB
 
 ONE_LINE = """\
@@ -104,13 +106,15 @@ def test_the_box_file_holds_what_vagrant_libvirt_reads(tmp_path: Path):
     and the key and package list it was built with."""
     image = tmp_path / "box.img"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
-    packed = build.pack(image, "ssh-ed25519 AAAA labkit", tmp_path / "labkit.box")
+    built = {"kernel": "6.12.57+deb12-amd64", "spec": "bookworm-backports", "ipvsadm": "1:1.31-1+b1"}
+    packed = build.pack(image, "ssh-ed25519 AAAA labkit", built, tmp_path / "labkit.box")
     with tarfile.open(packed) as tar:
         assert sorted(tar.getnames()) == sorted(["metadata.json", "Vagrantfile", "box.img", "labkit-key.pub",
-                                                 "labkit-packages"])
+                                                 "labkit-packages", "labkit-box.json"])
         meta = json.load(tar.extractfile("metadata.json"))
         assert meta == {"provider": "libvirt", "format": "qcow2", "virtual_size": DISK_GIB}
         assert tar.extractfile("labkit-key.pub").read() == b"ssh-ed25519 AAAA labkit\n"
+        assert json.load(tar.extractfile("labkit-box.json")) == built
 
 
 def test_base_volume_prefix_matches_vagrant_libvirt_names():
@@ -161,3 +165,103 @@ def test_a_box_with_an_older_package_list_is_not_current(tmp_path: Path, monkeyp
     assert not box.box_has_packages("labkit/bookworm")
     (folder / image.PACKAGES_FILE).write_text(box.package_list())
     assert box.box_has_packages("labkit/bookworm")
+
+
+@pytest.mark.parametrize("spec", ["bookworm", "bookworm-backports", "trixie", "sid"])
+def test_a_debian_suite_is_a_kernel(spec):
+    kernel = box.parse_kernel(spec)
+    assert (kernel.suite, kernel.deb, kernel.is_default) == (spec, None, spec == "bookworm")
+
+
+def kernel_deb(tmp_path: Path, package: str, modules: list[str], builtin: list[str] = ()) -> Path:
+    """A small .deb laid out as make bindeb-pkg lays out a kernel image package."""
+    root = tmp_path / package
+    folder = root / "lib/modules/6.18.0"
+    (folder / "kernel").mkdir(parents=True)
+    for module in modules:
+        (folder / "kernel" / f"{module}.ko.xz").write_bytes(b"")
+    (folder / "modules.builtin").write_text("".join(f"kernel/{m}.ko\n" for m in builtin))
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN/control").write_text(f"Package: {package}\nVersion: 6.18.0-1\nArchitecture: amd64\n"
+                                         "Maintainer: a developer <dev@example.org>\nDescription: a kernel\n")
+    deb = tmp_path / f"{package}_6.18.0-1_amd64.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)], check=True,
+                   capture_output=True)
+    return deb
+
+
+def test_a_kernel_package_is_a_kernel(tmp_path: Path):
+    deb = kernel_deb(tmp_path, "linux-image-6.18.0-rc1+", list(kernel_mod.NEEDED_MODULES))
+    kernel = box.parse_kernel(str(deb))
+    assert kernel.deb == deb and kernel.suite is None
+    assert kernel.deb_sha256 == hashlib.sha256(deb.read_bytes()).hexdigest()
+    kernel_mod.check_package(kernel)  # it has every module the labs need
+
+
+def test_a_kernel_package_without_ipvs_is_refused_before_anything_is_built(tmp_path: Path):
+    modules = [m for m in kernel_mod.NEEDED_MODULES if m not in ("ip_vs_wlc", "ipip", "ext4")]
+    deb = kernel_deb(tmp_path, "linux-image-6.18.0", modules, builtin=["ext4"])
+    with pytest.raises(box.BoxError, match=r"kernel linux-image-6.18.0_6.18.0-1_amd64.deb \(from .*\) "
+                                           r"has no ip_vs_wlc, ipip: the labs need them"):
+        kernel_mod.check_package(box.parse_kernel(str(deb)))
+
+
+def test_a_file_that_is_not_a_kernel_package_is_refused(tmp_path: Path):
+    junk = tmp_path / "linux-image-6.18.deb"
+    junk.write_bytes(b"not a package at all")
+    with pytest.raises(box.BoxError, match="linux-image-6.18.deb is not a Debian package"):
+        box.parse_kernel(str(junk))
+    headers = kernel_deb(tmp_path, "linux-headers-6.18.0", [])
+    renamed = headers.rename(tmp_path / "linux-image-6.18.0_6.18.0-1_amd64.deb")
+    with pytest.raises(box.BoxError, match="holds linux-headers-6.18.0, not a kernel image"):
+        box.parse_kernel(str(renamed))
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("buster", "unknown kernel 'buster': give a Debian suite (bookworm, bookworm-backports, trixie, sid)"),
+    ("6.12", "unknown kernel '6.12'"),
+    ("/nowhere/linux-image-6.18.deb", "/nowhere/linux-image-6.18.deb does not exist"),
+])
+def test_what_is_not_a_kernel_says_what_is(spec, says):
+    with pytest.raises(box.BoxError, match=re.escape(says)):
+        box.parse_kernel(spec)
+
+
+def test_a_kernel_without_ipvs_or_ipip_is_refused(tmp_path: Path):
+    modules = tmp_path / "lib/modules/6.18.0"
+    modules.mkdir(parents=True)
+    dep = [f"kernel/x/{m}.ko.xz: " for m in kernel_mod.NEEDED_MODULES if m not in ("ip_vs_sh", "ipip")]
+    (modules / "modules.dep").write_text("\n".join(dep) + "\n")
+    (modules / "modules.builtin").write_text("kernel/net/ipv4/ipip.ko\n")  # built in counts
+    assert kernel_mod.missing_modules(tmp_path, "6.18.0") == ["ip_vs_sh"]
+    with pytest.raises(box.BoxError, match="kernel 6.18.0 .from sid. has no ip_vs_sh: the labs need them"):
+        kernel_mod.check_modules(tmp_path, box.parse_kernel("sid"), "6.18.0")
+
+
+def test_a_kernel_box_is_named_after_its_release():
+    assert kernel_mod.box_name("6.12.57+deb12-amd64") == "labkit/linux-6.12.57-deb12-amd64"
+    assert box.is_labkit_box(kernel_mod.box_name("6.18.0-rc1+"))
+    assert not box.is_labkit_box("debian/bookworm64")
+
+
+def _installed_box(home: Path, name: str, version: str, meta: dict | None) -> None:
+    folder = home / "boxes" / name.replace("/", "-VAGRANTSLASH-") / version / "libvirt"
+    folder.mkdir(parents=True)
+    if meta is not None:
+        (folder / image.META_FILE).write_text(json.dumps(meta))
+
+
+def test_the_box_for_a_kernel_is_the_newest_built_from_it(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    _installed_box(tmp_path, "labkit/bookworm", "0", None)  # built before labkit kept metadata
+    _installed_box(tmp_path, "labkit/linux-6.12.48", "2026.10.01.100000",
+                   {"kernel": "6.12.48", "spec": "bookworm-backports", "built": "2026-10-01T10:00:00Z"})
+    _installed_box(tmp_path, "labkit/linux-6.12.57", "2026.11.29.100000",
+                   {"kernel": "6.12.57", "spec": "bookworm-backports", "built": "2026-11-29T10:00:00Z"})
+    _installed_box(tmp_path, "someone/else", "1", {"kernel": "5.10", "spec": "trixie"})
+    listed = box.labkit_boxes()
+    assert [(b.name, b.kernel) for b in listed] == [
+        ("labkit/bookworm", ""), ("labkit/linux-6.12.48", "6.12.48"), ("labkit/linux-6.12.57", "6.12.57")]
+    assert store.box_for(box.parse_kernel("bookworm-backports")) == "labkit/linux-6.12.57"
+    with pytest.raises(box.BoxError, match="no box for kernel trixie. Build it with: labkit box build --kernel trixie"):
+        box.box_for_kernel("trixie")

@@ -110,3 +110,21 @@ def test_commands_on_a_running_lab_say_when_none_is_up(args):
 def test_bench_bounds():
     result = runner.invoke(app, ["bench", "nat", "--requests", "1000000"])
     assert result.exit_code == 2 and "20000" in result.output  # click: a usage error
+
+
+@pytest.mark.parametrize("args, says", [
+    (["up", "nat", "--kernel", "buster"], "error: unknown kernel 'buster': give a Debian suite (bookworm, "
+                                         "bookworm-backports, trixie, sid) or the path of a linux-image-*.deb"),
+    (["up", "nat", "--kernel", "sid", "--box", "debian/bookworm64"],
+     "error: --kernel sid and --box debian/bookworm64 both choose the box: give one of them"),
+    (["up", "nat", "--kernel", "trixie"], "error: there is no box for kernel trixie. "
+                                         "Build it with: labkit box build --kernel trixie"),
+    (["box", "build", "--kernel", "6.12"], "error: unknown kernel '6.12': give a Debian suite (bookworm, "
+                                          "bookworm-backports, trixie, sid) or the path of a linux-image-*.deb"),
+])
+def test_a_kernel_that_cannot_be_booted_is_one_error(home, tmp_path, monkeypatch, args, says):
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "vagrant"))  # no boxes at all
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip() == says
+    assert not (home / "labs").exists()

@@ -1,0 +1,62 @@
+"""`labkit matrix`'s own parts that need no VM: its cells, and the figures it reads from the
+commands it runs."""
+
+import json
+
+import pytest
+
+from labkit.errors import LabkitError
+from labkit.operate import matrix
+
+UP = """\
+    12s lb0: Starting domain.
+booted 5 nodes in 131 s
+provisioned nat: 52 changes in 41.3 s
+snapshot taken in 1 s (labkit reset nat comes back to it)
+"""
+
+
+def test_up_and_bench_figures_are_read_from_what_the_commands_print():
+    assert matrix.up_figures(UP) == {"boot_seconds": 131.0, "provision_seconds": 41.3}
+    assert matrix.up_figures("nothing booted\n") == {}
+    bench = {"service": "tcp 192.168.55.100:80", "director": "lb0", "complete": 2000, "failed": 0,
+             "per_second": 212.4, "mean_ms": 18.8, "percentiles": {"50": 17, "99": 41}, "split": {}}
+    assert matrix.bench_figures("warming up\n" + json.dumps(bench) + "\n") == {
+        "bench_requests_per_second": 212.4, "bench_p99_ms": 41, "bench_failed_requests": 0}
+
+
+def test_cells_are_lab_by_lab_in_the_kernels_order(tmp_path):
+    cells = matrix.plan(["nat", "fwmark"], ["bookworm", "sid"], tmp_path)
+    assert [(c.name, c.kernel) for c in cells] == [("nat", "bookworm"), ("nat", "sid"),
+                                                   ("fwmark", "bookworm"), ("fwmark", "sid")]
+    assert cells[1].folder == tmp_path / "nat-sid"
+    deb = matrix.cell_folder(tmp_path, "nat", "/src/linux-image-6.18.0-rc1+_6.18.0-rc1-1_amd64.deb")
+    assert deb == tmp_path / "nat-linux-image-6.18.0-rc1+_6.18.0-rc1-1_amd64"
+
+
+@pytest.mark.parametrize("labs, kernels, says", [
+    (["nat", "nat"], ["bookworm"], "the lab nat is given twice. Give each lab once"),
+    (["nat"], ["sid", "sid"], "the kernel sid is given twice. Give each kernel once"),
+    (["nat"], ["bookworm", "6.12"], "unknown kernel '6.12'"),
+])
+def test_a_matrix_that_cannot_run_says_why_before_anything_boots(tmp_path, labs, kernels, says):
+    with pytest.raises(LabkitError, match=says):
+        matrix.plan(labs, kernels, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_cell_is_done_once_it_ran_to_a_result(tmp_path):
+    (cell,) = matrix.plan(["dr"], ["trixie"], tmp_path)
+    assert not cell.done
+    cell.folder.mkdir()
+    for status, done in (("error", False), ("failed", True), ("passed", True)):
+        (cell.folder / "cell.json").write_text(json.dumps({"status": status}))
+        assert cell.done is done, status
+
+
+def test_a_vm_that_did_not_boot_shows_its_last_console_lines(tmp_path):
+    (tmp_path / "console-lb0.log").write_text("".join(f"line {n}\n" for n in range(40)))
+    (tmp_path / "console-rs0.log").write_text("")
+    tail = matrix.console_tail(tmp_path).splitlines()
+    assert tail[0] == "lb0's console, last lines:" and tail[1:16] == [f"line {n}" for n in range(25, 40)]
+    assert tail[16:] == ["rs0's console, last lines:", "(nothing: it never wrote to it)"]
