@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,7 +153,7 @@ def console_tail(lab_folder: Path) -> str:
 
 
 def last_lines(text: str, n: int = 6) -> str:
-    return "\n".join(line for line in text.strip().splitlines()[-n:])
+    return "\n".join(text.strip().splitlines()[-n:])
 
 
 def run_cell(cell: Cell, runner: Runner, say: Callable[[str], None]) -> dict:
@@ -184,6 +185,8 @@ def run_cell(cell: Cell, runner: Runner, say: Callable[[str], None]) -> dict:
             record["error"] = f"labkit bench failed (exit {benched}):\n{last_lines(text)}"
         return record
     finally:
+        for console in home.lab_dir(cell.name).glob("console-*.log"):  # the kernels' own words, kept
+            shutil.copy(console, cell.folder)
         say("down")
         if runner.quietly(["down", cell.name], log) != 0:
             record["status"], record["error"] = "error", f"labkit down {cell.name} failed: see {log}"

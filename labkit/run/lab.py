@@ -7,6 +7,7 @@ lab runs, the rendered Vagrantfile and Vagrant's `.vagrant/`, the only record of
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -253,6 +254,11 @@ class RunningLab:
 
 def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str], None]) -> RunningLab:
     """Render the lab's Vagrantfile and boot every node at once; provision() comes next."""
+    made = home.lab_dir(lab.name) / "Vagrantfile"
+    booted_from = re.search(r'config\.vm\.box = "([^"]+)"', made.read_text()) if made.exists() else None
+    if booted_from and booted_from[1] != target.box:  # its VMs would boot from two boxes, two kernels
+        raise LabkitError(f"{lab.name} is (partly) up from box {booted_from[1]}, not {target.box}: continue it with "
+                          f"the same --kernel or --box, or remove it first: labkit down {lab.name}")
     doctor.preflight(target.provider, target.box)
     shortfalls = host.problems(lab, target, RunningLab.names())
     if shortfalls:

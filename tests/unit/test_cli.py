@@ -128,3 +128,16 @@ def test_a_kernel_that_cannot_be_booted_is_one_error(home, tmp_path, monkeypatch
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.strip() == says
     assert not (home / "labs").exists()
+
+
+def test_a_lab_partly_up_from_another_kernel_is_not_mixed(home):
+    folder = home / "labs" / "nat"
+    folder.mkdir(parents=True)
+    (folder / "Vagrantfile").write_text('Vagrant.configure("2") do |config|\n'
+                                        '  config.vm.box = "labkit/linux-7.2.13-deb14-amd64"\n')
+    result = runner.invoke(app, ["up", "nat", "--accel", "tcg"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip() == ("error: nat is (partly) up from box labkit/linux-7.2.13-deb14-amd64, not "
+                                     "labkit/bookworm: continue it with the same --kernel or --box, or remove it "
+                                     "first: labkit down nat")
+    assert sorted(p.name for p in folder.iterdir()) == ["Vagrantfile"]
