@@ -9,12 +9,13 @@ import re
 import subprocess
 import tarfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
 from labkit.box.image import SUITE, BoxError, _chroot_mounts, _run, _run_out, _write
 
-# suite -> the apt source line's suite. bookworm is the default box's own kernel.
+# The suites whose linux-image-amd64 a box can take; bookworm's is the default box's own kernel.
 SUITES = ("bookworm", "bookworm-backports", "trixie", "sid")
 
 # What the labs load (IPVS, its schedulers, the tunnels, conntrack and marks for NAT and fwmark)
@@ -31,7 +32,7 @@ class Kernel:
     suite: str | None = None
     deb: Path | None = None
 
-    @property
+    @cached_property
     def deb_sha256(self) -> str | None:
         return hashlib.sha256(self.deb.read_bytes()).hexdigest() if self.deb else None
 
