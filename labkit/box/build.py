@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from labkit.box.image import (DEFAULT_BOX, DISK_GIB, KEY_FILE, META_FILE, PACKAGES_FILE, _cached_rootfs, _check_host,
-                              _check_public_key, _customise, _make_disk, _remove_tree, _run, package_list)
+                              _check_public_key, _customise, _kernel_version, _make_disk, _remove_tree, _run,
+                              package_list)
 from labkit.box.kernel import Kernel, box_name, check_modules, check_package, install, package_version, parse
 from labkit.box.store import (LIBVIRT_POOL, LIBVIRT_URI, _old_base_volumes, box_add, box_exists, box_for,
                               box_has_packages, box_remove, box_trusts)
@@ -63,9 +64,9 @@ def build_box(
         _run(["cp", "-a", "--reflink=auto", str(rootfs), str(tree)])
         if not kernel.is_default:
             install(tree, kernel, mirror, log)
+        check_modules(tree, kernel, _kernel_version(tree))  # before the initramfs and the disk are made
         root_uuid = str(uuid.uuid4())
         release = _customise(tree, key, root_uuid, log)
-        check_modules(tree, kernel, release)
         name = name or (DEFAULT_BOX if kernel.is_default else box_name(release))
         now = datetime.now(timezone.utc)
         meta = {"kernel": release, "spec": kernel.spec, "deb_sha256": kernel.deb_sha256,

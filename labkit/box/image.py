@@ -192,11 +192,16 @@ WantedBy=ssh.service
 """
 
 
+def releases(tree: Path) -> list[str]:
+    """The releases of the kernels in the tree's /boot."""
+    return sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*"))
+
+
 def _kernel_version(tree: Path) -> str:
-    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    kernels = releases(tree)
     if not kernels:
         raise BoxError(f"no kernel in {tree}/boot: delete that cached tree and build again")
-    return kernels[-1].name.removeprefix("vmlinuz-")
+    return kernels[-1]
 
 
 def _make_disk(tree: Path, raw: Path, root_uuid: str, log: Callable[[str], None]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
-from labkit.box.image import SUITE, BoxError, _chroot_mounts, _run, _run_out, _write
+from labkit.box.image import SUITE, BoxError, _chroot_mounts, _run, _run_out, _write, releases
 
 # The suites whose linux-image-amd64 a box can take; bookworm's is the default box's own kernel.
 SUITES = ("bookworm", "bookworm-backports", "trixie", "sid")
@@ -137,29 +138,25 @@ def _install(tree: Path, kernel: Kernel, mirror: str, before: set[str], log: Cal
     # INITRD=No: the kernel's hooks make no initramfs; the box build makes its own, small one.
     apt = ["env", "DEBIAN_FRONTEND=noninteractive", "INITRD=No", "apt-get", "-q", "-y", "--no-install-recommends",
            "-o", "Dpkg::Options::=--force-confnew", "-o", "DPkg::Path=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    if kernel.suite:
+        # Signatures are checked, the Release file's age is not: a frozen mirror or a snapshot of
+        # the archive serves testing's and unstable's Release past its Valid-Until date.
+        added = tree / KERNEL_SOURCE
+        _write(added, f"deb [check-valid-until=no] {mirror} {kernel.suite} main\n")
+        package, what = f"linux-image-amd64/{kernel.suite}", f"{kernel.suite}'s kernel"
+    else:
+        assert kernel.deb is not None
+        added = tree / "tmp" / kernel.deb.name
+        shutil.copyfile(kernel.deb, added)
+        package, what = f"/tmp/{kernel.deb.name}", kernel.deb.name
+    log(f"installing {what}")
     with _chroot_mounts(tree):
-        if kernel.suite:
-            # Signatures are checked, the Release file's age is not: a frozen mirror or a snapshot of
-            # the archive serves testing's and unstable's Release past its Valid-Until date.
-            _write(tree / KERNEL_SOURCE, f"deb [check-valid-until=no] {mirror} {kernel.suite} main\n")
-            log(f"installing linux-image-amd64 from {kernel.suite}")
-            try:
-                _run(chroot + apt + ["update"], hint=f"check that {mirror} serves {kernel.suite}")
-                _run(chroot + apt + ["install", f"linux-image-amd64/{kernel.suite}"],
-                     hint=f"apt could not install {kernel.suite}'s kernel into bookworm; see its output above")
-            finally:
-                (tree / KERNEL_SOURCE).unlink(missing_ok=True)
-        else:
-            assert kernel.deb is not None
-            inside = Path("/tmp") / kernel.deb.name
-            (tree / inside.relative_to("/")).write_bytes(kernel.deb.read_bytes())
-            log(f"installing {kernel.deb.name}")
-            try:
-                _run(chroot + apt + ["update"], hint=f"check that {mirror} is reachable")
-                _run(chroot + apt + ["install", str(inside)],
-                     hint=f"apt could not install {kernel.deb.name} into bookworm; see its output above")
-            finally:
-                (tree / inside.relative_to("/")).unlink(missing_ok=True)
+        try:
+            _run(chroot + apt + ["update"], hint=f"check that {mirror} is reachable and serves what {what} needs")
+            _run(chroot + apt + ["install", package],
+                 hint=f"apt could not install {what} into bookworm; see its output above")
+        finally:
+            added.unlink()
         new = sorted(set(releases(tree)) - before)
         if len(new) != 1:
             raise BoxError(f"installing kernel {kernel.spec} gave {len(new)} new kernels ({', '.join(new) or 'none'}): "
@@ -178,10 +175,6 @@ def _install(tree: Path, kernel: Kernel, mirror: str, before: set[str], log: Cal
     for lists in (tree / "var/lib/apt/lists").glob("*_dists_*"):
         lists.unlink()
     return release
-
-
-def releases(tree: Path) -> list[str]:
-    return sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*"))
 
 
 def _installed(tree: Path, pattern: str) -> list[str]:

@@ -101,10 +101,11 @@ def is_labkit_box(name: str) -> bool:
 
 def box_for(kernel: Kernel) -> str | None:
     """The box built for that kernel, the newest if several were; None if there is none."""
-    if kernel.is_default:
-        return DEFAULT_BOX if box_exists(DEFAULT_BOX) else None
     digest = kernel.deb_sha256
-    matches = [b for b in labkit_boxes() if (b.deb_sha256 == digest if digest else b.spec == kernel.spec)]
+    if kernel.is_default:  # a default box built before labkit kept metadata has no spec
+        matches = [b for b in labkit_boxes() if b.name == DEFAULT_BOX]
+    else:
+        matches = [b for b in labkit_boxes() if (b.deb_sha256 == digest if digest else b.spec == kernel.spec)]
     return matches[-1].name if matches else None
 
 

@@ -156,13 +156,18 @@ def last_lines(text: str, n: int = 6) -> str:
     return "\n".join(text.strip().splitlines()[-n:])
 
 
-def run_cell(cell: Cell, runner: Runner, say: Callable[[str], None]) -> dict:
+def new_record(cell: Cell, box_name: str | None, error: str | None = None) -> dict:
+    """A cell's cell.json, as it stands before its steps run (or when they cannot)."""
+    return {"lab": cell.name, "kernel": cell.kernel, "box": box_name, "status": "error", "error": error,
+            "seconds": 0, "figures": {}, "junit": None}
+
+
+def run_cell(cell: Cell, box_name: str, runner: Runner, say: Callable[[str], None]) -> dict:
     """up, verify (failure scenarios included), bench, down. The record for cell.json."""
     cell.folder.mkdir(parents=True, exist_ok=True)
     log = cell.folder / "log.txt"
     log.write_text("")
-    record: dict = {"lab": cell.name, "kernel": cell.kernel, "box": box.box_for_kernel(cell.kernel), "status": "error",
-                    "error": None, "seconds": None, "figures": {}, "junit": None}
+    record = new_record(cell, box_name)
     started = time.monotonic()
     try:
         say("up")
@@ -213,21 +218,24 @@ def plan(labs: list[str], kernels: list[str], report: Path) -> list[Cell]:
     return [Cell(lab, names[lab], kernel, cell_folder(report, names[lab], kernel)) for lab in labs for kernel in kernels]
 
 
-def boxes(kernels: list[str], report: Path, runner: Runner, say: Callable[[str], None]) -> dict[str, str]:
-    """Kernel SPEC -> why its cells cannot run; builds the boxes that are missing."""
-    missing = {}
+def boxes(kernels: list[str], report: Path, runner: Runner,
+          say: Callable[[str], None]) -> tuple[dict[str, str], dict[str, str]]:
+    """Kernel SPEC -> its box, and kernel SPEC -> why its cells cannot run; builds the boxes
+    that are missing."""
+    found, missing = {}, {}
     for kernel in kernels:
-        try:
-            box.box_for_kernel(kernel)
-            continue
-        except box.BoxError:
-            pass
-        say(f"building the box for kernel {kernel}")
-        log = report / f"box-{cell_folder(report, 'kernel', kernel).name}.log"
-        code, text = runner.labkit(["box", "build", "--kernel", kernel], log)
-        if code != 0:
-            missing[kernel] = f"no box for kernel {kernel}: labkit box build --kernel {kernel} failed:\n{last_lines(text)}"
-    return missing
+        name = box.box_for(box.parse_kernel(kernel))
+        if name is None:
+            say(f"building the box for kernel {kernel}")
+            log = report / f"box-{cell_folder(report, 'kernel', kernel).name}.log"
+            code, text = runner.labkit(["box", "build", "--kernel", kernel], log)
+            name = box.box_for(box.parse_kernel(kernel)) if code == 0 else None
+            if name is None:
+                missing[kernel] = (f"no box for kernel {kernel}: labkit box build --kernel {kernel} failed:\n"
+                                   f"{last_lines(text)}")
+                continue
+        found[kernel] = name
+    return found, missing
 
 
 def run(labs: list[str], kernels: list[str], report: Path, again: bool, say: Callable[[str], None]) -> list[dict]:
@@ -237,17 +245,16 @@ def run(labs: list[str], kernels: list[str], report: Path, again: bool, say: Cal
     report.mkdir(parents=True, exist_ok=True)
     runner = Runner()
     todo = [c for c in cells if again or not c.done]
-    no_box = boxes(sorted({c.kernel for c in todo}, key=kernels.index), report, runner, say) if todo else {}
+    found, no_box = boxes(sorted({c.kernel for c in todo}, key=kernels.index), report, runner, say)
     for n, cell in enumerate(cells, 1):
         tell = lambda step, cell=cell, n=n: say(f"[{n}/{len(cells)}] {cell}: {step}")  # noqa: E731
         if cell not in todo:
             tell(f"done before ({json.loads((cell.folder / 'cell.json').read_text())['status']}); --again runs it again")
             continue
         if cell.kernel in no_box:
-            record = {"lab": cell.name, "kernel": cell.kernel, "status": "error", "error": no_box[cell.kernel],
-                      "seconds": 0, "figures": {}, "junit": None}
+            record = new_record(cell, None, no_box[cell.kernel])
         else:
-            record = run_cell(cell, runner, tell)
+            record = run_cell(cell, found[cell.kernel], runner, tell)
         cell.folder.mkdir(parents=True, exist_ok=True)
         (cell.folder / "cell.json").write_text(json.dumps(record, indent=2) + "\n")
         tell(f"{record['status']} in {record['seconds']:.0f} s" + (f"\n{record['error']}" if record["error"] else ""))

@@ -60,3 +60,13 @@ def test_a_vm_that_did_not_boot_shows_its_last_console_lines(tmp_path):
     tail = matrix.console_tail(tmp_path).splitlines()
     assert tail[0] == "lb0's console, last lines:" and tail[1:16] == [f"line {n}" for n in range(25, 40)]
     assert tail[16:] == ["rs0's console, last lines:", "(nothing: it never wrote to it)"]
+
+
+def test_each_kernel_is_matched_to_its_box_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    for name, meta in (("labkit-VAGRANTSLASH-bookworm", {}), ("labkit-VAGRANTSLASH-linux-7.2", {"spec": "sid"})):
+        folder = tmp_path / "boxes" / name / "1" / "libvirt"
+        folder.mkdir(parents=True)
+        (folder / "labkit-box.json").write_text(json.dumps(meta))
+    found, missing = matrix.boxes(["bookworm", "sid"], tmp_path, runner=None, say=print)  # nothing to build
+    assert (found, missing) == ({"bookworm": "labkit/bookworm", "sid": "labkit/linux-7.2"}, {})
