@@ -37,7 +37,8 @@ CHECKS = [
     Helper("route_via", '[ "$(ip -4 route show exact "$1" | awk \'{print $3}\')" = "$2" ]'),
     Helper("sysctls_are", 'for kv in "$@"; do [ "$(sysctl -n "${kv%%=*}")" = "${kv#*=}" ] || return 1; done'),
     Helper("ipvs_matches", '[ "$(ipvsadm-save -n | sort)" = "$(sort "$1")" ]'),
-    Helper("applied", 'systemctl is-active -q "$1" && [ -n "$(find "/run/labkit-$1.applied" -newer "$2" 2>/dev/null)" ]'),
+    Helper("applied", 'unit=$1; shift; systemctl is-active -q "$unit" || return 1\n'
+                      'for f in "$@"; do [ -n "$(find "/run/labkit-$unit.applied" -newer "$f" 2>/dev/null)" ] || return 1; done'),
     Helper("size_is", '[ "$(stat -c %s "$1" 2>/dev/null)" = "$2" ]'),
     Helper("started_after", 'systemctl is-active -q "$1" && [ -n "$(find "/run/$1.pid" -newer "$2" 2>/dev/null)" ]'),
 ]

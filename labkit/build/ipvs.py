@@ -19,7 +19,8 @@ def rules(lab: Lab) -> str:
     for svc in lab.services:
         name = f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {svc.vip}:{svc.port}"
         persistence = f" -p {svc.persistence}" if svc.persistence else ""
-        lines.append(f"-A {name} -s {svc.scheduler}{persistence}")
+        ops = " --ops" if svc.one_packet else ""  # as ipvsadm-save writes -o
+        lines.append(f"-A {name} -s {svc.scheduler}{persistence}{ops}")
         # ipvsadm 1.31 (kernel 5.3+) names the tunnel type when it saves a tunnel rule.
         tunnel = " --tun-type ipip" if svc.forwarding == Forwarding.tun else ""
         for rs in svc.real_servers:
@@ -129,8 +130,10 @@ def expected(svc: VirtualService) -> Service:
     destinations = [Destination(str(rs.address), svc.real_port(rs), svc.forwarding, rs.weight)
                     for rs in svc.real_servers]
     if svc.fwmark:
-        return Service(None, None, None, str(svc.scheduler), svc.persistence, destinations, fwmark=svc.fwmark)
-    return Service(svc.protocol, str(svc.vip), svc.port, str(svc.scheduler), svc.persistence, destinations)
+        return Service(None, None, None, str(svc.scheduler), svc.persistence, destinations, fwmark=svc.fwmark,
+                       ops=svc.one_packet)
+    return Service(svc.protocol, str(svc.vip), svc.port, str(svc.scheduler), svc.persistence, destinations,
+                   ops=svc.one_packet)
 
 
 # ---- the listings behind `labkit show` ----------------------------------------------------

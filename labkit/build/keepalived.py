@@ -50,7 +50,11 @@ def sync_interface(lab: Lab) -> str:
     return next((n for n in shared if n not in vip_nets), shared[0])
 
 
-def _check(kind: Check) -> list[str]:
+# What UDP_CHECK sends; the lab's UDP responder answers any datagram with its server's name.
+UDP_PROBE = b"labkit"
+
+
+def _check(kind: Check, real_server: str) -> list[str]:
     # A check every second; a server is taken out after a failed check and one failed retry,
     # and put back after one good check.
     timing = ["    connect_timeout 2", "    retry 1", "    delay_before_retry 1"]
@@ -58,6 +62,13 @@ def _check(kind: Check) -> list[str]:
         return ["HTTP_GET {", "    url {", "        path /", "        status_code 200", "    }", *timing, "}"]
     if kind == Check.tcp:
         return ["TCP_CHECK {", *timing, "}"]
+    if kind == Check.udp:
+        # Without require_reply, UDP_CHECK fails only on an ICMP port unreachable, which a
+        # frozen server never sends: require the server's own name, exactly (keepalived's
+        # reply and probe are hex strings).
+        name = real_server.encode()
+        return ["UDP_CHECK {", *timing, f"    payload {UDP_PROBE.hex()}", f"    require_reply {name.hex()}",
+                f"    min_reply_length {len(name)}", f"    max_reply_length {len(name)}", "}"]
     return []
 
 
@@ -103,6 +114,8 @@ def config(lab: Lab, director: str) -> str:
         ]
         if svc.persistence:
             body.append(f"persistence_timeout {svc.persistence}")
+        if svc.one_packet:
+            body += ["# one-packet scheduling: every datagram is scheduled on its own (ipvsadm -o)", "ops"]
         if svc.check != Check.none:
             body += ["# a real server joins only after a good check", "alpha"]
         if svc.sorry_server is not None:
@@ -110,7 +123,7 @@ def config(lab: Lab, director: str) -> str:
             body.append(f"sorry_server {sorry.address} {sorry.port or svc.port}")
         for rs in svc.real_servers:
             body += [f"real_server {rs.address} {svc.real_port(rs)} {{",
-                     f"    weight {rs.weight}", *_indent(_check(svc.check)), "}"]
+                     f"    weight {rs.weight}", *_indent(_check(svc.check, lab.node_at(rs.address) or "")), "}"]
         name = f"fwmark {svc.fwmark}" if svc.fwmark else f"{svc.vip} {svc.port}"
         lines += [f"virtual_server {name} {{", *_indent(body), "}", ""]
     return "\n".join(lines)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import shlex
 from dataclasses import dataclass
+from importlib.resources import files
 from ipaddress import IPv4Address
 
 from labkit.build import ipvs, keepalived
 from labkit.build.guest import PRELUDE
-from labkit.labfile import Forwarding, Lab, Role
+from labkit.labfile import Forwarding, Lab, Protocol, Role
 from labkit.build.render import interfaces
 
 Words = tuple[str, ...]
@@ -24,6 +25,9 @@ NGINX_SITE = "/etc/nginx/conf.d/labkit.conf"
 BIG_FILE = f"{WEB_ROOT}/1m.bin"
 BIG_FILE_SIZE = 1024 * 1024
 RULES_FILE = "/etc/ipvsadm.rules"  # where Debian's ipvsadm package keeps them
+RESPONDER = "/usr/local/lib/labkit/udp-responder"
+RESPONDER_UNIT = "labkit-udp"
+RESPONDER_UNIT_FILE = f"/etc/systemd/system/{RESPONDER_UNIT}.service"
 
 PACKAGES = {
     Role.director: {"ipvsadm": "ipvsadm", "keepalived": "keepalived", "iptables": "iptables"},
@@ -126,9 +130,33 @@ def vip_devices(lab: Lab, real_server: str) -> dict[IPv4Address, str]:
     return out
 
 
+def real_ports(lab: Lab, node: str, protocol: Protocol) -> list[int]:
+    """The ports a real server serves the lab's services of one protocol on."""
+    return sorted({svc.real_port(rs) for svc in lab.services_of(node) if svc.protocol == protocol
+                   for rs in svc.real_servers if lab.node_at(rs.address) == node})
+
+
+def responder_unit(lab: Lab, node: str) -> str:
+    ports = " ".join(str(p) for p in real_ports(lab, node, Protocol.udp))
+    return (
+        "# Written by labkit from the lab file; labkit provision rewrites it.\n"
+        "[Unit]\n"
+        "Description=labkit UDP responder: answers each datagram with the real server's name\n"
+        "After=network.target\n"
+        "\n"
+        "[Service]\n"
+        f"ExecStart={RESPONDER} {node} {ports}\n"
+        "DynamicUser=yes\n"
+        "# the lab file may give a port below 1024\n"
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
+
+
 def nginx_site(lab: Lab, node: str) -> str:
-    ports = sorted({svc.real_port(rs) for svc in lab.services_of(node) for rs in svc.real_servers
-                    if lab.node_at(rs.address) == node})
+    ports = real_ports(lab, node, Protocol.tcp)
     listen = "".join(f"    listen {port};\n" for port in ports)
     # The header names the server that answered, so a client can tell who served a download.
     return (
@@ -179,6 +207,9 @@ def director_steps(lab: Lab, node: str) -> list[Step]:
 def plan(lab: Lab, node: str) -> list[Step]:
     role = lab.nodes[node].role
     needed = {**COMMON_PACKAGES, **PACKAGES[role]}
+    udp_ports = real_ports(lab, node, Protocol.udp) if role == Role.real_server else []
+    if udp_ports:
+        needed["python3"] = "python3"  # the UDP responder
     steps = [
         Step("the box may lack the lab's tools: install them",
              ("has_commands", *needed),
@@ -228,6 +259,14 @@ def plan(lab: Lab, node: str) -> list[Step]:
         steps.append(Step("nginx runs with this configuration",
                           ("started_after", "nginx", NGINX_SITE),
                           (("systemctl", "enable", "-q", "nginx"), ("systemctl", "restart", "nginx"))))
+        if udp_ports:
+            steps.append(_file("the UDP services' server: it answers every datagram with the real server's name",
+                               RESPONDER, files("labkit.build").joinpath("responder.py").read_text(), "0755"))
+            steps.append(_file(f"systemd runs the responder on UDP port(s) {', '.join(map(str, udp_ports))}",
+                               RESPONDER_UNIT_FILE, responder_unit(lab, node)))
+            steps.append(Step("the UDP responder runs this program with this unit",
+                              ("applied", RESPONDER_UNIT, RESPONDER_UNIT_FILE, RESPONDER),
+                              (("systemctl", "daemon-reload"), ("apply_config", RESPONDER_UNIT))))
     return steps
 
 

@@ -104,7 +104,7 @@ def _role(lab: Lab, node: str) -> str:
 def _service(svc: VirtualService) -> str:
     """A virtual service as ipvsadm lists it: its VIP and port (a firewall-mark service: its
     mark, then each VIP it marks), then the scheduler and forwarding method."""
-    how = f"{escape(svc.scheduler)}, {svc.forwarding.listed_as}"
+    how = f"{escape(svc.scheduler)}{' ops' if svc.one_packet else ''}, {svc.forwarding.listed_as}"
     if svc.fwmark:
         vips = "".join(f"<B>{vip}:{svc.port}</B><BR/>" for vip in svc.addresses)
         return f"FWM <B>{svc.fwmark}</B> {svc.protocol.value}<BR/>{vips}{how}"

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated
 
 from labkit.errors import LabkitError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _printable(text: str) -> str:
@@ -73,6 +73,7 @@ class Check(str, Enum):
 
     http = "http"  # HTTP_GET of / answered with 200
     tcp = "tcp"  # TCP_CHECK: the port accepts a connection
+    udp = "udp"  # UDP_CHECK: a datagram to the port is answered with the real server's name
     none = "none"  # never taken out
 
 
@@ -139,9 +140,19 @@ class VirtualService(Strict):
     scheduler: Scheduler = Scheduler.rr
     forwarding: Forwarding
     persistence: Annotated[int, Field(ge=1)] | None = None  # seconds, ipvsadm -p
-    check: Check = Check.http  # failover: keepalived only
+    # UDP only: schedule every datagram on its own (ipvsadm -o), not every client port once.
+    one_packet: bool = False
+    check: Check = Check.http  # failover: keepalived only; a UDP service's default is udp
     sorry_server: SorryServer | None = None  # answers when every real server is down (keepalived)
     real_servers: list[RealServer] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_fits_protocol(cls, data: object) -> object:
+        # A UDP service has no HTTP to ask: unless told otherwise, it is checked with a datagram.
+        if isinstance(data, dict) and "check" not in data and data.get("protocol") == Protocol.udp.value:
+            return {**data, "check": Check.udp.value}
+        return data
 
     @field_validator("scheduler", mode="before")
     @classmethod

@@ -52,8 +52,14 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
     keys: set[str] = set()
     for i, svc in enumerate(lab.services):
         field = f"services[{i}]"
-        if lab.ha and svc.protocol == Protocol.udp and svc.check != Check.none:
-            yield f"{field}.check: keepalived cannot check a UDP service with {svc.check.value}. Use check: none"
+        if lab.ha and svc.protocol == Protocol.udp and svc.check in (Check.http, Check.tcp):
+            yield (f"{field}.check: keepalived cannot check a UDP service with {svc.check.value}. "
+                   "Use check: udp (a datagram that must be answered) or none")
+        if lab.ha and svc.protocol == Protocol.tcp and svc.check == Check.udp:
+            yield f"{field}.check: a TCP service is not checked with datagrams. Use check: http, tcp or none"
+        if svc.one_packet and svc.protocol != Protocol.udp:
+            yield (f"{field}.one_packet: one-packet scheduling is for UDP; a TCP connection's packets must all "
+                   "reach one real server. Remove one_packet, or use protocol: udp")
         if svc.key in keys:
             yield f"{field}: {svc.key} is declared twice. Merge the two services"
         keys.add(svc.key)

@@ -41,7 +41,7 @@ def bad_lab(tmp_path, text):
 @pytest.mark.parametrize("command", ["up", "render"])
 def test_bad_lab_file_one_error_nothing_created(tmp_path, home, command):
     nat = (LABS / "nat" / "lab.yaml").read_text()
-    path = bad_lab(tmp_path, nat.replace("scheduler: rr", "scheduler: fastest"))
+    path = bad_lab(tmp_path, nat.replace("scheduler: rr", "scheduler: fastest", 1))
     result = runner.invoke(app, [command, path])
     assert result.exit_code == 1
     assert "Traceback" not in result.output

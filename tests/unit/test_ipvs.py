@@ -55,7 +55,20 @@ def test_rules_in_ipvsadm_save_format():
         "-A -t 192.168.55.100:8080 -s wrr\n"
         "-a -t 192.168.55.100:8080 -r 192.168.66.111:80 -m -w 2\n"
         "-a -t 192.168.55.100:8080 -r 192.168.66.112:80 -m -w 1\n"
+        "-A -u 192.168.55.100:9000 -s rr\n"
+        "-a -u 192.168.55.100:9000 -r 192.168.66.111:9000 -m -w 1\n"
+        "-a -u 192.168.55.100:9000 -r 192.168.66.112:9000 -m -w 1\n"
+        "-A -u 192.168.55.100:9001 -s wrr --ops\n"
+        "-a -u 192.168.55.100:9001 -r 192.168.66.111:9001 -m -w 2\n"
+        "-a -u 192.168.55.100:9001 -r 192.168.66.112:9001 -m -w 1\n"
     )
+
+
+def test_expected_listing_says_one_packet():
+    nat = load_lab(LABS / "nat" / "lab.yaml")
+    assert [(s.key, s.ops) for s in map(ipvs.expected, nat.services)] == [
+        ("tcp 192.168.55.100:80", False), ("tcp 192.168.55.100:8080", False),
+        ("udp 192.168.55.100:9000", False), ("udp 192.168.55.100:9001", True)]
 
 
 def test_expected_listing_for_tun():

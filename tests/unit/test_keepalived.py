@@ -42,7 +42,7 @@ def test_lb0_is_preferred():
 
 def test_virtual_servers_carry_the_lab_services():
     servers = blocks(config(lab("nat"), "lb1"), "virtual_server")
-    assert set(servers) == {"192.168.55.100 80", "192.168.55.100 8080"}
+    assert set(servers) == {"192.168.55.100 80", "192.168.55.100 8080", "192.168.55.100 9000", "192.168.55.100 9001"}
     mapped = servers["192.168.55.100 8080"]
     assert "lb_algo wrr" in mapped and "lb_kind NAT" in mapped
     # port mapping: the VIP's 8080 goes to the real servers' 80, which is also what is checked
@@ -76,6 +76,20 @@ def test_checks_and_sorry_server():
     assert "sorry_server 192.168.66.11 80" in servers["192.168.55.100 80"]
     assert "CHECK" not in servers["192.168.55.100 8080"] and "HTTP_GET" not in servers["192.168.55.100 8080"]
     assert "alpha" not in servers["192.168.55.100 8080"]
+
+
+def test_udp_services_are_checked_with_a_datagram_answered_by_the_server_name():
+    servers = blocks(config(lab("nat"), "lb0"), "virtual_server")
+    udp = servers["192.168.55.100 9000"]
+    assert "protocol UDP" in udp and "HTTP_GET" not in udp and "ops" not in udp
+    # "labkit" out; "rs0" and "rs1" back, exactly
+    assert ("real_server 192.168.66.111 9000 {\n        weight 1\n        UDP_CHECK {\n"
+            "            connect_timeout 2\n            retry 1\n            delay_before_retry 1\n"
+            "            payload 6c61626b6974\n            require_reply 727330\n"
+            "            min_reply_length 3\n            max_reply_length 3\n        }") in udp
+    assert "require_reply 727331" in udp
+    assert "\n    ops\n" in servers["192.168.55.100 9001"]
+    assert "ops" not in servers["192.168.55.100 80"]
 
 
 def test_fwmark_virtual_server():

@@ -76,7 +76,7 @@ CASES = [
     (NAT, lambda d: d["services"][0].update(sheduler="wrr"),
      "services[0].sheduler", "unknown field"),
     (NAT, lambda d: d["services"].append(copy.deepcopy(d["services"][0])),
-     "services[2]", "is declared twice"),
+     "services[4]", "is declared twice"),
     (NAT, lambda d: d["networks"].update(eth0="10.0.0.0/24"),
      "networks.eth0", "becomes an interface name"),
     (NAT, lambda d: [d["nodes"].pop(n) for n in ("cl0",)],
@@ -92,7 +92,15 @@ CASES = [
     (NAT, lambda d: d.update(failover="vrrp"),
      "failover", "'keepalived' or 'none'"),
     (NAT, lambda d: d["services"][0].update(check="ping"),
-     "services[0].check", "'http', 'tcp' or 'none'"),
+     "services[0].check", "'http', 'tcp', 'udp' or 'none'"),
+    (NAT, lambda d: d["services"][0].update(protocol="udp", check="http"),
+     "services[0].check", "keepalived cannot check a UDP service with http. Use check: udp"),
+    (NAT, lambda d: d["services"][0].update(check="udp"),
+     "services[0].check", "a TCP service is not checked with datagrams"),
+    (NAT, lambda d: d["services"][0].update(one_packet=True),
+     "services[0].one_packet", "one-packet scheduling is for UDP"),
+    (NAT, lambda d: d["services"][0].update(protocol="udp", one_packet="often"),
+     "services[0].one_packet", "valid boolean"),
     (NAT, lambda d: d["services"][0].update(sorry_server={"address": "192.168.66.99"}),
      "services[0].sorry_server.address", "is no node's address"),
     (FWMARK, lambda d: d["services"][0].update(vip="192.168.55.100"),
@@ -132,6 +140,18 @@ def test_missing_file(tmp_path: Path):
         load_lab(tmp_path / "lab.yaml")
 
 
+def test_a_udp_service_is_checked_with_a_datagram_unless_told_otherwise():
+    def udp(check=None):
+        def change(d):
+            d["services"][1].update(protocol="udp", one_packet=True)
+            if check:
+                d["services"][1]["check"] = check
+        return parse_lab(edited(NAT, change), "nat").services[1]
+    assert udp().check.value == "udp" and udp().one_packet
+    assert udp("none").check.value == "none"
+    assert parse_lab(NAT, "nat").services[1].check.value == "http"
+
+
 def test_fwmark_service():
     lab = parse_lab(FWMARK, "fwmark")
     svc = lab.services[0]
@@ -149,9 +169,11 @@ def test_nat_real_server_port_may_differ():
 def test_with_weight_changes_every_service_of_the_real_server():
     from labkit.labfile import with_weight
     lab = with_weight(parse_lab(NAT, "nat"), "rs1", 0)
-    assert [[rs.weight for rs in svc.real_servers] for svc in lab.services] == [[1, 0], [2, 0]]
+    assert [[rs.weight for rs in svc.real_servers] for svc in lab.services] == [[1, 0], [2, 0], [1, 0], [2, 0]]
+    # the UDP services keep their check and one-packet scheduling
+    assert [(s.check.value, s.one_packet) for s in lab.services[2:]] == [("udp", False), ("udp", True)]
     only = with_weight(parse_lab(NAT, "nat"), "rs0", 5, service="tcp 192.168.55.100:8080")
-    assert [[rs.weight for rs in svc.real_servers] for svc in only.services] == [[1, 1], [5, 1]]
+    assert [[rs.weight for rs in svc.real_servers] for svc in only.services] == [[1, 1], [5, 1], [1, 1], [2, 1]]
     assert only.gateway == lab.gateway and only.failover == lab.failover
 
 
@@ -178,8 +200,8 @@ def test_every_problem_at_once_each_on_its_line():
         "Use an address in 192.168.55.0/24 or 192.168.66.0/24",
         "x.yaml: services[0].real_servers[1].address: 192.168.66.112 is not the address of a real_server node. "
         "Use one of: 192.168.66.111, 192.168.66.111",
-        "x.yaml: services[1].real_servers[1].address: 192.168.66.112 is not the address of a real_server node. "
-        "Use one of: 192.168.66.111, 192.168.66.111",
+        *(f"x.yaml: services[{i}].real_servers[1].address: 192.168.66.112 is not the address of a real_server node. "
+          "Use one of: 192.168.66.111, 192.168.66.111" for i in (1, 2, 3)),
     ]
     structure = edited(NAT, lambda d: (d["services"][0].update(scheduler="fastest", port=0), d.update(cpus=0)))
     with pytest.raises(LabError) as caught:

@@ -141,3 +141,53 @@ def test_fwmark_directors_mark_both_vips():
 def test_fwmark_rule_check_is_the_same_rule():
     step = next(s for s in plan(lab("fwmark"), "lb0") if s.commands[0][0] == "iptables")
     assert step.unless == ("iptables", "-t", "mangle", "-C", *step.commands[0][4:])
+
+
+def test_udp_real_servers_run_the_responder_on_their_udp_ports():
+    from labkit.build.plan import RESPONDER, RESPONDER_UNIT_FILE, nginx_site, responder_unit
+    nat = lab("nat")
+    steps = plan(nat, "rs1")
+    assert "python3" in steps[0].unless  # the responder's interpreter
+    assert f"ExecStart={RESPONDER} rs1 9000 9001\n" in responder_unit(nat, "rs1")
+    assert "listen 80;" in nginx_site(nat, "rs1") and "9000" not in nginx_site(nat, "rs1")
+    files = [s.commands[0][1] for s in steps if s.commands[0][0] == "put"]
+    assert RESPONDER in files and RESPONDER_UNIT_FILE in files
+    run = next(s for s in steps if ("apply_config", "labkit-udp") in s.commands)
+    # restarted when the program or the unit changed, or when it is not running
+    assert run.unless == ("applied", "labkit-udp", RESPONDER_UNIT_FILE, RESPONDER)
+    assert run.commands[0] == ("systemctl", "daemon-reload")
+    for name in ("tun", "dr", "fwmark"):
+        assert not [s for s in plan(lab(name), "rs0") if "labkit-udp" in s.unless]
+        assert "python3" not in plan(lab(name), "rs0")[0].unless
+
+
+def test_the_responder_answers_with_the_name_from_the_address_asked(tmp_path):
+    """The program the real servers run, run here: each port answers every datagram with the
+    name, from the address the datagram was sent to (a TUN or DR real server is asked at the
+    VIP, which it holds besides its own address)."""
+    import socket
+    import sys
+    import time
+    from labkit.build import responder
+    ports = []
+    for _ in range(2):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    process = subprocess.Popen([sys.executable, responder.__file__, "rs7", *map(str, ports)])
+    try:
+        seen = []
+        for address, port in (("127.0.0.1", ports[0]), ("127.0.0.2", ports[1])):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(0.2)
+                for _ in range(50):  # until it listens
+                    client.sendto(b"labkit", (address, port))
+                    try:
+                        seen.append(client.recvfrom(2048))
+                        break
+                    except (TimeoutError, ConnectionRefusedError):
+                        time.sleep(0.1)
+        assert seen == [(b"rs7", ("127.0.0.1", ports[0])), (b"rs7", ("127.0.0.2", ports[1]))]
+    finally:
+        process.kill()
+        process.wait()
