@@ -149,11 +149,13 @@ def writing(running: RunningLab, command: str):
     return lock.writing(running.name, command, LEFT[command].format(name=running.name))
 
 
-def pick_service(model: Lab, key: str | None) -> VirtualService:
-    svc = next((s for s in model.services if key in (None, s.key) and s.protocol == Protocol.tcp), None)
+def pick_service(model: Lab, key: str | None, udp: bool = False) -> VirtualService:
+    """The service named by its key, or the first TCP one; UDP services only where `udp`."""
+    usable = (Protocol.tcp, Protocol.udp) if udp and key is not None else (Protocol.tcp,)
+    svc = next((s for s in model.services if key in (None, s.key) and s.protocol in usable), None)
     if svc is None:
-        raise LabkitError(f"the lab {model.name} has no TCP service {key!r}. Its services: "
-                          f"{', '.join(s.key for s in model.services)}")
+        raise LabkitError(f"the lab {model.name} has no {' or '.join(p.value.upper() for p in usable)} service {key!r}. "
+                          f"Its services: {', '.join(s.key for s in model.services)}")
     return svc
 
 
@@ -260,7 +262,7 @@ def trace(lab: RunningArg = None, service: ServiceOpt = None) -> None:
     servers; print the packet's path hop by hop."""
     with RunningLab.find(lab) as running:
         model = running.lab
-        svc = pick_service(model, service)
+        svc = pick_service(model, service, udp=True)
         seen = trace_mod.trace(running, svc)
     out.print(f"{model.clients[0]} asked {seen.url} from port {seen.client_port}; {seen.answer} answered "
               f"({svc.forwarding.value}).\n", highlight=False)

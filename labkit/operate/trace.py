@@ -3,7 +3,8 @@ and the real servers, told hop by hop. trace() runs the captures and the request
 
 Every capture point is one interface of one node. Clocks differ between VMs, so the hops are
 put in the order a packet must take (client -> director -> real server and back), not sorted
-by time. The request's first packet (SYN) and the reply's first packet (SYN-ACK) are shown.
+by time. The request's first packet (SYN, or the datagram) and the reply's first packet (SYN-ACK,
+or the answering datagram) are shown.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from labkit.labfile import Forwarding, Lab, VirtualService
+from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
 from labkit.build.render import interfaces
 from labkit.errors import LabkitError
 from labkit.run.lab import RunningLab
@@ -30,7 +31,7 @@ class Packet:
     dst_mac: str
     src: str  # address.port
     dst: str
-    flags: str  # tcpdump's: S for SYN, S. for SYN-ACK
+    flags: str  # tcpdump's: S for SYN, S. for SYN-ACK; UDP for a datagram
     outer: tuple[str, str] | None = None  # IP-in-IP: the outer source and destination
 
 
@@ -55,14 +56,14 @@ def capture_points(lab: Lab, svc: VirtualService) -> dict[str, list[str]]:
 CAPTURING = "labkit-capturing"  # printed once every tcpdump listens
 
 
-def capture_command(devices: list[str], port: int) -> list[str]:
+def capture_command(devices: list[str], port: int, protocol: Protocol = Protocol.tcp) -> list[str]:
     """One shell command that listens on each device at once, says CAPTURING once every
     tcpdump is listening, and prints each capture after a `== device` line. `ip proto 4`
-    catches the tunnel packets, whose TCP header is inside."""
+    catches the tunnel packets, whose TCP or UDP header is inside."""
     files = [f"/tmp/labkit-trace.{dev}" for dev in devices]
     listen = " ".join(
         f"timeout {SECONDS} tcpdump -i {shlex.quote(dev)} -e -n -l --immediate-mode "
-        f"'tcp port {port} or ip proto 4' > {f} 2> {f}.err &"
+        f"'{protocol.value} port {port} or ip proto 4' > {f} 2> {f}.err &"
         for dev, f in zip(devices, files))
     listening = " && ".join(f"grep -q 'listening on' {f}.err" for f in files)
     ready = f"for i in $(seq 100); do {listening} && break; sleep 0.1; done; echo {CAPTURING}"
@@ -73,7 +74,8 @@ def capture_command(devices: list[str], port: int) -> list[str]:
 LINE = re.compile(
     r"(?:(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), .*?length \d+: )?"
     r"(?:IP )?(?:(?P<outer_src>\d+\.\d+\.\d+\.\d+) > (?P<outer_dst>\d+\.\d+\.\d+\.\d+): (?:IP )?)?"
-    r"(?P<src>\d+\.\d+\.\d+\.\d+\.\d+) > (?P<dst>\d+\.\d+\.\d+\.\d+\.\d+): Flags \[(?P<flags>[^\]]+)\]")
+    r"(?P<src>\d+\.\d+\.\d+\.\d+\.\d+) > (?P<dst>\d+\.\d+\.\d+\.\d+\.\d+): "
+    r"(?:Flags \[(?P<flags>[^\]]+)\]|(?P<udp>UDP), length)")
 
 
 def parse(output: str) -> dict[str, list[Packet]]:
@@ -86,7 +88,8 @@ def parse(output: str) -> dict[str, list[Packet]]:
             out[device] = []
         elif (m := LINE.search(line)) and device:
             outer = (m["outer_src"], m["outer_dst"]) if m["outer_src"] else None
-            out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", m["src"], m["dst"], m["flags"], outer))
+            out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", m["src"], m["dst"],
+                                      m["flags"] or m["udp"], outer))
     return out
 
 
@@ -95,10 +98,12 @@ def macs(lab: Lab) -> dict[str, str]:
     return {i.mac: f"{node}:{i.network}" for node in lab.nodes for i in interfaces(lab, node)}
 
 
-def _first(packets: list[Packet], client_port: int, flags: str) -> Packet | None:
+def _first(packets: list[Packet], client_port: int, flags: str, from_client: bool) -> Packet | None:
+    """The first packet with these flags from the client's port (a request), or to it (a reply):
+    every method keeps the client's address and port on the way in and out."""
     for p in packets:
-        ends = (p.src.rsplit(".", 1)[1], p.dst.rsplit(".", 1)[1])
-        if str(client_port) in ends and p.flags == flags:
+        end = p.src if from_client else p.dst
+        if end.rsplit(".", 1)[1] == str(client_port) and p.flags == flags:
             return p
     return None
 
@@ -107,10 +112,11 @@ def hops(lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packe
          client_port: int) -> tuple[list[Hop], list[Hop]]:
     """The request's hops and the reply's, in path order, with what changed at each."""
     director = lab.active_director
+    asked, answered = ("UDP", "UDP") if svc.protocol == Protocol.udp else ("S", "S.")
     found = {(node, dev): p for node, devs in captured.items() for dev, packets in devs.items()
-             if (p := _first(packets, client_port, "S"))}
+             if (p := _first(packets, client_port, asked, True))}
     replies = {(node, dev): p for node, devs in captured.items() for dev, packets in devs.items()
-               if (p := _first(packets, client_port, "S."))}
+               if (p := _first(packets, client_port, answered, False))}
     server = next((node for node, _ in found if node != director), None)
     request: list[Hop] = []
     reply: list[Hop] = []
@@ -171,6 +177,12 @@ class Trace:
     reply: list[Hop]
 
 
+# One datagram from the client's port to the VIP; prints the answer (the real server's name).
+DATAGRAM = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); "
+            "s.bind(('', int(sys.argv[3]))); s.sendto(b'labkit', (sys.argv[1], int(sys.argv[2]))); "
+            "print(s.recv(2048).decode())")
+
+
 def trace(running: RunningLab, svc: VirtualService) -> Trace:
     """Listen on every capture point, send one request from the client once all listen, and
     read the captures back in path order."""
@@ -179,14 +191,19 @@ def trace(running: RunningLab, svc: VirtualService) -> Trace:
     points = capture_points(lab, svc)
     listening = {node: threading.Event() for node in points}
     with ThreadPoolExecutor(len(points)) as pool:
-        captures = {node: pool.submit(running.run, node, capture_command(devs, port),
+        captures = {node: pool.submit(running.run, node, capture_command(devs, port, svc.protocol),
                                       [Said(CAPTURING, listening[node])])
                     for node, devs in points.items()}
         for node, event in listening.items():
             if not event.wait(30):
                 raise LabkitError(f"tcpdump on {node} did not start listening within 30 s")
-        url = f"http://{svc.addresses[0]}:{svc.port}/"
-        answer = running.run(lab.clients[0], ["curl", "-sS", "-m", "5", "--local-port", str(port), url]).strip()
+        if svc.protocol == Protocol.udp:
+            url = f"udp {svc.addresses[0]}:{svc.port}"
+            ask = ["python3", "-c", DATAGRAM, str(svc.addresses[0]), str(svc.port), str(port)]
+        else:
+            url = f"http://{svc.addresses[0]}:{svc.port}/"
+            ask = ["curl", "-sS", "-m", "5", "--local-port", str(port), url]
+        answer = running.run(lab.clients[0], ask).strip()
         captured = {node: parse(f.result()) for node, f in captures.items()}
     request, reply = hops(lab, svc, captured, port)
     return Trace(url, port, answer, request, reply)

@@ -141,3 +141,14 @@ def test_a_lab_partly_up_from_another_kernel_is_not_mixed(home):
                                      "labkit/bookworm: continue it with the same --kernel or --box, or remove it "
                                      "first: labkit down nat")
     assert sorted(p.name for p in folder.iterdir()) == ["Vagrantfile"]
+
+
+def test_trace_takes_a_udp_service_bench_does_not():
+    from labkit.cli import pick_service
+    from labkit.labfile import load_lab
+    from labkit.errors import LabkitError
+    nat = load_lab(LABS / "nat" / "lab.yaml")
+    assert pick_service(nat, "udp 192.168.55.100:9000", udp=True).key == "udp 192.168.55.100:9000"
+    assert pick_service(nat, None, udp=True).key == "tcp 192.168.55.100:80"
+    with pytest.raises(LabkitError, match=r"the lab nat has no TCP service 'udp 192.168.55.100:9000'"):
+        pick_service(nat, "udp 192.168.55.100:9000")

@@ -95,3 +95,37 @@ def test_tun_hops():
     assert request[3].note.startswith("unwrapped on tunl0")
     assert [(h.node, h.interface) for h in reply] == [("rs0", "ext")]
     assert "bypassing the director" in reply[0].note
+
+
+def udp(src_mac, dst_mac, src, dst):
+    return f"{src_mac} > {dst_mac}, ethertype IPv4 (0x0800), length 48: {src} > {dst}: UDP, length 6"
+
+
+NAT_UDP_LB0 = "\n".join([
+    "== ext",
+    udp(CL0, LB0_EXT, f"192.168.55.200.{PORT}", "192.168.55.100.9000"),
+    udp(LB0_EXT, CL0, "192.168.55.100.9000", f"192.168.55.200.{PORT}"),
+    "== int",
+    udp(LB0_INT, RS0_INT, f"192.168.55.200.{PORT}", "192.168.66.111.9000"),
+    udp(RS0_INT, LB0_INT, "192.168.66.111.9000", f"192.168.55.200.{PORT}"),
+])
+NAT_UDP_RS0 = "\n".join([
+    "== int",
+    udp(LB0_INT, RS0_INT, f"192.168.55.200.{PORT}", "192.168.66.111.9000"),
+    udp(RS0_INT, LB0_INT, "192.168.66.111.9000", f"192.168.55.200.{PORT}"),
+])
+
+
+def test_udp_capture_and_hops():
+    nat = load_lab(LABS / "nat" / "lab.yaml")
+    svc = next(s for s in nat.services if s.key == "udp 192.168.55.100:9000")
+    assert f"'udp port {PORT} or ip proto 4'" in capture_command(["ext"], PORT, svc.protocol)[4]
+    first = parse(NAT_UDP_LB0)["ext"][0]
+    assert (first.src, first.dst, first.flags) == (f"192.168.55.200.{PORT}", "192.168.55.100.9000", "UDP")
+    request, reply = hops(nat, svc, {"lb0": parse(NAT_UDP_LB0), "rs0": parse(NAT_UDP_RS0)}, PORT)
+    # the datagram and its answer told apart by direction: from the client's port, then to it
+    assert [(h.node, h.interface) for h in request] == [("lb0", "ext"), ("lb0", "int"), ("rs0", "int")]
+    assert request[1].note == "destination rewritten 192.168.55.100.9000 -> 192.168.66.111.9000; the client's port kept"
+    assert [(h.node, h.interface) for h in reply] == [("rs0", "int"), ("lb0", "int"), ("lb0", "ext")]
+    assert reply[-1].note.startswith("source rewritten 192.168.66.111.9000 -> 192.168.55.100.9000")
+    assert describe(nat, request[0].packet) == f"cl0:ext > lb0:ext  192.168.55.200.{PORT} > 192.168.55.100.9000 [UDP]"
