@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from labkit.labfile import Forwarding, Lab, Protocol, VirtualService, load_lab
+from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService, load_lab
 from labkit.run.lab import RunningLab
 
 
@@ -39,6 +39,11 @@ def parameters(lab: Lab) -> dict[str, list]:
                             if any(s.forwarding != Forwarding.masq for s in lab.services_of(n))],
         "service": list(lab.services),
         "http_service": [s for s in lab.services if s.protocol == Protocol.tcp],
+        "udp_service": [s for s in lab.services if s.protocol == Protocol.udp],
+        "udp_real_server": [n for n in lab.real_servers if any(s.protocol == Protocol.udp for s in lab.services_of(n))],
+        # the director whose keepalived checks the real servers' UDP responders
+        "udp_checker": [lab.active_director] if lab.ha and any(
+            s.protocol == Protocol.udp and s.check == Check.udp for s in lab.services) else [],
     }
 
 

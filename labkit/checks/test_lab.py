@@ -13,7 +13,7 @@ from collections import Counter
 from math import gcd
 
 from labkit.build import ipvs, keepalived
-from labkit.labfile import Forwarding, Lab, VirtualService
+from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
 
 # ---- every node ----------------------------------------------------------------------------
 
@@ -103,8 +103,8 @@ def test_nginx(hosts, lab: Lab, real_server):
     host = hosts(real_server)
     state = host.run("systemctl is-active nginx").stdout.strip()
     assert state == "active", f"expected nginx active, systemctl says {state}"
-    ports = {svc.real_port(rs) for svc in lab.services_of(real_server) for rs in svc.real_servers
-             if lab.node_at(rs.address) == real_server}
+    ports = {svc.real_port(rs) for svc in lab.services_of(real_server) if svc.protocol == Protocol.tcp
+             for rs in svc.real_servers if lab.node_at(rs.address) == real_server}
     for port in ports:
         page = host.check_output(f"curl -sS -m 5 http://127.0.0.1:{port}/")
         assert page == real_server, f"expected http://127.0.0.1:{port}/ to answer {real_server}, saw {page!r}"
@@ -165,9 +165,9 @@ def test_ipvs_table(hosts, lab: Lab, director):
         want = ipvs.expected(svc)
         assert want.key in seen, f"{director}: service {want.key} missing from ipvsadm -L -n:\n{listing}"
         got = seen.pop(want.key)
-        assert (got.scheduler, got.persistence) == (want.scheduler, want.persistence), (
-            f"{want.key}: expected scheduler {want.scheduler} persistence {want.persistence}, "
-            f"saw {got.scheduler} {got.persistence}")
+        assert (got.scheduler, got.persistence, got.ops) == (want.scheduler, want.persistence, want.ops), (
+            f"{want.key}: expected scheduler {want.scheduler} persistence {want.persistence} one-packet {want.ops}, "
+            f"saw {got.scheduler} {got.persistence} {got.ops}")
         as_table = lambda s: sorted((d.address, d.port, d.forward, d.weight) for d in s.destinations)  # noqa: E731
         assert as_table(got) == as_table(want), (
             f"{want.key}: expected real servers (address, port, forward, weight) {as_table(want)}, saw {as_table(got)}")

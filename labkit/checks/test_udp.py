@@ -1,0 +1,202 @@
+"""UDP services, checked from the client: the responder on each real server answers with its
+name, new client ports split as rr/wrr say, one client port stays with one real server unless
+the service schedules every datagram on its own (one-packet scheduling, ipvsadm -o), and
+keepalived's UDP check takes a silent real server out.
+
+Each check sends its datagrams from one small program on the client: one SSH round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections import Counter
+from math import gcd
+
+import pytest
+
+from labkit.build import ipvs
+from labkit.build.plan import RESPONDER_UNIT, real_ports
+from labkit.labfile import Check, Lab, Protocol, VirtualService
+
+# Runs on the client with the box's python3; prints one JSON: for each datagram, the name that
+# answered (None if nothing did) and the address:port the answer came from (or the error).
+ASK = r"""
+import json, socket, sys
+a = json.loads(sys.argv[1])
+
+def fresh_ports(n):
+    # The director keeps a UDP client port's entry for 5 minutes and sends that port's datagrams
+    # to the same real server meanwhile. Ports the kernel picks could repeat one from an
+    # earlier run; these come in turn from a range below the kernel's (32768-60999).
+    path, first, last = "/var/tmp/labkit-udp-next-port", 20000, 32000
+    try:
+        start = int(open(path).read())
+    except (OSError, ValueError):
+        start = first
+    if start + n > last:
+        start = first
+    open(path, "w").write(str(start + n))
+    return range(start, start + n)
+
+def ask(sock):
+    try:
+        sock.sendto(b"labkit", (a["vip"], a["port"]))
+        data, source = sock.recvfrom(2048)
+        return [data.decode(), "%s:%d" % source]
+    except OSError as e:
+        return [None, type(e).__name__]
+
+def new_socket(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.bind(("", port))
+    return s
+
+ports = fresh_ports(a["new"] + 1)
+answers = []
+for port in ports[:a["new"]]:  # a new client port for each datagram
+    s = new_socket(port)
+    answers.append(ask(s))
+    s.close()
+s = new_socket(ports[-1])
+answers += [ask(s) for _ in range(a["same"])]  # then datagrams from one client port
+print(json.dumps(answers))
+"""
+
+
+def ask(hosts, lab: Lab, svc: VirtualService, new: int = 0, same: int = 0) -> list[tuple[str | None, str]]:
+    """Datagrams from the client to the service: `new` each from a new client port, then `same`
+    from one port. For each, who answered and from where."""
+    args = json.dumps({"vip": str(svc.vip), "port": svc.port, "new": new, "same": same})
+    out = hosts(lab.clients[0]).check_output(f"python3 -c {shlex.quote(ASK)} {shlex.quote(args)}")
+    return [tuple(answer) for answer in json.loads(out)]
+
+
+def expected_split(lab: Lab, svc: VirtualService) -> dict[str, int] | None:
+    """Two rounds of rr or wrr: each live real server's share, exactly. None for the
+    schedulers whose choice depends on more than turns and weights."""
+    live = {lab.node_at(rs.address): rs.weight for rs in svc.real_servers if rs.weight > 0}
+    if svc.persistence:
+        return None
+    if svc.scheduler == "rr":
+        return {name: 2 for name in live}
+    if svc.scheduler == "wrr":
+        g = gcd(*live.values())
+        return {name: 2 * w // g for name, w in live.items()}
+    return None
+
+
+def live(lab: Lab, svc: VirtualService) -> set[str]:
+    return {lab.node_at(rs.address) for rs in svc.real_servers if rs.weight > 0}
+
+
+def director_view(hosts, lab: Lab, svc: VirtualService) -> str:
+    """What the active director schedules for the service and its entries for it: shown when a
+    split is wrong."""
+    host = hosts(lab.active_director)
+    listing = host.run(f"sudo -n ipvsadm -L -n -u {svc.vip}:{svc.port}").stdout.strip()
+    entries = [e for e in host.run("sudo -n ipvsadm -L -n -c").stdout.splitlines() if f" {svc.vip}:{svc.port} " in e]
+    return "\n".join([f"{lab.active_director}:", listing, "its entries for the service:", *entries[-20:]])
+
+
+def from_the_vip(svc: VirtualService, answers) -> None:
+    sources = {source for name, source in answers if name is not None}
+    assert sources <= {f"{svc.vip}:{svc.port}"}, (
+        f"{svc.key}: the client must see the VIP answer, answers came from {sorted(sources)}")
+
+
+def test_udp_responder(hosts, lab: Lab, udp_real_server):
+    """The responder runs under systemd and answers a datagram on each UDP port with the name."""
+    ports = real_ports(lab, udp_real_server, Protocol.udp)
+    program = ("import socket, sys\nfor port in sys.argv[1:]:\n"
+               "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+               "    s.sendto(b'labkit', ('127.0.0.1', int(port))); print(port, s.recv(2048).decode())\n")
+    command = (f"systemctl is-active {RESPONDER_UNIT}; "
+               f"python3 -c {shlex.quote(program)} {' '.join(map(str, ports))}")
+    out = hosts(udp_real_server).run(command)
+    state, *answers = out.stdout.splitlines()
+    assert state == "active", f"expected {RESPONDER_UNIT} active on {udp_real_server}, systemctl says {state}"
+    assert answers == [f"{port} {udp_real_server}" for port in ports], (
+        f"{udp_real_server}: expected each UDP port to answer its name, saw {answers}\n{out.stderr}")
+
+
+def test_udp_split(hosts, lab: Lab, udp_service: VirtualService):
+    """A datagram from each new client port is scheduled anew: 2N of them split exactly as rr
+    or wrr say, and every answer comes from the VIP (NAT rewrote the real server's address)."""
+    svc = udp_service
+    want = expected_split(lab, svc)
+    count = sum(want.values()) if want else 2 * len(live(lab, svc))
+    answers = ask(hosts, lab, svc, new=count)
+    seen = Counter(name or "no answer" for name, _ in answers)
+    if want is not None:
+        assert dict(seen) == want, (f"{svc.key} {svc.scheduler}: expected {want} from {count} client ports, "
+                                    f"saw {dict(seen)}\n{director_view(hosts, lab, svc)}")
+    else:
+        assert set(seen) <= live(lab, svc), f"{svc.key}: answers from {dict(seen)}, expected only {sorted(live(lab, svc))}"
+    from_the_vip(svc, answers)
+
+
+def test_udp_one_client_port(hosts, lab: Lab, udp_service: VirtualService):
+    """Datagrams from one client port: IPVS keeps that port's entry, so all reach one real server;
+    with one-packet scheduling every datagram is scheduled on its own and they split as rr or
+    wrr say, from a single port."""
+    svc = udp_service
+    want = expected_split(lab, svc)
+    count = sum(want.values()) if want else 2 * len(live(lab, svc))
+    answers = ask(hosts, lab, svc, same=count)
+    seen = Counter(name or "no answer" for name, _ in answers)
+    if not svc.one_packet:
+        assert len(seen) == 1 and set(seen) <= live(lab, svc), (
+            f"{svc.key}: {count} datagrams from one client port must reach one real server, saw {dict(seen)}\n"
+            f"{director_view(hosts, lab, svc)}")
+    elif want is not None:
+        assert dict(seen) == want, (f"{svc.key} {svc.scheduler} with one-packet scheduling: expected {want} from "
+                                    f"{count} datagrams of one client port, saw {dict(seen)}\n{director_view(hosts, lab, svc)}")
+    else:
+        assert set(seen) <= live(lab, svc), f"{svc.key}: answers from {dict(seen)}, expected only {sorted(live(lab, svc))}"
+    from_the_vip(svc, answers)
+
+
+def members(hosts, director: str, services: list[VirtualService]) -> dict[str, set[str]]:
+    listing = hosts(director).check_output("sudo -n ipvsadm -L -n")
+    table = {s.key: s for s in ipvs.parse_list(listing)}
+    return {svc.key: {d.address for d in table[svc.key].destinations} if svc.key in table else set()
+            for svc in services}
+
+
+def wait_until(what: str, condition, seconds: float = 20) -> float:
+    """Poll until condition() holds; the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < seconds, f"{what} did not happen within {seconds} s"
+        time.sleep(0.2)
+    return round(time.monotonic() - start, 1)
+
+
+@pytest.mark.failover
+def test_udp_check_takes_a_silent_server_out(hosts, lab: Lab, udp_checker, figure):
+    """The responder stops on a real server: keepalived's UDP check (a datagram that must be
+    answered with the server's name) takes it out of every UDP service, and the client's
+    datagrams all reach the others; started again, it is put back."""
+    services = [s for s in lab.services if s.protocol == Protocol.udp and s.check == Check.udp]
+    victim = lab.node_at(services[0].real_servers[0].address)
+    address = str(services[0].real_servers[0].address)
+    checked = [s for s in services if address in {str(rs.address) for rs in s.real_servers}]
+    stop, start = (f"sudo -n systemctl {verb} {RESPONDER_UNIT}" for verb in ("stop", "start"))
+    try:
+        hosts(victim).check_output(stop)
+        out = wait_until(f"{udp_checker} taking {victim} out of {', '.join(s.key for s in checked)}",
+                         lambda: not any(address in m for m in members(hosts, udp_checker, checked).values()))
+        figure("udp_seconds_until_taken_out", out)
+        svc = checked[0]
+        answers = ask(hosts, lab, svc, new=4)
+        others = live(lab, svc) - {victim}
+        assert {name for name, _ in answers} <= others, (
+            f"with {victim} out, {svc.key} must be answered by {sorted(others)} alone, saw {answers}")
+    finally:
+        hosts(victim).check_output(start)
+    back = wait_until(f"{udp_checker} putting {victim} back",
+                      lambda: all(address in m for m in members(hosts, udp_checker, checked).values()))
+    figure("udp_seconds_until_back", back)
