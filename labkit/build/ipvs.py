@@ -19,7 +19,7 @@ def rules(lab: Lab) -> str:
     for svc in lab.services:
         name = f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {svc.vip}:{svc.port}"
         persistence = f" -p {svc.persistence}" if svc.persistence else ""
-        ops = " --ops" if svc.one_packet else ""  # as ipvsadm-save writes -o
+        ops = " -o" if svc.one_packet else ""  # one-packet scheduling, as ipvsadm-save writes it
         lines.append(f"-A {name} -s {svc.scheduler}{persistence}{ops}")
         # ipvsadm 1.31 (kernel 5.3+) names the tunnel type when it saves a tunnel rule.
         tunnel = " --tun-type ipip" if svc.forwarding == Forwarding.tun else ""

@@ -131,7 +131,9 @@ def hops(lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packe
         [(director, d) for d in lab.nodes[director].addresses if d != client_net] + [(director, client_net)]
     for key in back:
         if key in replies:
-            reply.append(Hop(*key, replies[key], _reply_note(svc, reply[-1].packet if reply else None, replies[key])))
+            to_client = key == (director, client_net)
+            reply.append(Hop(*key, replies[key], _reply_note(svc, reply[-1].packet if reply else None, replies[key],
+                                                             to_client)))
     return request, reply
 
 
@@ -151,13 +153,16 @@ def _request_note(before: Packet | None, p: Packet) -> str:
     return ""
 
 
-def _reply_note(svc: VirtualService, before: Packet | None, p: Packet) -> str:
+def _reply_note(svc: VirtualService, before: Packet | None, p: Packet, to_client: bool = False) -> str:
     if before is None:
         if svc.forwarding == Forwarding.masq:
             return "the real server answers the client, through its gateway (the director)"
         return "the real server answers from the VIP straight to the client, bypassing the director"
     if p.src != before.src:
         return f"source rewritten {before.src} -> {p.src}: the client sees the VIP answer"
+    if to_client and svc.forwarding == Forwarding.masq and svc.one_packet:
+        return ("not rewritten: one-packet scheduling dropped the director's entry once the request passed, "
+                "so the client sees the real server answer, not the VIP")
     return "arrives as sent"
 
 

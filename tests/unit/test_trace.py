@@ -129,3 +129,21 @@ def test_udp_capture_and_hops():
     assert [(h.node, h.interface) for h in reply] == [("rs0", "int"), ("lb0", "int"), ("lb0", "ext")]
     assert reply[-1].note.startswith("source rewritten 192.168.66.111.9000 -> 192.168.55.100.9000")
     assert describe(nat, request[0].packet) == f"cl0:ext > lb0:ext  192.168.55.200.{PORT} > 192.168.55.100.9000 [UDP]"
+
+
+def test_udp_one_packet_reply_is_not_rewritten_in_nat():
+    nat = load_lab(LABS / "nat" / "lab.yaml")
+    svc = next(s for s in nat.services if s.key == "udp 192.168.55.100:9001")
+    rs0 = NAT_UDP_RS0.replace(".9000", ".9001")
+    lb0 = "\n".join([
+        "== ext",
+        udp(CL0, LB0_EXT, f"192.168.55.200.{PORT}", "192.168.55.100.9001"),
+        udp(LB0_EXT, CL0, "192.168.66.111.9001", f"192.168.55.200.{PORT}"),  # as the real server sent it
+        "== int",
+        udp(LB0_INT, RS0_INT, f"192.168.55.200.{PORT}", "192.168.66.111.9001"),
+        udp(RS0_INT, LB0_INT, "192.168.66.111.9001", f"192.168.55.200.{PORT}"),
+    ])
+    _, reply = hops(nat, svc, {"lb0": parse(lb0), "rs0": parse(rs0)}, PORT)
+    assert [(h.node, h.interface) for h in reply] == [("rs0", "int"), ("lb0", "int"), ("lb0", "ext")]
+    assert reply[1].note == "arrives as sent"
+    assert reply[2].note.startswith("not rewritten: one-packet scheduling dropped the director's entry")
