@@ -59,16 +59,20 @@ CAPTURING = "labkit-capturing"  # printed once every tcpdump listens
 def capture_command(devices: list[str], port: int, protocol: Protocol = Protocol.tcp) -> list[str]:
     """One shell command that listens on each device at once, says CAPTURING once every
     tcpdump is listening, and prints each capture after a `== device` line. `ip proto 4`
-    catches the tunnel packets, whose TCP or UDP header is inside."""
+    catches the tunnel packets, whose TCP or UDP header is inside.
+
+    The SECONDS of listening count from CAPTURING, not from tcpdump's start: on a loaded host
+    tcpdump can take seconds to listen, and a window counted from its start could close
+    before the request is sent."""
     files = [f"/tmp/labkit-trace.{dev}" for dev in devices]
     listen = " ".join(
-        f"timeout {SECONDS} tcpdump -i {shlex.quote(dev)} -e -n -l --immediate-mode "
-        f"'{protocol.value} port {port} or ip proto 4' > {f} 2> {f}.err &"
+        f"tcpdump -i {shlex.quote(dev)} -e -n -l --immediate-mode "
+        f"'{protocol.value} port {port} or ip proto 4' > {f} 2> {f}.err & pids=\"$pids $!\";"
         for dev, f in zip(devices, files))
     listening = " && ".join(f"grep -q 'listening on' {f}.err" for f in files)
     ready = f"for i in $(seq 100); do {listening} && break; sleep 0.1; done; echo {CAPTURING}"
     show = "; ".join(f"echo '== {dev}'; cat {f}" for dev, f in zip(devices, files))
-    return ["sudo", "-n", "sh", "-c", f"{listen} {ready}; wait; {show}"]
+    return ["sudo", "-n", "sh", "-c", f"pids=; {listen} {ready}; sleep {SECONDS}; kill $pids; wait; {show}"]
 
 
 LINE = re.compile(

@@ -134,6 +134,12 @@ def test_trace(lab):
     assert expect[1] in reply, result.stdout
     if name in ("tun", "dr"):
         assert "lb0 " not in reply, f"{name}: the reply must not pass the director:\n{result.stdout}"
+    if name == "nat":  # a datagram of its UDP service, rewritten both ways like a SYN
+        udp = labkit("trace", name, "--service", "udp 192.168.55.100:9000")
+        assert udp.returncode == 0, udp.stderr
+        request, reply = udp.stdout.split("\nreply\n")
+        assert "[UDP]" in request and "destination rewritten" in request, udp.stdout
+        assert "source rewritten 192.168.66.11" in reply, udp.stdout
 
 
 def test_bench(lab):

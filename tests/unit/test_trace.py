@@ -147,3 +147,25 @@ def test_udp_one_packet_reply_is_not_rewritten_in_nat():
     assert [(h.node, h.interface) for h in reply] == [("rs0", "int"), ("lb0", "int"), ("lb0", "ext")]
     assert reply[1].note == "arrives as sent"
     assert reply[2].note.startswith("not rewritten: one-packet scheduling dropped the director's entry")
+
+
+def test_the_capture_window_opens_once_every_tcpdump_listens(tmp_path, monkeypatch):
+    """Run the capture script here with a tcpdump that is slow to listen: what it captures
+    after saying it listens is printed, and the script ends SECONDS after that."""
+    import os
+    import subprocess
+    import time
+    from labkit.operate import trace
+    monkeypatch.setattr(trace, "SECONDS", 1)
+    fake = tmp_path / "tcpdump"
+    fake.write_text("#!/bin/sh\nsleep 1.5; echo 'listening on x' >&2\n"
+                    "trap 'echo captured-after-listening; exit 0' TERM\nwhile :; do sleep 0.1; done\n")
+    fake.chmod(0o755)
+    script = capture_command(["ext", "int"], PORT)[4].replace("/tmp/labkit-trace.", f"{tmp_path}/cap.")
+    start = time.monotonic()
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=20,
+                         env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}).stdout
+    took = time.monotonic() - start
+    assert out.splitlines() == ["labkit-capturing", "== ext", "captured-after-listening",
+                                "== int", "captured-after-listening"]
+    assert 2.4 < took < 6, took  # 1.5 s to listen, then the 1 s window
