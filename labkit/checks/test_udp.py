@@ -69,7 +69,7 @@ print(json.dumps(answers))
 def ask(hosts, lab: Lab, svc: VirtualService, new: int = 0, same: int = 0) -> list[tuple[str | None, str]]:
     """Datagrams from the client to the service: `new` each from a new client port, then `same`
     from one port. For each, who answered and from where."""
-    args = json.dumps({"vip": str(svc.vip), "port": svc.port, "new": new, "same": same})
+    args = json.dumps({"vip": str(svc.addresses[0]), "port": svc.port, "new": new, "same": same})
     out = hosts(lab.clients[0]).check_output(f"python3 -c {shlex.quote(ASK)} {shlex.quote(args)}")
     return [tuple(answer) for answer in json.loads(out)]
 
@@ -96,8 +96,10 @@ def director_view(hosts, lab: Lab, svc: VirtualService) -> str:
     """What the active director schedules for the service and its entries for it: shown when a
     split is wrong."""
     host = hosts(lab.active_director)
-    listing = host.run(f"sudo -n ipvsadm -L -n -u {svc.vip}:{svc.port}").stdout.strip()
-    entries = [e for e in host.run("sudo -n ipvsadm -L -n -c").stdout.splitlines() if f" {svc.vip}:{svc.port} " in e]
+    which = f"-f {svc.fwmark}" if svc.fwmark else f"-u {svc.vip}:{svc.port}"
+    listing = host.run(f"sudo -n ipvsadm -L -n {which}").stdout.strip()
+    entries = [e for e in host.run("sudo -n ipvsadm -L -n -c").stdout.splitlines()
+               if f" {svc.addresses[0]}:{svc.port} " in e]
     return "\n".join([f"{lab.active_director}:", listing, "its entries for the service:", *entries[-20:]])
 
 
@@ -111,7 +113,7 @@ def answered_from(lab: Lab, svc: VirtualService, answers) -> None:
         if name is None:
             continue
         rs = next(rs for rs in svc.real_servers if lab.node_at(rs.address) == name)
-        want = f"{rs.address}:{svc.real_port(rs)}" if unrewritten else f"{svc.vip}:{svc.port}"
+        want = f"{rs.address}:{svc.real_port(rs)}" if unrewritten else f"{svc.addresses[0]}:{svc.port}"
         assert source == want, (f"{svc.key}: {name}'s answer came from {source}, expected {want} "
                                 f"({'not rewritten: NAT with one-packet scheduling' if unrewritten else 'the VIP'})")
 
