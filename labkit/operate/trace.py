@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from labkit.labfile import Forwarding, Lab, VirtualService
+from labkit.labfile.model import host_port
 from labkit.build.render import interfaces
 from labkit.errors import LabkitError
 from labkit.run.lab import RunningLab
@@ -70,10 +71,12 @@ def capture_command(devices: list[str], port: int) -> list[str]:
     return ["sudo", "-n", "sh", "-c", f"{listen} {ready}; wait; {show}"]
 
 
+# tcpdump writes an IPv4 endpoint as 192.168.55.200.43616 and an IPv6 one as fd00:55::200.43616.
+ENDPOINT = r"(?:\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:]*)\.\d+"
 LINE = re.compile(
     r"(?:(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), .*?length \d+: )?"
-    r"(?:IP )?(?:(?P<outer_src>\d+\.\d+\.\d+\.\d+) > (?P<outer_dst>\d+\.\d+\.\d+\.\d+): (?:IP )?)?"
-    r"(?P<src>\d+\.\d+\.\d+\.\d+\.\d+) > (?P<dst>\d+\.\d+\.\d+\.\d+\.\d+): Flags \[(?P<flags>[^\]]+)\]")
+    r"(?:IP6? )?(?:(?P<outer_src>\d+\.\d+\.\d+\.\d+) > (?P<outer_dst>\d+\.\d+\.\d+\.\d+): (?:IP )?)?"
+    rf"(?P<src>{ENDPOINT}) > (?P<dst>{ENDPOINT}): Flags \[(?P<flags>[^\]]+)\]")
 
 
 def parse(output: str) -> dict[str, list[Packet]]:
@@ -185,8 +188,9 @@ def trace(running: RunningLab, svc: VirtualService) -> Trace:
         for node, event in listening.items():
             if not event.wait(30):
                 raise LabkitError(f"tcpdump on {node} did not start listening within 30 s")
-        url = f"http://{svc.addresses[0]}:{svc.port}/"
-        answer = running.run(lab.clients[0], ["curl", "-sS", "-m", "5", "--local-port", str(port), url]).strip()
+        url = f"http://{host_port(svc.addresses[0], svc.port)}/"
+        # -g: the brackets of an IPv6 URL are the address's, not curl's globbing
+        answer = running.run(lab.clients[0], ["curl", "-sS", "-g", "-m", "5", "--local-port", str(port), url]).strip()
         captured = {node: parse(f.result()) for node, f in captures.items()}
     request, reply = hops(lab, svc, captured, port)
     return Trace(url, port, answer, request, reply)
