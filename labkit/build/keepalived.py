@@ -90,6 +90,8 @@ def config(lab: Lab, director: str) -> str:
             f"    virtual_router_id {inst.router_id}",
             f"    priority {mine}",
             f"    advert_int {ADVERT_SECONDS}",
+            # VRRP version 2 is IPv4 only; keepalived would switch an IPv6 instance to 3 with a warning
+            *(["    version 3"] if inst.address.version == 6 else []),
             "    virtual_ipaddress {",
             f"        {host_cidr(inst.address)} dev {inst.interface}",
             "    }",

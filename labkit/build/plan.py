@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv6Address
 from labkit.build import ipvs, keepalived
 from labkit.build.guest import PRELUDE
 from labkit.labfile import Forwarding, Lab, Role
-from labkit.labfile.model import host_cidr
+from labkit.labfile.model import host_cidr, host_port
 from labkit.build.render import interfaces
 
 Words = tuple[str, ...]
@@ -134,9 +134,10 @@ def vip_devices(lab: Lab, real_server: str) -> dict[IPv4Address | IPv6Address, s
 
 
 def nginx_site(lab: Lab, node: str) -> str:
-    ports = sorted({svc.real_port(rs) for svc in lab.services_of(node) for rs in svc.real_servers
+    ports = sorted({(svc.real_port(rs), svc.ipv6) for svc in lab.services_of(node) for rs in svc.real_servers
                     if lab.node_at(rs.address) == node})
-    listen = "".join(f"    listen {port};\n" for port in ports)
+    # `listen 80` is IPv4 only; an IPv6 service's port gets `listen [::]:80` too.
+    listen = "".join(f"    listen {host_port('::', port) if ipv6 else port};\n" for port, ipv6 in ports)
     # The header names the server that answered, so a client can tell who served a download.
     return (
         "server {\n"

@@ -70,7 +70,7 @@ def bench(running: RunningLab, svc: VirtualService, requests: int, concurrency: 
     director = running.holder() or lab.active_director
     before = running.run(director, STATS)
     result = parse_ab(running.run(lab.clients[0], command(svc, requests, concurrency)))
-    names = {f"{rs.address}:{svc.real_port(rs)}": lab.node_at(rs.address) for rs in svc.real_servers}
+    names = {host_port(rs.address, svc.real_port(rs)): lab.node_at(rs.address) for rs in svc.real_servers}
     deadline = time.monotonic() + 6  # the kernel's counters lag up to about 2 s
     while True:
         result.split = split(svc.key, before, running.run(director, STATS), names)

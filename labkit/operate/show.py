@@ -142,9 +142,10 @@ def services_table(lab: Lab, d: DirectorState) -> Table:
     if not d.services:
         table.add_row("(no virtual service)")
     for svc in d.services:
-        table.add_row(_name(svc), svc.scheduler, "", "", *_numbers(svc.stats, svc.rates), style="bold")
+        # Text, not markup: `[fd00:55::100]:80` would read as a style tag
+        table.add_row(Text(_name(svc)), svc.scheduler, "", "", *_numbers(svc.stats, svc.rates), style="bold")
         for dest in svc.destinations:
-            table.add_row(_real_server(lab, dest), dest.forward.listed_as, str(dest.weight), _pair(dest.active, dest.inactive),
+            table.add_row(Text(_real_server(lab, dest)), dest.forward.listed_as, str(dest.weight), _pair(dest.active, dest.inactive),
                           *_numbers(dest.stats, dest.rates))
     return table
 

@@ -119,6 +119,10 @@ def test_show(lab):
         assert all(len(svc["real_servers"]) == 2 for svc in director["services"])
 
 
+# The IPv6 service of the labs that have one: DR in dr, NAT in fwmark.
+IPV6_SERVICES = {"dr": "tcp [fd00:55::100]:80", "fwmark": "tcp [fd00:55::100]:80"}
+
+
 def test_trace(lab):
     name, *_ = lab
     result = labkit("trace", name)
@@ -134,6 +138,16 @@ def test_trace(lab):
     assert expect[1] in reply, result.stdout
     if name in ("tun", "dr"):
         assert "lb0 " not in reply, f"{name}: the reply must not pass the director:\n{result.stdout}"
+    if name in IPV6_SERVICES:  # the same told for the lab's IPv6 service
+        result = labkit("trace", name, "--service", IPV6_SERVICES[name])
+        assert result.returncode == 0, result.stderr
+        request, reply = result.stdout.split("\nreply\n")
+        assert "fd00:55::200." in request, result.stdout
+        assert expect[0] in request and expect[1] in reply, result.stdout
+        if name == "dr":
+            assert "lb0 " not in reply, f"the IPv6 reply must not pass the director:\n{result.stdout}"
+        else:
+            assert "destination rewritten fd00:55::100.80 -> fd00:66::" in request, result.stdout
 
 
 def test_bench(lab):
