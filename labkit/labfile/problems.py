@@ -94,9 +94,16 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
             if vip in seen:
                 yield f"{vip_field}: {vip} is already the address of {seen[vip]}. Use a free address for the VIP"
             vip_net = lab.network_of(vip)
+            prefixes = lab.networks6 if vip.version == 6 else lab.networks
             if vip_net is None or vip_net not in shared:
                 yield (f"{vip_field}: {vip} is on no network that all directors ({', '.join(directors)}) share. "
-                       f"Use an address in {' or '.join(str(lab.networks[n]) for n in sorted(shared)) or 'a shared network'}")
+                       f"Use an address in {' or '.join(str(prefixes[n]) for n in sorted(shared) if n in prefixes) or 'a shared network'}")
+            elif vip.version == 6:
+                # a /128 VIP brings no route: the director answers the client through its own address there
+                for director in directors:
+                    if vip_net not in lab.nodes[director].addresses6:
+                        yield (f"{vip_field}: the director {director} has no IPv6 address on {vip_net}, so it cannot "
+                               f"answer the clients there. Give {director} an addresses6 entry on {vip_net}")
             elif vip in (lab.networks[vip_net].network_address, lab.networks[vip_net].broadcast_address):
                 yield f"{vip_field}: {vip} is the network or broadcast address of {lab.networks[vip_net]}. Use a host address"
         yield from _family_problems(lab, svc, field)

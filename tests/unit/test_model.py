@@ -138,6 +138,8 @@ CASES = [
      "services[1].real_servers[1].address", "rs1 answers the client cl0 directly over IPv6"),
     (DR, lambda d: d["nodes"]["lb1"]["addresses6"].pop("int"),
      "services[1].real_servers[0].address", "the director lb1 reaches rs0 over IPv6 on int, but has no IPv6 address there"),
+    (DR, lambda d: d["nodes"]["lb1"]["addresses6"].pop("ext"),
+     "services[1].vip", "the director lb1 has no IPv6 address on ext"),
     (DR, lambda d: d["services"][1].update(vip="fd00:77::100"),
      "services[1].vip", "fd00:77::100 is on no network that all directors"),
     (FWMARK, lambda d: d["services"][0].update(vips=["192.168.55.100", "fd00:55::101"]),
