@@ -166,6 +166,7 @@ def test_only_the_active_director_answers_for_the_vips(hosts, lab: Lab):
     mac = {i.network: i.mac for i in interfaces(lab, lab.active_director)}
     vips = [(vip, svc) for svc in lab.services for vip in svc.addresses
             if lab.network_of(vip) in lab.nodes[client].addresses]
+    assert vips, f"no VIP is on a network of the client {client}: it could not reach the lab's services"
     devices = sorted({lab.network_of(vip) for vip, _ in vips})
     listen = " ".join(f"timeout 10 tcpdump -i {dev} -t -e -n -l 'arp or icmp6' > /tmp/labkit-neigh.{dev} "
                       f"2> /tmp/labkit-neigh.{dev}.err & pids=\"$pids $!\";" for dev in devices)
