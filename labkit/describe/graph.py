@@ -87,7 +87,8 @@ class _Layout:
 
 def _network_label(lab: Lab, net: str, layout: _Layout) -> str:
     pad = int((NODE_WIDTH + GAP) * 72 - 3 * SPOT) // 2
-    cells = [f'<TD><FONT COLOR="white"><B>{net}</B>  {lab.networks[net]}</FONT></TD>']
+    prefix6 = f"  {lab.networks6[net]}" if net in lab.networks6 else ""
+    cells = [f'<TD><FONT COLOR="white"><B>{net}</B>  {lab.networks[net]}{prefix6}</FONT></TD>']
     for col in range(layout.columns):
         cells.append(f'<TD WIDTH="{pad}"> </TD>')
         cells += [f'<TD PORT="{spot}{col}" WIDTH="{SPOT}"> </TD>' for spot in (REQUEST_SPOT, REPLY_SPOT, CABLE_SPOT)]
