@@ -23,6 +23,7 @@ from labkit.build.render import TCG_EMULATOR, Provider, Target, render as render
 from labkit.describe import explain as explain_mod, graph as graph_mod
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, LabError, Protocol, VirtualService, with_weight
+from labkit.labfile.model import host_port
 from labkit.operate import (bench as bench_mod, failover, matrix as matrix_mod, matrix_report, show as show_mod,
                             trace as trace_mod)
 from labkit.run import doctor, lab as running_lab, lock, verify as verify_mod
@@ -245,14 +246,14 @@ def bench(lab: RunningArg = None, service: ServiceOpt = None,
         sys.stdout.write(json.dumps({"service": svc.key, "director": director, **dataclasses.asdict(result)}) + "\n")
         return
     out.print(f"{svc.key} ({svc.scheduler}, {svc.forwarding.value}) via {director}: {requests} requests, "
-              f"{concurrency} at a time, from {model.clients[0]}", highlight=False)
+              f"{concurrency} at a time, from {model.clients[0]}", highlight=False, markup=False)
     out.print(f"  {result.per_second:.1f} requests/s, mean {result.mean_ms:.1f} ms; completed {result.complete}, "
               f"failed {result.failed}", highlight=False)
     out.print("  latency ms: " + ", ".join(f"p{p} {ms}" for p, ms in result.percentiles.items() if p in (50, 90, 99, 100)),
               highlight=False)
     total = sum(result.split.values()) or 1
     out.print("  split: " + ", ".join(f"{name} {n} ({100 * n / total:.0f}%)" for name, n in sorted(result.split.items())),
-              highlight=False)
+              highlight=False, markup=False)
 
 
 @app.command()
@@ -265,7 +266,7 @@ def trace(lab: RunningArg = None, service: ServiceOpt = None) -> None:
         svc = pick_service(model, service, udp=True)
         seen = trace_mod.trace(running, svc)
     out.print(f"{model.clients[0]} asked {seen.url} from port {seen.client_port}; {seen.answer} answered "
-              f"({svc.forwarding.value}).\n", highlight=False)
+              f"({svc.forwarding.value}).\n", highlight=False, markup=False)
     for title, path in (("request", seen.request), ("reply", seen.reply)):
         out.print(f"[bold]{title}[/]")
         for hop in path:
@@ -290,7 +291,7 @@ def weight(lab: Annotated[str, typer.Argument(help="The running lab.")],
         running.record(changed, f"labkit weight {real_server} {new_weight}")
     for svc in changed.services_of(real_server):
         weights = ", ".join(f"{changed.node_at(rs.address)} {rs.weight}" for rs in svc.real_servers)
-        out.print(f"{svc.key} {svc.scheduler}: {weights}", highlight=False)
+        out.print(f"{svc.key} {svc.scheduler}: {weights}", highlight=False, markup=False)
     how = "keepalived reloaded" if changed.ha else "ipvsadm -e"
     out.print(f"applied on {', '.join(changed.directors)} ({how}). labkit verify {changed.name} checks the new split.")
 
@@ -356,12 +357,12 @@ def status(lab: RunningArg = None) -> None:
     table.add_column("state")
     table.add_column("addresses")
     for name, node in model.nodes.items():
-        addresses = ", ".join(f"{net} {addr}" for net, addr in node.addresses.items())
+        addresses = ", ".join(f"{net} {addr}" for net, addr in [*node.addresses.items(), *node.addresses6.items()])
         table.add_row(name, node.role.value, states.get(name, "?"), addresses)
     out.print(table)
     for svc in model.services:
-        servers = ", ".join(f"{rs.address}:{svc.real_port(rs)} w{rs.weight}" for rs in svc.real_servers)
-        out.print(f"{svc.key} {svc.scheduler} {svc.forwarding.value} -> {servers}", highlight=False)
+        servers = ", ".join(f"{host_port(rs.address, svc.real_port(rs))} w{rs.weight}" for rs in svc.real_servers)
+        out.print(f"{svc.key} {svc.scheduler} {svc.forwarding.value} -> {servers}", highlight=False, markup=False)
 
 
 @app.command()

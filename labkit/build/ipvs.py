@@ -10,21 +10,21 @@ from dataclasses import dataclass, field
 
 from labkit.errors import LabkitError
 from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
-from labkit.labfile.model import service_key
+from labkit.labfile.model import host_port, service_key
 
 
 def rules(lab: Lab) -> str:
     """The lab's services in ipvsadm-save -n format, ready for ipvsadm-restore."""
     lines = []
     for svc in lab.services:
-        name = f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {svc.vip}:{svc.port}"
+        name = f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {host_port(svc.vip, svc.port)}"
         persistence = f" -p {svc.persistence}" if svc.persistence else ""
         ops = " -o" if svc.one_packet else ""  # one-packet scheduling, as ipvsadm-save writes it
         lines.append(f"-A {name} -s {svc.scheduler}{persistence}{ops}")
         # ipvsadm 1.31 (kernel 5.3+) names the tunnel type when it saves a tunnel rule.
         tunnel = " --tun-type ipip" if svc.forwarding == Forwarding.tun else ""
         for rs in svc.real_servers:
-            lines.append(f"-a {name} -r {rs.address}:{svc.real_port(rs)} {svc.forwarding.flag} -w {rs.weight}{tunnel}")
+            lines.append(f"-a {name} -r {host_port(rs.address, svc.real_port(rs))} {svc.forwarding.flag} -w {rs.weight}{tunnel}")
     return "\n".join(lines) + "\n"
 
 
@@ -46,7 +46,7 @@ class Destination:
 
     @property
     def key(self) -> str:
-        return f"{self.address}:{self.port}"
+        return host_port(self.address, self.port)
 
 
 @dataclass
@@ -70,8 +70,9 @@ class Service:
 
 
 def _addr_port(text: str) -> tuple[str, int]:
+    """`192.168.55.100:80` or `[fd00:55::100]:80` -> the address (no brackets) and the port."""
     addr, _, port = text.rpartition(":")
-    return addr, int(port)
+    return addr.removeprefix("[").removesuffix("]"), int(port)
 
 
 # print_service_entry: "%-4s %s" (protocol, address:port) or "FWM  %u", then the scheduler, then

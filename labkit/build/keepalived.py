@@ -10,9 +10,10 @@ standby, so established connections survive a failover.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from labkit.labfile import Check, Forwarding, Lab
+from labkit.labfile.model import host_cidr
 
 CONFIG = "/etc/keepalived/keepalived.conf"
 DEFAULTS = "/etc/default/keepalived"  # the daemon's arguments, read by its systemd unit
@@ -26,11 +27,12 @@ class Instance:
     name: str
     interface: str  # the lab network, which is also the interface name in the guests
     router_id: int
-    address: IPv4Address
+    address: IPv4Address | IPv6Address
 
 
 def instances(lab: Lab) -> list[Instance]:
-    out = [Instance(f"VIP_{str(vip).replace('.', '_')}", lab.network_of(vip) or "", i + 1, vip)
+    # An IPv6 VIP gets an instance of its own too: keepalived then speaks VRRP over IPv6 for it.
+    out = [Instance(f"VIP_{str(vip).replace('.', '_').replace(':', '_')}", lab.network_of(vip) or "", i + 1, vip)
            for i, vip in enumerate(lab.vips)]
     if lab.gateway is not None:
         out.append(Instance("GATEWAY", lab.network_of(lab.gateway) or "", len(out) + 1, lab.gateway))
@@ -99,8 +101,10 @@ def config(lab: Lab, director: str) -> str:
             f"    virtual_router_id {inst.router_id}",
             f"    priority {mine}",
             f"    advert_int {ADVERT_SECONDS}",
+            # VRRP version 2 is IPv4 only; keepalived would switch an IPv6 instance to 3 with a warning
+            *(["    version 3"] if inst.address.version == 6 else []),
             "    virtual_ipaddress {",
-            f"        {inst.address}/32 dev {inst.interface}",
+            f"        {host_cidr(inst.address)} dev {inst.interface}",
             "    }",
             "}",
             "",

@@ -11,11 +11,12 @@ import base64
 import shlex
 from dataclasses import dataclass
 from importlib.resources import files
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from labkit.build import ipvs, keepalived
 from labkit.build.guest import PRELUDE
 from labkit.labfile import Forwarding, Lab, Protocol, Role
+from labkit.labfile.model import host_cidr, host_port
 from labkit.build.render import interfaces
 
 Words = tuple[str, ...]
@@ -55,7 +56,10 @@ def _sysctls(why: str, settings: dict[str, str]) -> Step:
 
 
 def _address(dev: str, cidr: str, why: str) -> Step:
-    return Step(why, ("has_addr", dev, cidr), (("ip", "addr", "replace", cidr, "dev", dev),))
+    # An IPv6 address is usable at once with nodad: duplicate address detection would hold it
+    # "tentative" for a second or more, and labkit gives every address once.
+    nodad = ("nodad",) if ":" in cidr else ()
+    return Step(why, ("has_addr", dev, cidr), (("ip", "addr", "replace", cidr, "dev", dev, *nodad),))
 
 
 def _module(name: str, why: str) -> Step:
@@ -67,8 +71,10 @@ def sysctls(lab: Lab, node: str) -> dict[str, str]:
     role = lab.nodes[node].role
     out: dict[str, str] = {}
     if role == Role.director:
-        if lab.nat:
+        if lab.nat4:
             out["net.ipv4.ip_forward"] = "1"
+        if lab.nat6:
+            out["net.ipv6.conf.all.forwarding"] = "1"
         if lab.ha:
             # A connection whose first packets the sync daemon had not copied yet still
             # reaches the new active director mid-stream: let IPVS take it without a SYN.
@@ -111,18 +117,19 @@ def request_devices(lab: Lab, node: str) -> list[str]:
 def gateway_routes(lab: Lab, node: str) -> dict[str, str]:
     """NAT real servers: each network they are not on, via the director (the pair's floating
     gateway, or the single director's DIP), so that replies go back through the director that
-    rewrote the request."""
-    via = lab.reply_gateway(node)
-    if via is None:
-        return {}
-    mine = lab.nodes[node].addresses
-    return {str(cidr): str(via) for net, cidr in lab.networks.items() if net not in mine}
+    rewrote the request. IPv6 NAT likewise, via the director's IPv6 address."""
+    out: dict[str, str] = {}
+    for via, networks, mine in ((lab.reply_gateway(node), lab.networks, lab.nodes[node].addresses),
+                                (lab.reply_gateway6(node), lab.networks6, lab.nodes[node].addresses6)):
+        if via is not None:
+            out.update({str(cidr): str(via) for net, cidr in networks.items() if net not in mine})
+    return out
 
 
-def vip_devices(lab: Lab, real_server: str) -> dict[IPv4Address, str]:
+def vip_devices(lab: Lab, real_server: str) -> dict[IPv4Address | IPv6Address, str]:
     """VIP -> where a TUN/DR real server holds it: on tunl0, which unwraps the tunnel, or on
     lo for DR. NAT real servers never see the VIP."""
-    out: dict[IPv4Address, str] = {}
+    out: dict[IPv4Address | IPv6Address, str] = {}
     for svc in lab.services_of(real_server):
         if svc.forwarding != Forwarding.masq:
             for vip in svc.addresses:
@@ -156,8 +163,10 @@ def responder_unit(lab: Lab, node: str) -> str:
 
 
 def nginx_site(lab: Lab, node: str) -> str:
-    ports = real_ports(lab, node, Protocol.tcp)
-    listen = "".join(f"    listen {port};\n" for port in ports)
+    ports = sorted({(svc.real_port(rs), svc.ipv6) for svc in lab.services_of(node) if svc.protocol == Protocol.tcp
+                    for rs in svc.real_servers if lab.node_at(rs.address) == node})
+    # `listen 80` is IPv4 only; an IPv6 service's port gets `listen [::]:80` too.
+    listen = "".join(f"    listen {host_port('::', port) if ipv6 else port};\n" for port, ipv6 in ports)
     # The header names the server that answered, so a client can tell who served a download.
     return (
         "server {\n"
@@ -196,7 +205,7 @@ def director_steps(lab: Lab, node: str) -> list[Step]:
     if node == lab.active_director:
         for vip in lab.vips:
             dev = lab.network_of(vip)
-            steps.append(_address(dev, f"{vip}/32", f"the active director answers for the VIP {vip} on {dev}"))
+            steps.append(_address(dev, host_cidr(vip), f"the active director answers for the VIP {vip} on {dev}"))
     steps.append(_file("the virtual services of the lab, in ipvsadm-save format", RULES_FILE, ipvs.rules(lab)))
     steps.append(Step("load the IPVS table: edit it in place when only weights or schedulers changed, "
                       "else replace it as a whole",
@@ -221,11 +230,16 @@ def plan(lab: Lab, node: str) -> list[Step]:
         steps.append(Step(f"the NIC on network {net} is named {net}, so every command can name it",
                           ("link_named", net, iface.mac), (("name_link", net, iface.mac),)))
         steps.append(_address(net, cidr, f"{node}'s address on network {net}"))
+        if net in lab.nodes[node].addresses6:
+            cidr6 = f"{lab.nodes[node].addresses6[net]}/{lab.networks6[net].prefixlen}"
+            steps.append(_sysctls(f"IPv6 on {net}: the box may boot with it off", {f"net.ipv6.conf.{net}.disable_ipv6": "0"}))
+            steps.append(_address(net, cidr6, f"{node}'s IPv6 address on network {net}"))
 
     if role == Role.director:
         steps.append(_module("ip_vs", "IPVS is the kernel's load balancer"))
         if settings := sysctls(lab, node):
             why = {"net.ipv4.ip_forward": "NAT: the director forwards between the client's and the real servers' networks",
+                   "net.ipv6.conf.all.forwarding": "NAT over IPv6: the director forwards IPv6 too",
                    "net.ipv4.vs.sloppy_tcp": "a pair: the new active director takes over connections it did not see open",
                    "net.ipv4.vs.conn_reuse_mode": "DR/TUN: a new connection on a source port seen closing is scheduled "
                                                   "anew, not sent to the old real server"}
@@ -244,7 +258,7 @@ def plan(lab: Lab, node: str) -> list[Step]:
         if Forwarding.tun in methods:
             steps.append(Step("TUN: tunl0 up", ("link_up", "tunl0"), (("ip", "link", "set", "tunl0", "up"),)))
         for vip, dev in vip_devices(lab, node).items():
-            steps.append(_address(dev, f"{vip}/32", f"the real server accepts packets for the VIP {vip} on {dev}"))
+            steps.append(_address(dev, host_cidr(vip), f"the real server accepts packets for the VIP {vip} on {dev}"))
         for net, via in gateway_routes(lab, node).items():
             steps.append(Step(f"NAT: replies to {net} go back through the director {via}",
                               ("route_via", net, via), (("ip", "route", "replace", net, "via", via),)))

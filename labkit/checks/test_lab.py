@@ -13,7 +13,9 @@ from collections import Counter
 from math import gcd
 
 from labkit.build import ipvs, keepalived
+from labkit.build.render import interfaces
 from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
+from labkit.labfile.model import host_cidr, host_port
 
 # ---- every node ----------------------------------------------------------------------------
 
@@ -38,10 +40,14 @@ def test_versions(hosts, lab: Lab, node, figure):
 
 
 def test_addresses(hosts, lab: Lab, node):
-    for net, addr in lab.nodes[node].addresses.items():
-        cidr = f"{addr}/{lab.networks[net].prefixlen}"
-        seen = hosts(node).check_output(f"ip -o -4 addr show dev {shlex.quote(net)}")
-        assert f" {cidr} " in seen, f"{node}: expected {cidr} on interface {net}, saw: {seen or 'no address'}"
+    """Each address of the lab file on its interface, IPv6 ones too (usable: not tentative)."""
+    seen = hosts(node).check_output("ip -o addr show")
+    given = [(net, f"{addr}/{lab.networks[net].prefixlen}") for net, addr in lab.nodes[node].addresses.items()]
+    given += [(net, f"{addr}/{lab.networks6[net].prefixlen}") for net, addr in lab.nodes[node].addresses6.items()]
+    for net, cidr in given:
+        line = next((line for line in seen.splitlines() if line.split()[1] == net and f" {cidr} " in line), None)
+        assert line, f"{node}: expected {cidr} on interface {net}, saw:\n{seen}"
+        assert "tentative" not in line and "dadfailed" not in line, f"{node}: {cidr} is not usable yet: {line}"
 
 
 # ---- real servers ----------------------------------------------------------------------------
@@ -75,39 +81,50 @@ def test_vip_on_real_server(hosts, lab: Lab, vip_real_server):
     for svc in lab.services_of(vip_real_server):
         dev = {Forwarding.tun: "tunl0", Forwarding.route: "lo"}.get(svc.forwarding)
         if dev:
-            seen = host.check_output(f"ip -o -4 addr show dev {dev}")
+            seen = host.check_output(f"ip -o addr show dev {dev}")
             for vip in svc.addresses:
-                assert f" {vip}/32 " in seen, f"{vip_real_server}: expected VIP {vip}/32 on {dev}, saw: {seen}"
+                assert f" {host_cidr(vip)} " in seen, f"{vip_real_server}: expected VIP {host_cidr(vip)} on {dev}, saw: {seen}"
     if Forwarding.tun in methods(lab, vip_real_server):
         link = host.check_output("ip -br link show dev tunl0")
         assert "UP" in link, f"expected tunl0 up, saw: {link}"
 
 
 def test_route_to_client(hosts, lab: Lab, real_server):
-    """NAT replies go back through the director; TUN and DR replies go straight to the client."""
+    """NAT replies go back through the director; TUN and DR replies go straight to the client.
+    The same for IPv6 services and the client's IPv6 address."""
     host = hosts(real_server)
-    for client in lab.clients:
-        for addr in lab.nodes[client].addresses.values():
-            seen = host.check_output(f"ip -4 route get {addr}")
-            if Forwarding.masq in methods(lab, real_server):
-                # A pair's floating gateway moves with the VIP; a single director is its own DIP.
-                gateway = lab.gateway if lab.ha else next(
-                    a for n, a in lab.nodes[lab.active_director].addresses.items() if n in lab.nodes[real_server].addresses)
-                via = re.search(r" via (\S+)", seen)
-                assert via and via[1] == str(gateway), f"NAT: expected the route to {addr} via the director ({gateway}), saw: {seen}"
-            else:
-                assert " via " not in seen, f"expected {addr} to be reached directly, saw: {seen}"
+    director = lab.nodes[lab.active_director]
+    mine = lab.nodes[real_server]
+    for ipv6 in (False, True):
+        used = {s.forwarding for s in lab.services_of(real_server) if s.ipv6 == ipv6}
+        if not used:
+            continue
+        if ipv6:  # IPv6 NAT has one director: its address on a network the real server is on
+            gateway = next((a for n, a in director.addresses6.items() if n in mine.addresses6), None)
+        else:  # a pair's floating gateway moves with the VIP; a single director is its own DIP
+            gateway = lab.gateway if lab.ha else next(a for n, a in director.addresses.items() if n in mine.addresses)
+        for client in lab.clients:
+            for addr in (lab.nodes[client].addresses6 if ipv6 else lab.nodes[client].addresses).values():
+                seen = host.check_output(f"ip -{6 if ipv6 else 4} route get {addr}")
+                if Forwarding.masq in used:
+                    via = re.search(r" via (\S+)", seen)
+                    assert via and via[1] == str(gateway), f"NAT: expected the route to {addr} via the director ({gateway}), saw: {seen}"
+                else:
+                    assert " via " not in seen, f"expected {addr} to be reached directly, saw: {seen}"
 
 
 def test_nginx(hosts, lab: Lab, real_server):
     host = hosts(real_server)
     state = host.run("systemctl is-active nginx").stdout.strip()
     assert state == "active", f"expected nginx active, systemctl says {state}"
-    ports = {svc.real_port(rs) for svc in lab.services_of(real_server) if svc.protocol == Protocol.tcp
-             for rs in svc.real_servers if lab.node_at(rs.address) == real_server}
-    for port in ports:
-        page = host.check_output(f"curl -sS -m 5 http://127.0.0.1:{port}/")
-        assert page == real_server, f"expected http://127.0.0.1:{port}/ to answer {real_server}, saw {page!r}"
+    # the port of an IPv6 service must answer on IPv6 too: nginx's `listen 80` is IPv4 only
+    ports = {(svc.real_port(rs), local) for svc in lab.services_of(real_server) if svc.protocol == Protocol.tcp
+             for rs in svc.real_servers for local in (["::1"] if svc.ipv6 else ["127.0.0.1"])
+             if lab.node_at(rs.address) == real_server}
+    for port, local in sorted(ports):
+        where = f"http://{host_port(local, port)}/"
+        page = host.check_output(f"curl -sS -g -m 5 {where}")
+        assert page == real_server, f"expected {where} to answer {real_server}, saw {page!r}"
 
 
 # ---- directors ----------------------------------------------------------------------------
@@ -121,19 +138,54 @@ def test_port_reuse_is_scheduled_anew(hosts, bypassed_director):
     assert mode & 2, f"expected conn_reuse_mode with bit 2 (FIN_WAIT entries rescheduled), saw {mode}"
 
 
-def test_ip_forward(hosts, nat_director):
-    forward = sysctl(hosts(nat_director), "net.ipv4.ip_forward")
-    assert forward == 1, f"NAT: the director must forward, expected ip_forward 1, saw {forward}"
+def test_ip_forward(hosts, lab: Lab, nat_director):
+    families = {"net.ipv4.ip_forward": lab.nat4, "net.ipv6.conf.all.forwarding": lab.nat6}
+    for key in (key for key, needed in families.items() if needed):
+        forward = sysctl(hosts(nat_director), key)
+        assert forward == 1, f"NAT: the director must forward, expected {key} 1, saw {forward}"
 
 
 def test_vip_on_active_director_only(hosts, lab: Lab, director):
-    seen = hosts(director).check_output("ip -o -4 addr show")
+    seen = hosts(director).check_output("ip -o addr show")
     for vip in lab.vips + ([lab.gateway] if lab.gateway else []):
         holds = f" {vip}/" in seen
         if director == lab.active_director:
             assert holds, f"the active director {director} must hold {vip}"
         else:
             assert not holds, f"the standby director {director} must not hold {vip}"
+
+
+NEIGHBOUR_ANSWER = re.compile(r"^(\S+) > .*(?:Reply (\S+) is-at|neighbor advertisement, tgt is ([^,\s]+))", re.M)
+
+
+def test_only_the_active_director_answers_for_the_vips(hosts, lab: Lab):
+    """The client forgets each VIP's neighbour entry and asks for it again (ARP, or an IPv6
+    neighbour solicitation) while tcpdump listens: only the active director may answer. A real
+    server holding the VIP on lo or tunl0 that answered would take requests away from IPVS (for
+    IPv4 arp_ignore stops it; for IPv6 Linux answers only for the interface's own addresses)."""
+    client = lab.clients[0]
+    mac = {i.network: i.mac for i in interfaces(lab, lab.active_director)}
+    vips = [(vip, svc) for svc in lab.services for vip in svc.addresses
+            if lab.network_of(vip) in lab.nodes[client].addresses]
+    assert vips, f"no VIP is on a network of the client {client}: it could not reach the lab's services"
+    devices = sorted({lab.network_of(vip) for vip, _ in vips})
+    listen = " ".join(f"timeout 10 tcpdump -i {dev} -t -e -n -l 'arp or icmp6' > /tmp/labkit-neigh.{dev} "
+                      f"2> /tmp/labkit-neigh.{dev}.err & pids=\"$pids $!\";" for dev in devices)
+    ready = " && ".join(f"grep -q 'listening on' /tmp/labkit-neigh.{dev}.err" for dev in devices)
+    ask = "; ".join(f"ip neigh flush to {vip}; curl -sS -g -m 2 -o /dev/null {shlex.quote(url(svc, vip=vip))}"
+                    for vip, svc in vips)
+    # a second answer would come within milliseconds of the first: half a second is plenty
+    script = (f"{listen} for i in $(seq 50); do {ready} && break; sleep 0.1; done; {ask}; sleep 0.5; "
+              "kill $pids; wait; " + "; ".join(f"cat /tmp/labkit-neigh.{dev}" for dev in devices))
+    seen = hosts(client).run(f"sudo -n sh -c {shlex.quote(script)}").stdout
+    answers: dict[str, set[str]] = {}
+    for m in NEIGHBOUR_ANSWER.finditer(seen):
+        answers.setdefault(m[2] or m[3], set()).add(m[1])
+    for vip, _ in vips:
+        want = {mac[lab.network_of(vip)]}
+        assert answers.get(str(vip)) == want, (
+            f"{vip}: expected one answer, from {lab.active_director} ({want.pop()}), saw from "
+            f"{answers.get(str(vip)) or 'no one'}:\n{seen}")
 
 
 def test_vrrp_state(hosts, lab: Lab, paired_director):
@@ -178,7 +230,7 @@ def test_ipvs_table(hosts, lab: Lab, director):
 
 
 def url(svc: VirtualService, path: str = "/", vip=None) -> str:
-    return f"http://{vip or svc.addresses[0]}:{svc.port}{path}"
+    return f"http://{host_port(vip or svc.addresses[0], svc.port)}{path}"
 
 
 def ask(hosts, lab: Lab, svc: VirtualService, count: int) -> list[str]:
@@ -186,7 +238,7 @@ def ask(hosts, lab: Lab, svc: VirtualService, count: int) -> list[str]:
     of the real servers that answered."""
     urls = " ".join(shlex.quote(url(svc, vip=vip)) for vip in svc.addresses)
     loop = (f"set -- {urls}; for i in $(seq {count}); do u=$1; shift; set -- \"$@\" $u; "
-            "curl -sS -m 5 $u || echo FAILED; done")
+            "curl -sS -g -m 5 $u || echo FAILED; done")
     return hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(loop)}").split()
 
 
@@ -200,7 +252,7 @@ def paths(hosts, lab: Lab, svc: VirtualService) -> str:
         host = hosts(director)
         held = [str(v) for v in svc.addresses if host.run(f"ip -o addr show to {v}").stdout.strip()]
         entries = host.run("sudo -n ipvsadm -L -n -c").stdout.splitlines()
-        mine = [e for e in entries if any(f" {a}:" in e for a in lab.nodes[client].addresses.values())]
+        mine = [e for e in entries if any(f" {host_port(a, '')}" in e for a in lab.nodes[client].all_addresses())]
         lines.append(f"{director} holds {held or 'no VIP'}; IPVS connections from {client}:")
         lines += mine[-20:]
     return "\n".join(lines)
@@ -232,7 +284,7 @@ def test_split(hosts, lab: Lab, http_service: VirtualService):
 def test_big_file_arrives_whole(hosts, lab: Lab, http_service: VirtualService):
     service = http_service
     client = hosts(lab.clients[0])
-    fetch = (f"d=$(mktemp -d) && curl -sS -m 60 -D $d/headers -o $d/body {shlex.quote(url(service, '/1m.bin'))}"
+    fetch = (f"d=$(mktemp -d) && curl -sS -g -m 60 -D $d/headers -o $d/body {shlex.quote(url(service, '/1m.bin'))}"
              " && sha256sum $d/body && cat $d/headers; rm -rf $d")
     out = client.check_output(f"sh -c {shlex.quote(fetch)}")
     digest = out.split()[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from labkit.errors import LabkitError
 from labkit.labfile import Forwarding, Lab, Role, VirtualService
+from labkit.labfile.model import host_port
 from labkit.build.plan import vip_devices
 
 FONT = "Helvetica"
@@ -86,7 +87,8 @@ class _Layout:
 
 def _network_label(lab: Lab, net: str, layout: _Layout) -> str:
     pad = int((NODE_WIDTH + GAP) * 72 - 3 * SPOT) // 2
-    cells = [f'<TD><FONT COLOR="white"><B>{net}</B>  {lab.networks[net]}</FONT></TD>']
+    prefix6 = f"  {lab.networks6[net]}" if net in lab.networks6 else ""
+    cells = [f'<TD><FONT COLOR="white"><B>{net}</B>  {lab.networks[net]}{prefix6}</FONT></TD>']
     for col in range(layout.columns):
         cells.append(f'<TD WIDTH="{pad}"> </TD>')
         cells += [f'<TD PORT="{spot}{col}" WIDTH="{SPOT}"> </TD>' for spot in (REQUEST_SPOT, REPLY_SPOT, CABLE_SPOT)]
@@ -106,15 +108,16 @@ def _service(svc: VirtualService) -> str:
     mark, then each VIP it marks), then the scheduler and forwarding method."""
     how = f"{escape(svc.scheduler)}{' ops' if svc.one_packet else ''}, {svc.forwarding.listed_as}"
     if svc.fwmark:
-        vips = "".join(f"<B>{vip}:{svc.port}</B><BR/>" for vip in svc.addresses)
+        vips = "".join(f"<B>{host_port(vip, svc.port)}</B><BR/>" for vip in svc.addresses)
         return f"FWM <B>{svc.fwmark}</B> {svc.protocol.value}<BR/>{vips}{how}"
-    return f"VIP <B>{svc.vip}:{svc.port}</B> {svc.protocol.value}<BR/>{how}"
+    return f"VIP <B>{host_port(svc.vip, svc.port)}</B> {svc.protocol.value}<BR/>{how}"
 
 
 def _node_label(lab: Lab, node: str) -> str:
     rows = [f'<TR><TD><B><FONT POINT-SIZE="18">{node}</FONT></B></TD></TR>',
             f"<TR><TD><I>{_role(lab, node)}</I></TD></TR>"]
     rows += [f'<TR><TD ALIGN="LEFT">{net} {addr}</TD></TR>' for net, addr in lab.nodes[node].addresses.items()]
+    rows += [f'<TR><TD ALIGN="LEFT">{net} {addr}</TD></TR>' for net, addr in lab.nodes[node].addresses6.items()]
     if node == lab.active_director:
         rows += [f'<TR><TD BGCOLOR="{VIP_FILL}" ALIGN="LEFT" BALIGN="LEFT">{_service(svc)}</TD></TR>'
                  for svc in lab.services]
@@ -198,7 +201,7 @@ def _paths(lab: Lab, layout: _Layout) -> _Paths:
     for svc in lab.services:
         for vip in svc.addresses:
             for client in lab.clients:
-                paths.hop(client, active, lab.network_of(vip), reply=False, first=f"to {vip}:{svc.port}")
+                paths.hop(client, active, lab.network_of(vip), reply=False, first=f"to {host_port(vip, svc.port)}")
         for rs in svc.real_servers:
             paths.hop(active, lab.node_at(rs.address), lab.network_of(rs.address), reply=False,
                       first=HOP[svc.forwarding])

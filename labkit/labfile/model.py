@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Annotated
 
 from labkit.errors import LabkitError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
 
 
 def _printable(text: str) -> str:
@@ -107,35 +107,65 @@ RESERVED_IFNAMES = {"lo", "eth0", "tunl0", "ip_vs"}
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+# A VIP or a real server: IPv4 or IPv6, one family per service.
+Address = IPvAnyAddress
+
+
+def host_port(address: object, port: int) -> str:
+    """`address:port` as ipvsadm, curl and URLs write it: an IPv6 address in brackets."""
+    return f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
+
+
+def host_cidr(address: IPv4Address | IPv6Address) -> str:
+    """The address alone, as a prefix: /32 or /128."""
+    return f"{address}/{address.max_prefixlen}"
+
+
+def _ipv4_only(kind: str, where: str):
+    """An IPv6 value under an IPv4 key is told where it goes, rather than that it is no IPv4 value."""
+    def check(value: object) -> object:
+        try:
+            version = ip_network(str(value), strict=False).version
+        except ValueError:
+            return value  # not an address at all: the IPv4 type says so
+        if version == 6:
+            raise ValueError(f"{value} is an IPv6 {kind}, and this key holds IPv4. {where}")
+        return value
+    return BeforeValidator(check)
+
+
+IPv4Only = Annotated[IPv4Address, _ipv4_only("address", "Give it under the node's addresses6:, by the same network name")]
+IPv4OnlyNetwork = Annotated[IPv4Network, _ipv4_only("prefix", "Give it under networks6:, by the same network name")]
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RealServer(Strict):
-    address: IPv4Address
+    address: Address
     port: Port | None = None  # defaults to the service's port
     weight: Annotated[int, Field(ge=0, le=65535)] = 1
 
 
 class SorryServer(Strict):
-    address: IPv4Address
+    address: Address
     port: Port | None = None  # defaults to the service's port
 
 
 def service_key(protocol: Protocol | None, vip: object, port: int | None, fwmark: int | None) -> str:
     """How labkit names a service everywhere (lab file, `labkit show`, --service): `tcp VIP:port`,
-    or `fwm MARK` for a firewall-mark service."""
-    return f"fwm {fwmark}" if fwmark is not None else f"{protocol.value} {vip}:{port}"
+    or `fwm MARK` for a firewall-mark service; an IPv6 VIP in brackets: `tcp [fd00:55::100]:80`."""
+    return f"fwm {fwmark}" if fwmark is not None else f"{protocol.value} {host_port(vip, port)}"
 
 
 class VirtualService(Strict):
-    vip: IPv4Address | None = None
+    vip: Address | None = None
     port: Port = 80
     # A firewall-mark service (Docker swarm's pattern): the directors' firewall marks packets
     # for each of these VIPs on `port`, and one IPVS service schedules everything marked.
     fwmark: Annotated[int, Field(ge=1, le=2**32 - 1)] | None = None
-    vips: list[IPv4Address] = []
+    vips: list[Address] = []
     protocol: Protocol = Protocol.tcp
     scheduler: Scheduler = Scheduler.rr
     forwarding: Forwarding
@@ -165,9 +195,14 @@ class VirtualService(Strict):
         return rs.port if rs.port is not None else self.port
 
     @property
-    def addresses(self) -> list[IPv4Address]:
+    def addresses(self) -> list[IPv4Address | IPv6Address]:
         """The VIPs the service answers on."""
         return list(self.vips) if self.fwmark else [self.vip]
+
+    @property
+    def ipv6(self) -> bool:
+        """An IPv6 service: its VIPs and real servers are IPv6 (one family per service)."""
+        return any(vip is not None and vip.version == 6 for vip in self.addresses)
 
     @property
     def key(self) -> str:
@@ -177,7 +212,12 @@ class VirtualService(Strict):
 
 class Node(Strict):
     role: Role
-    addresses: dict[str, IPv4Address] = Field(min_length=1)
+    addresses: dict[str, IPv4Only] = Field(min_length=1)
+    # IPv6 addresses on some of the same networks (each also in the lab's networks6).
+    addresses6: dict[str, IPv6Address] = {}
+
+    def all_addresses(self) -> list[IPv4Address | IPv6Address]:
+        return [*self.addresses.values(), *self.addresses6.values()]
 
 
 class Lab(Strict):
@@ -189,7 +229,9 @@ class Lab(Strict):
     # NAT with keepalived: the floating address the real servers route replies through. It moves
     # with the VIPs, so replies always reach the director that rewrote the request.
     gateway: IPv4Address | None = None
-    networks: dict[str, IPv4Network] = Field(min_length=1)
+    networks: dict[str, IPv4OnlyNetwork] = Field(min_length=1)
+    # IPv6 prefixes of some of these networks, by the same names: the guests' interfaces carry both.
+    networks6: dict[str, IPv6Network] = {}
     nodes: dict[str, Node]
     services: list[VirtualService] = Field(min_length=1)
 
@@ -218,15 +260,31 @@ class Lab(Strict):
     def nat(self) -> bool:
         return any(s.forwarding == Forwarding.masq for s in self.services)
 
+    @property
+    def nat4(self) -> bool:
+        return any(s.forwarding == Forwarding.masq and not s.ipv6 for s in self.services)
+
+    @property
+    def nat6(self) -> bool:
+        return any(s.forwarding == Forwarding.masq and s.ipv6 for s in self.services)
+
     def reply_gateway(self, real_server: str) -> IPv4Address | None:
         """Where a NAT real server sends replies: the floating gateway of a keepalived pair,
         or the active director's address on a network they share."""
-        if not any(s.forwarding == Forwarding.masq for s in self.services_of(real_server)):
+        if not any(s.forwarding == Forwarding.masq and not s.ipv6 for s in self.services_of(real_server)):
             return None
         if self.ha:
             return self.gateway
         director = self.nodes[self.active_director].addresses
         return next(director[n] for n in self.nodes[real_server].addresses if n in director)
+
+    def reply_gateway6(self, real_server: str) -> IPv6Address | None:
+        """Where a real server of an IPv6 NAT service sends replies: the (single) active
+        director's IPv6 address on a network they share."""
+        if not any(s.forwarding == Forwarding.masq and s.ipv6 for s in self.services_of(real_server)):
+            return None
+        director = self.nodes[self.active_director].addresses6
+        return next((director[n] for n in self.nodes[real_server].addresses6 if n in director), None)
 
     @property
     def real_servers(self) -> list[str]:
@@ -236,14 +294,14 @@ class Lab(Strict):
     def clients(self) -> list[str]:
         return self.nodes_with(Role.client)
 
-    def node_at(self, address: IPv4Address) -> str | None:
+    def node_at(self, address: IPv4Address | IPv6Address) -> str | None:
         for name, node in self.nodes.items():
-            if address in node.addresses.values():
+            if address in node.all_addresses():
                 return name
         return None
 
-    def network_of(self, address: IPv4Address) -> str | None:
-        for name, net in self.networks.items():
+    def network_of(self, address: IPv4Address | IPv6Address) -> str | None:
+        for name, net in (self.networks6 if address.version == 6 else self.networks).items():
             if address in net:
                 return name
         return None

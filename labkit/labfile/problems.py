@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
-from labkit.labfile.model import (HOSTNAME, IFNAME, RESERVED_IFNAMES, Check, Forwarding, Lab, Protocol, Role)
+from labkit.labfile.model import (HOSTNAME, IFNAME, RESERVED_IFNAMES, Check, Forwarding, Lab, Protocol, Role,
+                                  VirtualService)
 
 
 def semantic_problems(lab: Lab) -> Iterator[str]:
@@ -21,7 +22,15 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
             if cidr.overlaps(other_cidr):
                 yield (f"networks.{net}: {cidr} overlaps networks.{other} ({other_cidr}). "
                        "Give each network its own range")
-    seen: dict[IPv4Address, str] = {}
+    for i, (net, cidr) in enumerate(lab.networks6.items()):
+        if net not in lab.networks:
+            yield (f"networks6.{net}: there is no network {net!r}. An IPv6 prefix is given to a network declared "
+                   f"under networks: ({', '.join(lab.networks)}), by its name")
+        for other, other_cidr in list(lab.networks6.items())[:i]:
+            if cidr.overlaps(other_cidr):
+                yield (f"networks6.{net}: {cidr} overlaps networks6.{other} ({other_cidr}). "
+                       "Give each network its own prefix")
+    seen: dict[IPv4Address | IPv6Address, str] = {}
     undeclared = False
     for name, node in lab.nodes.items():
         if not HOSTNAME.match(name):
@@ -38,6 +47,23 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
                 yield f"{field}: {addr} is not in network {net} ({cidr}). Use an address inside {cidr}"
             elif addr in (cidr.network_address, cidr.broadcast_address):
                 yield f"{field}: {addr} is the network or broadcast address of {cidr}. Use a host address"
+            if addr in seen:
+                yield f"{field}: {addr} is already used by {seen[addr]}. Give every node its own address"
+            seen[addr] = field
+        for net, addr in node.addresses6.items():
+            field = f"nodes.{name}.addresses6.{net}"
+            if net not in lab.networks6:
+                yield (f"{field}: network {net!r} has no IPv6 prefix. Give it one under networks6: "
+                       f"({', '.join(lab.networks6) or 'none yet'})")
+                continue
+            if net not in node.addresses:
+                yield (f"{field}: {name} has no IPv4 address on {net}, so it has no interface there. "
+                       f"Give it one under addresses: too")
+            cidr = lab.networks6[net]
+            if addr not in cidr:
+                yield f"{field}: {addr} is not in network {net}'s prefix {cidr}. Use an address inside {cidr}"
+            elif addr == cidr.network_address:
+                yield f"{field}: {addr} is the subnet-router anycast address of {cidr}. Use a host address"
             if addr in seen:
                 yield f"{field}: {addr} is already used by {seen[addr]}. Give every node its own address"
             seen[addr] = field
@@ -74,14 +100,24 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
             if vip in seen:
                 yield f"{vip_field}: {vip} is already the address of {seen[vip]}. Use a free address for the VIP"
             vip_net = lab.network_of(vip)
+            prefixes = lab.networks6 if vip.version == 6 else lab.networks
             if vip_net is None or vip_net not in shared:
                 yield (f"{vip_field}: {vip} is on no network that all directors ({', '.join(directors)}) share. "
-                       f"Use an address in {' or '.join(str(lab.networks[n]) for n in sorted(shared)) or 'a shared network'}")
+                       f"Use an address in {' or '.join(str(prefixes[n]) for n in sorted(shared) if n in prefixes) or 'a shared network'}")
+            elif vip.version == 6:
+                # a /128 VIP brings no route: the director answers the client through its own address there
+                for director in directors:
+                    if vip_net not in lab.nodes[director].addresses6:
+                        yield (f"{vip_field}: the director {director} has no IPv6 address on {vip_net}, so it cannot "
+                               f"answer the clients there. Give {director} an addresses6 entry on {vip_net}")
             elif vip in (lab.networks[vip_net].network_address, lab.networks[vip_net].broadcast_address):
                 yield f"{vip_field}: {vip} is the network or broadcast address of {lab.networks[vip_net]}. Use a host address"
-        addresses: set[IPv4Address] = set()
+        yield from _family_problems(lab, svc, field)
+        addresses: set[IPv4Address | IPv6Address] = set()
         for j, rs in enumerate(svc.real_servers):
             rs_field = f"{field}.real_servers[{j}]"
+            if rs.address.version != svc.addresses[0].version:
+                continue  # said by _family_problems
             if rs.address in addresses:
                 yield f"{rs_field}: {rs.address} is listed twice in this service. List each real server once"
             addresses.add(rs.address)
@@ -104,6 +140,15 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
                 }[svc.forwarding]
                 yield (f"{rs_field}.address: {rs.address} ({node}) is on network {rs_net}, which not every director is on; "
                        f"{why}. Use {node}'s address on a network of the directors")
+            if svc.ipv6 and svc.forwarding == Forwarding.route:
+                for client in lab.clients:
+                    if not set(lab.nodes[client].addresses6) & set(lab.nodes[node].addresses6):
+                        yield (f"{rs_field}.address: in route {node} answers the client {client} directly over IPv6, "
+                               f"but they share no IPv6 network. Give {node} an addresses6 entry on {client}'s network")
+            for director in (directors if svc.ipv6 and rs_net in shared else []):
+                if rs_net not in lab.nodes[director].addresses6:
+                    yield (f"{rs_field}.address: the director {director} reaches {node} over IPv6 on {rs_net}, "
+                           f"but has no IPv6 address there. Give {director} an addresses6 entry on {rs_net}")
             if svc.forwarding != Forwarding.masq:
                 for client in lab.clients:
                     if not lab.shared_networks(client, node):
@@ -118,9 +163,37 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
                                "Put the real servers on a network of their own")
 
 
+def _family_problems(lab: Lab, svc: VirtualService, field: str) -> Iterator[str]:
+    """One family per service, and what IPv6 needs that labkit offers."""
+    family = svc.addresses[0].version
+    for k, vip in enumerate(svc.addresses):
+        if vip.version != family:
+            yield f"{field}.vips[{k}]: {vip} is IPv{vip.version}, the service's first VIP IPv{family}. Use one family per service"
+    for j, rs in enumerate(svc.real_servers):
+        if rs.address.version != family:
+            yield (f"{field}.real_servers[{j}].address: {rs.address} is IPv{rs.address.version}, the VIP is IPv{family}. "
+                   f"IPVS forwards within one family: use the real server's IPv{family} address")
+    if svc.sorry_server is not None and svc.sorry_server.address.version != family:
+        yield (f"{field}.sorry_server.address: {svc.sorry_server.address} is IPv{svc.sorry_server.address.version}, "
+               f"the VIP is IPv{family}. Use the sorry server's IPv{family} address")
+    if family != 6:
+        return
+    if svc.fwmark:
+        yield (f"{field}.vips: labkit marks a fwmark service's packets with iptables, for IPv4 VIPs only. "
+               "Give IPv6 VIPs their own services (vip:)")
+    if svc.forwarding == Forwarding.tun:
+        yield f"{field}.forwarding: tun over IPv6 (ip6tnl) is not offered by labkit. Use route or masq for an IPv6 service"
+    if svc.forwarding == Forwarding.masq and lab.ha:
+        yield (f"{field}.forwarding: NAT over IPv6 needs a floating IPv6 gateway, which labkit's keepalived pair "
+               "does not have. Use failover: none for IPv6 NAT, or forwarding: route")
+    for client in lab.clients:
+        if not lab.nodes[client].addresses6:
+            yield f"{field}.vip: the service is IPv6 but the client {client} has no IPv6 address. Give it addresses6:"
+
+
 def _failover_problems(lab: Lab, shared: set[str], seen: dict[IPv4Address, str]):
     nat_servers = [n for n in lab.real_servers
-                   if any(s.forwarding == Forwarding.masq for s in lab.services_of(n))]
+                   if any(s.forwarding == Forwarding.masq and not s.ipv6 for s in lab.services_of(n))]
     if not lab.ha:
         if lab.gateway is not None:
             yield "gateway: only a keepalived pair has a floating gateway. Remove it, or use failover: keepalived"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from labkit.build import ipvs
 from labkit.errors import LabkitError
 from labkit.labfile import VirtualService
+from labkit.labfile.model import host_port
 from labkit.run.lab import RunningLab
 
 MAX_REQUESTS = 20000
@@ -21,7 +22,7 @@ def command(svc: VirtualService, requests: int, concurrency: int) -> list[str]:
     """ab opens a new connection per request (no -k), so IPVS schedules every request.
     -l: the pages differ by real server; -s: a request that hangs fails after 5 s."""
     return ["ab", "-n", str(requests), "-c", str(concurrency), "-s", "5", "-l", "-r",
-            f"http://{svc.addresses[0]}:{svc.port}/"]
+            f"http://{host_port(svc.addresses[0], svc.port)}/"]
 
 
 @dataclass
@@ -69,7 +70,7 @@ def bench(running: RunningLab, svc: VirtualService, requests: int, concurrency: 
     director = running.holder() or lab.active_director
     before = running.run(director, STATS)
     result = parse_ab(running.run(lab.clients[0], command(svc, requests, concurrency)))
-    names = {f"{rs.address}:{svc.real_port(rs)}": lab.node_at(rs.address) for rs in svc.real_servers}
+    names = {host_port(rs.address, svc.real_port(rs)): lab.node_at(rs.address) for rs in svc.real_servers}
     deadline = time.monotonic() + 6  # the kernel's counters lag up to about 2 s
     while True:
         result.split = split(svc.key, before, running.run(director, STATS), names)

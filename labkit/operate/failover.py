@@ -94,7 +94,7 @@ a = json.loads(sys.argv[1])
 t0 = time.monotonic()
 
 def fetch(path, rcvbuf=0, rate=0, timeout=1.0, first_bytes=None):
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in a["vip"] else socket.AF_INET)
     if rcvbuf:  # a small window keeps the download slow end to end, not just at the reader
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.settimeout(timeout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -19,10 +19,11 @@ from rich.text import Text
 
 from labkit.build import ipvs
 from labkit.labfile import Lab
+from labkit.labfile.model import host_port
 
 # What show runs on each director, as words for shlex.join. --exact because without it ipvsadm
 # rounds large numbers to K, M, G; -n because name lookups in an isolated lab only time out.
-ADDRESSES = ["ip", "-o", "-4", "addr", "show"]  # which VIPs a director holds
+ADDRESSES = ["ip", "-o", "addr", "show"]  # which VIPs a director holds, IPv4 and IPv6
 COMMANDS: dict[str, list[str]] = {
     "list": ["sudo", "-n", "ipvsadm", "-L", "-n"],
     "stats": ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"],
@@ -50,21 +51,21 @@ class DirectorState:
         return bool(self.vips)
 
 
-INET = re.compile(r"\binet (\d+\.\d+\.\d+\.\d+)/\d+")
+INET = re.compile(r"\binet6? ([0-9a-f.:]+)/\d+")
 
 
-def holds_vip(addr_text: str, vip: IPv4Address | str) -> bool:
-    """Whether `ip -o -4 addr show` lists the VIP among the node's addresses."""
-    return IPv4Address(str(vip)) in {IPv4Address(a) for a in INET.findall(addr_text)}
+def holds_vip(addr_text: str, vip: IPv4Address | IPv6Address | str) -> bool:
+    """Whether `ip -o addr show` lists the VIP among the node's addresses."""
+    return ip_address(str(vip)) in {ip_address(a) for a in INET.findall(addr_text)}
 
 
 def held_vips(lab: Lab, addr_text: str) -> list[str]:
-    """The lab's VIPs that `ip -o -4 addr show` lists."""
+    """The lab's VIPs that `ip -o addr show` lists."""
     return [vip for vip in [str(vip) for vip in lab.vips] if holds_vip(addr_text, vip)]
 
 
 def holders(lab: Lab, addresses: Mapping[str, str]) -> list[str]:
-    """The directors whose `ip -o -4 addr show` (director -> output) lists the first VIP."""
+    """The directors whose `ip -o addr show` (director -> output) lists the first VIP."""
     return [d for d, text in addresses.items() if holds_vip(text, lab.vips[0])]
 
 
@@ -96,7 +97,7 @@ def _sync(d: DirectorState) -> str:
 
 
 def _name(svc: ipvs.Service) -> str:
-    name = f"FWM {svc.fwmark}" if svc.fwmark is not None else f"{svc.protocol.value.upper()} {svc.vip}:{svc.port}"
+    name = f"FWM {svc.fwmark}" if svc.fwmark is not None else f"{svc.protocol.value.upper()} {host_port(svc.vip, svc.port)}"
     flags = ([f"persistent {svc.persistence}"] if svc.persistence else []) + (["ops"] if svc.ops else [])
     return f"{name} ({', '.join(flags)})" if flags else name
 
@@ -141,9 +142,10 @@ def services_table(lab: Lab, d: DirectorState) -> Table:
     if not d.services:
         table.add_row("(no virtual service)")
     for svc in d.services:
-        table.add_row(_name(svc), svc.scheduler, "", "", *_numbers(svc.stats, svc.rates), style="bold")
+        # Text, not markup: `[fd00:55::100]:80` would read as a style tag
+        table.add_row(Text(_name(svc)), svc.scheduler, "", "", *_numbers(svc.stats, svc.rates), style="bold")
         for dest in svc.destinations:
-            table.add_row(_real_server(lab, dest), dest.forward.listed_as, str(dest.weight), _pair(dest.active, dest.inactive),
+            table.add_row(Text(_real_server(lab, dest)), dest.forward.listed_as, str(dest.weight), _pair(dest.active, dest.inactive),
                           *_numbers(dest.stats, dest.rates))
     return table
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
+from labkit.labfile.model import host_port
 from labkit.build.render import interfaces
 from labkit.errors import LabkitError
 from labkit.run.lab import RunningLab
@@ -75,10 +76,12 @@ def capture_command(devices: list[str], port: int, protocol: Protocol = Protocol
     return ["sudo", "-n", "sh", "-c", f"pids=; {listen} {ready}; sleep {SECONDS}; kill $pids; wait; {show}"]
 
 
+# tcpdump writes an IPv4 endpoint as 192.168.55.200.43616 and an IPv6 one as fd00:55::200.43616.
+ENDPOINT = r"(?:\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:]*)\.\d+"
 LINE = re.compile(
     r"(?:(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), .*?length \d+: )?"
-    r"(?:IP )?(?:(?P<outer_src>\d+\.\d+\.\d+\.\d+) > (?P<outer_dst>\d+\.\d+\.\d+\.\d+): (?:IP )?)?"
-    r"(?P<src>\d+\.\d+\.\d+\.\d+\.\d+) > (?P<dst>\d+\.\d+\.\d+\.\d+\.\d+): "
+    r"(?:IP6? )?(?:(?P<outer_src>\d+\.\d+\.\d+\.\d+) > (?P<outer_dst>\d+\.\d+\.\d+\.\d+): (?:IP )?)?"
+    rf"(?P<src>{ENDPOINT}) > (?P<dst>{ENDPOINT}): "
     r"(?:Flags \[(?P<flags>[^\]]+)\]|(?P<udp>UDP), length)")
 
 
@@ -187,7 +190,8 @@ class Trace:
 
 
 # One datagram from the client's port to the VIP; prints the answer (the real server's name).
-DATAGRAM = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); "
+DATAGRAM = ("import socket, sys; family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET; "
+            "s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(5); "
             "s.bind(('', int(sys.argv[3]))); s.sendto(b'labkit', (sys.argv[1], int(sys.argv[2]))); "
             "print(s.recv(2048).decode())")
 
@@ -207,11 +211,12 @@ def trace(running: RunningLab, svc: VirtualService) -> Trace:
             if not event.wait(30):
                 raise LabkitError(f"tcpdump on {node} did not start listening within 30 s")
         if svc.protocol == Protocol.udp:
-            url = f"udp {svc.addresses[0]}:{svc.port}"
+            url = f"udp {host_port(svc.addresses[0], svc.port)}"
             ask = ["python3", "-c", DATAGRAM, str(svc.addresses[0]), str(svc.port), str(port)]
         else:
-            url = f"http://{svc.addresses[0]}:{svc.port}/"
-            ask = ["curl", "-sS", "-m", "5", "--local-port", str(port), url]
+            url = f"http://{host_port(svc.addresses[0], svc.port)}/"
+            # -g: the brackets of an IPv6 URL are the address's, not curl's globbing
+            ask = ["curl", "-sS", "-g", "-m", "5", "--local-port", str(port), url]
         answer = running.run(lab.clients[0], ask).strip()
         captured = {node: parse(f.result()) for node, f in captures.items()}
     request, reply = hops(lab, svc, captured, port)

@@ -119,6 +119,10 @@ def test_show(lab):
         assert all(len(svc["real_servers"]) == 2 for svc in director["services"])
 
 
+# The IPv6 service of the labs that have one: DR in dr, NAT in fwmark.
+IPV6_SERVICES = {"dr": "tcp [fd00:55::100]:80", "fwmark": "tcp [fd00:55::100]:80"}
+
+
 def test_trace(lab):
     name, *_ = lab
     result = labkit("trace", name)
@@ -140,6 +144,16 @@ def test_trace(lab):
         request, reply = udp.stdout.split("\nreply\n")
         assert "[UDP]" in request and "destination rewritten" in request, udp.stdout
         assert "source rewritten 192.168.66.11" in reply, udp.stdout
+    if name in IPV6_SERVICES:  # the same told for the lab's IPv6 service
+        result = labkit("trace", name, "--service", IPV6_SERVICES[name])
+        assert result.returncode == 0, result.stderr
+        request, reply = result.stdout.split("\nreply\n")
+        assert "fd00:55::200." in request, result.stdout
+        assert expect[0] in request and expect[1] in reply, result.stdout
+        if name == "dr":
+            assert "lb0 " not in reply, f"the IPv6 reply must not pass the director:\n{result.stdout}"
+        else:
+            assert "destination rewritten fd00:55::100.80 -> fd00:66::" in request, result.stdout
 
 
 def test_bench(lab):

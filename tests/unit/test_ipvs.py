@@ -214,11 +214,18 @@ def test_fwmark_rules_and_expected_listing():
         "-A -f 1 -s rr\n"
         "-a -f 1 -r 192.168.66.111:80 -m -w 1\n"
         "-a -f 1 -r 192.168.66.112:80 -m -w 1\n"
+        "-A -t [fd00:55::100]:80 -s rr\n"
+        "-a -t [fd00:55::100]:80 -r [fd00:66::111]:80 -m -w 1\n"
+        "-a -t [fd00:55::100]:80 -r [fd00:66::112]:80 -m -w 1\n"
     )
     listed = ipvs.parse_list(
         "Prot LocalAddress:Port Scheduler Flags\n"
         "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
         "FWM  1 rr\n"
         "  -> 192.168.66.111:80            Masq    1      0          0\n"
-        "  -> 192.168.66.112:80            Masq    1      0          0\n")
-    assert listed == [ipvs.expected(lab.services[0])]
+        "  -> 192.168.66.112:80            Masq    1      0          0\n"
+        "TCP  [fd00:55::100]:80 rr\n"
+        "  -> [fd00:66::111]:80            Masq    1      0          0\n"
+        "  -> [fd00:66::112]:80            Masq    1      0          0\n")
+    assert listed == [ipvs.expected(svc) for svc in lab.services]
+    assert [d.key for d in listed[1].destinations] == ["[fd00:66::111]:80", "[fd00:66::112]:80"]

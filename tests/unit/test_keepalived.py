@@ -57,8 +57,19 @@ def test_one_vrrp_instance_per_vip():
     tun = lab("tun")
     assert [i.name for i in instances(tun)] == ["VIP_192_168_55_100", "VIP_192_168_55_101"]
     assert len({i.router_id for i in instances(tun)}) == 2
-    # DR has one VIP: no sync group of one
-    assert "vrrp_sync_group" not in config(lab("dr"), "lb0")
+    # one VIP: no sync group of one
+    assert "vrrp_sync_group" not in config(lab("dr", lambda d: d["services"].pop(1)), "lb0")
+
+
+def test_an_ipv6_vip_has_its_own_instance_and_virtual_server():
+    dr = lab("dr")
+    assert [(i.name, str(i.address)) for i in instances(dr)] == [
+        ("VIP_192_168_55_100", "192.168.55.100"), ("VIP_fd00_55__100", "fd00:55::100")]
+    text = config(dr, "lb0")
+    assert "fd00:55::100/128 dev ext" in blocks(text, "vrrp_instance")["VIP_fd00_55__100"]
+    servers = blocks(text, "virtual_server")
+    assert "real_server fd00:66::111 80 {" in servers["fd00:55::100 80"]
+    assert "lb_kind DR" in servers["fd00:55::100 80"]
 
 
 def test_connection_sync_runs_off_the_vip_network():
@@ -93,7 +104,7 @@ def test_udp_services_are_checked_with_a_datagram_answered_by_the_server_name():
 
 
 def test_fwmark_virtual_server():
-    fw = lab("fwmark", lambda d: d.update(failover="keepalived", gateway="192.168.66.10"))
+    fw = lab("fwmark", lambda d: (d.update(failover="keepalived", gateway="192.168.66.10"), d["services"].pop(1)))
     servers = blocks(config(fw, "lb0"), "virtual_server")
     assert list(servers) == ["fwmark 1"]
     assert [i.name for i in instances(fw)] == ["VIP_192_168_55_100", "VIP_192_168_55_101", "GATEWAY"]

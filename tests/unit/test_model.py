@@ -113,6 +113,47 @@ CASES = [
      "services[0].fwmark", "greater than or equal to 1"),
     (NAT, lambda d: d["nodes"].update(lb2={"role": "director", "addresses": {"ext": "192.168.55.13", "int": "192.168.66.13"}}),
      "nodes", "keepalived pairs two directors"),
+    # IPv6
+    (DR, lambda d: d["networks"].update(ext="fd00:55::/64"),
+     "networks.ext", "fd00:55::/64 is an IPv6 prefix, and this key holds IPv4. Give it under networks6:"),
+    (DR, lambda d: d["nodes"]["cl0"]["addresses"].update(ext="fd00:55::201"),
+     "nodes.cl0.addresses.ext", "fd00:55::201 is an IPv6 address, and this key holds IPv4. Give it under the node's addresses6:"),
+    (DR, lambda d: d["services"][1].update(vip="fd00:55::zz"),
+     "services[1].vip", "not a valid IPv4 or IPv6 address"),
+    (DR, lambda d: d["networks6"].update(dmz="fd00:77::/64"),
+     "networks6.dmz", "there is no network 'dmz'"),
+    (DR, lambda d: d["networks6"].update(int="fd00:55::/56"),
+     "networks6.int", "overlaps networks6.ext"),
+    (DR, lambda d: d["nodes"]["cl0"]["addresses6"].update(ext="fd00:66::200"),
+     "nodes.cl0.addresses6.ext", "fd00:66::200 is not in network ext's prefix fd00:55::/64"),
+    (DR, lambda d: d["nodes"]["cl0"]["addresses6"].update(int="fd00:66::200"),
+     "nodes.cl0.addresses6.int", "cl0 has no IPv4 address on int"),
+    (DR, lambda d: d["nodes"]["rs0"]["addresses6"].update(ext="fd00:55::11"),
+     "nodes.rs0.addresses6.ext", "fd00:55::11 is already used by nodes.lb0.addresses6.ext"),
+    (DR, lambda d: d["networks6"].pop("int"),
+     "nodes.lb0.addresses6.int", "network 'int' has no IPv6 prefix"),
+    (DR, lambda d: rs(d, 1, 1).update(address="192.168.66.112"),
+     "services[1].real_servers[1].address", "192.168.66.112 is IPv4, the VIP is IPv6. IPVS forwards within one family"),
+    (DR, lambda d: rs(d, 0, 1).update(address="fd00:66::112"),
+     "services[0].real_servers[1].address", "fd00:66::112 is IPv6, the VIP is IPv4"),
+    (DR, lambda d: d["services"][1].update(forwarding="tun"),
+     "services[1].forwarding", "tun over IPv6 (ip6tnl) is not offered"),
+    (FWMARK, lambda d: d.update(failover="keepalived", gateway="192.168.66.10"),
+     "services[1].forwarding", "NAT over IPv6 needs a floating IPv6 gateway"),
+    (DR, lambda d: d["nodes"]["cl0"].pop("addresses6"),
+     "services[1].vip", "the client cl0 has no IPv6 address"),
+    (DR, lambda d: d["nodes"]["rs1"]["addresses6"].pop("ext"),
+     "services[1].real_servers[1].address", "rs1 answers the client cl0 directly over IPv6"),
+    (DR, lambda d: d["nodes"]["lb1"]["addresses6"].pop("int"),
+     "services[1].real_servers[0].address", "the director lb1 reaches rs0 over IPv6 on int, but has no IPv6 address there"),
+    (DR, lambda d: d["nodes"]["lb1"]["addresses6"].pop("ext"),
+     "services[1].vip", "the director lb1 has no IPv6 address on ext"),
+    (DR, lambda d: d["services"][1].update(vip="fd00:77::100"),
+     "services[1].vip", "fd00:77::100 is on no network that all directors"),
+    (FWMARK, lambda d: d["services"][0].update(vips=["192.168.55.100", "fd00:55::101"]),
+     "services[0].vips[1]", "fd00:55::101 is IPv6, the service's first VIP IPv4"),
+    (FWMARK, lambda d: d["services"][0].update(vips=["fd00:55::101"], real_servers=[{"address": "fd00:66::111"}]),
+     "services[0].vips", "for IPv4 VIPs only"),
 ]
 
 
@@ -157,7 +198,9 @@ def test_fwmark_service():
     svc = lab.services[0]
     assert svc.key == "fwm 1"
     assert [str(v) for v in svc.addresses] == ["192.168.55.100", "192.168.55.101"]
-    assert [str(v) for v in lab.vips] == ["192.168.55.100", "192.168.55.101"]
+    # and beside it a plain IPv6 service
+    assert [str(v) for v in lab.vips] == ["192.168.55.100", "192.168.55.101", "fd00:55::100"]
+    assert lab.services[1].key == "tcp [fd00:55::100]:80" and lab.services[1].ipv6
 
 
 def test_nat_real_server_port_may_differ():

@@ -191,3 +191,22 @@ def test_the_responder_answers_with_the_name_from_the_address_asked(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_ipv6_addresses_are_given_without_duplicate_address_detection():
+    done = commands("dr", "rs0")
+    assert "sysctl -q -w net.ipv6.conf.int.disable_ipv6=0" in done
+    assert "ip addr replace fd00:66::111/64 dev int nodad" in done
+    # DR over IPv6: the VIP on lo as a /128
+    assert "ip addr replace fd00:55::100/128 dev lo nodad" in done
+    assert "ip addr replace 192.168.55.100/32 dev lo" in done
+
+
+def test_ipv6_nat_director_forwards_and_real_servers_route_back_through_it():
+    fwmark = lab("fwmark")
+    assert sysctls(fwmark, "lb0") == {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"}
+    assert gateway_routes(fwmark, "rs0") == {"192.168.55.0/24": "192.168.66.11", "fd00:55::/64": "fd00:66::11"}
+    assert "ip route replace fd00:55::/64 via fd00:66::11" in commands("fwmark", "rs1")
+    assert "ip addr replace fd00:55::100/128 dev ext nodad" in commands("fwmark", "lb0")
+    # DR forwards nothing itself
+    assert "net.ipv6.conf.all.forwarding" not in sysctls(lab("dr"), "lb0")

@@ -117,6 +117,17 @@ def test_holds_vip_reads_addresses_not_substrings():
     assert not show.holds_vip(ACTIVE_ADDRESSES, "192.168.55.1")
 
 
+def test_holds_vip_reads_ipv6_addresses():
+    # as `ip -o addr show` lists them on the fwmark lab's lb0
+    held = ACTIVE_ADDRESSES + (
+        "3: ext    inet6 fd00:55::100/128 scope global nodad \\       valid_lft forever preferred_lft forever\n"
+        "3: ext    inet6 fd00:55::11/64 scope global nodad \\       valid_lft forever preferred_lft forever\n")
+    assert show.holds_vip(held, "fd00:55::100")
+    assert show.holds_vip(held, "192.168.55.100")
+    assert not show.holds_vip(ACTIVE_ADDRESSES, "fd00:55::100")
+    assert not show.holds_vip(held, "fd00:55::1")
+
+
 def test_connections_view_per_director():
     text = render(show.connections_view(LAB, directors(connections=True)))
     titles = line_with(text, "lb0")
@@ -150,3 +161,25 @@ def test_json_round_trips_with_the_counters():
 def test_json_without_connections_says_they_were_not_fetched():
     data = show.as_json(LAB, directors())
     assert [d["connections"] for d in data["directors"]] == [None, None]
+
+
+def test_an_ipv6_service_is_shown_with_its_brackets():
+    """`[fd00:55::100]:80` is an address, not rich markup; its real servers are named."""
+    fwmark = load_lab(LABS / "fwmark" / "lab.yaml")
+    listing = ("IP Virtual Server version 1.2.1 (size=4096)\n"
+               "Prot LocalAddress:Port Scheduler Flags\n"
+               "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+               "TCP  [fd00:55::100]:80 rr\n"
+               "  -> [fd00:66::111]:80            Masq    1      0          6\n"
+               "  -> [fd00:66::112]:80            Masq    1      0          6\n")
+    stats = ("Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n"
+             "  -> RemoteAddress:Port\n"
+             "TCP  [fd00:55::100]:80                  23      157      180    12430   106461\n"
+             "  -> [fd00:66::111]:80                  11       41       29     3508     3624\n"
+             "  -> [fd00:66::112]:80                  12      116      151     8922  1060994\n")
+    state = show.director_state(fwmark, "lb0", {"list": listing, "stats": stats, "rate": "",
+                                                 "addresses": "3: ext    inet6 fd00:55::100/128 scope global nodad\n"})
+    assert state.vips == ["fd00:55::100"]
+    assert state.services[0].destinations[1].stats.conns == 12
+    text = render(show.view(fwmark, [state]))
+    assert "TCP [fd00:55::100]:80" in text and "[fd00:66::112]:80 rs1" in text, text

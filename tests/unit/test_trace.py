@@ -169,3 +169,30 @@ def test_the_capture_window_opens_once_every_tcpdump_listens(tmp_path, monkeypat
     assert out.splitlines() == ["labkit-capturing", "== ext", "captured-after-listening",
                                 "== int", "captured-after-listening"]
     assert 2.4 < took < 6, took  # 1.5 s to listen, then the 1 s window
+
+
+def line6(src_mac, dst_mac, src, dst, flags):
+    return f"{src_mac} > {dst_mac}, ethertype IPv6 (0x86dd), length 94: {src} > {dst}: {flags}"
+
+
+def test_ipv6_nat_hops():
+    """tcpdump writes IPv6 endpoints as fd00:55::200.53118 (as seen on the fwmark lab)."""
+    fwmark = load_lab(LABS / "fwmark" / "lab.yaml")
+    lb0 = "\n".join([
+        "== ext",
+        line6(CL0, LB0_EXT, f"fd00:55::200.{PORT}", "fd00:55::100.80", SYN),
+        line6(LB0_EXT, CL0, "fd00:55::100.80", f"fd00:55::200.{PORT}", SYNACK),
+        "== int",
+        line6(LB0_INT, RS0_INT, f"fd00:55::200.{PORT}", "fd00:66::111.80", SYN),
+        line6(RS0_INT, LB0_INT, "fd00:66::111.80", f"fd00:55::200.{PORT}", SYNACK),
+    ])
+    rs0 = "\n".join([
+        "== int",
+        line6(LB0_INT, RS0_INT, f"fd00:55::200.{PORT}", "fd00:66::111.80", SYN),
+        line6(RS0_INT, LB0_INT, "fd00:66::111.80", f"fd00:55::200.{PORT}", SYNACK),
+    ])
+    request, reply = hops(fwmark, fwmark.services[1], {"lb0": parse(lb0), "rs0": parse(rs0)}, PORT)
+    assert [(h.node, h.interface) for h in request] == [("lb0", "ext"), ("lb0", "int"), ("rs0", "int")]
+    assert request[1].note == "destination rewritten fd00:55::100.80 -> fd00:66::111.80; the client's port kept"
+    assert reply[-1].note.startswith("source rewritten fd00:66::111.80 -> fd00:55::100.80")
+    assert describe(fwmark, request[0].packet) == f"cl0:ext > lb0:ext  fd00:55::200.{PORT} > fd00:55::100.80 [S]"
