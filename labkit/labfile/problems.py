@@ -183,6 +183,9 @@ def _family_problems(lab: Lab, svc: VirtualService, field: str) -> Iterator[str]
                "Give IPv6 VIPs their own services (vip:)")
     if svc.forwarding == Forwarding.tun:
         yield f"{field}.forwarding: tun over IPv6 (ip6tnl) is not offered by labkit. Use route or masq for an IPv6 service"
+    if svc.protocol == Protocol.udp:
+        yield (f"{field}.protocol: labkit's UDP responder answers on IPv4 only. Use protocol: tcp for an IPv6 "
+               "service, or an IPv4 VIP for a UDP one")
     if svc.forwarding == Forwarding.masq and lab.ha:
         yield (f"{field}.forwarding: NAT over IPv6 needs a floating IPv6 gateway, which labkit's keepalived pair "
                "does not have. Use failover: none for IPv6 NAT, or forwarding: route")

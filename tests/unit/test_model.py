@@ -138,6 +138,8 @@ CASES = [
      "services[0].real_servers[1].address", "fd00:66::112 is IPv6, the VIP is IPv4"),
     (DR, lambda d: d["services"][1].update(forwarding="tun"),
      "services[1].forwarding", "tun over IPv6 (ip6tnl) is not offered"),
+    (DR, lambda d: d["services"][1].update(protocol="udp", check="udp"),
+     "services[1].protocol", "labkit's UDP responder answers on IPv4 only"),
     (FWMARK, lambda d: d.update(failover="keepalived", gateway="192.168.66.10"),
      "services[1].forwarding", "NAT over IPv6 needs a floating IPv6 gateway"),
     (DR, lambda d: d["nodes"]["cl0"].pop("addresses6"),
