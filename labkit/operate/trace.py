@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from labkit.labfile import Forwarding, Lab, VirtualService
+from labkit.labfile import Forwarding, Lab, Tunnel, VirtualService
 from labkit.build.render import interfaces
 from labkit.errors import LabkitError
 from labkit.run.lab import RunningLab
@@ -31,7 +31,8 @@ class Packet:
     src: str  # address.port
     dst: str
     flags: str  # tcpdump's: S for SYN, S. for SYN-ACK
-    outer: tuple[str, str] | None = None  # IP-in-IP: the outer source and destination
+    outer: tuple[str, str] | None = None  # a tunnel packet: the outer source and destination
+    wrap: str = ""  # the tunnel: ipip, gre, or gue (then outer carries the UDP ports)
 
 
 @dataclass(frozen=True)
@@ -44,25 +45,33 @@ class Hop:
 
 def capture_points(lab: Lab, svc: VirtualService) -> dict[str, list[str]]:
     """node -> the interfaces to listen on: every lab network of the active director and of
-    the service's real servers, and tunl0 where tunnels end."""
+    the service's real servers, and the device where its tunnel ends (tunl0, gre0)."""
     points = {lab.active_director: list(lab.nodes[lab.active_director].addresses)}
     for rs in svc.real_servers:
         node = lab.node_at(rs.address)
-        points[node] = list(lab.nodes[node].addresses) + (["tunl0"] if svc.forwarding == Forwarding.tun else [])
+        points[node] = list(lab.nodes[node].addresses) + ([svc.tunnel_type.device] if svc.tunnel_type else [])
     return points
 
 
 CAPTURING = "labkit-capturing"  # printed once every tcpdump listens
 
 
-def capture_command(devices: list[str], port: int) -> list[str]:
+def capture_filter(port: int, gue_port: int | None = None) -> str:
+    """The client's TCP port, and the tunnel packets, whose TCP header is inside: IP-in-IP
+    (protocol 4), GRE (47), and GUE's UDP port. A GUE packet is printed in hex too (-x), since
+    tcpdump does not read what a GUE port carries."""
+    return f"tcp port {port} or ip proto 4 or ip proto 47" + (f" or udp dst port {gue_port}" if gue_port else "")
+
+
+def capture_command(devices: list[str], port: int, gue_port: int | None = None,
+                    seconds: float = SECONDS) -> list[str]:
     """One shell command that listens on each device at once, says CAPTURING once every
-    tcpdump is listening, and prints each capture after a `== device` line. `ip proto 4`
-    catches the tunnel packets, whose TCP header is inside."""
+    tcpdump is listening, and prints each capture after a `== device` line."""
     files = [f"/tmp/labkit-trace.{dev}" for dev in devices]
+    hex_too = " -x" if gue_port else ""
     listen = " ".join(
-        f"timeout {SECONDS} tcpdump -i {shlex.quote(dev)} -e -n -l --immediate-mode "
-        f"'tcp port {port} or ip proto 4' > {f} 2> {f}.err &"
+        f"timeout {seconds} tcpdump -i {shlex.quote(dev)} -e -n -l{hex_too} --immediate-mode "
+        f"{shlex.quote(capture_filter(port, gue_port))} > {f} 2> {f}.err &"
         for dev, f in zip(devices, files))
     listening = " && ".join(f"grep -q 'listening on' {f}.err" for f in files)
     ready = f"for i in $(seq 100); do {listening} && break; sleep 0.1; done; echo {CAPTURING}"
@@ -70,23 +79,74 @@ def capture_command(devices: list[str], port: int) -> list[str]:
     return ["sudo", "-n", "sh", "-c", f"{listen} {ready}; wait; {show}"]
 
 
+MACS = r"(?:(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), .*?length \d+: )?(?:IP )?"
+IP = r"\d+\.\d+\.\d+\.\d+"
 LINE = re.compile(
-    r"(?:(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), .*?length \d+: )?"
-    r"(?:IP )?(?:(?P<outer_src>\d+\.\d+\.\d+\.\d+) > (?P<outer_dst>\d+\.\d+\.\d+\.\d+): (?:IP )?)?"
-    r"(?P<src>\d+\.\d+\.\d+\.\d+\.\d+) > (?P<dst>\d+\.\d+\.\d+\.\d+\.\d+): Flags \[(?P<flags>[^\]]+)\]")
+    MACS + rf"(?:(?P<outer_src>{IP}) > (?P<outer_dst>{IP}): (?P<gre>GREv0, (?:.*?, )?length \d+: )?(?:IP )?)?"
+    rf"(?P<src>{IP}\.\d+) > (?P<dst>{IP}\.\d+): Flags \[(?P<flags>[^\]]+)\]")
+# A GUE packet: tcpdump sees UDP only; the bytes that follow (-x) hold the client's packet.
+UDP_LINE = re.compile(MACS + rf"(?P<outer_src>{IP}\.\d+) > (?P<outer_dst>{IP}\.\d+): UDP, length \d+")
+HEX_LINE = re.compile(r"^\s+0x[0-9a-f]{4}:\s+((?:[0-9a-f]{2,4}\s?)+)")
+TCP_FLAGS = "FSRPUWE"  # tcpdump's letters for the TCP flag bits, lowest first; ACK is "."
+
+
+def _ip(data: bytes) -> str:
+    return ".".join(str(b) for b in data)
+
+
+def inner_of_gue(data: bytes) -> tuple[str, str, str] | None:
+    """The client's TCP packet inside a GUE packet (outer IP, UDP, GUE header, IP, TCP): its
+    source and destination (address.port) and tcpdump's flags; None if it holds something else."""
+    try:
+        at = (data[0] & 0x0F) * 4 + 8  # after the outer IP and UDP headers
+        guehdr = data[at]
+        if guehdr >> 6 != 0 or data[at + 1] != 4:  # GUE version 0 carrying IP-in-IP
+            return None
+        inner = at + 4 + (guehdr & 0x1F) * 4
+        if data[inner] >> 4 != 4 or data[inner + 9] != 6:  # IPv4 carrying TCP
+            return None
+        tcp = inner + (data[inner] & 0x0F) * 4
+        ports = [int.from_bytes(data[tcp + i:tcp + i + 2], "big") for i in (0, 2)]
+        bits = data[tcp + 13]
+        flags = "".join(c for i, c in enumerate(TCP_FLAGS) if bits & (1 << i)) + ("." if bits & 0x10 else "")
+        return (f"{_ip(data[inner + 12:inner + 16])}.{ports[0]}", f"{_ip(data[inner + 16:inner + 20])}.{ports[1]}",
+                flags)
+    except IndexError:
+        return None
 
 
 def parse(output: str) -> dict[str, list[Packet]]:
     """The capture command's output -> device -> packets."""
     out: dict[str, list[Packet]] = {}
     device = ""
+    udp: tuple[re.Match, bytearray] | None = None  # a UDP packet whose hex lines are being read
+
+    def gue_done() -> None:
+        nonlocal udp
+        if udp is not None and (inner := inner_of_gue(bytes(udp[1]))):
+            m = udp[0]
+            out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", *inner,
+                                      (m["outer_src"], m["outer_dst"]), "gue"))
+        udp = None
+
     for line in output.splitlines():
+        if udp is not None and (h := HEX_LINE.match(line)):
+            udp[1].extend(bytes.fromhex(h[1].replace(" ", "")))
+            continue
+        gue_done()
         if line.startswith("== "):
             device = line[3:].strip()
             out[device] = []
-        elif (m := LINE.search(line)) and device:
+        elif not device:
+            continue
+        elif m := LINE.search(line):
             outer = (m["outer_src"], m["outer_dst"]) if m["outer_src"] else None
-            out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", m["src"], m["dst"], m["flags"], outer))
+            wrap = ("gre" if m["gre"] else "ipip") if outer else ""
+            out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", m["src"], m["dst"], m["flags"],
+                                      outer, wrap))
+        elif m := UDP_LINE.search(line):
+            udp = (m, bytearray())
+    gue_done()
     return out
 
 
@@ -117,10 +177,12 @@ def hops(lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packe
     client_net = next(iter(lab.nodes[lab.clients[0]].addresses))
     order = [(director, client_net)] + [(director, d) for d in lab.nodes[director].addresses if d != client_net]
     if server:
-        order += [(server, d) for d in lab.nodes[server].addresses] + [(server, "tunl0")]
+        order += [(server, d) for d in lab.nodes[server].addresses]
+        order += [(server, svc.tunnel_type.device)] if svc.tunnel_type else []
     for key in order:
         if key in found:
-            request.append(Hop(*key, found[key], _request_note(request[-1].packet if request else None, found[key])))
+            request.append(Hop(*key, found[key],
+                               _request_note(svc, key[1], request[-1].packet if request else None, found[key])))
     back = ([(server, d) for d in lab.nodes[server].addresses] if server else []) + \
         [(director, d) for d in lab.nodes[director].addresses if d != client_net] + [(director, client_net)]
     for key in back:
@@ -129,13 +191,21 @@ def hops(lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packe
     return request, reply
 
 
-def _request_note(before: Packet | None, p: Packet) -> str:
+WRAPS = {"ipip": "IP-in-IP", "gre": "GRE"}
+
+
+def _request_note(svc: VirtualService, device: str, before: Packet | None, p: Packet) -> str:
     if before is None:
         return "from the client to the VIP"
     if p.outer and not before.outer:
-        return f"wrapped in IP-in-IP {p.outer[0]} > {p.outer[1]}; inside, still the client's packet to the VIP"
+        wrap = f"GUE (UDP {p.outer[1].rsplit('.', 1)[1]})" if p.wrap == "gue" else WRAPS[p.wrap]
+        return f"wrapped in {wrap} {p.outer[0]} > {p.outer[1]}; inside, still the client's packet to the VIP"
     if before.outer and not p.outer:
-        return "unwrapped on tunl0: the client's packet to the VIP, which this real server holds"
+        note = f"unwrapped on {device}: the client's packet to the VIP, which this real server holds"
+        if svc.port_mapping and p.dst.rsplit(".", 1)[1] == str(svc.port):
+            real = {svc.real_port(rs) for rs in svc.real_servers} - {svc.port}
+            note += f"; its firewall then maps port {svc.port} to {', '.join(map(str, sorted(real)))} (DNAT)"
+        return note
     if (p.src, p.dst, p.outer) == (before.src, before.dst, before.outer):
         if p.dst_mac != before.dst_mac:
             return "only the destination MAC rewritten: the IP packet is still the client's, to the VIP"
@@ -158,7 +228,7 @@ def _reply_note(svc: VirtualService, before: Packet | None, p: Packet) -> str:
 def describe(lab: Lab, p: Packet) -> str:
     owners = macs(lab)
     link = f"{owners.get(p.src_mac, p.src_mac)} > {owners.get(p.dst_mac, p.dst_mac)}  " if p.src_mac else ""
-    outer = f"[{p.outer[0]} > {p.outer[1]} ipip] " if p.outer else ""
+    outer = f"[{p.outer[0]} > {p.outer[1]} {p.wrap}] " if p.outer else ""
     return f"{link}{outer}{p.src} > {p.dst} [{p.flags}]"
 
 
@@ -179,7 +249,8 @@ def trace(running: RunningLab, svc: VirtualService) -> Trace:
     points = capture_points(lab, svc)
     listening = {node: threading.Event() for node in points}
     with ThreadPoolExecutor(len(points)) as pool:
-        captures = {node: pool.submit(running.run, node, capture_command(devs, port),
+        gue_port = svc.tunnel_port if svc.tunnel_type == Tunnel.gue else None
+        captures = {node: pool.submit(running.run, node, capture_command(devs, port, gue_port),
                                       [Said(CAPTURING, listening[node])])
                     for node, devs in points.items()}
         for node, event in listening.items():

@@ -37,7 +37,11 @@ def test_capture_points_and_command():
         "lb0": ["ext", "int"], "rs0": ["ext", "int", "tunl0"], "rs1": ["ext", "int", "tunl0"]}
     words = capture_command(["ext", "tunl0"], PORT)
     assert words[:4] == ["sudo", "-n", "sh", "-c"]
-    assert f"tcpdump -i ext -e -n -l --immediate-mode 'tcp port {PORT} or ip proto 4'" in words[4]
+    assert f"tcpdump -i ext -e -n -l --immediate-mode 'tcp port {PORT} or ip proto 4 or ip proto 47'" in words[4]
+    gre = load_lab(LABS / "tun" / "lab.yaml").services[3]
+    assert capture_points(tun, gre)["rs1"] == ["ext", "int", "gre0"]
+    gue = capture_command(["int"], PORT, gue_port=6080)[4]
+    assert "tcpdump -i int -e -n -l -x --immediate-mode 'tcp port 45678 or ip proto 4 or ip proto 47 or udp dst port 6080'" in gue
 
 
 def test_parse_reads_macs_addresses_and_flags():
