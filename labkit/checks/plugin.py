@@ -39,6 +39,11 @@ def parameters(lab: Lab) -> dict[str, list]:
                             if any(s.forwarding != Forwarding.masq for s in lab.services_of(n))],
         "service": list(lab.services),
         "http_service": [s for s in lab.services if s.protocol == Protocol.tcp],
+        # TUN: the directors list each tunnel type; the client's requests to each TUN web service
+        # are seen wrapped on the real servers' network
+        "tun_director": lab.directors if any(s.forwarding == Forwarding.tun for s in lab.services) else [],
+        "tunnel_service": [s for s in lab.services if s.forwarding == Forwarding.tun
+                           and s.protocol == Protocol.tcp and s.fwmark is None],
     }
 
 

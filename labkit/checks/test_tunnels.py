@@ -1,0 +1,122 @@
+"""TUN's encapsulations where a user can see them: the directors' IPVS table names each real
+server's tunnel type, and the real servers' network carries the client's requests wrapped that
+way (IP-in-IP, GUE's UDP port, GRE) from the director.
+
+The client's split, the 1 MiB download and the reply path (test_lab.py) already run through
+every TUN service, whatever its tunnel and port mapping.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from labkit.build import ipvs
+from labkit.labfile import Lab, Protocol, Tunnel, VirtualService
+from labkit.operate.trace import parse
+from labkit.run.ssh import Said
+
+CAPTURE_SECONDS = 6  # each real server listens this long, for every tunnel service at once
+LISTENING = "labkit-listening"
+
+
+def missing_support(kind: Tunnel, release: str) -> str:
+    """Why a kernel (its `uname -r`) cannot send `kind`, or '' when it is new enough."""
+    found = re.match(r"(\d+)\.(\d+)", release)
+    if found and (int(found[1]), int(found[2])) < kind.since:
+        return (f" Kernel {release} predates IPVS {kind.value} tunnels (Linux {kind.since[0]}.{kind.since[1]}+): "
+                f"use a newer kernel box (labkit up LAB --kernel bookworm-backports)")
+    return ""
+
+
+def test_ipvs_names_the_tunnel_type(hosts, lab: Lab, tun_director):
+    """Each TUN real server is listed with the lab file's tunnel type (`ipvsadm -L -n
+    --tun-info`): ipip, gue with its port, or gre, all without checksums."""
+    out = hosts(tun_director).check_output("uname -r; sudo -n ipvsadm -L -n --tun-info")
+    release, _, listing = out.partition("\n")
+    seen = {s.key: s for s in ipvs.parse_list(listing)}
+    wrong = []
+    for svc in (s for s in lab.services if s.tunnel_type is not None):
+        want = ipvs.tunnel_info(svc)
+        got = {d.key: d.tunnel for d in seen[svc.key].destinations} if svc.key in seen else {}
+        expected = {f"{rs.address}:{svc.listed_port(rs)}": want for rs in svc.real_servers}
+        if got != expected:
+            wrong.append(f"{svc.key} ({svc.tunnel_type.value}): expected {expected}, ipvsadm lists {got or 'nothing'}."
+                         + missing_support(svc.tunnel_type, release))
+    assert not wrong, f"{tun_director} (kernel {release}):\n" + "\n".join(wrong) + f"\n{listing}"
+
+
+def wire_filter(lab: Lab) -> str:
+    """Tunnel packets only: IP-in-IP, GRE and every GUE port of the lab."""
+    ports = sorted({s.tunnel_port for s in lab.services if s.tunnel_type == Tunnel.gue})
+    return " or ".join(["ip proto 4", "ip proto 47", *(f"udp dst port {p}" for p in ports)])
+
+
+@pytest.fixture(scope="module")
+def wire(running, lab: Lab):
+    """One capture for every TUN service: tcpdump listens on each real server's network to the
+    directors while the client asks each service twice per real server. Returns
+    (real server -> the packets its network carried, service key -> who answered)."""
+    services = [s for s in lab.services if s.tunnel_type is not None and s.protocol == Protocol.tcp and s.fwmark is None]
+    servers = sorted({lab.node_at(rs.address) for s in services for rs in s.real_servers})
+    listening = {node: threading.Event() for node in servers}
+
+    def capture(node: str) -> str:
+        dev = next(lab.network_of(rs.address) for s in services for rs in s.real_servers if lab.node_at(rs.address) == node)
+        script = (f"timeout {CAPTURE_SECONDS} tcpdump -i {shlex.quote(dev)} -e -n -l -x --immediate-mode "
+                  f"{shlex.quote(wire_filter(lab))} > /tmp/labkit-wire 2> /tmp/labkit-wire.err & "
+                  "for i in $(seq 50); do grep -q 'listening on' /tmp/labkit-wire.err && break; sleep 0.1; done; "
+                  f"echo {LISTENING}; wait; echo '== {dev}'; cat /tmp/labkit-wire")
+        return running.run(node, ["sudo", "-n", "sh", "-c", script], [Said(LISTENING, listening[node])])
+
+    asks = "; ".join(
+        f"echo '== {s.key}'; for i in $(seq {2 * len(s.real_servers)}); do curl -sS -m 3 {shlex.quote(url)} || echo FAILED; done"
+        for s in services for url in [f"http://{s.vip}:{s.port}/"])
+    with ThreadPoolExecutor(len(servers)) as pool:
+        captures = {node: pool.submit(capture, node) for node in servers}
+        for node, event in listening.items():
+            assert event.wait(30), f"tcpdump on {node} did not start listening within 30 s"
+        answers = running.run(lab.clients[0], ["sh", "-c", asks])
+        packets = {node: next(iter(parse(f.result()).values()), []) for node, f in captures.items()}
+    answered: dict[str, list[str]] = {}
+    for line in answers.splitlines():
+        if line.startswith("== "):
+            key = line[3:]
+            answered[key] = []
+        else:
+            answered[key].append(line.strip())
+    return packets, answered
+
+
+def test_requests_travel_wrapped(wire, lab: Lab, tunnel_service: VirtualService, hosts):
+    """Every real server that answered the client got the requests from the active director
+    wrapped as the lab file says: IP-in-IP, GRE, or GUE to its UDP port, with the client's
+    packet to VIP:port inside."""
+    packets, answered = wire
+    svc = tunnel_service
+    kind = svc.tunnel_type
+    vip = f"{svc.vip}.{svc.port}"
+    director = lab.nodes[lab.active_director].addresses
+    servers = {lab.node_at(rs.address): rs.address for rs in svc.real_servers}
+    said = answered.get(svc.key, [])
+    assert said and set(said) <= set(servers), f"{svc.key}: the client was answered by {said}, expected {sorted(servers)}"
+    for node in sorted(set(said)):
+        rip = str(servers[node])
+        mine = [p for p in packets[node] if p.dst == vip]
+        wraps = {p.wrap for p in mine}
+        host = lambda end: end.rsplit(".", 1)[0] if kind == Tunnel.gue else end  # noqa: E731
+        dips = {str(director[n]) for n in director}
+        ends = {(host(p.outer[0]), host(p.outer[1])) for p in mine if p.outer}
+        ports = {p.outer[1].rsplit(".", 1)[1] for p in mine if p.outer and kind == Tunnel.gue}
+        release = "" if mine else hosts(lab.active_director).check_output("uname -r")
+        assert mine, (f"{svc.key}: {node} answered, but no {kind.value} packet to {vip} crossed its network."
+                      + missing_support(kind, release))
+        assert wraps == {kind.value}, f"{svc.key}: requests to {node} arrived as {sorted(wraps)}, expected {kind.value}"
+        assert all(src in dips and dst == rip for src, dst in ends), (
+            f"{svc.key}: outer addresses {sorted(ends)}, expected from {lab.active_director} ({', '.join(sorted(dips))}) to {rip}")
+        if kind == Tunnel.gue:
+            assert ports == {str(svc.tunnel_port)}, f"{svc.key}: GUE to UDP ports {sorted(ports)}, expected {svc.tunnel_port}"
