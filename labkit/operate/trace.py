@@ -87,7 +87,8 @@ LINE = re.compile(
 # A GUE packet: tcpdump sees UDP only; the bytes that follow (-x) hold the client's packet.
 UDP_LINE = re.compile(MACS + rf"(?P<outer_src>{IP}\.\d+) > (?P<outer_dst>{IP}\.\d+): UDP, length \d+")
 HEX_LINE = re.compile(r"^\s+0x[0-9a-f]{4}:\s+((?:[0-9a-f]{2,4}\s?)+)")
-TCP_FLAGS = "FSRPUWE"  # tcpdump's letters for the TCP flag bits, lowest first; ACK is "."
+# tcpdump's letters for the TCP flags, in the order it prints them (S. is SYN-ACK).
+TCP_FLAGS = ((0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x10, "."), (0x20, "U"), (0x40, "E"), (0x80, "W"))
 
 
 def _ip(data: bytes) -> str:
@@ -108,7 +109,7 @@ def inner_of_gue(data: bytes) -> tuple[str, str, str] | None:
         tcp = inner + (data[inner] & 0x0F) * 4
         ports = [int.from_bytes(data[tcp + i:tcp + i + 2], "big") for i in (0, 2)]
         bits = data[tcp + 13]
-        flags = "".join(c for i, c in enumerate(TCP_FLAGS) if bits & (1 << i)) + ("." if bits & 0x10 else "")
+        flags = "".join(c for bit, c in TCP_FLAGS if bits & bit)
         return (f"{_ip(data[inner + 12:inner + 16])}.{ports[0]}", f"{_ip(data[inner + 16:inner + 20])}.{ports[1]}",
                 flags)
     except IndexError:

@@ -99,3 +99,64 @@ def test_tun_hops():
     assert request[3].note.startswith("unwrapped on tunl0")
     assert [(h.node, h.interface) for h in reply] == [("rs0", "ext")]
     assert "bypassing the director" in reply[0].note
+
+
+def hexdump(data: bytes) -> list[str]:
+    """tcpdump -x's lines: 16 bytes a line, in groups of two."""
+    lines = []
+    for at in range(0, len(data), 16):
+        chunk = data[at:at + 16].hex()
+        lines.append(f"\t0x{at:04x}:  " + " ".join(chunk[i:i + 4] for i in range(0, len(chunk), 4)))
+    return lines
+
+
+def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
+    return (bytes([0x45, 0, 0, 20 + len(payload), 0, 0, 0x40, 0, 64, proto, 0, 0])
+            + bytes(int(b) for b in src.split(".")) + bytes(int(b) for b in dst.split(".")) + payload)
+
+
+def gue_packet(flags: int) -> bytes:
+    tcp = PORT.to_bytes(2, "big") + (80).to_bytes(2, "big") + bytes(9) + bytes([flags]) + bytes(6)
+    inner = ipv4("192.168.55.200", "192.168.55.100", 6, tcp)
+    gue = bytes([0, 4, 0, 0])  # version 0, no extra header words, carrying protocol 4 (IP-in-IP)
+    udp = (40123).to_bytes(2, "big") + (6080).to_bytes(2, "big") + (8 + len(gue + inner)).to_bytes(2, "big") + bytes(2)
+    return ipv4("192.168.66.11", "192.168.66.111", 17, udp + gue + inner)
+
+
+GUE_LB0 = "\n".join([
+    "== int",
+    f"{LB0_INT} > {RS0_INT}, ethertype IPv4 (0x0800), length 98: 192.168.66.11.40123 > 192.168.66.111.6080: UDP, length 64",
+    *hexdump(gue_packet(0x02)),
+    f"{LB0_INT} > {RS0_INT}, ethertype IPv4 (0x0800), length 98: 192.168.66.11.40123 > 192.168.66.111.6080: UDP, length 64",
+    *hexdump(gue_packet(0x10)),
+])
+
+
+def test_parse_gue_reads_the_packet_inside():
+    first, second = parse(GUE_LB0)["int"]
+    assert (first.src, first.dst, first.flags, first.wrap) == (f"192.168.55.200.{PORT}", "192.168.55.100.80", "S", "gue")
+    assert first.outer == ("192.168.66.11.40123", "192.168.66.111.6080") and first.src_mac == LB0_INT
+    assert second.flags == "."
+
+
+def test_parse_gre():
+    (packet,) = parse("== int\n" + line(LB0_INT, RS0_INT, f"192.168.55.200.{PORT}", "192.168.55.100.80", SYN,
+                                        outer="192.168.66.11 > 192.168.66.111: GREv0, length 64: IP "))["int"]
+    assert (packet.outer, packet.wrap, packet.dst) == (("192.168.66.11", "192.168.66.111"), "gre", "192.168.55.100.80")
+
+
+def test_gue_and_gre_hops_name_the_wrapping():
+    tun = load_lab(LABS / "tun" / "lab.yaml")
+    gue, gre = tun.services[2], tun.services[3]
+    lb0 = {**parse(TUN_LB0.replace("192.168.55.100", "192.168.55.102")), **parse(GUE_LB0.replace(
+        "192.168.55.100", "192.168.55.102"))}
+    request, _ = hops(tun, gue, {"lb0": lb0}, PORT)
+    assert request[1].note.startswith("wrapped in GUE (UDP 6080) 192.168.66.11.40123 > 192.168.66.111.6080; inside")
+    assert describe(tun, request[1].packet) == (
+        f"lb0:int > rs0:int  [192.168.66.11.40123 > 192.168.66.111.6080 gue] 192.168.55.200.{PORT} > 192.168.55.100.80 [S]")
+    rs0 = TUN_RS0.replace("== tunl0", "== gre0").replace("192.168.66.111: ", "192.168.66.111: GREv0, length 64: IP ")
+    request, _ = hops(tun, gre, {"lb0": parse(TUN_LB0.replace("192.168.66.111: ", "192.168.66.111: GREv0, length 64: IP ")),
+                                 "rs0": parse(rs0)}, PORT)
+    assert [(h.node, h.interface) for h in request][-1] == ("rs0", "gre0")
+    assert request[1].note.startswith("wrapped in GRE 192.168.66.11 > 192.168.66.111")
+    assert request[-1].note.startswith("unwrapped on gre0")
