@@ -17,11 +17,9 @@ import pytest
 
 from labkit.build import ipvs
 from labkit.labfile import Lab, Protocol, Tunnel, VirtualService
-from labkit.operate.trace import parse
+from labkit.operate.trace import CAPTURING, capture_command, parse, stop_command
 from labkit.run.ssh import Said
 
-CAPTURE_SECONDS = 6  # each real server listens this long, for every tunnel service at once
-LISTENING = "labkit-listening"
 
 
 def missing_support(kind: Tunnel, release: str) -> str:
@@ -58,8 +56,8 @@ def wire_filter(lab: Lab) -> str:
 
 @pytest.fixture(scope="module")
 def wire(running, lab: Lab):
-    """One capture for every TUN service: tcpdump listens on each real server's network to the
-    directors while the client asks each service twice per real server. Returns
+    """One capture for every TUN service: tcpdump listens on each real server's network while
+    the client asks each service twice per real server, and stops when the client is done. Returns
     (real server -> the packets its network carried, service key -> who answered)."""
     services = [s for s in lab.services if s.tunnel_type is not None and s.protocol == Protocol.tcp and s.fwmark is None]
     servers = sorted({lab.node_at(rs.address) for s in services for rs in s.real_servers})
@@ -67,20 +65,21 @@ def wire(running, lab: Lab):
 
     def capture(node: str) -> str:
         dev = next(lab.network_of(rs.address) for s in services for rs in s.real_servers if lab.node_at(rs.address) == node)
-        script = (f"timeout {CAPTURE_SECONDS} tcpdump -i {shlex.quote(dev)} -e -n -l -x --immediate-mode "
-                  f"{shlex.quote(wire_filter(lab))} > /tmp/labkit-wire 2> /tmp/labkit-wire.err & "
-                  "for i in $(seq 50); do grep -q 'listening on' /tmp/labkit-wire.err && break; sleep 0.1; done; "
-                  f"echo {LISTENING}; wait; echo '== {dev}'; cat /tmp/labkit-wire")
-        return running.run(node, ["sudo", "-n", "sh", "-c", script], [Said(LISTENING, listening[node])])
+        return running.run(node, capture_command([dev], wire_filter(lab), "wire", hex_too=True),
+                           [Said(CAPTURING, listening[node])])
 
     asks = "; ".join(
         f"echo '== {s.key}'; for i in $(seq {2 * len(s.real_servers)}); do curl -sS -m 3 {shlex.quote(url)} || echo FAILED; done"
         for s in services for url in [f"http://{s.vip}:{s.port}/"])
     with ThreadPoolExecutor(len(servers)) as pool:
         captures = {node: pool.submit(capture, node) for node in servers}
-        for node, event in listening.items():
-            assert event.wait(30), f"tcpdump on {node} did not start listening within 30 s"
-        answers = running.run(lab.clients[0], ["sh", "-c", asks])
+        try:
+            for node, event in listening.items():
+                assert event.wait(60), f"tcpdump on {node} did not start listening within 60 s"
+            answers = running.run(lab.clients[0], ["sh", "-c", asks])
+        finally:
+            for node in servers:
+                running.run(node, stop_command("wire"))
         packets = {node: next(iter(parse(f.result()).values()), []) for node, f in captures.items()}
     answered: dict[str, list[str]] = {}
     for line in answers.splitlines():

@@ -14,6 +14,7 @@ import shlex
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from labkit.labfile import Forwarding, Lab, Tunnel, VirtualService
 from labkit.build.render import interfaces
@@ -21,7 +22,7 @@ from labkit.errors import LabkitError
 from labkit.run.lab import RunningLab
 from labkit.run.ssh import Said
 
-SECONDS = 8  # how long each tcpdump listens
+LIMIT = 60  # seconds: a capture that is never stopped ends by itself
 
 
 @dataclass(frozen=True)
@@ -63,20 +64,27 @@ def capture_filter(port: int, gue_port: int | None = None) -> str:
     return f"tcp port {port} or ip proto 4 or ip proto 47" + (f" or udp dst port {gue_port}" if gue_port else "")
 
 
-def capture_command(devices: list[str], port: int, gue_port: int | None = None,
-                    seconds: float = SECONDS) -> list[str]:
+def capture_command(devices: list[str], tcpdump_filter: str, tag: str, hex_too: bool = False) -> list[str]:
     """One shell command that listens on each device at once, says CAPTURING once every
-    tcpdump is listening, and prints each capture after a `== device` line."""
-    files = [f"/tmp/labkit-trace.{dev}" for dev in devices]
-    hex_too = " -x" if gue_port else ""
+    tcpdump is listening, listens until stop_command(tag) runs (LIMIT seconds at most: an
+    emulated guest under load may take many seconds just to start tcpdump, so no fixed time
+    fits), and prints each capture after a `== device` line."""
+    files = [f"/tmp/labkit-{tag}.{dev}" for dev in devices]
     listen = " ".join(
-        f"timeout {seconds} tcpdump -i {shlex.quote(dev)} -e -n -l{hex_too} --immediate-mode "
-        f"{shlex.quote(capture_filter(port, gue_port))} > {f} 2> {f}.err &"
+        f"timeout {LIMIT} tcpdump -i {shlex.quote(dev)} -e -n -l{' -x' if hex_too else ''} --immediate-mode "
+        f"{shlex.quote(tcpdump_filter)} > {f} 2> {f}.err & pids=\"$pids $!\";"
         for dev, f in zip(devices, files))
     listening = " && ".join(f"grep -q 'listening on' {f}.err" for f in files)
-    ready = f"for i in $(seq 100); do {listening} && break; sleep 0.1; done; echo {CAPTURING}"
+    ready = f"for i in $(seq 300); do {listening} && break; sleep 0.1; done; echo {CAPTURING}"
+    stop = f"/tmp/labkit-{tag}.stop"
+    until = f"for i in $(seq {LIMIT * 5}); do [ -e {stop} ] && break; sleep 0.2; done; kill -INT $pids 2>/dev/null"
     show = "; ".join(f"echo '== {dev}'; cat {f}" for dev, f in zip(devices, files))
-    return ["sudo", "-n", "sh", "-c", f"{listen} {ready}; wait; {show}"]
+    return ["sudo", "-n", "sh", "-c", f"rm -f {stop}; pids=; {listen} {ready}; {until}; wait; rm -f {stop}; {show}"]
+
+
+def stop_command(tag: str) -> list[str]:
+    """Ends the captures capture_command(..., tag) started on a node."""
+    return ["touch", f"/tmp/labkit-{tag}.stop"]
 
 
 MACS = r"(?:(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), .*?length \d+: )?(?:IP )?"
@@ -251,14 +259,20 @@ def trace(running: RunningLab, svc: VirtualService) -> Trace:
     listening = {node: threading.Event() for node in points}
     with ThreadPoolExecutor(len(points)) as pool:
         gue_port = svc.tunnel_port if svc.tunnel_type == Tunnel.gue else None
-        captures = {node: pool.submit(running.run, node, capture_command(devs, port, gue_port),
-                                      [Said(CAPTURING, listening[node])])
+        tag = f"trace-{port}"
+        command = partial(capture_command, tcpdump_filter=capture_filter(port, gue_port), tag=tag,
+                          hex_too=gue_port is not None)
+        captures = {node: pool.submit(running.run, node, command(devs), [Said(CAPTURING, listening[node])])
                     for node, devs in points.items()}
-        for node, event in listening.items():
-            if not event.wait(30):
-                raise LabkitError(f"tcpdump on {node} did not start listening within 30 s")
-        url = f"http://{svc.addresses[0]}:{svc.port}/"
-        answer = running.run(lab.clients[0], ["curl", "-sS", "-m", "5", "--local-port", str(port), url]).strip()
+        try:
+            for node, event in listening.items():
+                if not event.wait(60):
+                    raise LabkitError(f"tcpdump on {node} did not start listening within 60 s")
+            url = f"http://{svc.addresses[0]}:{svc.port}/"
+            answer = running.run(lab.clients[0], ["curl", "-sS", "-m", "5", "--local-port", str(port), url]).strip()
+        finally:
+            for node in points:  # over each node's connection, beside its capture
+                running.run(node, stop_command(tag))
         captured = {node: parse(f.result()) for node, f in captures.items()}
     request, reply = hops(lab, svc, captured, port)
     return Trace(url, port, answer, request, reply)

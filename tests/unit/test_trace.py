@@ -1,7 +1,10 @@
 """labkit trace: tcpdump lines read, and the hops put in path order with what changed."""
 
 from labkit.labfile import LABS, load_lab
-from labkit.operate.trace import capture_command, capture_points, describe, hops, parse
+import subprocess
+
+from labkit.operate.trace import (CAPTURING, capture_command, capture_filter, capture_points, describe, hops, parse,
+                                  stop_command)
 
 PORT = 45678
 SYN = "Flags [S], seq 2337919013, win 64240, options [mss 1460,sackOK,TS val 1 ecr 0,nop,wscale 6], length 0"
@@ -35,13 +38,28 @@ def test_capture_points_and_command():
     tun = load_lab(LABS / "tun" / "lab.yaml")
     assert capture_points(tun, tun.services[0]) == {
         "lb0": ["ext", "int"], "rs0": ["ext", "int", "tunl0"], "rs1": ["ext", "int", "tunl0"]}
-    words = capture_command(["ext", "tunl0"], PORT)
+    assert capture_filter(PORT) == f"tcp port {PORT} or ip proto 4 or ip proto 47"
+    assert capture_filter(PORT, 6080) == f"tcp port {PORT} or ip proto 4 or ip proto 47 or udp dst port 6080"
+    words = capture_command(["ext", "tunl0"], capture_filter(PORT), "trace-1")
     assert words[:4] == ["sudo", "-n", "sh", "-c"]
     assert f"tcpdump -i ext -e -n -l --immediate-mode 'tcp port {PORT} or ip proto 4 or ip proto 47'" in words[4]
     gre = load_lab(LABS / "tun" / "lab.yaml").services[3]
     assert capture_points(tun, gre)["rs1"] == ["ext", "int", "gre0"]
-    gue = capture_command(["int"], PORT, gue_port=6080)[4]
-    assert "tcpdump -i int -e -n -l -x --immediate-mode 'tcp port 45678 or ip proto 4 or ip proto 47 or udp dst port 6080'" in gue
+    assert "tcpdump -i int -e -n -l -x --immediate-mode" in capture_command(["int"], "udp", "t", hex_too=True)[4]
+
+
+def test_captures_listen_until_stopped(tmp_path):
+    """The capture command, run with a tcpdump that only says it listens: it says CAPTURING,
+    waits for stop_command, then prints each device's capture."""
+    (tmp_path / "tcpdump").write_text("#!/bin/sh\necho 'listening on x' >&2\necho packet\nexec sleep 30\n")
+    (tmp_path / "tcpdump").chmod(0o755)
+    words = capture_command(["ext", "int"], "tcp", f"unit-{PORT}")
+    process = subprocess.Popen(["sh", "-c", f"PATH={tmp_path}:$PATH; {words[4]}"], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == CAPTURING
+    assert process.poll() is None  # still listening
+    subprocess.run(stop_command(f"unit-{PORT}"), check=True)
+    out, _ = process.communicate(timeout=10)
+    assert out.splitlines() == ["== ext", "packet", "== int", "packet"]
 
 
 def test_parse_reads_macs_addresses_and_flags():
