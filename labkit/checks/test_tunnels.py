@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import re
 import shlex
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from labkit.build import ipvs
 from labkit.labfile import Lab, Protocol, Tunnel, VirtualService
-from labkit.operate.trace import CAPTURING, capture_command, parse, stop_command
-from labkit.run.ssh import Said
+from labkit.operate.trace import parse
 
 
 
@@ -54,33 +51,41 @@ def wire_filter(lab: Lab) -> str:
     return " or ".join(["ip proto 4", "ip proto 47", *(f"udp dst port {p}" for p in ports)])
 
 
+CAPTURE = "/tmp/labkit-wire"
+CAPTURE_LIMIT = 120  # seconds: a capture that is never stopped ends by itself
+
+
+def start_capture(dev: str, tcpdump_filter: str) -> str:
+    """tcpdump on `dev` in the background, left running once it listens (its output, error and
+    pid in files), so that the check's open SSH connection is free for the next command."""
+    return (f"rm -f {CAPTURE}*; timeout {CAPTURE_LIMIT} tcpdump -i {shlex.quote(dev)} -e -n -l -x --immediate-mode "
+            f"{shlex.quote(tcpdump_filter)} > {CAPTURE} 2> {CAPTURE}.err < /dev/null & echo $! > {CAPTURE}.pid; "
+            f"for i in $(seq 300); do grep -q 'listening on' {CAPTURE}.err && exit 0; sleep 0.1; done; "
+            f"cat {CAPTURE}.err; exit 1")
+
+
+STOP_CAPTURE = (f"pid=$(cat {CAPTURE}.pid); kill -INT $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
+                f"cat {CAPTURE}")
+
+
 @pytest.fixture(scope="module")
-def wire(running, lab: Lab):
+def wire(hosts, lab: Lab):
     """One capture for every TUN service: tcpdump listens on each real server's network while
     the client asks each service twice per real server, and stops when the client is done. Returns
     (real server -> the packets its network carried, service key -> who answered)."""
     services = [s for s in lab.services if s.tunnel_type is not None and s.protocol == Protocol.tcp and s.fwmark is None]
-    servers = sorted({lab.node_at(rs.address) for s in services for rs in s.real_servers})
-    listening = {node: threading.Event() for node in servers}
-
-    def capture(node: str) -> str:
-        dev = next(lab.network_of(rs.address) for s in services for rs in s.real_servers if lab.node_at(rs.address) == node)
-        return running.run(node, capture_command([dev], wire_filter(lab), "wire", hex_too=True),
-                           [Said(CAPTURING, listening[node])])
-
+    devices = {lab.node_at(rs.address): lab.network_of(rs.address) for s in services for rs in s.real_servers}
+    for node, dev in sorted(devices.items()):
+        started = hosts(node).run(f"sudo -n sh -c {shlex.quote(start_capture(dev, wire_filter(lab)))}")
+        assert started.rc == 0, f"tcpdump on {node} did not start listening: {started.stdout}{started.stderr}"
     asks = "; ".join(
         f"echo '== {s.key}'; for i in $(seq {2 * len(s.real_servers)}); do curl -sS -m 3 {shlex.quote(url)} || echo FAILED; done"
         for s in services for url in [f"http://{s.vip}:{s.port}/"])
-    with ThreadPoolExecutor(len(servers)) as pool:
-        captures = {node: pool.submit(capture, node) for node in servers}
-        try:
-            for node, event in listening.items():
-                assert event.wait(60), f"tcpdump on {node} did not start listening within 60 s"
-            answers = running.run(lab.clients[0], ["sh", "-c", asks])
-        finally:
-            for node in servers:
-                running.run(node, stop_command("wire"))
-        packets = {node: next(iter(parse(f.result()).values()), []) for node, f in captures.items()}
+    try:
+        answers = hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(asks)}")
+    finally:
+        captured = {node: hosts(node).check_output(f"sudo -n sh -c {shlex.quote(STOP_CAPTURE)}") for node in devices}
+    packets = {node: parse(f"== {devices[node]}\n{text}")[devices[node]] for node, text in captured.items()}
     answered: dict[str, list[str]] = {}
     for line in answers.splitlines():
         if line.startswith("== "):
