@@ -18,7 +18,6 @@ from labkit.labfile import Lab, Protocol, Tunnel, VirtualService
 from labkit.operate.trace import parse
 
 
-
 def missing_support(kind: Tunnel, release: str) -> str:
     """Why a kernel (its `uname -r`) cannot send `kind`, or '' when it is new enough."""
     found = re.match(r"(\d+)\.(\d+)", release)
@@ -111,12 +110,15 @@ def test_requests_travel_wrapped(wire, lab: Lab, tunnel_service: VirtualService,
     servers = {lab.node_at(rs.address): rs.address for rs in svc.real_servers}
     said = answered.get(svc.key, [])
     assert said and set(said) <= set(servers), f"{svc.key}: the client was answered by {said}, expected {sorted(servers)}"
+    dips = {str(address) for address in director.values()}
+
+    def host(end: str) -> str:  # GUE's outer ends are address.port
+        return end.rsplit(".", 1)[0] if kind == Tunnel.gue else end
+
     for node in sorted(set(said)):
         rip = str(servers[node])
         mine = [p for p in packets[node] if p.dst == vip]
         wraps = {p.wrap for p in mine}
-        host = lambda end: end.rsplit(".", 1)[0] if kind == Tunnel.gue else end  # noqa: E731
-        dips = {str(director[n]) for n in director}
         ends = {(host(p.outer[0]), host(p.outer[1])) for p in mine if p.outer}
         ports = {p.outer[1].rsplit(".", 1)[1] for p in mine if p.outer and kind == Tunnel.gue}
         release = "" if mine else hosts(lab.active_director).check_output("uname -r")

@@ -132,8 +132,8 @@ def _tunnel_problems(svc: VirtualService, field: str) -> Iterator[str]:
                "Remove tunnel_port, or use tunnel: gue")
     if svc.port_mapping is not None:
         if svc.fwmark is not None:
-            yield (f"{field}.port_mapping: a fwmark service's real servers keep no port of their own in IPVS. "
-                   "Remove port_mapping, or use a service with vip: and port:")
+            yield (f"{field}.port_mapping: labkit maps the port of a service with vip: and port:, not of a fwmark "
+                   "service. Remove port_mapping, or give the service vip: and port:")
         elif all(svc.real_port(rs) == svc.port for rs in svc.real_servers):
             yield (f"{field}.port_mapping: every real server already listens on the VIP's port {svc.port}, "
                    "so there is nothing to map. Remove port_mapping, or give the real servers their port:")

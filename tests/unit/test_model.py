@@ -126,6 +126,8 @@ CASES = [
      "services[2].tunnel_port", "greater than or equal to 1"),
     (TUN, lambda d: d["services"][0].update(port_mapping="dnat"),
      "services[0].port_mapping", "every real server already listens on the VIP's port 80, so there is nothing to map"),
+    (FWMARK, lambda d: (d["services"][0].update(forwarding="tun", port_mapping="dnat"), rs(d).update(port=8080)),
+     "services[0].port_mapping", "not of a fwmark service"),
     (TUN, lambda d: d["services"][4].update(port_mapping="snat"),
      "services[4].port_mapping", "'dnat'"),
 ]
