@@ -62,7 +62,7 @@ class Tunnel(str, Enum):
     @property
     def since(self) -> tuple[int, int]:
         """The first Linux release whose IPVS sends this type."""
-        return {"ipip": (2, 0), "gue": (5, 2), "gre": (5, 3)}[self.value]
+        return {"ipip": (2, 6), "gue": (5, 2), "gre": (5, 3)}[self.value]  # ipip: IPVS entered mainline in 2.6
 
     @property
     def device(self) -> str:
