@@ -19,10 +19,13 @@ from labkit.box.image import SUITE, BoxError, _chroot_mounts, _run, _run_out, _w
 # The suites whose linux-image-amd64 a box can take; bookworm's is the default box's own kernel.
 SUITES = ("bookworm", "bookworm-backports", "trixie", "sid")
 
-# What the labs load (IPVS, its schedulers, the tunnels, conntrack and marks for NAT and fwmark)
-# and what the box needs to boot. A kernel without one of them cannot run every lab.
-NEEDED_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_wlc", "ip_vs_sh", "ipip", "nf_conntrack", "xt_mark",
-                  "iptable_mangle", "virtio_pci", "virtio_blk", "virtio_net", "ext4")
+# What the labs load (IPVS, its schedulers, the tunnels' ends on the real servers: ipip, fou for
+# GUE, ip_gre; conntrack and marks for NAT and fwmark; the NAT that maps a TUN port, which
+# bookworm's iptables-nft loads as nft_chain_nat and xt_nat) and what the box needs to boot. A
+# kernel without one of them cannot run every lab.
+NEEDED_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_wlc", "ip_vs_sh", "ipip", "fou", "ip_gre", "nf_conntrack",
+                  "xt_mark", "iptable_mangle", "nft_chain_nat", "xt_nat", "virtio_pci", "virtio_blk", "virtio_net",
+                  "ext4")
 
 KERNEL_SOURCE = "etc/apt/sources.list.d/labkit-kernel.list"
 

@@ -34,6 +34,7 @@ CHECKS = [
     Helper("link_named", 'ip -br link show dev "$1" 2>/dev/null | awk -v mac="$2" \'$3 == mac && $4 ~ /[<,]UP[,>]/ {ok=1} END {exit !ok}\''),
     Helper("link_up", 'ip -br link show dev "$1" 2>/dev/null | awk \'$NF ~ /[<,]UP[,>]/ {ok=1} END {exit !ok}\''),
     Helper("has_addr", 'ip -o addr show dev "$1" | awk \'{print $4}\' | grep -qx "$2"'),
+    Helper("fou_port", 'ip fou show 2>/dev/null | grep -q "^port $1 gue"'),
     Helper("route_via", 'case "$1" in *:*) family=-6;; *) family=-4;; esac\n'
                         '[ "$(ip $family route show exact "$1" | awk \'{print $3}\')" = "$2" ]'),
     Helper("sysctls_are", 'for kv in "$@"; do [ "$(sysctl -n "${kv%%=*}")" = "${kv#*=}" ] || return 1; done'),

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from labkit.errors import LabkitError
-from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
+from labkit.labfile import Forwarding, Lab, Protocol, Tunnel, VirtualService
 from labkit.labfile.model import host_port, service_key
 
 
@@ -21,11 +21,35 @@ def rules(lab: Lab) -> str:
         persistence = f" -p {svc.persistence}" if svc.persistence else ""
         ops = " -o" if svc.one_packet else ""  # one-packet scheduling, as ipvsadm-save writes it
         lines.append(f"-A {name} -s {svc.scheduler}{persistence}{ops}")
-        # ipvsadm 1.31 (kernel 5.3+) names the tunnel type when it saves a tunnel rule.
-        tunnel = " --tun-type ipip" if svc.forwarding == Forwarding.tun else ""
+        tunnel = "".join(f" {word}" for word in tunnel_options(svc))
         for rs in svc.real_servers:
-            lines.append(f"-a {name} -r {host_port(rs.address, svc.real_port(rs))} {svc.forwarding.flag} -w {rs.weight}{tunnel}")
+            # As ipvsadm-save prints it: a TUN or DR real server gets the VIP's port (listed_port).
+            lines.append(f"-a {name} -r {host_port(rs.address, svc.listed_port(rs))} {svc.forwarding.flag} "
+                         f"-w {rs.weight}{tunnel}")
     return "\n".join(lines) + "\n"
+
+
+def tunnel_options(svc: VirtualService) -> list[str]:
+    """ipvsadm's tunnel options for a TUN real server, in the order ipvsadm-save (1.31, kernel
+    5.2+) prints them: the type, GUE's port, and the checksum option GUE and GRE carry."""
+    kind = svc.tunnel_type
+    if kind is None:
+        return []
+    words = ["--tun-type", kind.value]
+    if kind == Tunnel.gue:
+        words += ["--tun-port", str(svc.tunnel_port)]
+    if kind != Tunnel.ipip:
+        words.append("--tun-nocsum")  # labkit asks for no checksums: the kernel's default
+    return words
+
+
+def tunnel_info(svc: VirtualService) -> str | None:
+    """What `ipvsadm -L -n --tun-info` shows in its TunnelInfo column for the service's real
+    servers: `ipip`, `gue:PORT:-c` or `gre:-c` (-c: no checksum)."""
+    kind = svc.tunnel_type
+    if kind is None:
+        return None
+    return {Tunnel.ipip: "ipip", Tunnel.gue: f"gue:{svc.tunnel_port}:-c", Tunnel.gre: "gre:-c"}[kind]
 
 
 # How `ipvsadm -L -n` names each forwarding method.
@@ -40,6 +64,7 @@ class Destination:
     weight: int
     active: int = 0
     inactive: int = 0
+    tunnel: str | None = None  # the TunnelInfo column of `--tun-info` (ipip, gue:6080:-c, ...)
     # Filled by table() from the --stats and --rate listings; None where a listing lacked the row.
     stats: Stats | None = None
     rates: Rates | None = None
@@ -92,11 +117,13 @@ def _forward(listed: str) -> Forwarding:
         raise LabkitError(f"ipvsadm lists a real server forwarded as {listed!r}, which no labkit lab makes "
                           f"(known: {', '.join(LISTED)})")
     return LISTED[listed]
-DEST = re.compile(r"^\s+->\s+(\S+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)")
+# print_service_entry: "  -> %-28s %-7s %-6d %-10u %-10u" (address:port, forward, weight, active,
+# inactive); with --tun-info a TunnelInfo column after the forward method ("n/a" when not a tunnel).
+DEST = re.compile(r"^\s+->\s+(\S+)\s+(\w+)\s+(?:(\S*[a-z/]\S*)\s+)?(\d+)\s+(\d+)\s+(\d+)")
 
 
 def parse_list(text: str) -> list[Service]:
-    """Parse `ipvsadm -L -n` (seed 002's listing, for instance)."""
+    """Parse `ipvsadm -L -n` (seed 002's listing, for instance), with or without --tun-info."""
     services: list[Service] = []
     for line in text.splitlines():
         if m := SERVICE.match(line):
@@ -107,8 +134,8 @@ def parse_list(text: str) -> list[Service]:
                 fwmark=int(m[3]) if m[3] else None, ops=re.search(r"\bops\b", m[5]) is not None))
         elif (m := DEST.match(line)) and services:
             addr, port = _addr_port(m[1])
-            services[-1].destinations.append(
-                Destination(addr, port, _forward(m[2]), int(m[3]), int(m[4]), int(m[5])))
+            services[-1].destinations.append(Destination(
+                addr, port, _forward(m[2]), int(m[4]), int(m[5]), int(m[6]), m[3] if m[3] not in (None, "n/a") else None))
     return services
 
 
@@ -128,7 +155,7 @@ def parse_stats(text: str) -> dict[str, Stats]:
 
 def expected(svc: VirtualService) -> Service:
     """What `ipvsadm -L -n` should list for a service of the lab."""
-    destinations = [Destination(str(rs.address), svc.real_port(rs), svc.forwarding, rs.weight)
+    destinations = [Destination(str(rs.address), svc.listed_port(rs), svc.forwarding, rs.weight)
                     for rs in svc.real_servers]
     if svc.fwmark:
         return Service(None, None, None, str(svc.scheduler), svc.persistence, destinations, fwmark=svc.fwmark,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from labkit.labfile import Check, Forwarding, Lab
+from labkit.labfile import Check, Forwarding, Lab, Tunnel, VirtualService
 from labkit.labfile.model import host_cidr
 
 CONFIG = "/etc/keepalived/keepalived.conf"
@@ -52,14 +52,27 @@ def sync_interface(lab: Lab) -> str:
     return next((n for n in shared if n not in vip_nets), shared[0])
 
 
+def tunnel_words(svc: VirtualService) -> list[str]:
+    """After `lb_kind TUN`: the tunnel type when it is not the default ipip, as keepalived.conf(5)
+    writes it (`TUN type gue port P` or `TUN type gre`), without checksums as the rules file says."""
+    kind = svc.tunnel_type
+    if kind in (None, Tunnel.ipip):
+        return []
+    return ["type", kind.value, *(["port", str(svc.tunnel_port)] if kind == Tunnel.gue else []), "nocsum"]
+
+
 # What UDP_CHECK sends; the lab's UDP responder answers any datagram with its server's name.
 UDP_PROBE = b"labkit"
 
 
-def _check(kind: Check, real_server: str) -> list[str]:
+def _check(kind: Check, real_server: str, connect_port: int | None = None) -> list[str]:
     # A check every second; a server is taken out after a failed check and one failed retry,
     # and put back after one good check.
     timing = ["    connect_timeout 2", "    retry 1", "    delay_before_retry 1"]
+    if connect_port is not None:
+        # keepalived gives a TUN real server the VIP's port (as the kernel lists it); the check
+        # goes to the port it serves on, which its firewall maps the VIP's port to.
+        timing.insert(0, f"    connect_port {connect_port}")
     if kind == Check.http:
         return ["HTTP_GET {", "    url {", "        path /", "        status_code 200", "    }", *timing, "}"]
     if kind == Check.tcp:
@@ -113,7 +126,7 @@ def config(lab: Lab, director: str) -> str:
         body = [
             "delay_loop 1",
             f"lb_algo {svc.scheduler}",
-            f"lb_kind {LB_KIND[svc.forwarding]}",
+            f"lb_kind {' '.join([LB_KIND[svc.forwarding], *tunnel_words(svc)])}",
             f"protocol {svc.protocol.value.upper()}",
         ]
         if svc.persistence:
@@ -126,8 +139,9 @@ def config(lab: Lab, director: str) -> str:
             sorry = svc.sorry_server
             body.append(f"sorry_server {sorry.address} {sorry.port or svc.port}")
         for rs in svc.real_servers:
-            body += [f"real_server {rs.address} {svc.real_port(rs)} {{",
-                     f"    weight {rs.weight}", *_indent(_check(svc.check, lab.node_at(rs.address) or "")), "}"]
+            listed, real = svc.listed_port(rs), svc.real_port(rs)
+            checks = _check(svc.check, lab.node_at(rs.address) or "", real if real != listed else None)
+            body += [f"real_server {rs.address} {listed} {{", f"    weight {rs.weight}", *_indent(checks), "}"]
         name = f"fwmark {svc.fwmark}" if svc.fwmark else f"{svc.vip} {svc.port}"
         lines += [f"virtual_server {name} {{", *_indent(body), "}", ""]
     return "\n".join(lines)

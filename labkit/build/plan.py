@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from labkit.build import ipvs, keepalived
 from labkit.build.guest import PRELUDE
-from labkit.labfile import Forwarding, Lab, Protocol, Role
+from labkit.labfile import Forwarding, Lab, PortMapping, Protocol, Role, Tunnel
 from labkit.labfile.model import host_cidr, host_port
 from labkit.build.render import interfaces
 
@@ -88,8 +88,7 @@ def sysctls(lab: Lab, node: str) -> dict[str, str]:
     elif role == Role.real_server:
         methods = {s.forwarding for s in lab.services_of(node)}
         if methods & {Forwarding.tun, Forwarding.route}:
-            vip_dev = "tunl0" if Forwarding.tun in methods else "lo"
-            for dev in ("all", vip_dev):
+            for dev in ("all", *dict.fromkeys(vip_devices(lab, node).values())):
                 out[f"net.ipv4.conf.{dev}.arp_ignore"] = "1"
                 out[f"net.ipv4.conf.{dev}.arp_announce"] = "2"
             for dev in ["all", *request_devices(lab, node)]:
@@ -98,12 +97,12 @@ def sysctls(lab: Lab, node: str) -> dict[str, str]:
 
 
 def request_devices(lab: Lab, node: str) -> list[str]:
-    """Where requests from the director arrive on a TUN/DR real server: tunl0 for TUN, the
-    network of the real server's address for DR."""
+    """Where requests from the director arrive on a TUN/DR real server: the tunnel's device for
+    TUN (tunl0, or gre0 for GRE), the network of the real server's address for DR."""
     devs: list[str] = []
     for svc in lab.services_of(node):
-        if svc.forwarding == Forwarding.tun:
-            dev = "tunl0"
+        if svc.tunnel_type is not None:
+            dev = svc.tunnel_type.device
         elif svc.forwarding == Forwarding.route:
             address = next(rs.address for rs in svc.real_servers if lab.node_at(rs.address) == node)
             dev = lab.network_of(address) or ""
@@ -127,13 +126,13 @@ def gateway_routes(lab: Lab, node: str) -> dict[str, str]:
 
 
 def vip_devices(lab: Lab, real_server: str) -> dict[IPv4Address | IPv6Address, str]:
-    """VIP -> where a TUN/DR real server holds it: on tunl0, which unwraps the tunnel, or on
-    lo for DR. NAT real servers never see the VIP."""
+    """VIP -> where a TUN/DR real server holds it: on the device that unwraps the tunnel
+    (tunl0, gre0 for GRE), or on lo for DR. NAT real servers never see the VIP."""
     out: dict[IPv4Address | IPv6Address, str] = {}
     for svc in lab.services_of(real_server):
         if svc.forwarding != Forwarding.masq:
             for vip in svc.addresses:
-                out.setdefault(vip, "tunl0" if svc.forwarding == Forwarding.tun else "lo")
+                out.setdefault(vip, svc.tunnel_type.device if svc.tunnel_type else "lo")
     return out
 
 
@@ -162,6 +161,41 @@ def responder_unit(lab: Lab, node: str) -> str:
     )
 
 
+def tunnels(lab: Lab, real_server: str) -> set[Tunnel]:
+    """The encapsulations that reach a real server."""
+    return {svc.tunnel_type for svc in lab.services_of(real_server) if svc.tunnel_type is not None}
+
+
+def gue_ports(lab: Lab, real_server: str) -> list[int]:
+    return sorted({svc.tunnel_port for svc in lab.services_of(real_server)
+                   if svc.tunnel_type == Tunnel.gue and svc.tunnel_port is not None})
+
+
+def port_maps(lab: Lab, real_server: str) -> list[tuple[str, Words]]:
+    """Why, and the iptables rule, for each VIP whose port this real server maps to its own
+    (port_mapping: dnat, seed 003): a tunnel carries the client's packet as it was, to the
+    VIP's port, and the real server's firewall rewrites it before the packet is delivered;
+    conntrack rewrites the reply's source port back."""
+    out = []
+    for svc in lab.services_of(real_server):
+        if svc.port_mapping != PortMapping.dnat:
+            continue
+        real = next(svc.real_port(rs) for rs in svc.real_servers if lab.node_at(rs.address) == real_server)
+        if real == svc.port:
+            continue
+        for vip in svc.addresses:
+            out.append((f"port_mapping: dnat: requests to {vip}:{svc.port} go to this real server's port {real}",
+                        ("-t", "nat", "-A", "PREROUTING", "-d", f"{vip}/32", "-p", svc.protocol.value,
+                         "--dport", str(svc.port), "-j", "DNAT", "--to-destination", f"{vip}:{real}")))
+    return out
+
+
+def _rule(why: str, rule: Words) -> Step:
+    """An iptables rule, appended unless the same rule is there (iptables -C)."""
+    check = ("iptables", *("-C" if word == "-A" else word for word in rule))
+    return Step(why, check, (("iptables", *rule),))
+
+
 def nginx_site(lab: Lab, node: str) -> str:
     ports = sorted({(svc.real_port(rs), svc.ipv6) for svc in lab.services_of(node) if svc.protocol == Protocol.tcp
                     for rs in svc.real_servers if lab.node_at(rs.address) == node})
@@ -187,10 +221,7 @@ def firewall_marks(lab: Lab) -> list[tuple[str, Words]]:
 
 
 def director_steps(lab: Lab, node: str) -> list[Step]:
-    steps = []
-    for why, rule in firewall_marks(lab):
-        check = ("iptables", *("-C" if word == "-A" else word for word in rule))
-        steps.append(Step(why, check, (("iptables", *rule),)))
+    steps = [_rule(why, rule) for why, rule in firewall_marks(lab)]
     if lab.ha:
         return steps + [
             _file("keepalived leaves the IPVS table in place when it stops: connections that still reach this "
@@ -219,6 +250,8 @@ def plan(lab: Lab, node: str) -> list[Step]:
     udp_ports = real_ports(lab, node, Protocol.udp) if role == Role.real_server else []
     if udp_ports:
         needed["python3"] = "python3"  # the UDP responder
+    if role == Role.real_server and port_maps(lab, node):
+        needed["iptables"] = "iptables"
     steps = [
         Step("the box may lack the lab's tools: install them",
              ("has_commands", *needed),
@@ -247,18 +280,26 @@ def plan(lab: Lab, node: str) -> list[Step]:
         steps += director_steps(lab, node)
 
     elif role == Role.real_server:
-        methods = {s.forwarding for s in lab.services_of(node)}
-        if Forwarding.tun in methods:
+        kinds = tunnels(lab, node)
+        if kinds & {Tunnel.ipip, Tunnel.gue}:
             steps.append(_module("ipip", "TUN: the ipip module gives tunl0, which unwraps the director's IP-in-IP packets"))
+        if Tunnel.gue in kinds:
+            steps.append(_module("fou", "TUN over GUE: the fou module takes the IP-in-IP packets out of their UDP wrapping"))
+        if Tunnel.gre in kinds:
+            steps.append(_module("ip_gre", "TUN over GRE: the ip_gre module gives gre0, which unwraps the director's GRE packets"))
         if settings := sysctls(lab, node):
             steps.append(_sysctls(
                 "the VIP is local here too: never answer ARP for it (arp_ignore=1) nor use it as ARP source "
                 "(arp_announce=2); accept requests that arrive where the route back does not leave (rp_filter=0)",
                 settings))
-        if Forwarding.tun in methods:
-            steps.append(Step("TUN: tunl0 up", ("link_up", "tunl0"), (("ip", "link", "set", "tunl0", "up"),)))
+        for dev in dict.fromkeys(kind.device for kind in sorted(kinds)):
+            steps.append(Step(f"TUN: {dev} up", ("link_up", dev), (("ip", "link", "set", dev, "up"),)))
+        for port in gue_ports(lab, node):
+            steps.append(Step(f"TUN over GUE: UDP port {port} is unwrapped (fou) and its IP-in-IP handed to tunl0",
+                              ("fou_port", str(port)), (("ip", "fou", "add", "port", str(port), "gue"),)))
         for vip, dev in vip_devices(lab, node).items():
             steps.append(_address(dev, host_cidr(vip), f"the real server accepts packets for the VIP {vip} on {dev}"))
+        steps += [_rule(why, rule) for why, rule in port_maps(lab, node)]
         for net, via in gateway_routes(lab, node).items():
             steps.append(Step(f"NAT: replies to {net} go back through the director {via}",
                               ("route_via", net, via), (("ip", "route", "replace", net, "via", via),)))

@@ -44,6 +44,11 @@ def parameters(lab: Lab) -> dict[str, list]:
         # the director whose keepalived checks the real servers' UDP responders
         "udp_checker": [lab.active_director] if lab.ha and any(
             s.protocol == Protocol.udp and s.check == Check.udp for s in lab.services) else [],
+        # TUN: the directors list each tunnel type; the client's requests to each TUN web service
+        # are seen wrapped on the real servers' network
+        "tun_director": lab.directors if any(s.forwarding == Forwarding.tun for s in lab.services) else [],
+        "tunnel_service": [s for s in lab.services if s.forwarding == Forwarding.tun
+                           and s.protocol == Protocol.tcp and s.fwmark is None],
     }
 
 

@@ -63,30 +63,33 @@ def sysctl(host, key: str) -> int:
 
 def test_real_server_sysctls(hosts, lab: Lab, vip_real_server):
     host = hosts(vip_real_server)
-    used = methods(lab, vip_real_server)
     # The VIP is configured locally, but only the director may answer ARP for it.
     arp_ignore = sysctl(host, "net.ipv4.conf.all.arp_ignore")
     assert arp_ignore == 1, f"expected arp_ignore 1 (answer ARP only for the asking interface's addresses), saw {arp_ignore}"
     arp_announce = sysctl(host, "net.ipv4.conf.all.arp_announce")
     assert arp_announce == 2, f"expected arp_announce 2 (never the VIP as ARP source), saw {arp_announce}"
-    if Forwarding.tun in used:
-        # The unwrapped request arrives on tunl0 but the route back to the client leaves by
-        # another interface: reverse-path filtering (the larger of all and tunl0) must be off.
-        effective = max(sysctl(host, "net.ipv4.conf.all.rp_filter"), sysctl(host, "net.ipv4.conf.tunl0.rp_filter"))
-        assert effective == 0, f"rp_filter on tunl0 must be 0 (max of all and tunl0), saw {effective}"
+    for dev in sorted({s.tunnel_type.device for s in lab.services_of(vip_real_server) if s.tunnel_type}):
+        # The unwrapped request arrives on tunl0 (gre0 for GRE) but the route back to the client
+        # leaves by another interface: reverse-path filtering (the larger of all and it) must be off.
+        effective = max(sysctl(host, "net.ipv4.conf.all.rp_filter"), sysctl(host, f"net.ipv4.conf.{dev}.rp_filter"))
+        assert effective == 0, f"rp_filter on {dev} must be 0 (max of all and {dev}), saw {effective}"
 
 
 def test_vip_on_real_server(hosts, lab: Lab, vip_real_server):
     host = hosts(vip_real_server)
+    tunnels = set()
     for svc in lab.services_of(vip_real_server):
-        dev = {Forwarding.tun: "tunl0", Forwarding.route: "lo"}.get(svc.forwarding)
+        # a tunnel ends on tunl0 (IP-in-IP, and GUE's IP-in-IP once out of UDP) or gre0 (GRE)
+        dev = svc.tunnel_type.device if svc.tunnel_type else {Forwarding.route: "lo"}.get(svc.forwarding)
         if dev:
             seen = host.check_output(f"ip -o addr show dev {dev}")
             for vip in svc.addresses:
                 assert f" {host_cidr(vip)} " in seen, f"{vip_real_server}: expected VIP {host_cidr(vip)} on {dev}, saw: {seen}"
-    if Forwarding.tun in methods(lab, vip_real_server):
-        link = host.check_output("ip -br link show dev tunl0")
-        assert "UP" in link, f"expected tunl0 up, saw: {link}"
+        if svc.tunnel_type:
+            tunnels.add(dev)
+    for dev in sorted(tunnels):
+        link = host.check_output(f"ip -br link show dev {dev}")
+        assert "UP" in link, f"expected {dev} up, saw: {link}"
 
 
 def test_route_to_client(hosts, lab: Lab, real_server):

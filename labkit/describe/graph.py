@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 
 from labkit.errors import LabkitError
-from labkit.labfile import Forwarding, Lab, Role, VirtualService
+from labkit.labfile import Forwarding, Lab, Role, Tunnel, VirtualService
 from labkit.labfile.model import host_port
 from labkit.build.plan import vip_devices
 
@@ -96,6 +96,11 @@ def _network_label(lab: Lab, net: str, layout: _Layout) -> str:
     return f'<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="5" BGCOLOR="{NETWORK}"><TR>{"".join(cells)}</TR></TABLE>>'
 
 
+def wrapping(svc: VirtualService) -> str:
+    """How a TUN director wraps the service's requests, as a person would name it."""
+    return {Tunnel.ipip: "IP-in-IP", Tunnel.gue: f"GUE (UDP {svc.tunnel_port})", Tunnel.gre: "GRE"}[svc.tunnel_type]
+
+
 def _role(lab: Lab, node: str) -> str:
     role = lab.nodes[node].role
     if role == Role.director:
@@ -107,6 +112,11 @@ def _service(svc: VirtualService) -> str:
     """A virtual service as ipvsadm lists it: its VIP and port (a firewall-mark service: its
     mark, then each VIP it marks), then the scheduler and forwarding method."""
     how = f"{escape(svc.scheduler)}{' ops' if svc.one_packet else ''}, {svc.forwarding.listed_as}"
+    if svc.tunnel_type not in (None, Tunnel.ipip):
+        how += f" in {wrapping(svc)}"
+    if svc.port_mapping:
+        ports = ", ".join(f":{p}" for p in dict.fromkeys(svc.real_port(rs) for rs in svc.real_servers))
+        how += f"<BR/>real servers map :{svc.port} to {ports} ({svc.port_mapping.value})"
     if svc.fwmark:
         vips = "".join(f"<B>{host_port(vip, svc.port)}</B><BR/>" for vip in svc.addresses)
         return f"FWM <B>{svc.fwmark}</B> {svc.protocol.value}<BR/>{vips}{how}"
@@ -204,7 +214,7 @@ def _paths(lab: Lab, layout: _Layout) -> _Paths:
                 paths.hop(client, active, lab.network_of(vip), reply=False, first=f"to {host_port(vip, svc.port)}")
         for rs in svc.real_servers:
             paths.hop(active, lab.node_at(rs.address), lab.network_of(rs.address), reply=False,
-                      first=HOP[svc.forwarding])
+                      first=wrapping(svc) if svc.tunnel_type else HOP[svc.forwarding])
     for svc in lab.services:
         vip_net = lab.network_of(svc.addresses[0])
         for rs in svc.real_servers:

@@ -52,6 +52,31 @@ class Forwarding(str, Enum):
         return {"masq": "Masq", "tun": "Tunnel", "route": "Route"}[self.value]
 
 
+class Tunnel(str, Enum):
+    """How a TUN director wraps each request for the real server (ipvsadm --tun-type)."""
+
+    ipip = "ipip"  # IP-in-IP (IP protocol 4), every kernel: the real server unwraps it on tunl0
+    gue = "gue"  # Generic UDP Encapsulation: IP-in-IP inside UDP to tunnel_port (Linux 5.2+), unwrapped by fou
+    gre = "gre"  # GRE (IP protocol 47, Linux 5.3+): the real server unwraps it on gre0
+
+    @property
+    def since(self) -> tuple[int, int]:
+        """The first Linux release whose IPVS sends this type."""
+        return {"ipip": (2, 6), "gue": (5, 2), "gre": (5, 3)}[self.value]  # ipip: IPVS entered mainline in 2.6
+
+    @property
+    def device(self) -> str:
+        """Where the real server's kernel hands over the unwrapped request: GUE's payload is
+        IP-in-IP, so it ends on tunl0 too."""
+        return "gre0" if self == Tunnel.gre else "tunl0"
+
+
+class PortMapping(str, Enum):
+    """How the real servers of a TUN service map the VIP's port to theirs."""
+
+    dnat = "dnat"  # each real server's firewall rewrites VIP:port to VIP:its port (seed 003)
+
+
 class Protocol(str, Enum):
     tcp = "tcp"
     udp = "udp"
@@ -103,7 +128,7 @@ SCHEDULERS = tuple(s.value for s in Scheduler)
 HOSTNAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 # Network names become interface names in the guests (`ip -br a` shows `ext`, `int`).
 IFNAME = re.compile(r"^[a-z][a-z0-9]{0,14}$")
-RESERVED_IFNAMES = {"lo", "eth0", "tunl0", "ip_vs"}
+RESERVED_IFNAMES = {"lo", "eth0", "tunl0", "gre0", "ip_vs"}
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -175,6 +200,10 @@ class VirtualService(Strict):
     check: Check = Check.http  # failover: keepalived only; a UDP service's default is udp
     sorry_server: SorryServer | None = None  # answers when every real server is down (keepalived)
     real_servers: list[RealServer] = Field(min_length=1)
+    # TUN only: the encapsulation (default ipip), GUE's UDP port, and how real servers map ports.
+    tunnel: Tunnel | None = None
+    tunnel_port: Port | None = None
+    port_mapping: PortMapping | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -193,6 +222,17 @@ class VirtualService(Strict):
 
     def real_port(self, rs: RealServer) -> int:
         return rs.port if rs.port is not None else self.port
+
+    @property
+    def tunnel_type(self) -> Tunnel | None:
+        """The encapsulation of a TUN service (ipip unless the lab file says otherwise)."""
+        return (self.tunnel or Tunnel.ipip) if self.forwarding == Forwarding.tun else None
+
+    def listed_port(self, rs: RealServer) -> int:
+        """The real server's port as IPVS keeps it. Only NAT rewrites ports, so ipvsadm and
+        keepalived give every other real server of an address service the VIP's port (seed
+        003 adds RIP:80 to VIP:8099 and ipvsadm lists RIP:8099)."""
+        return self.port if self.forwarding != Forwarding.masq and self.fwmark is None else self.real_port(rs)
 
     @property
     def addresses(self) -> list[IPv4Address | IPv6Address]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
 
-from labkit.labfile.model import (HOSTNAME, IFNAME, RESERVED_IFNAMES, Check, Forwarding, Lab, Protocol, Role,
+from labkit.labfile.model import (HOSTNAME, IFNAME, RESERVED_IFNAMES, Check, Forwarding, Lab, Protocol, Role, Tunnel,
                                   VirtualService)
 
 
@@ -89,6 +89,7 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
         if svc.key in keys:
             yield f"{field}: {svc.key} is declared twice. Merge the two services"
         keys.add(svc.key)
+        yield from _tunnel_problems(svc, field)
         if svc.fwmark is None and (svc.vip is None or svc.vips):
             yield f"{field}: a service has one vip, or a fwmark with its vips. Give vip: <address>, or fwmark: and vips:"
             continue
@@ -126,11 +127,13 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
                 yield (f"{rs_field}.address: {rs.address} is not the address of a real_server node. "
                        f"Use one of: {', '.join(str(a) for n in lab.real_servers for a in lab.nodes[n].addresses.values())}")
                 continue
-            if svc.forwarding != Forwarding.masq and svc.real_port(rs) != svc.port:
+            if svc.forwarding != Forwarding.masq and svc.real_port(rs) != svc.port and svc.port_mapping is None:
+                mapping = ", or port_mapping: dnat (each real server rewrites the port itself)" \
+                    if svc.forwarding == Forwarding.tun and svc.fwmark is None else ""
                 yield (f"{rs_field}.port: {svc.forwarding.value} cannot map port {svc.port} to {svc.real_port(rs)}: "
                        "the director does not rewrite the packet, so the real server receives it on the VIP's port "
                        "(ipvsadm accepts the rule and silently uses the VIP's port). "
-                       f"Use port {svc.port}, or forwarding: masq, the mode that maps ports")
+                       f"Use port {svc.port}, or forwarding: masq, the mode that maps ports{mapping}")
             rs_net = lab.network_of(rs.address)
             if rs_net not in shared:
                 why = {
@@ -192,6 +195,29 @@ def _family_problems(lab: Lab, svc: VirtualService, field: str) -> Iterator[str]
     for client in lab.clients:
         if not lab.nodes[client].addresses6:
             yield f"{field}.vip: the service is IPv6 but the client {client} has no IPv6 address. Give it addresses6:"
+
+
+def _tunnel_problems(svc: VirtualService, field: str) -> Iterator[str]:
+    """tunnel, tunnel_port and port_mapping: TUN only, and only where they mean something."""
+    if svc.forwarding != Forwarding.tun:
+        for key in ("tunnel", "tunnel_port", "port_mapping"):
+            if getattr(svc, key) is not None:
+                yield (f"{field}.{key}: only a TUN service has it; this one is {svc.forwarding.value}. "
+                       f"Remove {key}, or use forwarding: tun")
+        return
+    if svc.tunnel == Tunnel.gue and svc.tunnel_port is None:
+        yield (f"{field}.tunnel_port: a GUE tunnel needs the UDP port the real servers unwrap it on. "
+               "Add e.g. tunnel_port: 6080")
+    if svc.tunnel != Tunnel.gue and svc.tunnel_port is not None:
+        yield (f"{field}.tunnel_port: only a GUE tunnel has a port ({svc.tunnel_type.value} has none). "
+               "Remove tunnel_port, or use tunnel: gue")
+    if svc.port_mapping is not None:
+        if svc.fwmark is not None:
+            yield (f"{field}.port_mapping: labkit maps the port of a service with vip: and port:, not of a fwmark "
+                   "service. Remove port_mapping, or give the service vip: and port:")
+        elif all(svc.real_port(rs) == svc.port for rs in svc.real_servers):
+            yield (f"{field}.port_mapping: every real server already listens on the VIP's port {svc.port}, "
+                   "so there is nothing to map. Remove port_mapping, or give the real servers their port:")
 
 
 def _failover_problems(lab: Lab, shared: set[str], seen: dict[IPv4Address, str]):

@@ -15,15 +15,16 @@ import shlex
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
-from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
+from labkit.labfile import Forwarding, Lab, Protocol, Tunnel, VirtualService
 from labkit.labfile.model import host_port
 from labkit.build.render import interfaces
 from labkit.errors import LabkitError
 from labkit.run.lab import RunningLab
 from labkit.run.ssh import Said
 
-SECONDS = 8  # how long each tcpdump listens
+LIMIT = 60  # seconds: a capture that is never stopped ends by itself
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class Packet:
     src: str  # address.port
     dst: str
     flags: str  # tcpdump's: S for SYN, S. for SYN-ACK; UDP for a datagram
-    outer: tuple[str, str] | None = None  # IP-in-IP: the outer source and destination
+    outer: tuple[str, str] | None = None  # a tunnel packet: the outer source and destination
+    wrap: str = ""  # the tunnel: ipip, gre, or gue (then outer carries the UDP ports)
 
 
 @dataclass(frozen=True)
@@ -46,57 +48,120 @@ class Hop:
 
 def capture_points(lab: Lab, svc: VirtualService) -> dict[str, list[str]]:
     """node -> the interfaces to listen on: every lab network of the active director and of
-    the service's real servers, and tunl0 where tunnels end."""
+    the service's real servers, and the device where its tunnel ends (tunl0, gre0)."""
     points = {lab.active_director: list(lab.nodes[lab.active_director].addresses)}
     for rs in svc.real_servers:
         node = lab.node_at(rs.address)
-        points[node] = list(lab.nodes[node].addresses) + (["tunl0"] if svc.forwarding == Forwarding.tun else [])
+        points[node] = list(lab.nodes[node].addresses) + ([svc.tunnel_type.device] if svc.tunnel_type else [])
     return points
 
 
 CAPTURING = "labkit-capturing"  # printed once every tcpdump listens
 
 
-def capture_command(devices: list[str], port: int, protocol: Protocol = Protocol.tcp) -> list[str]:
-    """One shell command that listens on each device at once, says CAPTURING once every
-    tcpdump is listening, and prints each capture after a `== device` line. `ip proto 4`
-    catches the tunnel packets, whose TCP or UDP header is inside.
+def capture_filter(port: int, protocol: Protocol = Protocol.tcp, gue_port: int | None = None) -> str:
+    """The client's port, and the tunnel packets, whose TCP or UDP header is inside: IP-in-IP
+    (protocol 4), GRE (47), and GUE's UDP port. A GUE packet is printed in hex too (-x), since
+    tcpdump does not read what a GUE port carries."""
+    return (f"{protocol.value} port {port} or ip proto 4 or ip proto 47"
+            + (f" or udp dst port {gue_port}" if gue_port else ""))
 
-    The SECONDS of listening count from CAPTURING, not from tcpdump's start: on a loaded host
-    tcpdump can take seconds to listen, and a window counted from its start could close
-    before the request is sent."""
-    files = [f"/tmp/labkit-trace.{dev}" for dev in devices]
+
+def capture_command(devices: list[str], tcpdump_filter: str, tag: str, hex_too: bool = False) -> list[str]:
+    """One shell command that listens on each device at once, says CAPTURING once every
+    tcpdump is listening, listens until stop_command(tag) runs (LIMIT seconds at most: an
+    emulated guest under load may take many seconds just to start tcpdump, so no fixed time
+    fits), and prints each capture after a `== device` line."""
+    files = [f"/tmp/labkit-{tag}.{dev}" for dev in devices]
     listen = " ".join(
-        f"tcpdump -i {shlex.quote(dev)} -e -n -l --immediate-mode "
-        f"'{protocol.value} port {port} or ip proto 4' > {f} 2> {f}.err & pids=\"$pids $!\";"
+        f"timeout {LIMIT} tcpdump -i {shlex.quote(dev)} -e -n -l{' -x' if hex_too else ''} --immediate-mode "
+        f"{shlex.quote(tcpdump_filter)} > {f} 2> {f}.err & pids=\"$pids $!\";"
         for dev, f in zip(devices, files))
     listening = " && ".join(f"grep -q 'listening on' {f}.err" for f in files)
-    ready = f"for i in $(seq 100); do {listening} && break; sleep 0.1; done; echo {CAPTURING}"
+    ready = f"for i in $(seq 300); do {listening} && break; sleep 0.1; done; echo {CAPTURING}"
+    stop = f"/tmp/labkit-{tag}.stop"
+    until = f"for i in $(seq {LIMIT * 5}); do [ -e {stop} ] && break; sleep 0.2; done; kill -INT $pids 2>/dev/null"
     show = "; ".join(f"echo '== {dev}'; cat {f}" for dev, f in zip(devices, files))
-    return ["sudo", "-n", "sh", "-c", f"pids=; {listen} {ready}; sleep {SECONDS}; kill $pids; wait; {show}"]
+    return ["sudo", "-n", "sh", "-c", f"rm -f {stop}; pids=; {listen} {ready}; {until}; wait; rm -f {stop}; {show}"]
 
 
+def stop_command(tag: str) -> list[str]:
+    """Ends the captures capture_command(..., tag) started on a node."""
+    return ["touch", f"/tmp/labkit-{tag}.stop"]
+
+
+MACS = r"(?:(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), .*?length \d+: )?(?:IP6? )?"
+IP = r"\d+\.\d+\.\d+\.\d+"
 # tcpdump writes an IPv4 endpoint as 192.168.55.200.43616 and an IPv6 one as fd00:55::200.43616.
-ENDPOINT = r"(?:\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:]*)\.\d+"
+ENDPOINT = rf"(?:{IP}|[0-9a-f]*:[0-9a-f:]*)\.\d+"
 LINE = re.compile(
-    r"(?:(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), .*?length \d+: )?"
-    r"(?:IP6? )?(?:(?P<outer_src>\d+\.\d+\.\d+\.\d+) > (?P<outer_dst>\d+\.\d+\.\d+\.\d+): (?:IP )?)?"
-    rf"(?P<src>{ENDPOINT}) > (?P<dst>{ENDPOINT}): "
-    r"(?:Flags \[(?P<flags>[^\]]+)\]|(?P<udp>UDP), length)")
+    MACS + rf"(?:(?P<outer_src>{IP}) > (?P<outer_dst>{IP}): (?P<gre>GREv0, (?:.*?, )?length \d+: )?(?:IP )?)?"
+    rf"(?P<src>{ENDPOINT}) > (?P<dst>{ENDPOINT}): (?:Flags \[(?P<flags>[^\]]+)\]|(?P<udp>UDP), length)")
+HEX_LINE = re.compile(r"^\s+0x[0-9a-f]{4}:\s+((?:[0-9a-f]{2,4}\s?)+)")
+# tcpdump's letters for the TCP flags, in the order it prints them (S. is SYN-ACK).
+TCP_FLAGS = ((0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x10, "."), (0x20, "U"), (0x40, "E"), (0x80, "W"))
+
+
+def _ip(data: bytes) -> str:
+    return ".".join(str(b) for b in data)
+
+
+def inner_of_gue(data: bytes) -> tuple[str, str, str] | None:
+    """The client's TCP packet inside a GUE packet (outer IP, UDP, GUE header, IP, TCP): its
+    source and destination (address.port) and tcpdump's flags; None if it holds something else."""
+    try:
+        at = (data[0] & 0x0F) * 4 + 8  # after the outer IP and UDP headers
+        guehdr = data[at]
+        if guehdr >> 6 != 0 or data[at + 1] != 4:  # GUE version 0 carrying IP-in-IP
+            return None
+        inner = at + 4 + (guehdr & 0x1F) * 4
+        if data[inner] >> 4 != 4 or data[inner + 9] != 6:  # IPv4 carrying TCP
+            return None
+        tcp = inner + (data[inner] & 0x0F) * 4
+        ports = [int.from_bytes(data[tcp + i:tcp + i + 2], "big") for i in (0, 2)]
+        bits = data[tcp + 13]
+        flags = "".join(c for bit, c in TCP_FLAGS if bits & bit)
+        return (f"{_ip(data[inner + 12:inner + 16])}.{ports[0]}", f"{_ip(data[inner + 16:inner + 20])}.{ports[1]}",
+                flags)
+    except IndexError:
+        return None
 
 
 def parse(output: str) -> dict[str, list[Packet]]:
     """The capture command's output -> device -> packets."""
     out: dict[str, list[Packet]] = {}
     device = ""
+    udp: tuple[re.Match, bytearray] | None = None  # a UDP line, and its hex lines while they are read
+
+    def udp_done() -> None:
+        nonlocal udp
+        if udp is not None:
+            m, data = udp
+            if inner := inner_of_gue(bytes(data)):
+                out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", *inner, (m["src"], m["dst"]), "gue"))
+            else:
+                out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", m["src"], m["dst"], "UDP"))
+        udp = None
+
     for line in output.splitlines():
+        if udp is not None and (h := HEX_LINE.match(line)):
+            udp[1].extend(bytes.fromhex(h[1].replace(" ", "")))
+            continue
+        udp_done()
         if line.startswith("== "):
             device = line[3:].strip()
             out[device] = []
-        elif (m := LINE.search(line)) and device:
+        elif not device:
+            continue
+        elif m := LINE.search(line):
             outer = (m["outer_src"], m["outer_dst"]) if m["outer_src"] else None
-            out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", m["src"], m["dst"],
-                                      m["flags"] or m["udp"], outer))
+            wrap = ("gre" if m["gre"] else "ipip") if outer else ""
+            if m["udp"] and not outer:  # a datagram, or a GUE packet if hex lines follow (-x)
+                udp = (m, bytearray())
+            else:
+                out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", m["src"], m["dst"],
+                                          m["flags"] or m["udp"], outer, wrap))
+    udp_done()
     return out
 
 
@@ -130,10 +195,12 @@ def hops(lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packe
     client_net = next(iter(lab.nodes[lab.clients[0]].addresses))
     order = [(director, client_net)] + [(director, d) for d in lab.nodes[director].addresses if d != client_net]
     if server:
-        order += [(server, d) for d in lab.nodes[server].addresses] + [(server, "tunl0")]
+        order += [(server, d) for d in lab.nodes[server].addresses]
+        order += [(server, svc.tunnel_type.device)] if svc.tunnel_type else []
     for key in order:
         if key in found:
-            request.append(Hop(*key, found[key], _request_note(request[-1].packet if request else None, found[key])))
+            request.append(Hop(*key, found[key],
+                               _request_note(svc, key[1], request[-1].packet if request else None, found[key])))
     back = ([(server, d) for d in lab.nodes[server].addresses] if server else []) + \
         [(director, d) for d in lab.nodes[director].addresses if d != client_net] + [(director, client_net)]
     for key in back:
@@ -144,13 +211,21 @@ def hops(lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packe
     return request, reply
 
 
-def _request_note(before: Packet | None, p: Packet) -> str:
+WRAPS = {"ipip": "IP-in-IP", "gre": "GRE"}
+
+
+def _request_note(svc: VirtualService, device: str, before: Packet | None, p: Packet) -> str:
     if before is None:
         return "from the client to the VIP"
     if p.outer and not before.outer:
-        return f"wrapped in IP-in-IP {p.outer[0]} > {p.outer[1]}; inside, still the client's packet to the VIP"
+        wrap = f"GUE (UDP {p.outer[1].rsplit('.', 1)[1]})" if p.wrap == "gue" else WRAPS[p.wrap]
+        return f"wrapped in {wrap} {p.outer[0]} > {p.outer[1]}; inside, still the client's packet to the VIP"
     if before.outer and not p.outer:
-        return "unwrapped on tunl0: the client's packet to the VIP, which this real server holds"
+        note = f"unwrapped on {device}: the client's packet to the VIP, which this real server holds"
+        if svc.port_mapping and p.dst.rsplit(".", 1)[1] == str(svc.port):
+            real = {svc.real_port(rs) for rs in svc.real_servers} - {svc.port}
+            note += f"; its firewall then maps port {svc.port} to {', '.join(map(str, sorted(real)))} (DNAT)"
+        return note
     if (p.src, p.dst, p.outer) == (before.src, before.dst, before.outer):
         if p.dst_mac != before.dst_mac:
             return "only the destination MAC rewritten: the IP packet is still the client's, to the VIP"
@@ -176,7 +251,7 @@ def _reply_note(svc: VirtualService, before: Packet | None, p: Packet, to_client
 def describe(lab: Lab, p: Packet) -> str:
     owners = macs(lab)
     link = f"{owners.get(p.src_mac, p.src_mac)} > {owners.get(p.dst_mac, p.dst_mac)}  " if p.src_mac else ""
-    outer = f"[{p.outer[0]} > {p.outer[1]} ipip] " if p.outer else ""
+    outer = f"[{p.outer[0]} > {p.outer[1]} {p.wrap}] " if p.outer else ""
     return f"{link}{outer}{p.src} > {p.dst} [{p.flags}]"
 
 
@@ -204,20 +279,27 @@ def trace(running: RunningLab, svc: VirtualService) -> Trace:
     points = capture_points(lab, svc)
     listening = {node: threading.Event() for node in points}
     with ThreadPoolExecutor(len(points)) as pool:
-        captures = {node: pool.submit(running.run, node, capture_command(devs, port, svc.protocol),
-                                      [Said(CAPTURING, listening[node])])
+        gue_port = svc.tunnel_port if svc.tunnel_type == Tunnel.gue else None
+        tag = f"trace-{port}"
+        command = partial(capture_command, tcpdump_filter=capture_filter(port, svc.protocol, gue_port), tag=tag,
+                          hex_too=gue_port is not None)
+        captures = {node: pool.submit(running.run, node, command(devs), [Said(CAPTURING, listening[node])])
                     for node, devs in points.items()}
-        for node, event in listening.items():
-            if not event.wait(30):
-                raise LabkitError(f"tcpdump on {node} did not start listening within 30 s")
-        if svc.protocol == Protocol.udp:
-            url = f"udp {host_port(svc.addresses[0], svc.port)}"
-            ask = ["python3", "-c", DATAGRAM, str(svc.addresses[0]), str(svc.port), str(port)]
-        else:
-            url = f"http://{host_port(svc.addresses[0], svc.port)}/"
-            # -g: the brackets of an IPv6 URL are the address's, not curl's globbing
-            ask = ["curl", "-sS", "-g", "-m", "5", "--local-port", str(port), url]
-        answer = running.run(lab.clients[0], ask).strip()
+        try:
+            for node, event in listening.items():
+                if not event.wait(60):
+                    raise LabkitError(f"tcpdump on {node} did not start listening within 60 s")
+            if svc.protocol == Protocol.udp:
+                url = f"udp {host_port(svc.addresses[0], svc.port)}"
+                ask = ["python3", "-c", DATAGRAM, str(svc.addresses[0]), str(svc.port), str(port)]
+            else:
+                url = f"http://{host_port(svc.addresses[0], svc.port)}/"
+                # -g: the brackets of an IPv6 URL are the address's, not curl's globbing
+                ask = ["curl", "-sS", "-g", "-m", "5", "--local-port", str(port), url]
+            answer = running.run(lab.clients[0], ask).strip()
+        finally:
+            for node in points:  # over each node's connection, beside its capture
+                running.run(node, stop_command(tag))
         captured = {node: parse(f.result()) for node, f in captures.items()}
     request, reply = hops(lab, svc, captured, port)
     return Trace(url, port, answer, request, reply)

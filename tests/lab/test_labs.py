@@ -154,6 +154,12 @@ def test_trace(lab):
             assert "lb0 " not in reply, f"the IPv6 reply must not pass the director:\n{result.stdout}"
         else:
             assert "destination rewritten fd00:55::100.80 -> fd00:66::" in request, result.stdout
+    if name == "tun":  # the other encapsulations, named hop by hop, and unwrapped where they end
+        for service, said in (("tcp 192.168.55.102:80", "wrapped in GUE (UDP 6080)"),
+                              ("tcp 192.168.55.103:80", "wrapped in GRE")):
+            result = labkit("trace", name, "--service", service)
+            assert result.returncode == 0, result.stderr
+            assert said in result.stdout and "unwrapped on" in result.stdout, result.stdout
 
 
 def test_bench(lab):

@@ -40,6 +40,15 @@ def test_helpers_become_plain_commands():
     assert not [line for line in lines if line.startswith(("put ", "same ", "name_link", "random_file"))]
 
 
+def test_seed_003s_port_mapping_is_explained():
+    steps = dict((why, lines) for why, lines in walkthrough(lab("tun"), "rs1"))
+    rule = ("iptables -t nat -A PREROUTING -d 192.168.55.104/32 -p tcp --dport 8099 "
+            "-j DNAT --to-destination 192.168.55.104:80")
+    assert steps["port_mapping: dnat: requests to 192.168.55.104:8099 go to this real server's port 80"] == [rule]
+    lines = flat("tun", "rs1")
+    assert "ip fou add port 6080 gue" in lines and "ip link set gre0 up" in lines
+
+
 def test_fwmark_marks_come_before_the_rules():
     lines = flat("fwmark", "lb1")
     marks = [i for i, line in enumerate(lines) if "--set-mark 1" in line]

@@ -81,6 +81,44 @@ def test_expected_listing_for_tun():
 def test_tunnel_rules_name_the_tunnel_type_as_ipvsadm_save_does():
     text = ipvs.rules(load_lab(LABS / "tun" / "lab.yaml"))
     assert "-a -t 192.168.55.100:80 -r 192.168.66.111:80 -i -w 2 --tun-type ipip\n" in text
+    # print_tunnel_rule: GUE with its port, GUE and GRE with their checksum option
+    assert "-a -t 192.168.55.102:80 -r 192.168.66.112:80 -i -w 1 --tun-type gue --tun-port 6080 --tun-nocsum\n" in text
+    assert "-a -t 192.168.55.103:80 -r 192.168.66.111:80 -i -w 1 --tun-type gre --tun-nocsum\n" in text
+    # seed 003's mapping: ipvsadm gives a TUN real server the VIP's port, and so does the file
+    assert "-a -t 192.168.55.104:8099 -r 192.168.66.111:8099 -i -w 2 --tun-type ipip\n" in text
+
+
+def test_expected_listing_keeps_the_vips_port_for_a_mapped_tun_service():
+    mapped = ipvs.expected(load_lab(LABS / "tun" / "lab.yaml").services[4])
+    assert [d.key for d in mapped.destinations] == ["192.168.66.111:8099", "192.168.66.112:8099"]
+
+
+# `ipvsadm -L -n --tun-info` (ipvsadm 1.31): a TunnelInfo column after the forwarding method.
+TUN_INFO = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn
+TCP  192.168.55.100:80 wrr
+  -> 192.168.66.111:80            Tunnel  ipip          2      0          3         
+TCP  192.168.55.102:80 rr
+  -> 192.168.66.111:80            Tunnel  gue:6080:-c   1      1          0         
+TCP  192.168.55.103:80 rr
+  -> 192.168.66.112:80            Tunnel  gre:-c        1      0          2         
+TCP  192.168.55.105:80 rr
+  -> 192.168.66.112:80            Route   n/a           3      0          0         
+"""
+
+
+def test_parse_tunnel_info():
+    services = ipvs.parse_list(TUN_INFO)
+    assert [(d.key, d.forward, d.tunnel, d.weight, d.active, d.inactive) for s in services for d in s.destinations] == [
+        ("192.168.66.111:80", Forwarding.tun, "ipip", 2, 0, 3),
+        ("192.168.66.111:80", Forwarding.tun, "gue:6080:-c", 1, 1, 0),
+        ("192.168.66.112:80", Forwarding.tun, "gre:-c", 1, 0, 2),
+        ("192.168.66.112:80", Forwarding.route, None, 3, 0, 0)]
+    tun = load_lab(LABS / "tun" / "lab.yaml")
+    assert [ipvs.tunnel_info(s) for s in tun.services] == ["ipip", "ipip", "gue:6080:-c", "gre:-c", "ipip"]
+    assert ipvs.tunnel_info(load_lab(LABS / "dr" / "lab.yaml").services[0]) is None
 
 
 # The listings behind `labkit show`, as ipvsadm 1.31 prints them (print_service_entry, print_conn

@@ -48,15 +48,26 @@ def test_virtual_servers_carry_the_lab_services():
     # port mapping: the VIP's 8080 goes to the real servers' 80, which is also what is checked
     assert "real_server 192.168.66.111 80 {\n        weight 2\n        HTTP_GET" in mapped
     tun = blocks(config(lab("tun"), "lb0"), "virtual_server")
-    assert set(tun) == {"192.168.55.100 80", "192.168.55.101 80"}
-    assert all("lb_kind TUN" in body for body in tun.values())
+    assert set(tun) == {"192.168.55.100 80", "192.168.55.101 80", "192.168.55.102 80", "192.168.55.103 80",
+                        "192.168.55.104 8099"}
+    assert [re.search(r"lb_kind (.*)", body)[1] for body in tun.values()] == [
+        "TUN", "TUN", "TUN type gue port 6080 nocsum", "TUN type gre nocsum", "TUN"]
     assert "lb_kind DR" in config(lab("dr"), "lb0")
+
+
+def test_tun_port_mapping_checks_the_port_served():
+    """keepalived gives a TUN real server the VIP's port whatever the file says ("ports don't
+    match - resetting"), so it is written that way, and the check goes to the real port."""
+    mapped = blocks(config(lab("tun"), "lb0"), "virtual_server")["192.168.55.104 8099"]
+    assert "real_server 192.168.66.111 8099 {\n        weight 2\n        HTTP_GET {" in mapped
+    assert mapped.count("connect_port 80\n") == 2
+    assert "connect_port" not in blocks(config(lab("tun"), "lb0"), "virtual_server")["192.168.55.100 80"]
 
 
 def test_one_vrrp_instance_per_vip():
     tun = lab("tun")
-    assert [i.name for i in instances(tun)] == ["VIP_192_168_55_100", "VIP_192_168_55_101"]
-    assert len({i.router_id for i in instances(tun)}) == 2
+    assert [i.name for i in instances(tun)] == [f"VIP_192_168_55_10{i}" for i in range(5)]
+    assert len({i.router_id for i in instances(tun)}) == 5
     # one VIP: no sync group of one
     assert "vrrp_sync_group" not in config(lab("dr", lambda d: d["services"].pop(1)), "lb0")
 

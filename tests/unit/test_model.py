@@ -156,6 +156,31 @@ CASES = [
      "services[0].vips[1]", "fd00:55::101 is IPv6, the service's first VIP IPv4"),
     (FWMARK, lambda d: d["services"][0].update(vips=["fd00:55::101"], real_servers=[{"address": "fd00:66::111"}]),
      "services[0].vips", "for IPv4 VIPs only"),
+    (TUN, lambda d: rs(d).update(port=8080),
+     "services[0].real_servers[0].port", "Use port 80, or forwarding: masq, the mode that maps ports, "
+     "or port_mapping: dnat (each real server rewrites the port itself)"),
+    (TUN, lambda d: d["services"][4].pop("port_mapping"),
+     "services[4].real_servers[0].port", "tun cannot map port 8099 to 80"),
+    (TUN, lambda d: d["services"][0].update(tunnel="vxlan"),
+     "services[0].tunnel", "'ipip', 'gue' or 'gre'"),
+    (NAT, lambda d: d["services"][0].update(tunnel="gre"),
+     "services[0].tunnel", "only a TUN service has it; this one is masq. Remove tunnel, or use forwarding: tun"),
+    (DR, lambda d: d["services"][0].update(port_mapping="dnat"),
+     "services[0].port_mapping", "only a TUN service has it; this one is route"),
+    (TUN, lambda d: d["services"][0].update(tunnel="gue"),
+     "services[0].tunnel_port", "a GUE tunnel needs the UDP port the real servers unwrap it on. Add e.g. tunnel_port: 6080"),
+    (TUN, lambda d: d["services"][3].update(tunnel_port=6080),
+     "services[3].tunnel_port", "only a GUE tunnel has a port (gre has none). Remove tunnel_port, or use tunnel: gue"),
+    (TUN, lambda d: d["services"][0].update(tunnel_port=6080),
+     "services[0].tunnel_port", "(ipip has none)"),
+    (TUN, lambda d: d["services"][2].update(tunnel_port=0),
+     "services[2].tunnel_port", "greater than or equal to 1"),
+    (TUN, lambda d: d["services"][0].update(port_mapping="dnat"),
+     "services[0].port_mapping", "every real server already listens on the VIP's port 80, so there is nothing to map"),
+    (FWMARK, lambda d: (d["services"][0].update(forwarding="tun", port_mapping="dnat"), rs(d).update(port=8080)),
+     "services[0].port_mapping", "not of a fwmark service"),
+    (TUN, lambda d: d["services"][4].update(port_mapping="snat"),
+     "services[4].port_mapping", "'dnat'"),
 ]
 
 
@@ -203,6 +228,22 @@ def test_fwmark_service():
     # and beside it a plain IPv6 service
     assert [str(v) for v in lab.vips] == ["192.168.55.100", "192.168.55.101", "fd00:55::100"]
     assert lab.services[1].key == "tcp [fd00:55::100]:80" and lab.services[1].ipv6
+
+
+def test_dr_port_error_offers_no_port_mapping():
+    with pytest.raises(LabError) as caught:
+        parse_lab(edited(DR, lambda d: rs(d).update(port=8080)), "x.yaml")
+    assert "port_mapping" not in str(caught.value)
+
+
+def test_tun_services_and_their_tunnels():
+    lab = parse_lab(TUN, "tun")
+    assert [(s.tunnel_type.value, s.tunnel_port, s.port_mapping) for s in lab.services] == [
+        ("ipip", None, None), ("ipip", None, None), ("gue", 6080, None), ("gre", None, None), ("ipip", None, "dnat")]
+    mapped = lab.services[4]
+    # IPVS keeps the VIP's port for a TUN real server (as seed 003's listing shows); nginx serves 80
+    assert [(mapped.listed_port(r), mapped.real_port(r)) for r in mapped.real_servers] == [(8099, 80), (8099, 80)]
+    assert parse_lab(NAT, "nat").services[1].tunnel_type is None
 
 
 def test_nat_real_server_port_may_differ():

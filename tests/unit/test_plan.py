@@ -70,7 +70,8 @@ def test_sysctls_per_mode():
     assert sysctls(lab("tun"), "rs0") == {
         "net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2",
         "net.ipv4.conf.tunl0.arp_ignore": "1", "net.ipv4.conf.tunl0.arp_announce": "2",
-        "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.tunl0.rp_filter": "0",
+        "net.ipv4.conf.gre0.arp_ignore": "1", "net.ipv4.conf.gre0.arp_announce": "2",
+        "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.tunl0.rp_filter": "0", "net.ipv4.conf.gre0.rp_filter": "0",
     }
     dr = sysctls(lab("dr"), "rs0")
     assert dr["net.ipv4.conf.lo.arp_ignore"] == "1" and dr["net.ipv4.conf.int.rp_filter"] == "0"
@@ -210,3 +211,45 @@ def test_ipv6_nat_director_forwards_and_real_servers_route_back_through_it():
     assert "ip addr replace fd00:55::100/128 dev ext nodad" in commands("fwmark", "lb0")
     # DR forwards nothing itself
     assert "net.ipv6.conf.all.forwarding" not in sysctls(lab("dr"), "lb0")
+
+
+def tun_with(**service):
+    """The tun lab with only its first service, changed."""
+    data = yaml.safe_load((LABS / "tun" / "lab.yaml").read_text())
+    data["services"] = [{**data["services"][0], **service}]
+    return parse_lab(yaml.safe_dump(data), "tun-changed")
+
+
+def test_each_tunnel_type_gets_its_decapsulation():
+    ipip, gue, gre = (commands("x", "rs0", lambda _: tun_with(**kind)) for kind in
+                      ({}, {"tunnel": "gue", "tunnel_port": 7000}, {"tunnel": "gre"}))
+    assert "modprobe ipip" in ipip and "ip link set tunl0 up" in ipip
+    assert not [c for c in ipip if "fou" in c or "gre" in c]
+    # GUE's payload is IP-in-IP: fou takes it out of UDP and hands it to tunl0
+    assert {"modprobe ipip", "modprobe fou", "ip link set tunl0 up", "ip fou add port 7000 gue",
+            "ip addr replace 192.168.55.100/32 dev tunl0"} <= set(gue)
+    assert {"modprobe ip_gre", "ip link set gre0 up", "ip addr replace 192.168.55.100/32 dev gre0"} <= set(gre)
+    assert not [c for c in gre if "ipip" in c or "tunl0" in c]
+    assert sysctls(tun_with(tunnel="gre"), "rs0")["net.ipv4.conf.gre0.rp_filter"] == "0"
+    fou = next(s for s in plan(tun_with(tunnel="gue", tunnel_port=7000), "rs0") if s.commands[0][:2] == ("ip", "fou"))
+    assert fou.unless == ("fou_port", "7000")
+
+
+def test_fou_port_check_reads_ip_fou_show(tmp_path):
+    (tmp_path / "ip").write_text('#!/bin/sh\necho "port 6080 gue"\n')
+    (tmp_path / "ip").chmod(0o755)
+    check = "PATH={}:$PATH; fou_port 6080 && echo yes; fou_port 608 || echo no".format(tmp_path)
+    assert run_prelude(check.replace("export PATH", ""), tmp_path).stdout.split()[-2:] == ["yes", "no"]
+
+
+def test_port_mapping_is_a_dnat_rule_on_each_real_server():
+    for node in ("rs0", "rs1"):
+        steps = [s for s in plan(lab("tun"), node) if "DNAT" in s.commands[0]]
+        rule = ("-t", "nat", "-A", "PREROUTING", "-d", "192.168.55.104/32", "-p", "tcp", "--dport", "8099",
+                "-j", "DNAT", "--to-destination", "192.168.55.104:80")
+        assert [s.commands for s in steps] == [(("iptables", *rule),)]
+        assert steps[0].unless == ("iptables", *("-C" if w == "-A" else w for w in rule))
+        assert "8099" in steps[0].why and "port 80" in steps[0].why
+        assert "iptables" in plan(lab("tun"), node)[0].unless  # the tool is installed if missing
+    assert not [c for c in commands("tun", "lb0") if "DNAT" in c]
+    assert not [c for c in commands("x", "rs0", lambda _: tun_with()) if "DNAT" in c or "iptables" in c]

@@ -1,7 +1,10 @@
 """labkit trace: tcpdump lines read, and the hops put in path order with what changed."""
 
 from labkit.labfile import LABS, load_lab
-from labkit.operate.trace import capture_command, capture_points, describe, hops, parse
+import subprocess
+
+from labkit.operate.trace import (CAPTURING, capture_command, capture_filter, capture_points, describe, hops, parse,
+                                  stop_command)
 
 PORT = 45678
 SYN = "Flags [S], seq 2337919013, win 64240, options [mss 1460,sackOK,TS val 1 ecr 0,nop,wscale 6], length 0"
@@ -35,9 +38,28 @@ def test_capture_points_and_command():
     tun = load_lab(LABS / "tun" / "lab.yaml")
     assert capture_points(tun, tun.services[0]) == {
         "lb0": ["ext", "int"], "rs0": ["ext", "int", "tunl0"], "rs1": ["ext", "int", "tunl0"]}
-    words = capture_command(["ext", "tunl0"], PORT)
+    assert capture_filter(PORT) == f"tcp port {PORT} or ip proto 4 or ip proto 47"
+    assert capture_filter(PORT, gue_port=6080) == f"tcp port {PORT} or ip proto 4 or ip proto 47 or udp dst port 6080"
+    words = capture_command(["ext", "tunl0"], capture_filter(PORT), "trace-1")
     assert words[:4] == ["sudo", "-n", "sh", "-c"]
-    assert f"tcpdump -i ext -e -n -l --immediate-mode 'tcp port {PORT} or ip proto 4'" in words[4]
+    assert f"tcpdump -i ext -e -n -l --immediate-mode 'tcp port {PORT} or ip proto 4 or ip proto 47'" in words[4]
+    gre = load_lab(LABS / "tun" / "lab.yaml").services[3]
+    assert capture_points(tun, gre)["rs1"] == ["ext", "int", "gre0"]
+    assert "tcpdump -i int -e -n -l -x --immediate-mode" in capture_command(["int"], "udp", "t", hex_too=True)[4]
+
+
+def test_captures_listen_until_stopped(tmp_path):
+    """The capture command, run with a tcpdump that only says it listens: it says CAPTURING,
+    waits for stop_command, then prints each device's capture."""
+    (tmp_path / "tcpdump").write_text("#!/bin/sh\necho 'listening on x' >&2\necho packet\nexec sleep 30\n")
+    (tmp_path / "tcpdump").chmod(0o755)
+    words = capture_command(["ext", "int"], "tcp", f"unit-{PORT}")
+    process = subprocess.Popen(["sh", "-c", f"PATH={tmp_path}:$PATH; {words[4]}"], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == CAPTURING
+    assert process.poll() is None  # still listening
+    subprocess.run(stop_command(f"unit-{PORT}"), check=True)
+    out, _ = process.communicate(timeout=10)
+    assert out.splitlines() == ["== ext", "packet", "== int", "packet"]
 
 
 def test_parse_reads_macs_addresses_and_flags():
@@ -119,7 +141,7 @@ NAT_UDP_RS0 = "\n".join([
 def test_udp_capture_and_hops():
     nat = load_lab(LABS / "nat" / "lab.yaml")
     svc = next(s for s in nat.services if s.key == "udp 192.168.55.100:9000")
-    assert f"'udp port {PORT} or ip proto 4'" in capture_command(["ext"], PORT, svc.protocol)[4]
+    assert capture_filter(PORT, svc.protocol) == f"udp port {PORT} or ip proto 4 or ip proto 47"
     first = parse(NAT_UDP_LB0)["ext"][0]
     assert (first.src, first.dst, first.flags) == (f"192.168.55.200.{PORT}", "192.168.55.100.9000", "UDP")
     request, reply = hops(nat, svc, {"lb0": parse(NAT_UDP_LB0), "rs0": parse(NAT_UDP_RS0)}, PORT)
@@ -149,28 +171,6 @@ def test_udp_one_packet_reply_is_not_rewritten_in_nat():
     assert reply[2].note.startswith("not rewritten: one-packet scheduling dropped the director's entry")
 
 
-def test_the_capture_window_opens_once_every_tcpdump_listens(tmp_path, monkeypatch):
-    """Run the capture script here with a tcpdump that is slow to listen: what it captures
-    after saying it listens is printed, and the script ends SECONDS after that."""
-    import os
-    import subprocess
-    import time
-    from labkit.operate import trace
-    monkeypatch.setattr(trace, "SECONDS", 1)
-    fake = tmp_path / "tcpdump"
-    fake.write_text("#!/bin/sh\nsleep 1.5; echo 'listening on x' >&2\n"
-                    "trap 'echo captured-after-listening; exit 0' TERM\nwhile :; do sleep 0.1; done\n")
-    fake.chmod(0o755)
-    script = capture_command(["ext", "int"], PORT)[4].replace("/tmp/labkit-trace.", f"{tmp_path}/cap.")
-    start = time.monotonic()
-    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=20,
-                         env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}).stdout
-    took = time.monotonic() - start
-    assert out.splitlines() == ["labkit-capturing", "== ext", "captured-after-listening",
-                                "== int", "captured-after-listening"]
-    assert 2.4 < took < 6, took  # 1.5 s to listen, then the 1 s window
-
-
 def line6(src_mac, dst_mac, src, dst, flags):
     return f"{src_mac} > {dst_mac}, ethertype IPv6 (0x86dd), length 94: {src} > {dst}: {flags}"
 
@@ -196,3 +196,64 @@ def test_ipv6_nat_hops():
     assert request[1].note == "destination rewritten fd00:55::100.80 -> fd00:66::111.80; the client's port kept"
     assert reply[-1].note.startswith("source rewritten fd00:66::111.80 -> fd00:55::100.80")
     assert describe(fwmark, request[0].packet) == f"cl0:ext > lb0:ext  fd00:55::200.{PORT} > fd00:55::100.80 [S]"
+
+
+def hexdump(data: bytes) -> list[str]:
+    """tcpdump -x's lines: 16 bytes a line, in groups of two."""
+    lines = []
+    for at in range(0, len(data), 16):
+        chunk = data[at:at + 16].hex()
+        lines.append(f"\t0x{at:04x}:  " + " ".join(chunk[i:i + 4] for i in range(0, len(chunk), 4)))
+    return lines
+
+
+def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
+    return (bytes([0x45, 0, 0, 20 + len(payload), 0, 0, 0x40, 0, 64, proto, 0, 0])
+            + bytes(int(b) for b in src.split(".")) + bytes(int(b) for b in dst.split(".")) + payload)
+
+
+def gue_packet(flags: int) -> bytes:
+    tcp = PORT.to_bytes(2, "big") + (80).to_bytes(2, "big") + bytes(9) + bytes([flags]) + bytes(6)
+    inner = ipv4("192.168.55.200", "192.168.55.100", 6, tcp)
+    gue = bytes([0, 4, 0, 0])  # version 0, no extra header words, carrying protocol 4 (IP-in-IP)
+    udp = (40123).to_bytes(2, "big") + (6080).to_bytes(2, "big") + (8 + len(gue + inner)).to_bytes(2, "big") + bytes(2)
+    return ipv4("192.168.66.11", "192.168.66.111", 17, udp + gue + inner)
+
+
+GUE_LB0 = "\n".join([
+    "== int",
+    f"{LB0_INT} > {RS0_INT}, ethertype IPv4 (0x0800), length 98: 192.168.66.11.40123 > 192.168.66.111.6080: UDP, length 64",
+    *hexdump(gue_packet(0x02)),
+    f"{LB0_INT} > {RS0_INT}, ethertype IPv4 (0x0800), length 98: 192.168.66.11.40123 > 192.168.66.111.6080: UDP, length 64",
+    *hexdump(gue_packet(0x10)),
+])
+
+
+def test_parse_gue_reads_the_packet_inside():
+    first, second = parse(GUE_LB0)["int"]
+    assert (first.src, first.dst, first.flags, first.wrap) == (f"192.168.55.200.{PORT}", "192.168.55.100.80", "S", "gue")
+    assert first.outer == ("192.168.66.11.40123", "192.168.66.111.6080") and first.src_mac == LB0_INT
+    assert second.flags == "."
+
+
+def test_parse_gre():
+    (packet,) = parse("== int\n" + line(LB0_INT, RS0_INT, f"192.168.55.200.{PORT}", "192.168.55.100.80", SYN,
+                                        outer="192.168.66.11 > 192.168.66.111: GREv0, length 64: IP "))["int"]
+    assert (packet.outer, packet.wrap, packet.dst) == (("192.168.66.11", "192.168.66.111"), "gre", "192.168.55.100.80")
+
+
+def test_gue_and_gre_hops_name_the_wrapping():
+    tun = load_lab(LABS / "tun" / "lab.yaml")
+    gue, gre = tun.services[2], tun.services[3]
+    lb0 = {**parse(TUN_LB0.replace("192.168.55.100", "192.168.55.102")), **parse(GUE_LB0.replace(
+        "192.168.55.100", "192.168.55.102"))}
+    request, _ = hops(tun, gue, {"lb0": lb0}, PORT)
+    assert request[1].note.startswith("wrapped in GUE (UDP 6080) 192.168.66.11.40123 > 192.168.66.111.6080; inside")
+    assert describe(tun, request[1].packet) == (
+        f"lb0:int > rs0:int  [192.168.66.11.40123 > 192.168.66.111.6080 gue] 192.168.55.200.{PORT} > 192.168.55.100.80 [S]")
+    rs0 = TUN_RS0.replace("== tunl0", "== gre0").replace("192.168.66.111: ", "192.168.66.111: GREv0, length 64: IP ")
+    request, _ = hops(tun, gre, {"lb0": parse(TUN_LB0.replace("192.168.66.111: ", "192.168.66.111: GREv0, length 64: IP ")),
+                                 "rs0": parse(rs0)}, PORT)
+    assert [(h.node, h.interface) for h in request][-1] == ("rs0", "gre0")
+    assert request[1].note.startswith("wrapped in GRE 192.168.66.11 > 192.168.66.111")
+    assert request[-1].note.startswith("unwrapped on gre0")

@@ -1,0 +1,131 @@
+"""TUN's encapsulations where a user can see them: the directors' IPVS table names each real
+server's tunnel type, and the real servers' network carries the client's requests wrapped that
+way (IP-in-IP, GUE's UDP port, GRE) from the director.
+
+The client's split, the 1 MiB download and the reply path (test_lab.py) already run through
+every TUN service, whatever its tunnel and port mapping.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from labkit.build import ipvs
+from labkit.labfile import Lab, Protocol, Tunnel, VirtualService
+from labkit.operate.trace import parse
+
+
+def missing_support(kind: Tunnel, release: str) -> str:
+    """Why a kernel (its `uname -r`) cannot send `kind`, or '' when it is new enough."""
+    found = re.match(r"(\d+)\.(\d+)", release)
+    if found and (int(found[1]), int(found[2])) < kind.since:
+        return (f" Kernel {release} predates IPVS {kind.value} tunnels (Linux {kind.since[0]}.{kind.since[1]}+): "
+                f"use a newer kernel box (labkit up LAB --kernel bookworm-backports)")
+    return ""
+
+
+def test_ipvs_names_the_tunnel_type(hosts, lab: Lab, tun_director):
+    """Each TUN real server is listed with the lab file's tunnel type (`ipvsadm -L -n
+    --tun-info`): ipip, gue with its port, or gre, all without checksums."""
+    out = hosts(tun_director).check_output("uname -r; sudo -n ipvsadm -L -n --tun-info")
+    release, _, listing = out.partition("\n")
+    seen = {s.key: s for s in ipvs.parse_list(listing)}
+    wrong = []
+    for svc in (s for s in lab.services if s.tunnel_type is not None):
+        want = ipvs.tunnel_info(svc)
+        got = {d.key: d.tunnel for d in seen[svc.key].destinations} if svc.key in seen else {}
+        expected = {f"{rs.address}:{svc.listed_port(rs)}": want for rs in svc.real_servers}
+        if got != expected:
+            wrong.append(f"{svc.key} ({svc.tunnel_type.value}): expected {expected}, ipvsadm lists {got or 'nothing'}."
+                         + missing_support(svc.tunnel_type, release))
+    assert not wrong, f"{tun_director} (kernel {release}):\n" + "\n".join(wrong) + f"\n{listing}"
+
+
+def wire_filter(lab: Lab) -> str:
+    """Tunnel packets only: IP-in-IP, GRE and every GUE port of the lab."""
+    ports = sorted({s.tunnel_port for s in lab.services if s.tunnel_type == Tunnel.gue})
+    return " or ".join(["ip proto 4", "ip proto 47", *(f"udp dst port {p}" for p in ports)])
+
+
+CAPTURE = "/tmp/labkit-wire"
+CAPTURE_LIMIT = 120  # seconds: a capture that is never stopped ends by itself
+
+
+def start_capture(dev: str, tcpdump_filter: str) -> str:
+    """tcpdump on `dev` in the background, left running once it listens (its output, error and
+    pid in files), so that the check's open SSH connection is free for the next command."""
+    return (f"rm -f {CAPTURE}*; timeout {CAPTURE_LIMIT} tcpdump -i {shlex.quote(dev)} -e -n -l -x --immediate-mode "
+            f"{shlex.quote(tcpdump_filter)} > {CAPTURE} 2> {CAPTURE}.err < /dev/null & echo $! > {CAPTURE}.pid; "
+            f"for i in $(seq 300); do grep -q 'listening on' {CAPTURE}.err && exit 0; sleep 0.1; done; "
+            f"cat {CAPTURE}.err; exit 1")
+
+
+# tcpdump -l writes each packet as it goes: read the capture, then end it (no need to wait for it).
+STOP_CAPTURE = f"cat {CAPTURE}; kill -INT $(cat {CAPTURE}.pid)"
+
+
+@pytest.fixture(scope="module")
+def wire(hosts, lab: Lab):
+    """One capture for every TUN service: tcpdump listens on each real server's network while
+    the client asks each service twice per real server, and stops when the client is done. Returns
+    (real server -> the packets its network carried, service key -> who answered)."""
+    services = [s for s in lab.services if s.tunnel_type is not None and s.protocol == Protocol.tcp and s.fwmark is None]
+    devices = {lab.node_at(rs.address): lab.network_of(rs.address) for s in services for rs in s.real_servers}
+    for node, dev in sorted(devices.items()):
+        started = hosts(node).run(f"sudo -n sh -c {shlex.quote(start_capture(dev, wire_filter(lab)))}")
+        assert started.rc == 0, f"tcpdump on {node} did not start listening: {started.stdout}{started.stderr}"
+    # One curl per service, a new connection per URL (each is scheduled on its own): curl's start
+    # is what costs under emulation.
+    asks = "; ".join(
+        f"echo '== {s.key}'; curl -sS -m 3 -H 'Connection: close' {' '.join([shlex.quote(url)] * 2 * len(s.real_servers))}"
+        " || echo FAILED"
+        for s in services for url in [f"http://{s.vip}:{s.port}/"])
+    try:
+        answers = hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(asks)}")
+    finally:
+        captured = {node: hosts(node).check_output(f"sudo -n sh -c {shlex.quote(STOP_CAPTURE)}") for node in devices}
+    packets = {node: parse(f"== {devices[node]}\n{text}")[devices[node]] for node, text in captured.items()}
+    answered: dict[str, list[str]] = {}
+    for line in answers.splitlines():
+        if line.startswith("== "):
+            key = line[3:]
+            answered[key] = []
+        else:
+            answered[key].append(line.strip())
+    return packets, answered
+
+
+def test_requests_travel_wrapped(wire, lab: Lab, tunnel_service: VirtualService, hosts):
+    """Every real server that answered the client got the requests from the active director
+    wrapped as the lab file says: IP-in-IP, GRE, or GUE to its UDP port, with the client's
+    packet to VIP:port inside."""
+    packets, answered = wire
+    svc = tunnel_service
+    kind = svc.tunnel_type
+    vip = f"{svc.vip}.{svc.port}"
+    director = lab.nodes[lab.active_director].addresses
+    servers = {lab.node_at(rs.address): rs.address for rs in svc.real_servers}
+    said = answered.get(svc.key, [])
+    assert said and set(said) <= set(servers), f"{svc.key}: the client was answered by {said}, expected {sorted(servers)}"
+    dips = {str(address) for address in director.values()}
+
+    def host(end: str) -> str:  # GUE's outer ends are address.port
+        return end.rsplit(".", 1)[0] if kind == Tunnel.gue else end
+
+    for node in sorted(set(said)):
+        rip = str(servers[node])
+        mine = [p for p in packets[node] if p.dst == vip]
+        wraps = {p.wrap for p in mine}
+        ends = {(host(p.outer[0]), host(p.outer[1])) for p in mine if p.outer}
+        ports = {p.outer[1].rsplit(".", 1)[1] for p in mine if p.outer and kind == Tunnel.gue}
+        release = "" if mine else hosts(lab.active_director).check_output("uname -r")
+        assert mine, (f"{svc.key}: {node} answered, but no {kind.value} packet to {vip} crossed its network."
+                      + missing_support(kind, release))
+        assert wraps == {kind.value}, f"{svc.key}: requests to {node} arrived as {sorted(wraps)}, expected {kind.value}"
+        assert all(src in dips and dst == rip for src, dst in ends), (
+            f"{svc.key}: outer addresses {sorted(ends)}, expected from {lab.active_director} ({', '.join(sorted(dips))}) to {rip}")
+        if kind == Tunnel.gue:
+            assert ports == {str(svc.tunnel_port)}, f"{svc.key}: GUE to UDP ports {sorted(ports)}, expected {svc.tunnel_port}"
