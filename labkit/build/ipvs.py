@@ -15,15 +15,18 @@ from labkit.labfile.model import service_key
 
 def rules(lab: Lab) -> str:
     """The lab's services in ipvsadm-save -n format, ready for ipvsadm-restore."""
-    lines = []
-    for svc in lab.services:
-        name = f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {svc.vip}:{svc.port}"
-        persistence = f" -p {svc.persistence}" if svc.persistence else ""
-        lines.append(f"-A {name} -s {svc.scheduler}{persistence}")
-        # ipvsadm 1.31 (kernel 5.3+) names the tunnel type when it saves a tunnel rule.
-        tunnel = " --tun-type ipip" if svc.forwarding == Forwarding.tun else ""
-        for rs in svc.real_servers:
-            lines.append(f"-a {name} -r {rs.address}:{svc.real_port(rs)} {svc.forwarding.flag} -w {rs.weight}{tunnel}")
+    return "".join(service_rules(svc) for svc in lab.services)
+
+
+def service_rules(svc: VirtualService) -> str:
+    """One service and its real servers in ipvsadm-save -n format."""
+    name = f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {svc.vip}:{svc.port}"
+    persistence = f" -p {svc.persistence}" if svc.persistence else ""
+    lines = [f"-A {name} -s {svc.scheduler}{persistence}"]
+    # ipvsadm 1.31 (kernel 5.3+) names the tunnel type when it saves a tunnel rule.
+    tunnel = " --tun-type ipip" if svc.forwarding == Forwarding.tun else ""
+    for rs in svc.real_servers:
+        lines.append(f"-a {name} -r {rs.address}:{svc.real_port(rs)} {svc.forwarding.flag} -w {rs.weight}{tunnel}")
     return "\n".join(lines) + "\n"
 
 

@@ -130,12 +130,14 @@ def nginx_site(lab: Lab, node: str) -> str:
     ports = sorted({svc.real_port(rs) for svc in lab.services_of(node) for rs in svc.real_servers
                     if lab.node_at(rs.address) == node})
     listen = "".join(f"    listen {port};\n" for port in ports)
-    # The header names the server that answered, so a client can tell who served a download.
+    # The headers name the server that answered, so a client can tell who served a download,
+    # and the IPVS destination (address:port) where a server is one on several ports.
     return (
         "server {\n"
         f"{listen}"
         f"    root {WEB_ROOT};\n"
         f"    add_header X-Real-Server {node} always;\n"
+        "    add_header X-Destination $server_addr:$server_port always;\n"
         "}\n"
     )
 

@@ -73,12 +73,14 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
                        f"Use an address in {' or '.join(str(lab.networks[n]) for n in sorted(shared)) or 'a shared network'}")
             elif vip in (lab.networks[vip_net].network_address, lab.networks[vip_net].broadcast_address):
                 yield f"{vip_field}: {vip} is the network or broadcast address of {lab.networks[vip_net]}. Use a host address"
-        addresses: set[IPv4Address] = set()
+        # A real server may appear on several ports: each address:port is its own IPVS destination.
+        destinations: set[tuple[IPv4Address, int]] = set()
         for j, rs in enumerate(svc.real_servers):
             rs_field = f"{field}.real_servers[{j}]"
-            if rs.address in addresses:
-                yield f"{rs_field}: {rs.address} is listed twice in this service. List each real server once"
-            addresses.add(rs.address)
+            if (rs.address, svc.real_port(rs)) in destinations:
+                yield (f"{rs_field}: {rs.address}:{svc.real_port(rs)} is listed twice in this service. "
+                       "List each real server once per port")
+            destinations.add((rs.address, svc.real_port(rs)))
             node = lab.node_at(rs.address)
             if node is None or lab.nodes[node].role != Role.real_server:
                 yield (f"{rs_field}.address: {rs.address} is not the address of a real_server node. "
