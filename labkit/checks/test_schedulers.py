@@ -17,12 +17,12 @@ import shlex
 import time
 from ipaddress import IPv4Address
 
+from pathlib import Path
+
 from labkit.build import ipvs
 from labkit.checks import scheduling
 from labkit.checks.scheduling import Dest
 from labkit.labfile import Lab, VirtualService
-
-from pathlib import Path
 
 PROBE = base64.b64encode((Path(__file__).parent / "probe.py").read_bytes()).decode()
 
@@ -42,8 +42,10 @@ def ipvsadm_name(svc: VirtualService) -> str:
 
 
 def listing(director, svc: VirtualService) -> ipvs.Service:
-    """The service as the director's kernel has it: destinations in its order, with counters."""
-    return ipvs.parse_list(director.check_output(f"sudo -n ipvsadm -L -n {ipvsadm_name(svc)}"))[0]
+    """The service as the director's kernel has it, with counters. --nosort keeps the kernel's
+    own order of the destinations (the newest first), which breaks the schedulers' ties;
+    ipvsadm otherwise sorts them by address."""
+    return ipvs.parse_list(director.check_output(f"sudo -n ipvsadm -L -n --nosort {ipvsadm_name(svc)}"))[0]
 
 
 def counters(director, svc: VirtualService) -> list[Dest]:
@@ -54,8 +56,10 @@ def recreate(director, svc: VirtualService) -> None:
     """The service as the lab file makes it, made anew: the scheduler's memory starts empty.
     (The real servers' counters stay: the kernel keeps a removed destination while connections
     use it, and takes it back when it is added again.)"""
-    rules = shlex.quote(ipvs.service_rules(svc))
-    director.check_output(f"printf %s {rules} | sudo -n sh -c {shlex.quote(f'ipvsadm -D {ipvsadm_name(svc)}; ipvsadm-restore')}")
+    # One ipvsadm per rule: ipvsadm-restore would clear the whole table first.
+    commands = [f"ipvsadm -D {ipvsadm_name(svc)}"]
+    commands += [shlex.join(["ipvsadm", *line.split()]) for line in ipvs.service_rules(svc).splitlines()]
+    director.check_output(f"sudo -n sh -c {shlex.quote('; '.join(commands))}")
 
 
 def settle(director, svc: VirtualService, within: int = 15) -> None:
@@ -163,9 +167,9 @@ def test_hash_keeps_each_source_on_one_server(hosts, lab: Lab, hash_service: Vir
     director = hosts(lab.active_director)
     recreate(director, svc)
     args = {"mode": "sources", "vip": str(svc.vip), "port": svc.port, "dev": client_dev(lab),
-            "sources": free_addresses(lab, SOURCES)}
-    first = probe(hosts, lab, args, root=True)
-    second = probe(hosts, lab, args, root=True)
+            "sources": free_addresses(lab, SOURCES), "rounds": 2}
+    answers = probe(hosts, lab, args, root=True)
+    first, second = ({s: a[i] for s, a in answers.items()} for i in (0, 1))
     servers = {d.key for d in listing(director, svc).destinations}
     assert set(first.values()) <= servers, f"{svc.key}: answers from {set(first.values())}, expected only {servers}"
     changed = {s: (first[s], second[s]) for s in first if first[s] != second[s]}
@@ -180,7 +184,7 @@ def test_hash_keeps_each_source_on_one_server(hosts, lab: Lab, hash_service: Vir
     gone = f"{svc.real_servers[-1].address}:{svc.real_port(svc.real_servers[-1])}"
     director.check_output(f"sudo -n ipvsadm -d {ipvsadm_name(svc)} -r {gone}")
     try:
-        third = probe(hosts, lab, args, root=True)
+        third = {s: a[0] for s, a in probe(hosts, lab, {**args, "rounds": 1}, root=True).items()}
     finally:
         recreate(director, svc)
     orphans = [s for s in first if first[s] == gone]
@@ -218,8 +222,10 @@ def test_persistence_sticks_until_the_template_expires(hosts, lab: Lab, persiste
     server after the first one."""
     svc = persistent_service
     director = hosts(lab.active_director)
-    # An address of its own: the client's usual address has a template from the other checks.
-    source = free_addresses(lab, SOURCES + 1)[0]
+    # An address of its own per service: the client's usual address has templates from the
+    # other checks, and another service's template would not expire while this one runs.
+    persistent = [s for s in lab.services if s.persistence]
+    source = free_addresses(lab, SOURCES + len(persistent))[persistent.index(svc)]
     args = {"mode": "ask", "targets": [[str(v), svc.port] for v in svc.addresses] * 2,
             "source": source, "dev": client_dev(lab)}
     wait_template_gone(director, source, 30)
@@ -227,8 +233,10 @@ def test_persistence_sticks_until_the_template_expires(hosts, lab: Lab, persiste
     assert None not in first and len(set(first)) == 1, (
         f"{svc.key} persistent: expected one server for {source} through {[str(v) for v in svc.addresses]}, "
         f"saw {names(lab, first)}")
-    # The template outlives the client's last connection (closed: 10 s) by up to the timeout.
-    limit = svc.persistence + 10 + svc.persistence + 5
+    # The template expires `persistence` seconds after the last connection began, once the
+    # connections it controls are gone (reset: 10 s in CLOSE); a template that still controls
+    # one when its time comes is kept another 60 s.
+    limit = (svc.persistence if svc.persistence > 12 else svc.persistence + 60) + 5
     waited = wait_template_gone(director, source, limit)
     assert waited < limit, f"{svc.key}: the template for {source} did not expire within {limit} s"
     figure("template_gone_after_seconds", round(waited, 1))
