@@ -1,6 +1,9 @@
 """Where IPVS sends a new connection: each connection-counting scheduler's choice, written from
 the kernel's own sources (net/netfilter/ipvs/ip_vs_{rr,lc,wlc,sed,nq,fo,ovf,lblc,lblcr}.c), so
-the checks can predict from the director's counters where each connection they hold goes.
+the checks can predict from the director's counters where each connection they hold goes; and
+the source and destination hashing tables (ip_vs_sh.c, ip_vs_dh.c). mh (Maglev, ip_vs_mh.c)
+hashes with siphash under the kernel's own keys and is not modelled: its checks assert what it
+promises instead.
 
 Pure: a list of destinations in the kernel's order (as `ipvsadm -L -n` lists them), each with its
 weight and its active and inactive connection counts. A tie goes to the first in that order,
@@ -10,6 +13,7 @@ because every scheduler here replaces its pick only on a strict comparison.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
 
 
 @dataclass
@@ -161,3 +165,41 @@ def hold(scheduler: str, dests: list[Dest], count: int, state: dict | None = Non
         if d is not None:
             d.active += 1
     return Placement(chosen, dests)
+
+
+# ---- sh and dh: a table of 256 buckets --------------------------------------------------------
+
+TABLE_BITS = 8  # CONFIG_IP_VS_SH_TAB_BITS and CONFIG_IP_VS_DH_TAB_BITS, 8 by default
+GOLDEN_RATIO_32 = 0x61C88647
+
+
+def hash_32(value: int, bits: int) -> int:
+    """include/linux/hash.h: the top `bits` of value * GOLDEN_RATIO_32, in 32 bits."""
+    return ((value * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
+
+
+def buckets(dests: list[Dest], weighted: bool) -> list[Dest]:
+    """ip_vs_sh_reassign() / ip_vs_dh_reassign(): the destinations in the kernel's order, round
+    and round; sh gives each as many buckets in a row as its weight (at least one), dh one."""
+    table: list[Dest] = []
+    while dests and len(table) < 1 << TABLE_BITS:
+        for d in dests:
+            table += [d] * (max(d.weight, 1) if weighted else 1)
+    return table[:1 << TABLE_BITS]
+
+
+def _hashed(dests: list[Dest], address: str, weighted: bool) -> Dest | None:
+    if not dests:
+        return None
+    d = buckets(dests, weighted)[hash_32(int(IPv4Address(address)), TABLE_BITS)]
+    return d if d.weight > 0 else None  # a bucket's server at weight 0: no destination
+
+
+def sh(dests: list[Dest], source: str) -> Dest | None:
+    """ip_vs_sh.c (without the sh-port and sh-fallback flags): the bucket of the source address."""
+    return _hashed(dests, source, weighted=True)
+
+
+def dh(dests: list[Dest], destination: str) -> Dest | None:
+    """ip_vs_dh.c: the bucket of the destination address (the VIP), weights ignored."""
+    return _hashed(dests, destination, weighted=False)

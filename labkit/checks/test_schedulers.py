@@ -158,6 +158,20 @@ def test_fo_fills_the_highest_weight_until_it_is_drained(hosts, lab: Lab, fo_ser
 # ---- sh, mh, dh: hashing ------------------------------------------------------------------
 
 
+def predicted(lab: Lab, svc: VirtualService, table: list[Dest], seen: dict, when: str) -> None:
+    """sh and dh: each source's answer is the one the kernel's hash table gives (mh's is not
+    modelled)."""
+    if svc.scheduler.value not in ("sh", "dh"):
+        return
+    pick = (lambda source: scheduling.sh(table, source)) if svc.scheduler.value == "sh" else (
+        lambda source: scheduling.dh(table, str(svc.vip)))
+    want = {source: getattr(pick(source), "key", None) for source in seen}
+    wrong = {source: f"{names(lab, [seen[source]])[0]}, hashed to {names(lab, [want[source]])[0]}"
+             for source in seen if seen[source] != want[source]}
+    assert not wrong, (f"{svc.key} {svc.scheduler}{when}: sources answered elsewhere than the hash table says "
+                       f"(destinations in the kernel's order: {described(lab, table)}): {wrong}")
+
+
 def test_hash_keeps_each_source_on_one_server(hosts, lab: Lab, hash_service: VirtualService, figure):
     """sh and mh: each of many client addresses reaches the same server twice, and they spread
     over the servers; dh hashes the destination, so every source reaches the VIP's one server.
@@ -170,10 +184,12 @@ def test_hash_keeps_each_source_on_one_server(hosts, lab: Lab, hash_service: Vir
             "sources": free_addresses(lab, SOURCES), "rounds": 2}
     answers = probe(hosts, lab, args, root=True)
     first, second = ({s: a[i] for s, a in answers.items()} for i in (0, 1))
-    servers = {d.key for d in listing(director, svc).destinations}
+    table = counters(director, svc)
+    servers = {d.key for d in table}
     assert set(first.values()) <= servers, f"{svc.key}: answers from {set(first.values())}, expected only {servers}"
     changed = {s: (first[s], second[s]) for s in first if first[s] != second[s]}
     assert not changed, f"{svc.key} {svc.scheduler}: sources that changed server between two requests: {changed}"
+    predicted(lab, svc, table, first, "")
     used = sorted(set(first.values()))
     figure(f"{svc.scheduler}_servers_used", " ".join(names(lab, used)))
     if svc.scheduler.value == "dh":
@@ -184,9 +200,11 @@ def test_hash_keeps_each_source_on_one_server(hosts, lab: Lab, hash_service: Vir
     gone = f"{svc.real_servers[-1].address}:{svc.real_port(svc.real_servers[-1])}"
     director.check_output(f"sudo -n ipvsadm -d {ipvsadm_name(svc)} -r {gone}")
     try:
+        left = counters(director, svc)
         third = {s: a[0] for s, a in probe(hosts, lab, {**args, "rounds": 1}, root=True).items()}
     finally:
         recreate(director, svc)
+    predicted(lab, svc, left, third, f" with {names(lab, [gone])[0]} removed")
     orphans = [s for s in first if first[s] == gone]
     stranded = [s for s in orphans if third[s] in (None, gone)]
     assert not stranded, f"{svc.key}: sources of the removed {names(lab, [gone])[0]} not moved to a server: {stranded}"

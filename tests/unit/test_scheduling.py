@@ -3,7 +3,7 @@ kernel's sources (net/netfilter/ipvs/ip_vs_*.c)."""
 
 import pytest
 
-from labkit.checks.scheduling import Dest, fo, hold, rr
+from labkit.checks.scheduling import Dest, buckets, dh, fo, hash_32, hold, rr, sh
 
 A, B = "192.168.66.111:80", "192.168.66.112:80"
 
@@ -64,3 +64,25 @@ def test_rr_takes_the_next_after_the_last():
 def test_fo_first_of_equal_weights():
     assert fo(two(1, 1), {}).key == A
     assert fo(two(0, 0), {}) is None
+
+
+def test_hash_32_is_the_kernels():
+    # hash_32(1, 8): the top byte of 0x61C88647
+    assert hash_32(1, 8) == 0x61
+    assert hash_32(2, 8) == (2 * 0x61C88647 & 0xFFFFFFFF) >> 24 == 0xC3
+
+
+def test_sh_fills_buckets_by_weight_and_dh_one_each():
+    a, b = two(2, 1)
+    assert [d.key for d in buckets([a, b], weighted=True)[:6]] == [A, A, B, A, A, B]
+    assert [d.key for d in buckets([a, b], weighted=False)[:4]] == [A, B, A, B]
+    assert len(buckets([a, b], weighted=True)) == 256
+
+
+def test_sh_and_dh_pick_the_bucket_of_the_address():
+    dests = two(1, 1)
+    # 0.0.0.1 hashes to bucket 0x61 = 97 (odd: the second server); 0.0.0.2 to 0xC3 = 195 (odd too)
+    assert sh(dests, "0.0.0.1").key == B
+    assert dh(dests, "0.0.0.1").key == B
+    assert sh(two(2, 1), "0.0.0.1").key == A  # bucket 97 of A A B A A B ...: 97 % 3 == 1
+    assert sh(two(1, 0), "0.0.0.1") is None  # its bucket's server is drained
