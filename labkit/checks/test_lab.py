@@ -214,12 +214,15 @@ def test_split(hosts, lab: Lab, http_service: VirtualService):
     """2N requests in a row split exactly as rr or wrr say; others only reach live servers. A
     fwmark service's VIPs take turns: one scheduler counts across both."""
     service = http_service
-    live = {lab.node_at(rs.address): rs.weight for rs in service.real_servers if rs.weight > 0}
-    if service.scheduler == "rr" and not service.persistence:
-        want = {name: 2 for name in live}
-    elif service.scheduler == "wrr" and not service.persistence:
-        g = gcd(*live.values())
-        want = {name: 2 * w // g for name, w in live.items()}
+    # Destinations, not servers: a real server may be one on several ports.
+    dests = [(lab.node_at(rs.address), rs.weight) for rs in service.real_servers if rs.weight > 0]
+    live = {name for name, _ in dests}
+    if service.scheduler in ("rr", "wrr") and not service.persistence:
+        g = gcd(*(w for _, w in dests)) if service.scheduler == "wrr" else None
+        want = Counter()
+        for name, w in dests:
+            want[name] += 2 * (w // g if g else 1)
+        want = dict(want)
     else:
         want = None
     count = sum(want.values()) if want else 2 * len(live)
