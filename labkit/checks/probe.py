@@ -69,9 +69,10 @@ def once(vip, port, source=None):
 
 
 def addresses(action, sources, dev):
-    """Add or delete the source addresses, all in one `ip` (a process each is slow in a VM)."""
+    """Add (replace: one left by an interrupted batch is no error) or delete the source
+    addresses, all in one `ip` (a process each is slow in a VM)."""
     batch = "".join(f"addr {action} {source}/32 dev {dev}\n" for source in sources)
-    subprocess.run(["ip", "-batch", "-"], input=batch.encode(), check=action == "add")
+    subprocess.run(["ip", "-batch", "-"], input=batch.encode(), check=action == "replace")
 
 
 def main(args):
@@ -81,7 +82,7 @@ def main(args):
         return [request(s, args["vip"]) if s else None for s in held]
     sources = [args["source"]] if mode == "ask" else args["sources"]
     try:
-        addresses("add", sources, args["dev"])
+        addresses("replace", sources, args["dev"])
         if mode == "ask":
             return [once(vip, port, args["source"]) for vip, port in args["targets"]]
         return {source: [once(args["vip"], args["port"], source) for _ in range(args.get("rounds", 1))]
