@@ -15,17 +15,20 @@ from labkit.labfile.model import host_port, service_key
 
 def rules(lab: Lab) -> str:
     """The lab's services in ipvsadm-save -n format, ready for ipvsadm-restore."""
-    lines = []
-    for svc in lab.services:
-        name = f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {host_port(svc.vip, svc.port)}"
-        persistence = f" -p {svc.persistence}" if svc.persistence else ""
-        ops = " -o" if svc.one_packet else ""  # one-packet scheduling, as ipvsadm-save writes it
-        lines.append(f"-A {name} -s {svc.scheduler}{persistence}{ops}")
-        tunnel = "".join(f" {word}" for word in tunnel_options(svc))
-        for rs in svc.real_servers:
-            # As ipvsadm-save prints it: a TUN or DR real server gets the VIP's port (listed_port).
-            lines.append(f"-a {name} -r {host_port(rs.address, svc.listed_port(rs))} {svc.forwarding.flag} "
-                         f"-w {rs.weight}{tunnel}")
+    return "".join(service_rules(svc) for svc in lab.services)
+
+
+def service_rules(svc: VirtualService) -> str:
+    """One service and its real servers in ipvsadm-save -n format."""
+    name = f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {host_port(svc.vip, svc.port)}"
+    persistence = f" -p {svc.persistence}" if svc.persistence else ""
+    ops = " -o" if svc.one_packet else ""  # one-packet scheduling, as ipvsadm-save writes it
+    lines = [f"-A {name} -s {svc.scheduler}{persistence}{ops}"]
+    tunnel = "".join(f" {word}" for word in tunnel_options(svc))
+    for rs in svc.real_servers:
+        # As ipvsadm-save prints it: a TUN or DR real server gets the VIP's port (listed_port).
+        lines.append(f"-a {name} -r {host_port(rs.address, svc.listed_port(rs))} {svc.forwarding.flag} "
+                     f"-w {rs.weight}{tunnel}")
     return "\n".join(lines) + "\n"
 
 

@@ -201,12 +201,14 @@ def nginx_site(lab: Lab, node: str) -> str:
                     for rs in svc.real_servers if lab.node_at(rs.address) == node})
     # `listen 80` is IPv4 only; an IPv6 service's port gets `listen [::]:80` too.
     listen = "".join(f"    listen {host_port('::', port) if ipv6 else port};\n" for port, ipv6 in ports)
-    # The header names the server that answered, so a client can tell who served a download.
+    # The headers name the server that answered, so a client can tell who served a download,
+    # and the IPVS destination (address:port) where a server is one on several ports.
     return (
         "server {\n"
         f"{listen}"
         f"    root {WEB_ROOT};\n"
         f"    add_header X-Real-Server {node} always;\n"
+        "    add_header X-Destination $server_addr:$server_port always;\n"
         "}\n"
     )
 

@@ -13,6 +13,9 @@ import testinfra
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService, load_lab
 from labkit.run.lab import RunningLab
 
+# Schedulers whose choice for a connection held open the checks predict from the counters.
+HELD = ("lc", "wlc", "sed", "nq", "ovf", "lblc", "lblcr")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--lab-dir", required=True, help="the running lab's folder (under LABKIT_HOME)")
@@ -26,6 +29,7 @@ def _lab(config: pytest.Config) -> Lab:
 def parameters(lab: Lab) -> dict[str, list]:
     """Fixture name -> what a check taking it runs for. A check runs once for each, and is left
     out (not skipped) when its list is empty: a DR lab has no NAT director to check."""
+    http = [s for s in lab.services if s.protocol == Protocol.tcp]
     return {
         "node": list(lab.nodes),
         "director": lab.directors,
@@ -49,6 +53,11 @@ def parameters(lab: Lab) -> dict[str, list]:
         "tun_director": lab.directors if any(s.forwarding == Forwarding.tun for s in lab.services) else [],
         "tunnel_service": [s for s in lab.services if s.forwarding == Forwarding.tun
                            and s.protocol == Protocol.tcp and s.fwmark is None],
+        # the scheduler checks (test_schedulers.py): HTTP services whose scheduler they know
+        "held_service": [s for s in http if s.scheduler.value in HELD and not s.persistence],
+        "fo_service": [s for s in http if s.scheduler.value == "fo" and not s.persistence],
+        "hash_service": [s for s in http if s.scheduler.value in ("sh", "mh", "dh") and not s.persistence],
+        "persistent_service": [s for s in http if s.persistence and s.scheduler.value == "rr"],
     }
 
 

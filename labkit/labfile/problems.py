@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
 
 from labkit.labfile.model import (HOSTNAME, IFNAME, RESERVED_IFNAMES, Check, Forwarding, Lab, Protocol, Role, Tunnel,
-                                  VirtualService)
+                                  VirtualService, host_port)
 
 
 def semantic_problems(lab: Lab) -> Iterator[str]:
@@ -114,14 +114,17 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
             elif vip in (lab.networks[vip_net].network_address, lab.networks[vip_net].broadcast_address):
                 yield f"{vip_field}: {vip} is the network or broadcast address of {lab.networks[vip_net]}. Use a host address"
         yield from _family_problems(lab, svc, field)
-        addresses: set[IPv4Address | IPv6Address] = set()
+        # A real server may appear on several ports: each address:port is its own IPVS destination.
+        destinations: set[tuple[IPv4Address | IPv6Address, int]] = set()
         for j, rs in enumerate(svc.real_servers):
             rs_field = f"{field}.real_servers[{j}]"
             if rs.address.version != svc.addresses[0].version:
                 continue  # said by _family_problems
-            if rs.address in addresses:
-                yield f"{rs_field}: {rs.address} is listed twice in this service. List each real server once"
-            addresses.add(rs.address)
+            destination = (rs.address, svc.listed_port(rs))
+            if destination in destinations:
+                yield (f"{rs_field}: {host_port(*destination)} is listed twice in this service. "
+                       "List each real server once per port")
+            destinations.add(destination)
             node = lab.node_at(rs.address)
             if node is None or lab.nodes[node].role != Role.real_server:
                 yield (f"{rs_field}.address: {rs.address} is not the address of a real_server node. "

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[2]
-LABS = ["nat", "tun", "dr", "fwmark"]
+LABS = ["nat", "tun", "dr", "fwmark", "schedulers"]
 
 
 @pytest.fixture(scope="module")

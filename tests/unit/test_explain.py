@@ -57,7 +57,7 @@ def test_fwmark_marks_come_before_the_rules():
     assert "-A -f 1 -s rr" in lines
 
 
-@pytest.mark.parametrize("name", ["nat", "tun", "dr", "fwmark"])
+@pytest.mark.parametrize("name", ["nat", "tun", "dr", "fwmark", "schedulers"])
 def test_every_step_calls_a_helper_or_a_known_program(name):
     """What the script runs and what explain shows come from one list: a step calls a check
     helper in `unless`, and a command helper (which explain can show) or a known program."""

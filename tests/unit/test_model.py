@@ -12,6 +12,7 @@ NAT = (LABS / "nat" / "lab.yaml").read_text()
 TUN = (LABS / "tun" / "lab.yaml").read_text()
 DR = (LABS / "dr" / "lab.yaml").read_text()
 FWMARK = (LABS / "fwmark" / "lab.yaml").read_text()
+SCHEDULERS = (LABS / "schedulers" / "lab.yaml").read_text()
 
 
 @pytest.mark.parametrize("name", ["nat", "tun", "dr"])
@@ -77,6 +78,10 @@ CASES = [
      "services[0].sheduler", "unknown field"),
     (NAT, lambda d: d["services"].append(copy.deepcopy(d["services"][0])),
      "services[4]", "is declared twice"),
+    (NAT, lambda d: d["services"][0]["real_servers"].append(copy.deepcopy(rs(d))),
+     "services[0].real_servers[2]", "192.168.66.111:80 is listed twice in this service. List each real server once per port"),
+    (SCHEDULERS, lambda d: d["services"][10]["real_servers"][1].update(port=8010),
+     "services[10].real_servers[1]", "192.168.66.111:8010 is listed twice in this service"),
     (NAT, lambda d: d["networks"].update(eth0="10.0.0.0/24"),
      "networks.eth0", "becomes an interface name"),
     (NAT, lambda d: [d["nodes"].pop(n) for n in ("cl0",)],
@@ -368,3 +373,12 @@ def test_schedulers_are_ipvsadms_and_print_as_ipvsadm_names_them():
     svc = parse_lab(NAT, "nat").services[1]
     assert svc.scheduler is Scheduler.wrr and svc.scheduler == "wrr"
     assert (f"-s {svc.scheduler}", str(svc.scheduler)) == ("-s wrr", "wrr")
+
+
+def test_the_scheduler_lab_has_every_scheduler_and_a_server_on_two_ports():
+    lab = load_lab(LABS / "schedulers" / "lab.yaml")
+    assert lab.directors == ["lb0"] and not lab.ha
+    assert {s.scheduler for s in lab.services} == set(Scheduler)
+    sh = next(s for s in lab.services if s.scheduler == Scheduler.sh)
+    assert [(str(r.address), sh.real_port(r)) for r in sh.real_servers] == [
+        ("192.168.66.111", 8010), ("192.168.66.111", 8110), ("192.168.66.112", 8010)]

@@ -91,7 +91,7 @@ def test_every_step_has_a_check_and_a_reason():
                 assert step.unless and step.commands and step.why
 
 
-@pytest.mark.parametrize("name", ["nat", "tun", "dr", "fwmark"])
+@pytest.mark.parametrize("name", ["nat", "tun", "dr", "fwmark", "schedulers"])
 @pytest.mark.parametrize("make", [lab, single_director])
 def test_scripts_are_valid_sh(name, make):
     for node in make(name).nodes:
