@@ -18,9 +18,14 @@ def rules(lab: Lab) -> str:
     return "".join(service_rules(svc) for svc in lab.services)
 
 
+def service_name(svc: VirtualService) -> str:
+    """How ipvsadm names a service in its options: `-t VIP:port`, `-u VIP:port` or `-f MARK`."""
+    return f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {host_port(svc.vip, svc.port)}"
+
+
 def service_rules(svc: VirtualService) -> str:
     """One service and its real servers in ipvsadm-save -n format."""
-    name = f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {host_port(svc.vip, svc.port)}"
+    name = service_name(svc)
     persistence = f" -p {svc.persistence}" if svc.persistence else ""
     ops = " -o" if svc.one_packet else ""  # one-packet scheduling, as ipvsadm-save writes it
     lines = [f"-A {name} -s {svc.scheduler}{persistence}{ops}"]

@@ -12,8 +12,12 @@ because every scheduler here replaces its pick only on a strict comparison.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
+from math import gcd
+
+from labkit.labfile import Lab, VirtualService
 
 
 @dataclass
@@ -27,6 +31,20 @@ class Dest:
     def overhead(self) -> int:
         """ip_vs_dest_conn_overhead(): an active connection counts 256 inactive ones."""
         return (self.active << 8) + self.inactive
+
+
+def exact_split(lab: Lab, svc: VirtualService) -> dict[str, int] | None:
+    """Two rounds of rr or wrr over the live destinations: each real server's share of that many
+    new connections (or datagrams), exactly; a server listed on several ports counts for each.
+    None where the choice depends on more than turns and weights, or on persistence."""
+    if svc.persistence or svc.scheduler.value not in ("rr", "wrr"):
+        return None
+    dests = [(lab.node_at(rs.address), rs.weight) for rs in svc.real_servers if rs.weight > 0]
+    g = gcd(*(w for _, w in dests)) if svc.scheduler.value == "wrr" else None
+    want: Counter[str] = Counter()
+    for name, w in dests:
+        want[name] += 2 * (w // g if g else 1)
+    return dict(want)
 
 
 def _least(dests: list[Dest], cost) -> Dest | None:

@@ -10,12 +10,13 @@ import re
 import shlex
 import time
 from collections import Counter
-from math import gcd
 
 from labkit.build import ipvs, keepalived
 from labkit.build.render import interfaces
+from labkit.checks import scheduling
 from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
 from labkit.labfile.model import host_cidr, host_port
+from labkit.operate.trace import read_capture, start_capture
 
 # ---- every node ----------------------------------------------------------------------------
 
@@ -175,14 +176,11 @@ def test_only_the_active_director_answers_for_the_vips(hosts, lab: Lab):
             if lab.network_of(vip) in lab.nodes[client].addresses]
     assert vips, f"no VIP is on a network of the client {client}: it could not reach the lab's services"
     devices = sorted({lab.network_of(vip) for vip, _ in vips})
-    listen = " ".join(f"timeout 10 tcpdump -i {dev} -t -e -n -l 'arp or icmp6' > /tmp/labkit-neigh.{dev} "
-                      f"2> /tmp/labkit-neigh.{dev}.err & pids=\"$pids $!\";" for dev in devices)
-    ready = " && ".join(f"grep -q 'listening on' /tmp/labkit-neigh.{dev}.err" for dev in devices)
     ask = "; ".join(f"ip neigh flush to {vip}; curl -sS -g -m 2 -o /dev/null {shlex.quote(url(svc, vip=vip))}"
                     for vip, svc in vips)
     # a second answer would come within milliseconds of the first: half a second is plenty
-    script = (f"{listen} for i in $(seq 50); do {ready} && break; sleep 0.1; done; {ask}; sleep 0.5; "
-              "kill $pids; wait; " + "; ".join(f"cat /tmp/labkit-neigh.{dev}" for dev in devices))
+    script = (f"{start_capture(devices, 'arp or icmp6', 'neigh')}; {ask}; sleep 0.5; "
+              f"{read_capture(devices, 'neigh')}")
     seen = hosts(client).run(f"sudo -n sh -c {shlex.quote(script)}").stdout
     answers: dict[str, set[str]] = {}
     for m in NEIGHBOUR_ANSWER.finditer(seen):
@@ -268,17 +266,8 @@ def test_split(hosts, lab: Lab, http_service: VirtualService):
     """2N requests in a row split exactly as rr or wrr say; others only reach live servers. A
     fwmark service's VIPs take turns: one scheduler counts across both."""
     service = http_service
-    # Destinations, not servers: a real server may be one on several ports.
-    dests = [(lab.node_at(rs.address), rs.weight) for rs in service.real_servers if rs.weight > 0]
-    live = {name for name, _ in dests}
-    if service.scheduler in ("rr", "wrr") and not service.persistence:
-        g = gcd(*(w for _, w in dests)) if service.scheduler == "wrr" else None
-        want = Counter()
-        for name, w in dests:
-            want[name] += 2 * (w // g if g else 1)
-        want = dict(want)
-    else:
-        want = None
+    live = {lab.node_at(rs.address) for rs in service.real_servers if rs.weight > 0}
+    want = scheduling.exact_split(lab, service)
     count = sum(want.values()) if want else 2 * len(live)
     seen = Counter(ask(hosts, lab, service, count))
     if want is not None:

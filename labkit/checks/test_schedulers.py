@@ -37,15 +37,11 @@ def probe(hosts, lab: Lab, args: dict, root: bool = False):
     return json.loads(hosts(lab.clients[0]).check_output(command))
 
 
-def ipvsadm_name(svc: VirtualService) -> str:
-    return f"-f {svc.fwmark}" if svc.fwmark else f"{svc.protocol.flag} {svc.vip}:{svc.port}"
-
-
 def listing(director, svc: VirtualService) -> ipvs.Service:
     """The service as the director's kernel has it, with counters. --nosort keeps the kernel's
     own order of the destinations (the newest first), which breaks the schedulers' ties;
     ipvsadm otherwise sorts them by address."""
-    return ipvs.parse_list(director.check_output(f"sudo -n ipvsadm -L -n --nosort {ipvsadm_name(svc)}"))[0]
+    return ipvs.parse_list(director.check_output(f"sudo -n ipvsadm -L -n --nosort {ipvs.service_name(svc)}"))[0]
 
 
 def counters(director, svc: VirtualService) -> list[Dest]:
@@ -57,7 +53,7 @@ def recreate(director, svc: VirtualService) -> None:
     (The real servers' counters stay: the kernel keeps a removed destination while connections
     use it, and takes it back when it is added again.)"""
     # One ipvsadm per rule: ipvsadm-restore would clear the whole table first.
-    commands = [f"ipvsadm -D {ipvsadm_name(svc)}"]
+    commands = [f"ipvsadm -D {ipvs.service_name(svc)}"]
     commands += [shlex.join(["ipvsadm", *line.split()]) for line in ipvs.service_rules(svc).splitlines()]
     director.check_output(f"sudo -n sh -c {shlex.quote('; '.join(commands))}")
 
@@ -142,7 +138,7 @@ def test_fo_fills_the_highest_weight_until_it_is_drained(hosts, lab: Lab, fo_ser
     assert seen == want == [top.key] * 3, (
         f"{svc.key} fo: expected every connection on the highest weight, {' '.join(names(lab, want))}; "
         f"saw {' '.join(names(lab, seen))} ({described(lab, start)})")
-    director.check_output(f"sudo -n ipvsadm -e {ipvsadm_name(svc)} -r {top.key} {svc.forwarding.flag} -w 0")
+    director.check_output(f"sudo -n ipvsadm -e {ipvs.service_name(svc)} -r {top.key} {svc.forwarding.flag} -w 0")
     try:
         drained = counters(director, svc)
         want = scheduling.hold("fo", drained, 2).chosen
@@ -198,7 +194,7 @@ def test_hash_keeps_each_source_on_one_server(hosts, lab: Lab, hash_service: Vir
     assert len(used) >= 2, f"{svc.key} {svc.scheduler}: {SOURCES} sources all reached {names(lab, used)}"
 
     gone = f"{svc.real_servers[-1].address}:{svc.real_port(svc.real_servers[-1])}"
-    director.check_output(f"sudo -n ipvsadm -d {ipvsadm_name(svc)} -r {gone}")
+    director.check_output(f"sudo -n ipvsadm -d {ipvs.service_name(svc)} -r {gone}")
     try:
         left = counters(director, svc)
         third = {s: a[0] for s, a in probe(hosts, lab, {**args, "rounds": 1}, root=True).items()}

@@ -15,7 +15,7 @@ import pytest
 
 from labkit.build import ipvs
 from labkit.labfile import Lab, Protocol, Tunnel, VirtualService
-from labkit.operate.trace import parse
+from labkit.operate.trace import parse, read_capture, start_capture
 
 
 def missing_support(kind: Tunnel, release: str) -> str:
@@ -50,23 +50,6 @@ def wire_filter(lab: Lab) -> str:
     return " or ".join(["ip proto 4", "ip proto 47", *(f"udp dst port {p}" for p in ports)])
 
 
-CAPTURE = "/tmp/labkit-wire"
-CAPTURE_LIMIT = 120  # seconds: a capture that is never stopped ends by itself
-
-
-def start_capture(dev: str, tcpdump_filter: str) -> str:
-    """tcpdump on `dev` in the background, left running once it listens (its output, error and
-    pid in files), so that the check's open SSH connection is free for the next command."""
-    return (f"rm -f {CAPTURE}*; timeout {CAPTURE_LIMIT} tcpdump -i {shlex.quote(dev)} -e -n -l -x --immediate-mode "
-            f"{shlex.quote(tcpdump_filter)} > {CAPTURE} 2> {CAPTURE}.err < /dev/null & echo $! > {CAPTURE}.pid; "
-            f"for i in $(seq 300); do grep -q 'listening on' {CAPTURE}.err && exit 0; sleep 0.1; done; "
-            f"cat {CAPTURE}.err; exit 1")
-
-
-# tcpdump -l writes each packet as it goes: read the capture, then end it (no need to wait for it).
-STOP_CAPTURE = f"cat {CAPTURE}; kill -INT $(cat {CAPTURE}.pid)"
-
-
 @pytest.fixture(scope="module")
 def wire(hosts, lab: Lab):
     """One capture for every TUN service: tcpdump listens on each real server's network while
@@ -75,7 +58,7 @@ def wire(hosts, lab: Lab):
     services = [s for s in lab.services if s.tunnel_type is not None and s.protocol == Protocol.tcp and s.fwmark is None]
     devices = {lab.node_at(rs.address): lab.network_of(rs.address) for s in services for rs in s.real_servers}
     for node, dev in sorted(devices.items()):
-        started = hosts(node).run(f"sudo -n sh -c {shlex.quote(start_capture(dev, wire_filter(lab)))}")
+        started = hosts(node).run(f"sudo -n sh -c {shlex.quote(start_capture([dev], wire_filter(lab), 'wire', hex_too=True))}")
         assert started.rc == 0, f"tcpdump on {node} did not start listening: {started.stdout}{started.stderr}"
     # One curl per service, a new connection per URL (each is scheduled on its own): curl's start
     # is what costs under emulation.
@@ -86,8 +69,9 @@ def wire(hosts, lab: Lab):
     try:
         answers = hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(asks)}")
     finally:
-        captured = {node: hosts(node).check_output(f"sudo -n sh -c {shlex.quote(STOP_CAPTURE)}") for node in devices}
-    packets = {node: parse(f"== {devices[node]}\n{text}")[devices[node]] for node, text in captured.items()}
+        captured = {node: hosts(node).check_output(f"sudo -n sh -c {shlex.quote(read_capture([dev], 'wire'))}")
+                    for node, dev in devices.items()}
+    packets = {node: parse(text)[devices[node]] for node, text in captured.items()}
     answered: dict[str, list[str]] = {}
     for line in answers.splitlines():
         if line.startswith("== "):

@@ -12,12 +12,12 @@ import json
 import shlex
 import time
 from collections import Counter
-from math import gcd
 
 import pytest
 
 from labkit.build import ipvs
 from labkit.build.plan import RESPONDER_UNIT, real_ports
+from labkit.checks import scheduling
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService
 
 # Runs on the client with the box's python3; prints one JSON: for each datagram, the name that
@@ -74,20 +74,6 @@ def ask(hosts, lab: Lab, svc: VirtualService, new: int = 0, same: int = 0) -> li
     return [tuple(answer) for answer in json.loads(out)]
 
 
-def expected_split(lab: Lab, svc: VirtualService) -> dict[str, int] | None:
-    """Two rounds of rr or wrr: each live real server's share, exactly. None for the
-    schedulers whose choice depends on more than turns and weights."""
-    live = {lab.node_at(rs.address): rs.weight for rs in svc.real_servers if rs.weight > 0}
-    if svc.persistence:
-        return None
-    if svc.scheduler == "rr":
-        return {name: 2 for name in live}
-    if svc.scheduler == "wrr":
-        g = gcd(*live.values())
-        return {name: 2 * w // g for name, w in live.items()}
-    return None
-
-
 def live(lab: Lab, svc: VirtualService) -> set[str]:
     return {lab.node_at(rs.address) for rs in svc.real_servers if rs.weight > 0}
 
@@ -137,7 +123,7 @@ def test_udp_split(hosts, lab: Lab, udp_service: VirtualService):
     """A datagram from each new client port is scheduled anew: 2N of them split exactly as rr
     or wrr say, and every answer comes from the VIP (see answered_from)."""
     svc = udp_service
-    want = expected_split(lab, svc)
+    want = scheduling.exact_split(lab, svc)
     count = sum(want.values()) if want else 2 * len(live(lab, svc))
     answers = ask(hosts, lab, svc, new=count)
     seen = Counter(name or "no answer" for name, _ in answers)
@@ -154,7 +140,7 @@ def test_udp_one_client_port(hosts, lab: Lab, udp_service: VirtualService):
     with one-packet scheduling every datagram is scheduled on its own and they split as rr or
     wrr say, from a single port."""
     svc = udp_service
-    want = expected_split(lab, svc)
+    want = scheduling.exact_split(lab, svc)
     count = sum(want.values()) if want else 2 * len(live(lab, svc))
     answers = ask(hosts, lab, svc, same=count)
     seen = Counter(name or "no answer" for name, _ in answers)

@@ -12,17 +12,13 @@ from __future__ import annotations
 import random
 import re
 import shlex
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 
 from labkit.labfile import Forwarding, Lab, Protocol, Tunnel, VirtualService
 from labkit.labfile.model import host_port
 from labkit.build.render import interfaces
-from labkit.errors import LabkitError
 from labkit.run.lab import RunningLab
-from labkit.run.ssh import Said
 
 LIMIT = 60  # seconds: a capture that is never stopped ends by itself
 
@@ -56,9 +52,6 @@ def capture_points(lab: Lab, svc: VirtualService) -> dict[str, list[str]]:
     return points
 
 
-CAPTURING = "labkit-capturing"  # printed once every tcpdump listens
-
-
 def capture_filter(port: int, protocol: Protocol = Protocol.tcp, gue_port: int | None = None) -> str:
     """The client's port, and the tunnel packets, whose TCP or UDP header is inside: IP-in-IP
     (protocol 4), GRE (47), and GUE's UDP port. A GUE packet is printed in hex too (-x), since
@@ -67,27 +60,27 @@ def capture_filter(port: int, protocol: Protocol = Protocol.tcp, gue_port: int |
             + (f" or udp dst port {gue_port}" if gue_port else ""))
 
 
-def capture_command(devices: list[str], tcpdump_filter: str, tag: str, hex_too: bool = False) -> list[str]:
-    """One shell command that listens on each device at once, says CAPTURING once every
-    tcpdump is listening, listens until stop_command(tag) runs (LIMIT seconds at most: an
-    emulated guest under load may take many seconds just to start tcpdump, so no fixed time
-    fits), and prints each capture after a `== device` line."""
+def start_capture(devices: list[str], tcpdump_filter: str, tag: str, hex_too: bool = False) -> str:
+    """Shell: tcpdump on each device in the background (LIMIT seconds at most), done once every
+    one listens (an emulated guest under load may take many seconds to start tcpdump, so no
+    fixed time fits); false, with tcpdump's errors, if one never does. read_capture() prints the
+    captures and ends them. Used by trace and by the checks that watch the wire."""
     files = [f"/tmp/labkit-{tag}.{dev}" for dev in devices]
     listen = " ".join(
-        f"timeout {LIMIT} tcpdump -i {shlex.quote(dev)} -e -n -l{' -x' if hex_too else ''} --immediate-mode "
-        f"{shlex.quote(tcpdump_filter)} > {f} 2> {f}.err & pids=\"$pids $!\";"
+        f"timeout {LIMIT} tcpdump -i {shlex.quote(dev)} -t -e -n -l{' -x' if hex_too else ''} --immediate-mode "
+        f"{shlex.quote(tcpdump_filter)} > {f} 2> {f}.err < /dev/null & echo $! >> /tmp/labkit-{tag}.pids;"
         for dev, f in zip(devices, files))
     listening = " && ".join(f"grep -q 'listening on' {f}.err" for f in files)
-    ready = f"for i in $(seq 300); do {listening} && break; sleep 0.1; done; echo {CAPTURING}"
-    stop = f"/tmp/labkit-{tag}.stop"
-    until = f"for i in $(seq {LIMIT * 5}); do [ -e {stop} ] && break; sleep 0.2; done; kill -INT $pids 2>/dev/null"
-    show = "; ".join(f"echo '== {dev}'; cat {f}" for dev, f in zip(devices, files))
-    return ["sudo", "-n", "sh", "-c", f"rm -f {stop}; pids=; {listen} {ready}; {until}; wait; rm -f {stop}; {show}"]
+    errors = " ".join(f"{f}.err" for f in files)
+    return (f"rm -f /tmp/labkit-{tag}.*; {listen} for i in $(seq 300); do {listening} && break; sleep 0.1; done; "
+            f"{listening} || {{ cat {errors} >&2; false; }}")
 
 
-def stop_command(tag: str) -> list[str]:
-    """Ends the captures capture_command(..., tag) started on a node."""
-    return ["touch", f"/tmp/labkit-{tag}.stop"]
+def read_capture(devices: list[str], tag: str) -> str:
+    """Shell: each device's capture after a `== device` line, then the captures ended. tcpdump
+    -l has written every packet already, so there is nothing to wait for."""
+    show = "; ".join(f"echo '== {dev}'; cat /tmp/labkit-{tag}.{dev}" for dev in devices)
+    return f"{show}; kill -INT $(cat /tmp/labkit-{tag}.pids) 2>/dev/null; rm -f /tmp/labkit-{tag}.*"
 
 
 MACS = r"(?:(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), .*?length \d+: )?(?:IP6? )?"
@@ -277,18 +270,14 @@ def trace(running: RunningLab, svc: VirtualService) -> Trace:
     lab = running.lab
     port = random.randint(40000, 59999)  # the client's port: a fresh one, not in TIME_WAIT
     points = capture_points(lab, svc)
-    listening = {node: threading.Event() for node in points}
+    gue_port = svc.tunnel_port if svc.tunnel_type == Tunnel.gue else None
+    tag = f"trace-{port}"
+    tcpdump_filter = capture_filter(port, svc.protocol, gue_port)
+    sudo = ["sudo", "-n", "sh", "-c"]
     with ThreadPoolExecutor(len(points)) as pool:
-        gue_port = svc.tunnel_port if svc.tunnel_type == Tunnel.gue else None
-        tag = f"trace-{port}"
-        command = partial(capture_command, tcpdump_filter=capture_filter(port, svc.protocol, gue_port), tag=tag,
-                          hex_too=gue_port is not None)
-        captures = {node: pool.submit(running.run, node, command(devs), [Said(CAPTURING, listening[node])])
-                    for node, devs in points.items()}
+        list(pool.map(lambda node: running.run(node, [*sudo, start_capture(points[node], tcpdump_filter, tag,
+                                                                            hex_too=gue_port is not None)]), points))
         try:
-            for node, event in listening.items():
-                if not event.wait(60):
-                    raise LabkitError(f"tcpdump on {node} did not start listening within 60 s")
             if svc.protocol == Protocol.udp:
                 url = f"udp {host_port(svc.addresses[0], svc.port)}"
                 ask = ["python3", "-c", DATAGRAM, str(svc.addresses[0]), str(svc.port), str(port)]
@@ -298,8 +287,8 @@ def trace(running: RunningLab, svc: VirtualService) -> Trace:
                 ask = ["curl", "-sS", "-g", "-m", "5", "--local-port", str(port), url]
             answer = running.run(lab.clients[0], ask).strip()
         finally:
-            for node in points:  # over each node's connection, beside its capture
-                running.run(node, stop_command(tag))
-        captured = {node: parse(f.result()) for node, f in captures.items()}
+            outputs = dict(zip(points, pool.map(lambda node: running.run(node, [*sudo, read_capture(points[node], tag)]),
+                                                points)))
+    captured = {node: parse(text) for node, text in outputs.items()}
     request, reply = hops(lab, svc, captured, port)
     return Trace(url, port, answer, request, reply)

@@ -2,9 +2,9 @@
 
 from labkit.labfile import LABS, load_lab
 import subprocess
+import time
 
-from labkit.operate.trace import (CAPTURING, capture_command, capture_filter, capture_points, describe, hops, parse,
-                                  stop_command)
+from labkit.operate.trace import capture_filter, capture_points, describe, hops, parse, read_capture, start_capture
 
 PORT = 45678
 SYN = "Flags [S], seq 2337919013, win 64240, options [mss 1460,sackOK,TS val 1 ecr 0,nop,wscale 6], length 0"
@@ -40,26 +40,41 @@ def test_capture_points_and_command():
         "lb0": ["ext", "int"], "rs0": ["ext", "int", "tunl0"], "rs1": ["ext", "int", "tunl0"]}
     assert capture_filter(PORT) == f"tcp port {PORT} or ip proto 4 or ip proto 47"
     assert capture_filter(PORT, gue_port=6080) == f"tcp port {PORT} or ip proto 4 or ip proto 47 or udp dst port 6080"
-    words = capture_command(["ext", "tunl0"], capture_filter(PORT), "trace-1")
-    assert words[:4] == ["sudo", "-n", "sh", "-c"]
-    assert f"tcpdump -i ext -e -n -l --immediate-mode 'tcp port {PORT} or ip proto 4 or ip proto 47'" in words[4]
+    script = start_capture(["ext", "tunl0"], capture_filter(PORT), "trace-1")
+    assert f"tcpdump -i ext -t -e -n -l --immediate-mode 'tcp port {PORT} or ip proto 4 or ip proto 47'" in script
     gre = load_lab(LABS / "tun" / "lab.yaml").services[3]
     assert capture_points(tun, gre)["rs1"] == ["ext", "int", "gre0"]
-    assert "tcpdump -i int -e -n -l -x --immediate-mode" in capture_command(["int"], "udp", "t", hex_too=True)[4]
+    assert "tcpdump -i int -t -e -n -l -x --immediate-mode" in start_capture(["int"], "udp", "t", hex_too=True)
 
 
 def test_captures_listen_until_stopped(tmp_path):
-    """The capture command, run with a tcpdump that only says it listens: it says CAPTURING,
-    waits for stop_command, then prints each device's capture."""
+    """The capture scripts, run with a tcpdump that only says it listens: starting returns once
+    every tcpdump listens and leaves them running; reading prints each device's capture and ends
+    them."""
     (tmp_path / "tcpdump").write_text("#!/bin/sh\necho 'listening on x' >&2\necho packet\nexec sleep 30\n")
     (tmp_path / "tcpdump").chmod(0o755)
-    words = capture_command(["ext", "int"], "tcp", f"unit-{PORT}")
-    process = subprocess.Popen(["sh", "-c", f"PATH={tmp_path}:$PATH; {words[4]}"], stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == CAPTURING
-    assert process.poll() is None  # still listening
-    subprocess.run(stop_command(f"unit-{PORT}"), check=True)
-    out, _ = process.communicate(timeout=10)
+    tag = f"unit-{PORT}"
+    path = f"PATH={tmp_path}:$PATH"
+    subprocess.run(["sh", "-c", f"{path}; {start_capture(['ext', 'int'], 'tcp', tag)}"], check=True, timeout=10)
+    pids = open(f"/tmp/labkit-{tag}.pids").read().split()
+    assert len(pids) == 2 and subprocess.run(["kill", "-0", *pids]).returncode == 0  # still listening
+    out = subprocess.run(["sh", "-c", read_capture(["ext", "int"], tag)], capture_output=True, text=True,
+                         timeout=10).stdout
     assert out.splitlines() == ["== ext", "packet", "== int", "packet"]
+    deadline = time.monotonic() + 5
+    while subprocess.run(["kill", "-0", *pids], capture_output=True).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert subprocess.run(["kill", "-0", *pids], capture_output=True).returncode != 0  # ended
+
+
+def test_a_capture_that_never_listens_fails_with_its_errors(tmp_path):
+    (tmp_path / "tcpdump").write_text("#!/bin/sh\necho 'ext: No such device exists' >&2\n")
+    (tmp_path / "tcpdump").chmod(0o755)
+    (tmp_path / "seq").write_text("#!/bin/sh\necho 1\n")  # one try, not 30 s of them
+    (tmp_path / "seq").chmod(0o755)
+    run = subprocess.run(["sh", "-c", f"PATH={tmp_path}:$PATH; {start_capture(['ext'], 'tcp', f'unit-{PORT}')}"],
+                         capture_output=True, text=True, timeout=10)
+    assert run.returncode != 0 and "No such device" in run.stderr
 
 
 def test_parse_reads_macs_addresses_and_flags():
