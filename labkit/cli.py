@@ -23,10 +23,10 @@ from labkit.build.render import TCG_EMULATOR, Provider, Target, render as render
 from labkit.describe import explain as explain_mod, graph as graph_mod
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, LabError, Protocol, VirtualService, with_weight
-from labkit.labfile.model import host_port
+from labkit.labfile.model import HOSTNAME, host_port
 from labkit.operate import (bench as bench_mod, failover, matrix as matrix_mod, matrix_report, show as show_mod,
                             trace as trace_mod)
-from labkit.run import doctor, lab as running_lab, lock, verify as verify_mod
+from labkit.run import doctor, lab as running_lab, libvirt, lock, verify as verify_mod
 from labkit.run.lab import RunningLab, read
 from labkit.run.ssh import NodeResult
 from labkit.run.vagrant import Accel, driver
@@ -64,6 +64,10 @@ KERNEL_HELP = (f"A Debian suite whose linux-image-amd64 to use ({', '.join(box.S
                "or the path of a linux-image-*.deb.")
 KernelOpt = Annotated[Optional[str], typer.Option(
     help=KERNEL_HELP + " Boots the box labkit box build --kernel made for it.")]
+AsOpt = Annotated[Optional[str], typer.Option(
+    "--as", help="Run a copy of the lab under this name: its own VMs and networks; every command then takes the name.")]
+ConnectOpt = Annotated[Optional[str], typer.Option(
+    "--connect", help="Another host's libvirt, qemu+ssh://user@host/system, or a host named in LABKIT_HOME/config.yaml.")]
 ServiceOpt = Annotated[Optional[str], typer.Option(
     "--service", help="The service, as labkit status lists it (e.g. 'tcp 192.168.55.100:80'); default the first.")]
 
@@ -76,14 +80,28 @@ def box_to_boot(box_name: str, kernel: str | None) -> str:
     return box.box_for_kernel(kernel)
 
 
-def target_for(source: Path, box_name: str, provider: Provider, accel: Accel, warn: bool) -> Target:
-    domain, fallback = driver(provider, accel)
+def copy_name(name: str | None) -> str | None:
+    if name is not None and not HOSTNAME.match(name):
+        raise LabkitError(f"--as {name}: a copy's name becomes part of its VMs' and networks' names. "
+                          "Use lower-case letters, digits and '-'")
+    return name
+
+
+def uri_for(connect: str | None) -> str:
+    return libvirt.uri_for(connect, home.hosts()) if connect else libvirt.LOCAL
+
+
+def target_for(source: Path, box_name: str, provider: Provider, accel: Accel, warn: bool,
+               name: str | None = None, uri: str = libvirt.LOCAL) -> Target:
+    domain, fallback = driver(provider, accel, uri)
     if warn and fallback:
         err.print(f"[yellow]warning:[/] {fallback}: using QEMU software emulation, labs will be slow", soft_wrap=True)
     key = str(home.key()) if box.is_labkit_box(box_name) else None
-    emulator = TCG_EMULATOR if domain == "qemu" and os.access(TCG_EMULATOR, os.X_OK) else None
+    local = libvirt.is_local(uri)
+    wrapper = os.access(TCG_EMULATOR, os.X_OK) if local else libvirt.has_emulator(uri, TCG_EMULATOR)
+    emulator = TCG_EMULATOR if domain == "qemu" and wrapper else None
     return Target(provider=provider, box=box_name, driver=domain, emulator=emulator, private_key=key,
-                  source=labfile.shown(source))
+                  source=labfile.shown(source), name=name, uri=None if local else uri)
 
 
 class Progress:
@@ -163,13 +181,16 @@ def pick_service(model: Lab, key: str | None, udp: bool = False) -> VirtualServi
 @app.command()
 @handled
 def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, kernel: KernelOpt = None,
-       provider: ProviderOpt = Provider.libvirt, accel: AccelOpt = Accel.auto) -> None:
+       provider: ProviderOpt = Provider.libvirt, accel: AccelOpt = Accel.auto,
+       as_name: AsOpt = None, connect: ConnectOpt = None) -> None:
     """Boot a lab's VMs and configure them (render, boot, provision)."""
     source = labfile.lab_file(lab)
     model = read(lab)
-    target = target_for(source, box_to_boot(box_name, kernel), provider, accel, warn=True)
-    name = model.name
+    name = copy_name(as_name) or model.name
+    target = target_for(source, box_to_boot(box_name, kernel), provider, accel, warn=True, name=name,
+                        uri=uri_for(connect))
     same = f" --kernel {kernel}" if kernel else (f" --box {box_name}" if box_name != box.DEFAULT_BOX else "")
+    same += (f" --as {name}" if as_name else "") + (f" --connect {connect}" if connect else "")
     with lock.writing(name, "up", f"{name} is partly up. Continue with: labkit up {lab}{same}; "
                                   f"or remove what was made: labkit down {name}"):
         with Progress(list(model.nodes)) as progress:
@@ -182,7 +203,9 @@ def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, kernel: KernelOpt = None
                 started = time.monotonic()
                 running.snapshot()
                 out.print(f"snapshot taken in {time.monotonic() - started:.0f} s (labkit reset {name} comes back to it)")
-    out.print(f"\n[bold]{model.name} is up.[/] Next: [bold]labkit verify {model.name}[/]")
+    copy = f" (a copy of {model.name})" if name != model.name else ""
+    where = f" on {target.uri}" if target.uri else ""
+    out.print(f"\n[bold]{name} is up{copy}{where}.[/] Next: [bold]labkit verify {name}[/]", highlight=False)
 
 
 @app.command()
@@ -351,7 +374,9 @@ def status(lab: RunningArg = None) -> None:
     """Nodes of a lab, their state and addresses."""
     running = RunningLab.find(lab)
     model, states = running.lab, running.status()
-    table = Table(title=f"lab {model.name}: {model.description}", title_justify="left")
+    copy = f" (copy {running.name})" if running.name != model.name else ""
+    where = "" if libvirt.is_local(running.uri) else f" on {running.uri}"
+    table = Table(title=f"lab {model.name}{copy}{where}: {model.description}", title_justify="left")
     table.add_column("node")
     table.add_column("role")
     table.add_column("state")
@@ -379,16 +404,24 @@ def ssh(node: str, lab: Annotated[Optional[str], typer.Option(help="The lab, whe
 @handled
 def down(lab: RunningArg = None,
          leftovers: Annotated[bool, typer.Option(
-             "--leftovers", help="The lab has no folder here: remove what libvirt holds under its name anyway.")] = False) -> None:
-    """Remove the lab's VMs, their volumes and the lab's networks."""
+             "--leftovers", help="The lab has no folder here: remove what libvirt holds under its name anyway.")] = False,
+         as_name: Annotated[Optional[str], typer.Option(
+             "--as", help="With --leftovers: the copy of the lab whose leftovers to remove.")] = None,
+         connect: ConnectOpt = None) -> None:
+    """Remove the lab's VMs, their volumes and the lab's networks (one copy's only)."""
     started = time.monotonic()
-    if lab is not None and lab not in RunningLab.names():
+    if as_name is not None or (lab is not None and lab not in RunningLab.names()):
         # Not up as far as this installation knows. libvirt may hold what a lost lab made, or
         # another installation's lab of the same name: only an explicit --leftovers removes it.
-        model = read(lab)
-        with lock.writing(model.name, "down", LEFT["down"].format(name=model.name)):
-            removed = running_lab.remove_lost(model, really=leftovers)
-        out.print(f"{model.name} was not up; removed what libvirt still held of it: {', '.join(removed)}")
+        model = read(lab) if lab is not None else None
+        if model is None:
+            raise LabkitError("name the lab whose copy it is: labkit down LAB --as NAME --leftovers")
+        name = copy_name(as_name) or model.name
+        if name in RunningLab.names():
+            raise LabkitError(f"{name} is up here: remove it with labkit down {name}")
+        with lock.writing(name, "down", LEFT["down"].format(name=name)):
+            removed = running_lab.remove_lost(name, model, uri_for(connect), really=leftovers)
+        out.print(f"{name} was not up; removed what libvirt still held of it: {', '.join(removed)}")
         return
     running = RunningLab.find(lab)
     with writing(running, "down"):
@@ -396,13 +429,43 @@ def down(lab: RunningArg = None,
     out.print(f"{running.name} is down ({time.monotonic() - started:.0f} s)")
 
 
+@app.command("list")
+@handled
+def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
+    """Every lab and copy on every libvirt host labkit knows (this one, those labs run on, and
+    those in LABKIT_HOME/config.yaml): host, lab, copy, state, kernel, memory in use, age."""
+    rows = running_lab.inventory(list(home.hosts().values()))
+    if as_json:
+        sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in rows], indent=2) + "\n")
+        return
+    if not rows:
+        out.print("no lab is up. Start one with: labkit up nat (a copy: labkit up nat --as NAME)")
+        return
+    lines = [("host", "lab", "copy", "state", "kernel", "memory", "age")]
+    for r in rows:
+        age = "not ours" if r.age_s is None else f"{r.age_s / 3600:.1f} h" if r.age_s >= 3600 else f"{r.age_s / 60:.0f} min"
+        host = "this host" if libvirt.is_local(r.host) else r.host.split("?")[0]  # not the key file's path
+        lines.append((host, r.lab, r.name, r.state, r.kernel, f"{r.memory_mib} MiB", age))
+    columns(lines)
+
+
+def columns(rows: list[tuple[str, ...]]) -> None:
+    """Plain columns, never cut: names, hosts and kernel releases are what matter."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), highlight=False,
+                  markup=False, soft_wrap=True)
+
+
 @app.command()
 @handled
 def render(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, kernel: KernelOpt = None,
-           provider: ProviderOpt = Provider.libvirt, accel: AccelOpt = Accel.auto) -> None:
-    """Print the lab's Vagrantfile. Boots nothing."""
+           provider: ProviderOpt = Provider.libvirt, accel: AccelOpt = Accel.auto,
+           as_name: AsOpt = None, connect: ConnectOpt = None) -> None:
+    """Print the lab's Vagrantfile (its management network as on first use). Boots nothing."""
     model = read(lab)
-    target = target_for(labfile.lab_file(lab), box_to_boot(box_name, kernel), provider, accel, warn=False)
+    target = target_for(labfile.lab_file(lab), box_to_boot(box_name, kernel), provider, accel, warn=False,
+                        name=copy_name(as_name), uri=uri_for(connect))
     sys.stdout.write(render_vagrantfile(model, target))
 
 
@@ -457,9 +520,10 @@ def matrix(labs: Annotated[list[str], typer.Argument(help="The labs, e.g. nat tu
 
 @app.command("doctor")
 @handled
-def doctor_cmd(provider: ProviderOpt = Provider.libvirt, box_name: BoxOpt = box.DEFAULT_BOX) -> None:
-    """Check that this host can boot labs; print the fix for each problem."""
-    found = doctor.probes(provider, box_name)
+def doctor_cmd(provider: ProviderOpt = Provider.libvirt, box_name: BoxOpt = box.DEFAULT_BOX,
+               connect: ConnectOpt = None) -> None:
+    """Check that this host (or with --connect, that libvirt host) can boot labs; print the fix for each problem."""
+    found = doctor.probes(provider, box_name, uri=uri_for(connect))
     for p in found:
         mark = "[green]ok  [/]" if p.ok else ("[red]FAIL[/]" if p.fatal else "[yellow]warn[/]")
         out.print(f"{mark}  {p.what}" + ("" if p.ok else f"\n      fix: {p.fix}"), highlight=False, soft_wrap=True)
@@ -498,7 +562,4 @@ def box_list() -> None:
     rows = [("box", "version", "kernel", "from", "ipvsadm", "keepalived", "built")]
     rows += [(b.name, b.version, b.kernel or "?", b.spec or "?", b.ipvsadm or "?", b.keepalived or "?", b.built or "?")
              for b in boxes]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:  # plain columns, never cut: the names and releases are what matter
-        out.print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), highlight=False,
-                  markup=False, soft_wrap=True)
+    columns(rows)

@@ -11,6 +11,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import yaml
+
+from labkit.errors import LabkitError
+
 
 def home() -> Path:
     return Path(os.environ.get("LABKIT_HOME", Path.home() / ".local" / "share" / "labkit"))
@@ -36,3 +40,21 @@ def key() -> Path:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "labkit", "-f", str(path)],
                        check=True)
     return path
+
+
+def config_file() -> Path:
+    return home() / "config.yaml"
+
+
+def hosts() -> dict[str, str]:
+    """The libvirt hosts named in labkit's config file (`hosts: {name: qemu+ssh://user@host/system}`),
+    for --connect NAME and labkit list."""
+    path = config_file()
+    try:
+        data = yaml.safe_load(path.read_text()) if path.exists() else None
+    except yaml.YAMLError as exc:
+        raise LabkitError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}. Fix it or remove it") from None
+    found = (data or {}).get("hosts", {}) if isinstance(data or {}, dict) else None
+    if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+        raise LabkitError(f"{path}: expected `hosts:` with one `name: qemu+ssh://user@host/system` per host")
+    return {str(k): v for k, v in found.items()}

@@ -30,6 +30,9 @@ class Target:
     emulator: str | None = None  # libvirt: a QEMU wrapper that caps TCG's translation cache
     private_key: str | None = None  # set when the box trusts labkit's own key
     source: str = ""  # the lab file, named in the header
+    name: str | None = None  # the copy's name (labkit up --as): its VMs and networks are named after it
+    uri: str | None = None  # another host's libvirt (qemu+ssh://...); None: this host's
+    management: str = "192.168.124.0/24"  # the lab's own management network (Vagrant's DHCP and SSH)
 
 
 def mac(net_index: int, node_index: int) -> str:
@@ -71,4 +74,4 @@ def render(lab: Lab, target: Target) -> str:
         lstrip_blocks=True,
     )
     nodes = [{"name": name, "interfaces": interfaces(lab, name)} for name in lab.nodes]
-    return env.get_template(TEMPLATE).render(lab=lab, nodes=nodes, target=target)
+    return env.get_template(TEMPLATE).render(lab=lab, nodes=nodes, target=target, name=target.name or lab.name)

@@ -18,6 +18,8 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
         if not IFNAME.match(net) or net in RESERVED_IFNAMES:
             yield (f"networks.{net}: a network name becomes an interface name in the guests. "
                    "Use 1-15 lower-case letters and digits, not lo, eth0 or tunl0")
+        if net == "mgmt":
+            yield "networks.mgmt: the name of the lab's management network (Vagrant's SSH path). Use another name"
         for other, other_cidr in list(lab.networks.items())[:i]:
             if cidr.overlaps(other_cidr):
                 yield (f"networks.{net}: {cidr} overlaps networks.{other} ({other_cidr}). "

@@ -5,9 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 from labkit import box, home
-from labkit.build.render import Provider
+from labkit.build.render import TCG_EMULATOR, Provider
 from labkit.errors import LabkitError
 from labkit.labfile import load_lab
 from labkit.run import libvirt
@@ -29,9 +30,11 @@ def _answers(command: list[str]) -> bool:
         return False
 
 
-def probes(provider: Provider = Provider.libvirt, box_name: str = box.DEFAULT_BOX, thorough: bool = True) -> list[Probe]:
+def probes(provider: Provider = Provider.libvirt, box_name: str = box.DEFAULT_BOX, thorough: bool = True,
+           uri: str = libvirt.LOCAL) -> list[Probe]:
     """Everything `labkit doctor` checks. thorough=False (before every `up`) skips the probes
-    that cost seconds of Vagrant's Ruby start-up; vagrant itself reports those failures."""
+    that cost seconds of Vagrant's Ruby start-up; vagrant itself reports those failures. With
+    another host's `uri`, its libvirt is probed instead of this host's."""
     found: list[Probe] = []
     has_vagrant = shutil.which("vagrant") is not None
     found.append(Probe("vagrant is installed", has_vagrant, "apt-get install vagrant (or scripts/setup)"))
@@ -40,15 +43,18 @@ def probes(provider: Provider = Provider.libvirt, box_name: str = box.DEFAULT_BO
             plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True).stdout
             found.append(Probe("the vagrant-libvirt plugin is installed", "vagrant-libvirt" in plugins,
                                "apt-get install vagrant-libvirt"))
-        found.append(Probe("QEMU is installed", shutil.which("qemu-system-x86_64") is not None,
-                           "apt-get install qemu-system-x86 qemu-utils"))
-        found.append(Probe("libvirtd answers on qemu:///system",
-                           _answers(["virsh", "-c", "qemu:///system", "version"]),
-                           "start it: systemctl start libvirtd (no init system: virtlogd -d && libvirtd -d)"))
-        reason = kvm_usable()
-        found.append(Probe("KVM can run guests" + (f" ({reason})" if reason else ""), reason is None,
-                           "labs run under QEMU software emulation instead: correct but several times slower",
-                           fatal=False))
+        if libvirt.is_local(uri):
+            found.append(Probe("QEMU is installed", shutil.which("qemu-system-x86_64") is not None,
+                               "apt-get install qemu-system-x86 qemu-utils"))
+            found.append(Probe("libvirtd answers on qemu:///system",
+                               _answers(["virsh", "-c", "qemu:///system", "version"]),
+                               "start it: systemctl start libvirtd (no init system: virtlogd -d && libvirtd -d)"))
+            reason = kvm_usable()
+            found.append(Probe("KVM can run guests" + (f" ({reason})" if reason else ""), reason is None,
+                               "labs run under QEMU software emulation instead: correct but several times slower",
+                               fatal=False))
+        else:
+            found += remote_probes(uri, thorough)
     else:
         found.append(Probe("VirtualBox is installed", shutil.which("VBoxManage") is not None,
                            "install VirtualBox from your distribution or virtualbox.org"))
@@ -68,27 +74,82 @@ def probes(provider: Provider = Provider.libvirt, box_name: str = box.DEFAULT_BO
         found.append(Probe(f"the box {box_name} is in Vagrant", box.box_exists(box_name), f"vagrant box add {box_name}"))
     found.append(Probe("an ssh client is installed", shutil.which("ssh") is not None, "apt-get install openssh-client"))
     if thorough and provider == Provider.libvirt:
-        stray = leftovers()
+        stray = leftovers(uri)
         found.append(Probe("libvirt holds nothing of labs that are gone" + (f" (it holds {', '.join(stray)})" if stray else ""),
                            not stray, "labkit down LAB --leftovers for each lab named there (it removes them by name)",
                            fatal=False))
     return found
 
 
-def leftovers() -> list[str]:
-    """libvirt's labkit-* objects that belong to no lab labkit has up."""
-    up = []
+def remote_probes(uri: str, thorough: bool) -> list[Probe]:
+    """Another libvirt host: its libvirt answers through SSH, SSH forwards to its VMs (Vagrant's and
+    labkit's path to them), it has a storage pool, and how fast its guests will run."""
+    answers = libvirt.virsh(uri, "version")
+    found = [Probe(f"libvirtd answers on {uri}", answers.returncode == 0,
+                   f"{answers.stderr.strip()[-200:] or 'no answer'}. `ssh` to that host must work without a "
+                   "password (ssh-copy-id), its user must be in group libvirt, and libvirtd must run there")]
+    if answers.returncode != 0:
+        return found
+    found.append(Probe(f"libvirt's storage pool {libvirt.POOL} is active there",
+                       "State:          running" in libvirt.virsh(uri, "pool-info", libvirt.POOL).stdout,
+                       f"on that host: virsh pool-define-as {libvirt.POOL} dir --target /var/lib/libvirt/images && "
+                       f"virsh pool-build {libvirt.POOL} && virsh pool-start {libvirt.POOL} && "
+                       f"virsh pool-autostart {libvirt.POOL}"))
+    if thorough:
+        found.append(Probe("SSH to that host forwards connections to its VMs (ssh -W)", _forwards(uri),
+                           "allow TCP forwarding for this user in that host's sshd_config (AllowTcpForwarding yes)"))
+    reason = libvirt.kvm_problem(uri)
+    found.append(Probe("KVM can run guests there" + (f" ({reason})" if reason else ""), reason is None,
+                       "labs run under QEMU software emulation there: correct but several times slower", fatal=False))
+    if reason:
+        found.append(Probe(f"labkit's QEMU wrapper is installed there ({TCG_EMULATOR})",
+                           libvirt.has_emulator(uri, TCG_EMULATOR),
+                           f"copy labkit/build/qemu-tcg to {TCG_EMULATOR} on that host (mode 0755): without it each "
+                           "emulated VM takes about 1 GiB more memory", fatal=False))
+    return found
+
+
+def ssh_words(uri: str) -> list[str]:
+    """The ssh command line that reaches the host of a qemu+ssh:// URI, as libvirt reaches it."""
+    parts = urlsplit(uri)
+    words = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+    if parts.port:
+        words += ["-p", str(parts.port)]
+    if parts.username:
+        words += ["-l", parts.username]
+    keyfile = parse_qs(parts.query).get("keyfile")
+    if keyfile:
+        words += ["-i", keyfile[0]]
+    return words + [parts.hostname or "localhost"]
+
+
+def _forwards(uri: str) -> bool:
+    """ssh -W from the host to its own SSH port: the greeting comes back when forwarding is allowed."""
+    parts = urlsplit(uri)
+    to = f"{parts.hostname or 'localhost'}:{parts.port or 22}"
+    try:
+        out = subprocess.run(ssh_words(uri) + ["-W", to], input=b"", capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.stdout.startswith(b"SSH-")
+
+
+def leftovers(uri: str = libvirt.LOCAL) -> list[str]:
+    """libvirt's labkit-* objects on the host that belong to no lab labkit has up."""
+    up = {}
     for lab_yaml in home.labs_dir().glob("*/lab.yaml"):
         try:
-            up.append(load_lab(lab_yaml))
+            up[lab_yaml.parent.name] = load_lab(lab_yaml)
         except LabkitError:
             continue
-    return libvirt.strays(up, libvirt.present()).names()
+    return libvirt.strays(up, libvirt.present(uri)).names()
 
 
-def preflight(provider: Provider, box_name: str) -> None:
+def preflight(provider: Provider, box_name: str, uri: str = libvirt.LOCAL) -> None:
     """Before a lab is made: the probes that cost no Vagrant start-up, each failure with its fix."""
-    failed = [p for p in probes(provider, box_name, thorough=False) if p.fatal and not p.ok]
+    failed = [p for p in probes(provider, box_name, thorough=False, uri=uri) if p.fatal and not p.ok]
     if failed:
+        where = "this host" if libvirt.is_local(uri) else uri
         lines = "\n".join(f"  - {p.what}: no. Fix: {p.fix}" for p in failed)
-        raise LabkitError(f"this host cannot boot the lab yet:\n{lines}\n(labkit doctor shows every check)")
+        doctor = "labkit doctor" + ("" if libvirt.is_local(uri) else f" --connect {uri}")
+        raise LabkitError(f"{where} cannot boot the lab yet:\n{lines}\n({doctor} shows every check)")

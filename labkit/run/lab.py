@@ -3,6 +3,10 @@
 Every command that acts on a lab that is up goes through a RunningLab: the CLI, the verify
 suite, failover, bench, trace and weight. Its folder under LABKIT_HOME holds the lab file as the
 lab runs, the rendered Vagrantfile and Vagrant's `.vagrant/`, the only record of the machines.
+A running lab is named after its lab, or, for a copy (`labkit up nat --as alice`), the copy's
+name: the folder, the VMs, the networks and the lock all carry that name. The rendered
+Vagrantfile says the rest: the box, the libvirt host (this one unless it names another) and the
+management network.
 """
 
 from __future__ import annotations
@@ -10,24 +14,38 @@ from __future__ import annotations
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import yaml
 from fabric import Connection
 from invoke.watchers import StreamWatcher
 
-from labkit import home
+from labkit import box, home
 from labkit.build.plan import plan
 from labkit.build.render import Provider, Target, render
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, known_labs, lab_file, load_lab
 from labkit.operate.show import ADDRESSES, holders
-from labkit.run import doctor, host, libvirt, ssh, vagrant
+from labkit.run import doctor, host, libvirt, lock, ssh, vagrant
 
 
 SNAPSHOT_LAB = "lab.snapshot.yaml"  # the lab file as it was when the snapshot was taken
+RENDERED = {  # what a lab was made with, as its Vagrantfile says it
+    "box": r'config\.vm\.box = "([^"]+)"',
+    "uri": r'libvirt\.uri = "([^"]+)"',
+    "management": r'management_network_address = "([^"]+)"',
+}
+
+
+def rendered(folder: Path, setting: str) -> str | None:
+    path = folder / "Vagrantfile"
+    found = re.search(RENDERED[setting], path.read_text()) if path.exists() else None
+    return found[1] if found else None
 
 
 class RunningLab:
@@ -42,12 +60,17 @@ class RunningLab:
 
     @staticmethod
     def names() -> list[str]:
-        """The labs that are up (or were being booted)."""
+        """The labs and copies that are up (or were being booted)."""
         return sorted(p.name for p in home.labs_dir().glob("*") if (p / "Vagrantfile").exists())
 
     @classmethod
+    def all(cls) -> list[RunningLab]:
+        return [cls(home.lab_dir(name)) for name in cls.names()]
+
+    @classmethod
     def find(cls, name: str | None) -> RunningLab:
-        """The lab a command acts on: as named (a lab's name, or its lab file), or the only one up."""
+        """The lab a command acts on: as named (a copy's or a lab's name, or its lab file), or the
+        only one up."""
         up = cls.names()
         if name is None:
             if not up:
@@ -56,15 +79,22 @@ class RunningLab:
                 raise LabkitError(f"several labs are up ({', '.join(up)}): name one, e.g. labkit verify {up[0]}")
             name = up[0]
         elif name not in up:
+            if not lab_file(name).exists():
+                raise LabkitError(f"no lab or copy {name!r} is up (up: {', '.join(up) or 'none'}). "
+                                  f"Start one with: labkit up LAB --as {name}")
             name = read(name).name  # a lab file's path, or a known lab that is not up
         if name not in up:
+            copies = [r.name for r in cls.all() if r.lab.name == name]
+            if copies:
+                raise LabkitError(f"the lab {name} is not up, but copies of it are: {', '.join(copies)}. "
+                                  f"Name one, e.g. labkit status {copies[0]}")
             raise LabkitError(f"the lab {name} is not up. Start it with: labkit up {name}")
         return cls(home.lab_dir(name))
 
     @classmethod
-    def create(cls, lab: Lab, source: Path, vagrantfile: str) -> RunningLab:
-        """The folder of a lab about to boot: its Vagrantfile and its lab file."""
-        folder = home.lab_dir(lab.name)
+    def create(cls, name: str, source: Path, vagrantfile: str) -> RunningLab:
+        """The folder of a lab (or copy) about to boot: its Vagrantfile and its lab file."""
+        folder = home.lab_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "Vagrantfile").write_text(vagrantfile)
         shutil.copyfile(source, folder / "lab.yaml")
@@ -123,10 +153,15 @@ class RunningLab:
     def on_libvirt(self) -> bool:
         return ":libvirt do" in (self.folder / "Vagrantfile").read_text()
 
+    @property
+    def uri(self) -> str:
+        """The libvirt its VMs run under."""
+        return rendered(self.folder, "uri") or libvirt.LOCAL
+
     def snapshot(self) -> None:
         """Keep the lab's state (every VM's memory and disks) for reset()."""
         self._need_libvirt("snapshot")
-        failed = libvirt.snapshot(self.domains)
+        failed = libvirt.snapshot(self.uri, self.domains)
         if failed:
             raise LabkitError("the snapshot failed:\n" + "\n".join(f"  {f}" for f in failed))
         shutil.copyfile(self.folder / "lab.yaml", self.folder / SNAPSHOT_LAB)  # the lab the VMs run
@@ -134,10 +169,10 @@ class RunningLab:
     def reset(self) -> None:
         """Every VM back to the snapshot, running; nothing is provisioned again."""
         self._need_libvirt("reset")
-        if not libvirt.has_snapshot(self.domains):
+        if not libvirt.has_snapshot(self.uri, self.domains):
             raise LabkitError(f"the lab {self.name} has no snapshot to go back to. Take one with: labkit snapshot {self.name}")
         self.close()  # the connections belong to the VMs' present, which is discarded
-        failed = libvirt.revert(self.domains)
+        failed = libvirt.revert(self.uri, self.domains)
         if failed:
             raise LabkitError("the reset failed:\n" + "\n".join(f"  {f}" for f in failed)
                               + f"\nTry again, or bring the lab back with: labkit heal {self.name}")
@@ -154,14 +189,14 @@ class RunningLab:
         misses (lost, corrupt, or a boot cut short) is found in libvirt by name."""
         self.close()
         if self.on_libvirt:
-            libvirt.drop_snapshots(self.domains)  # libvirt keeps a domain that has snapshots
+            libvirt.drop_snapshots(self.uri, self.domains)  # libvirt keeps a domain that has snapshots
         try:
             vagrant.destroy(self.folder)
         except vagrant.BootError as exc:
             refused = exc
         else:
             refused = None
-        left = remove_leftovers(self.lab)
+        left = remove_leftovers(self.name, self.lab, self.uri)
         if left:
             raise LabkitError(f"{self.name}: these could not be removed:\n" + "\n".join(f"  {f}" for f in left)
                               + (f"\n{refused}" if refused else "") + f"\nFix the cause, then run: labkit down {self.name}")
@@ -253,40 +288,79 @@ class RunningLab:
 
 
 def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str], None]) -> RunningLab:
-    """Render the lab's Vagrantfile and boot every node at once; provision() comes next."""
-    made = home.lab_dir(lab.name) / "Vagrantfile"
-    booted_from = re.search(r'config\.vm\.box = "([^"]+)"', made.read_text()) if made.exists() else None
-    if booted_from and booted_from[1] != target.box:  # its VMs would boot from two boxes, two kernels
-        raise LabkitError(f"{lab.name} is (partly) up from box {booted_from[1]}, not {target.box}: continue it with "
-                          f"the same --kernel or --box, or remove it first: labkit down {lab.name}")
-    doctor.preflight(target.provider, target.box)
-    shortfalls = host.problems(lab, target, RunningLab.names())
-    if shortfalls:
-        raise LabkitError(f"this host cannot hold the lab {lab.name}:\n" + "\n".join(f"  - {p}" for p in shortfalls))
-    running = RunningLab.create(lab, source, render(lab, target))
+    """Render the lab's (or copy's, target.name) Vagrantfile and boot every node at once;
+    provision() comes next."""
+    name = target.name or lab.name
+    folder = home.lab_dir(name)
+    uri = target.uri or libvirt.LOCAL
+    fresh = not (folder / "Vagrantfile").exists()
+    if not fresh:
+        _same_lab(RunningLab(folder), lab, target)
+    doctor.preflight(target.provider, target.box, uri)
+    with lock.exclusive("booking.hosts"):  # labs being made at once each book their own management range and memory
+        others = [r for r in RunningLab.all() if r.name != name]
+        if fresh:
+            booked = [IPv4Network(r) for r in (rendered(o.folder, "management") for o in others) if r]
+            target = replace(target, management=str(host.management_range(uri, booked)))
+        else:
+            target = replace(target, management=rendered(folder, "management") or target.management)
+        on_host = [o for o in others if o.uri == uri]
+        shortfalls = host.problems(name, lab, target, fresh, _still_booting(on_host, target, uri),
+                                   [o.name for o in on_host])
+        if shortfalls:
+            where = "this host" if libvirt.is_local(uri) else uri
+            raise LabkitError(f"{where} cannot hold the lab {name}:\n" + "\n".join(f"  - {p}" for p in shortfalls))
+        running = RunningLab.create(name, source, render(lab, target))
     try:
         running.boot(target.provider, on_progress)
     except vagrant.BootError as exc:
-        raise LabkitError(f"{exc}\nRemove what was made with: labkit down {lab.name}") from None
+        raise LabkitError(f"{exc}\nRemove what was made with: labkit down {name}") from None
     return running
 
 
-def remove_leftovers(lab: Lab) -> list[str]:
+def _same_lab(made: RunningLab, lab: Lab, target: Target) -> None:
+    """A lab being continued must be continued as it was begun: the same lab, box and host."""
+    name = made.name
+    if (made.folder / "lab.yaml").exists() and made.lab.name != lab.name:
+        raise LabkitError(f"{name} is a copy of the lab {made.lab.name}, not {lab.name}: choose another name "
+                          f"(--as), or remove it first: labkit down {name}")
+    box = rendered(made.folder, "box")
+    if box and box != target.box:  # its VMs would boot from two boxes, two kernels
+        raise LabkitError(f"{name} is (partly) up from box {box}, not {target.box}: continue it with "
+                          f"the same --kernel or --box, or remove it first: labkit down {name}")
+    if made.uri != (target.uri or libvirt.LOCAL):
+        raise LabkitError(f"{name} is (partly) up on {made.uri}, not {target.uri or libvirt.LOCAL}: continue it with "
+                          f"--connect {made.uri}, or remove it first: labkit down {name}")
+
+
+def _still_booting(labs: list[RunningLab], target: Target, uri: str) -> int:
+    """MiB that labs on the host will still take: a lab being booted holds little of its memory yet."""
+    held = libvirt.domains(uri) or {}
+    need = 0
+    for other in labs:
+        rss = sum(held[d].rss_mib for d in other.domains if d in held)
+        need += max(0, host.memory_needed(other.lab, target) - rss)
+    return need
+
+
+def remove_leftovers(name: str, lab: Lab, uri: str) -> list[str]:
     """Remove whatever libvirt still holds of the lab; what could not be removed, and why."""
-    return libvirt.remove(libvirt.of(lab, libvirt.present()))
+    return libvirt.remove(uri, libvirt.of(name, lab, libvirt.present(uri)))
 
 
-def remove_lost(lab: Lab, really: bool) -> list[str]:
-    """A lab this installation has no folder for: what libvirt still holds of it, removed when
-    `really` (it may be another installation's lab of the same name)."""
-    left = libvirt.of(lab, libvirt.present())
+def remove_lost(name: str, lab: Lab, uri: str, really: bool) -> list[str]:
+    """A lab (or copy) this installation has no folder for: what libvirt still holds of it, removed
+    when `really` (it may be another installation's lab of the same name)."""
+    left = libvirt.of(name, lab, libvirt.present(uri))
     if not left:
-        raise LabkitError(f"the lab {lab.name} is not up. Start it with: labkit up {lab.name}")
+        raise LabkitError(f"the lab {name} is not up. Start it with: labkit up {lab.name}"
+                          + (f" --as {name}" if name != lab.name else ""))
     if not really:
-        raise LabkitError(f"the lab {lab.name} is not up here, but libvirt holds {len(left.names())} of its objects "
+        again = f"labkit down {lab.name}" + (f" --as {name}" if name != lab.name else "")
+        raise LabkitError(f"the lab {name} is not up here, but libvirt holds {len(left.names())} of its objects "
                           f"({', '.join(left.names()[:3])}, ...): left by a lab whose folder is gone, or another "
-                          f"installation's. If they are leftovers, remove them with: labkit down {lab.name} --leftovers")
-    failed = libvirt.remove(left)
+                          f"installation's. If they are leftovers, remove them with: {again} --leftovers")
+    failed = libvirt.remove(uri, left)
     if failed:
         raise LabkitError("could not remove:\n" + "\n".join(f"  {f}" for f in failed))
     return left.names()
@@ -299,3 +373,58 @@ def read(name_or_path: str) -> Lab:
         raise LabkitError(f"no lab {name_or_path!r}: {path} does not exist. Known labs: {', '.join(known_labs())}; "
                        "or give the path of a lab.yaml")
     return load_lab(path)
+
+
+@dataclass
+class Listed:
+    """One lab or copy as `labkit list` shows it."""
+
+    host: str
+    lab: str
+    name: str
+    state: str
+    kernel: str
+    memory_mib: int
+    age_s: float | None  # None: not made by this installation
+
+
+def inventory(known: list[str]) -> list[Listed]:
+    """Every lab and copy this installation has up, and every other labkit VM on the hosts it
+    knows (this one, those its labs run on, and `known`), with state, kernel, memory and age."""
+    labs = RunningLab.all()
+    uris = list(dict.fromkeys([libvirt.LOCAL, *(r.uri for r in labs), *known]))
+    with ThreadPoolExecutor(max_workers=len(uris)) as pool:
+        held = dict(zip(uris, pool.map(libvirt.domains, uris)))
+        hosts = dict(zip(uris, pool.map(libvirt.host_uuid, uris)))
+    kernels = {b.name: b.kernel for b in box.labkit_boxes()}
+    rows = []
+    for running in labs:
+        on_host = held[running.uri]
+        made = rendered(running.folder, "box") or "?"
+        vms = [on_host[d] for d in running.domains if d in on_host] if on_host is not None else []
+        rows.append(Listed(running.uri, running.lab.name, running.name,
+                           _state(vms, len(running.domains)) if on_host is not None else "host does not answer",
+                           kernels.get(made) or made, sum(vm.rss_mib for vm in vms),
+                           time.time() - (running.folder / "Vagrantfile").stat().st_mtime))
+    ours = {d for r in labs for d in r.domains}
+    seen_hosts = set()
+    for uri, on_host in held.items():
+        if hosts[uri] in seen_hosts:  # the same host by another URI: its VMs are listed already
+            continue
+        seen_hosts.add(hosts[uri])
+        others: dict[str, list[libvirt.Domain]] = {}
+        for domain, vm in (on_host or {}).items():
+            if domain not in ours:  # labkit-<name>-<node>: another installation's, or lost
+                others.setdefault(domain.removeprefix("labkit-").rsplit("-", 1)[0], []).append(vm)
+        for name, vms in sorted(others.items()):
+            rows.append(Listed(uri, "?", name, _state(vms, len(vms)), "?", sum(vm.rss_mib for vm in vms), None))
+    return rows
+
+
+def _state(vms: list[libvirt.Domain], expected: int) -> str:
+    states = sorted({vm.state for vm in vms})
+    if not vms:
+        return "not created"
+    if len(vms) == expected and len(states) == 1:
+        return states[0]
+    return ", ".join(f"{state} {sum(vm.state == state for vm in vms)}/{expected}" for state in states)

@@ -1,18 +1,24 @@
 """What libvirt holds for a lab, found by name: every domain, volume and network a lab makes is
-called labkit-<lab>-<node or network> (the Vagrantfile's default_prefix and network names), so a
-lab can be removed, and strays found, without Vagrant's `.vagrant/` state."""
+called labkit-<name>-<node or network> (the Vagrantfile's default_prefix and network names; the
+name is the lab's, or its copy's), so a lab can be removed, and strays found, without Vagrant's
+`.vagrant/` state. Every call names the libvirt it asks: this host's, or another through
+qemu+ssh://."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from labkit.errors import LabkitError
 from labkit.labfile import Lab
 
-URI = "qemu:///system"
+LOCAL = "qemu:///system"
 POOL = "default"
-SHARED = "labkit-mgmt"  # the management networks, shared by every lab
+MANAGEMENT = "mgmt"  # labkit-<name>-mgmt: each lab's own management network, Vagrant's SSH path
+OLD_SHARED = "labkit-mgmt"  # the management networks every lab shared before each had its own
 
 
 @dataclass
@@ -28,41 +34,45 @@ class Objects:
         return self.domains + self.volumes + self.networks
 
 
-def _virsh(*args: str) -> subprocess.CompletedProcess:
+def is_local(uri: str) -> bool:
+    return uri == LOCAL
+
+
+def virsh(uri: str, *args: str) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True)
+        return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True)
     except OSError as exc:  # no libvirt on this host (VirtualBox): nothing of a lab's is there
         return subprocess.CompletedProcess(args, 1, "", str(exc))
 
 
-def present() -> Objects:
+def present(uri: str) -> Objects:
     """Every domain, volume and network in libvirt whose name starts with labkit-."""
-    volumes = [line.split()[0] for line in _virsh("vol-list", POOL).stdout.splitlines()[2:] if line.strip()]
+    volumes = [line.split()[0] for line in virsh(uri, "vol-list", POOL).stdout.splitlines()[2:] if line.strip()]
     return Objects(
-        domains=[n for n in _virsh("list", "--all", "--name").stdout.split() if n.startswith("labkit-")],
+        domains=[n for n in virsh(uri, "list", "--all", "--name").stdout.split() if n.startswith("labkit-")],
         # the boxes' base images are named after the box (labkit-VAGRANTSLASH-...): not a lab's
         volumes=[n for n in volumes if n.startswith("labkit-") and "_vagrant_box_image_" not in n],
-        networks=[n for n in _virsh("net-list", "--all", "--name").stdout.split()
-                  if n.startswith("labkit-") and not n.startswith(SHARED)],
+        networks=[n for n in virsh(uri, "net-list", "--all", "--name").stdout.split()
+                  if n.startswith("labkit-") and n not in (OLD_SHARED, OLD_SHARED + "-nat")],
     )
 
 
-def of(lab: Lab, seen: Objects) -> Objects:
-    """The objects of `seen` that belong to the lab, by their exact names."""
-    prefix = f"labkit-{lab.name}-"
+def of(name: str, lab: Lab, seen: Objects) -> Objects:
+    """The objects of `seen` that belong to the lab (or copy) called `name`, by their exact names."""
+    prefix = f"labkit-{name}-"
     domains = {prefix + node for node in lab.nodes}
     return Objects(
         domains=[n for n in seen.domains if n in domains],
         volumes=[n for n in seen.volumes if n.rsplit(".", 1)[0] in domains],
-        networks=[n for n in seen.networks if n in {prefix + net for net in lab.networks}],
+        networks=[n for n in seen.networks if n in {prefix + net for net in [*lab.networks, MANAGEMENT]}],
     )
 
 
-def strays(labs: list[Lab], seen: Objects) -> Objects:
-    """What `seen` holds that belongs to none of the labs that are up."""
+def strays(labs: dict[str, Lab], seen: Objects) -> Objects:
+    """What `seen` holds that belongs to none of the labs that are up (name -> lab)."""
     owned = set()
-    for lab in labs:
-        owned.update(of(lab, seen).names())
+    for name, lab in labs.items():
+        owned.update(of(name, lab, seen).names())
     return Objects(*[[n for n in names if n not in owned] for names in (seen.domains, seen.volumes, seen.networks)])
 
 
@@ -71,45 +81,122 @@ def strays(labs: list[Lab], seen: Objects) -> Objects:
 SNAPSHOT = "labkit-up"
 
 
-def _each(domains: list[str], *args: str) -> list[str]:
+def _each(uri: str, domains: list[str], *args: str) -> list[str]:
     """virsh ARGS for every domain at once ({} is the domain); the failures, with virsh's reason."""
     with ThreadPoolExecutor(max_workers=len(domains)) as pool:
-        results = list(pool.map(lambda d: _virsh(*[a.replace("{}", d) for a in args]), domains))
+        results = list(pool.map(lambda d: virsh(uri, *[a.replace("{}", d) for a in args]), domains))
     return [f"{d}: {r.stderr.strip()}" for d, r in zip(domains, results) if r.returncode != 0]
 
 
-def snapshot(domains: list[str]) -> list[str]:
+def snapshot(uri: str, domains: list[str]) -> list[str]:
     """Take (or take again) each running domain's snapshot, disks and memory: libvirt's internal
     snapshot in the domain's qcow2 volume."""
-    drop_snapshots(domains)
-    return _each(domains, "snapshot-create-as", "--domain", "{}", "--name", SNAPSHOT, "--atomic")
+    drop_snapshots(uri, domains)
+    return _each(uri, domains, "snapshot-create-as", "--domain", "{}", "--name", SNAPSHOT, "--atomic")
 
 
-def has_snapshot(domains: list[str]) -> bool:
-    return not _each(domains, "snapshot-info", "--domain", "{}", "--snapshotname", SNAPSHOT)
+def has_snapshot(uri: str, domains: list[str]) -> bool:
+    return not _each(uri, domains, "snapshot-info", "--domain", "{}", "--snapshotname", SNAPSHOT)
 
 
-def revert(domains: list[str]) -> list[str]:
+def revert(uri: str, domains: list[str]) -> list[str]:
     """Every domain back to its snapshot, running: memory, disks and devices as they were."""
-    return _each(domains, "snapshot-revert", "--domain", "{}", "--snapshotname", SNAPSHOT, "--running", "--force")
+    return _each(uri, domains, "snapshot-revert", "--domain", "{}", "--snapshotname", SNAPSHOT, "--running", "--force")
 
 
-def drop_snapshots(domains: list[str]) -> None:
-    _each(domains, "snapshot-delete", "--domain", "{}", "--snapshotname", SNAPSHOT)
+def drop_snapshots(uri: str, domains: list[str]) -> None:
+    _each(uri, domains, "snapshot-delete", "--domain", "{}", "--snapshotname", SNAPSHOT)
 
 
-def remove(objects: Objects) -> list[str]:
+def remove(uri: str, objects: Objects) -> list[str]:
     """Stop and remove each object; what could not be removed, with virsh's reason."""
     failed = []
     for domain in objects.domains:
-        _virsh("destroy", domain)  # fails harmlessly when it is not running
-        if (r := _virsh("undefine", "--snapshots-metadata", domain)).returncode != 0:
+        virsh(uri, "destroy", domain)  # fails harmlessly when it is not running
+        if (r := virsh(uri, "undefine", "--snapshots-metadata", domain)).returncode != 0:
             failed.append(f"domain {domain}: {r.stderr.strip()}")
     for volume in objects.volumes:
-        if (r := _virsh("vol-delete", "--pool", POOL, volume)).returncode != 0:
+        if (r := virsh(uri, "vol-delete", "--pool", POOL, volume)).returncode != 0:
             failed.append(f"volume {volume}: {r.stderr.strip()}")
     for network in objects.networks:
-        _virsh("net-destroy", network)
-        if (r := _virsh("net-undefine", network)).returncode != 0:
+        virsh(uri, "net-destroy", network)
+        if (r := virsh(uri, "net-undefine", network)).returncode != 0:
             failed.append(f"network {network}: {r.stderr.strip()}")
     return failed
+
+
+# ---- a libvirt host: what it runs, and what it can run -----------------------------------------
+
+STATES = {"1": "running", "2": "blocked", "3": "paused", "4": "shutdown", "5": "shutoff", "6": "crashed",
+          "7": "pmsuspended"}
+
+
+@dataclass
+class Domain:
+    state: str
+    rss_mib: int  # host memory its QEMU holds; 0 when it does not run
+
+
+def domains(uri: str) -> dict[str, Domain] | None:
+    """Every labkit-* domain on the host, with its state and memory, in one call; None when the
+    host's libvirt does not answer."""
+    stats = virsh(uri, "domstats", "--state", "--balloon")
+    if stats.returncode != 0:
+        return None
+    found: dict[str, Domain] = {}
+    name = None
+    for line in stats.stdout.splitlines():
+        if line.startswith("Domain: "):
+            name = line.split("'")[1]
+            if name.startswith("labkit-"):
+                found[name] = Domain("?", 0)
+        elif name in found and "=" in line:
+            key, value = line.strip().split("=", 1)
+            if key == "state.state":
+                found[name].state = STATES.get(value, value)
+            elif key == "balloon.rss":
+                found[name].rss_mib = int(value) // 1024
+    return found
+
+
+def host_uuid(uri: str) -> str | None:
+    """The host's own id: two URIs (qemu:///system, qemu+ssh://...@this-host/system) may name one host."""
+    caps = virsh(uri, "capabilities")
+    found = ET.fromstring(caps.stdout).find("./host/uuid") if caps.returncode == 0 else None
+    return found.text if found is not None else None
+
+
+def kvm_problem(uri: str) -> str | None:
+    """None when the host's libvirt can run KVM guests, else why not. As for this host, the CPU
+    must offer hardware virtualization: /dev/kvm alone proves little inside a VM."""
+    caps = virsh(uri, "capabilities")
+    if caps.returncode != 0:
+        return f"libvirt does not answer: {caps.stderr.strip()}"
+    root = ET.fromstring(caps.stdout)
+    if root.find(".//guest/arch/domain[@type='kvm']") is None:
+        return "libvirt offers no kvm domains there"
+    features = {f.get("name") for f in root.findall("./host/cpu/feature")}
+    if not features & {"vmx", "svm"}:
+        return "the CPU offers no hardware virtualization (no vmx/svm flag)"
+    return None
+
+
+def has_emulator(uri: str, path: str) -> bool:
+    """Whether the host has this QEMU binary (asked of libvirt, which runs it)."""
+    return virsh(uri, "domcapabilities", "--emulatorbin", path, "--virttype", "qemu").returncode == 0
+
+
+SYSTEM_URI = re.compile(r"^qemu(\+\w+)?://[^/]*/system(\?.*)?$")
+
+
+def uri_for(connect: str, hosts: dict[str, str]) -> str:
+    """--connect's value, a libvirt URI or the name of a host in labkit's config file, as a URI."""
+    uri = connect if "://" in connect else hosts.get(connect)
+    if uri is None:
+        known = f" (it names: {', '.join(hosts)})" if hosts else ""
+        raise LabkitError(f"--connect {connect}: no such host in labkit's config file{known}. Give a libvirt URI "
+                          "such as qemu+ssh://user@host/system, or add the host under hosts: in LABKIT_HOME/config.yaml")
+    if not SYSTEM_URI.match(uri):
+        raise LabkitError(f"--connect {connect}: {uri} is not the URI of a host's system libvirt. "
+                          "Use qemu+ssh://user@host/system (qemu:///system is this host)")
+    return uri

@@ -62,6 +62,20 @@ def writing(lab: str, command: str, then: str) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
+@contextmanager
+def exclusive(name: str) -> Iterator[None]:
+    """A short section that one labkit command of this installation runs at a time; the others
+    wait for it (booking a new lab's share of a host)."""
+    path = home.home() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def children(pid: int) -> list[int]:
     """Every process started by `pid`, its children's children included."""
     parents: dict[int, list[int]] = {}

@@ -17,6 +17,7 @@ import vagrant
 
 from labkit.build.render import Provider
 from labkit.errors import LabkitError
+from labkit.run import libvirt
 
 
 class BootError(LabkitError):
@@ -46,15 +47,15 @@ class Accel(str, Enum):
     tcg = "tcg"
 
 
-def driver(provider: Provider, accel: Accel) -> tuple[str, str | None]:
+def driver(provider: Provider, accel: Accel, uri: str = libvirt.LOCAL) -> tuple[str, str | None]:
     """libvirt's domain type for the lab, kvm or qemu (software emulation), and, when auto
-    fell back to emulation, why."""
+    fell back to emulation, why. Another host's libvirt says what that host can run."""
     if provider != Provider.libvirt:
         return "kvm", None
-    reason = kvm_usable()
-    if accel == Accel.tcg or (accel == Accel.auto and reason):
-        return "qemu", reason if accel == Accel.auto else None
-    return "kvm", None
+    if accel != Accel.auto:
+        return ("qemu" if accel == Accel.tcg else "kvm"), None
+    reason = kvm_usable() if libvirt.is_local(uri) else libvirt.kvm_problem(uri)
+    return ("qemu", reason) if reason else ("kvm", None)
 
 
 def machine(lab_dir: Path) -> vagrant.Vagrant:

@@ -152,3 +152,49 @@ def test_trace_takes_a_udp_service_bench_does_not():
     assert pick_service(nat, None, udp=True).key == "tcp 192.168.55.100:80"
     with pytest.raises(LabkitError, match=r"the lab nat has no TCP service 'udp 192.168.55.100:9000'"):
         pick_service(nat, "udp 192.168.55.100:9000")
+
+
+def test_a_copy_is_rendered_under_its_own_name():
+    result = runner.invoke(app, ["render", "nat", "--accel", "tcg", "--as", "alice"])
+    assert result.exit_code == 0, result.output
+    assert 'libvirt.default_prefix = "labkit-alice-"' in result.stdout
+    assert 'libvirt__network_name: "labkit-alice-ext"' in result.stdout
+    assert 'management_network_name = "labkit-alice-mgmt"' in result.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["render", "nat", "--as", "Alice!"], "error: --as Alice!: a copy's name becomes part of its VMs' and networks' "
+                                          "names. Use lower-case letters, digits and '-'"),
+    (["render", "nat", "--connect", "big"], "error: --connect big: no such host in labkit's config file."),
+    (["doctor", "--connect", "qemu:///session"], "error: --connect qemu:///session: qemu:///session is not the URI"),
+])
+def test_bad_copy_names_and_hosts_are_one_error(args, says):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.startswith(says), result.stderr
+
+
+def test_hosts_come_from_the_config_file(home):
+    home.mkdir(parents=True)
+    (home / "config.yaml").write_text("hosts:\n  big: qemu+ssh://teacher@big/system\n")
+    result = runner.invoke(app, ["render", "nat", "--accel", "tcg", "--connect", "big"])
+    assert result.exit_code == 0, result.output
+    assert 'libvirt.uri = "qemu+ssh://teacher@big/system"' in result.stdout
+    (home / "config.yaml").write_text("hosts: [big]\n")
+    result = runner.invoke(app, ["render", "nat", "--connect", "big"])
+    assert result.exit_code == 1
+    assert "config.yaml: expected `hosts:` with one `name: qemu+ssh://user@host/system` per host" in result.stderr
+
+
+def test_copies_that_are_not_up_are_named(home):
+    folder = home / "labs" / "alice"
+    folder.mkdir(parents=True)
+    (folder / "Vagrantfile").write_text("")
+    (folder / "lab.yaml").write_text((LABS / "nat" / "lab.yaml").read_text())
+    result = runner.invoke(app, ["status", "nat"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("error: the lab nat is not up, but copies of it are: alice. Name one, e.g. "
+                                     "labkit status alice")
+    result = runner.invoke(app, ["status", "bob"])
+    assert result.stderr.strip() == ("error: no lab or copy 'bob' is up (up: alice). Start one with: "
+                                     "labkit up LAB --as bob")

@@ -2,7 +2,10 @@
 
 from ipaddress import ip_network
 
+import pytest
+
 from labkit.build.render import Target
+from labkit.errors import LabkitError
 from labkit.labfile import LABS, load_lab
 from labkit.run import host
 
@@ -17,10 +20,26 @@ def test_memory_counts_qemus_own_share_under_emulation():
     assert host.memory_needed(NAT, TCG) == 5 * (512 + 1024)
     assert host.memory_needed(NAT, CAPPED) == host.memory_needed(NAT, Target(driver="kvm")) == 5 * (512 + 256)
     assert host.memory_problem(NAT, TCG, 8000) is None
-    assert "4000 MiB available (labs up: tun, dr). Take" in host.memory_problem(NAT, TCG, 4000, ["tun", "dr"])
+    assert "4000 MiB available (labs up: tun, dr): room for 0 copies of it. Take" in host.memory_problem(
+        NAT, TCG, 4000, ["tun", "dr"])
     assert host.memory_problem(NAT, TCG, 4000) == (
         "memory: the lab's 5 VMs need about 7680 MiB (512 MiB each plus 1024 MiB for QEMU), the host has "
-        "4000 MiB available. Take a running lab down (labkit down LAB), or lower memory: in the lab file")
+        "4000 MiB available: room for 0 copies of it. Take a running lab down (labkit down LAB), or lower "
+        "memory: in the lab file")
+
+
+def test_copies_that_fit():
+    assert host.copies_that_fit(NAT, CAPPED, 24_000) == 6  # 3840 MiB each
+    assert host.copies_that_fit(NAT, CAPPED, 3_839) == 0
+    assert host.copies_that_fit(NAT, CAPPED, -500) == 0  # booking more than is free
+    assert "the host has 0 MiB available: room for 0" in host.memory_problem(NAT, CAPPED, -500)
+
+
+def test_a_management_range_that_overlaps_nothing():
+    taken = [ip_network("192.168.124.0/24"), ip_network("192.168.125.128/25"), ip_network("192.168.120.0/22")]
+    assert host.free_management_range(taken) == ip_network("192.168.126.0/24")
+    with pytest.raises(LabkitError, match="no free management network left"):
+        host.free_management_range([ip_network("192.168.0.0/16")])
 
 
 def test_disk_against_the_pool():

@@ -1,24 +1,42 @@
 """A lab's libvirt objects found by their names, without Vagrant's state."""
 
+import pytest
+
+from labkit.errors import LabkitError
 from labkit.labfile import LABS, load_lab
-from labkit.run.libvirt import Objects, of, strays
+from labkit.run.libvirt import Objects, of, strays, uri_for
 
 NAT = load_lab(LABS / "nat" / "lab.yaml")
 SEEN = Objects(
     domains=["labkit-nat-lb0", "labkit-nat-rs1", "labkit-nat-x-lb0", "labkit-tun-lb0"],
     volumes=["labkit-nat-lb0.img", "labkit-nat-x-lb0.img", "labkit-tun-cl0.img"],
-    networks=["labkit-nat-ext", "labkit-nat-int", "labkit-nat-x-ext"],
+    networks=["labkit-nat-ext", "labkit-nat-int", "labkit-nat-mgmt", "labkit-nat-x-ext", "labkit-alice-ext"],
 )
 
 
 def test_a_labs_objects_by_exact_name_not_by_prefix():
-    mine = of(NAT, SEEN)
+    mine = of("nat", NAT, SEEN)
     assert mine.domains == ["labkit-nat-lb0", "labkit-nat-rs1"]  # not the lab nat-x's lb0
     assert mine.volumes == ["labkit-nat-lb0.img"]
-    assert mine.networks == ["labkit-nat-ext", "labkit-nat-int"]
+    assert mine.networks == ["labkit-nat-ext", "labkit-nat-int", "labkit-nat-mgmt"]
+
+
+def test_a_copys_objects_are_named_after_the_copy():
+    assert of("alice", NAT, SEEN).names() == ["labkit-alice-ext"]
 
 
 def test_strays_are_what_no_lab_that_is_up_owns():
-    assert strays([NAT], SEEN).names() == ["labkit-nat-x-lb0", "labkit-tun-lb0", "labkit-nat-x-lb0.img",
-                                           "labkit-tun-cl0.img", "labkit-nat-x-ext"]
-    assert not strays([NAT], of(NAT, SEEN))
+    assert strays({"nat": NAT}, SEEN).names() == ["labkit-nat-x-lb0", "labkit-tun-lb0", "labkit-nat-x-lb0.img",
+                                                  "labkit-tun-cl0.img", "labkit-nat-x-ext", "labkit-alice-ext"]
+    assert not strays({"nat": NAT}, of("nat", NAT, SEEN))
+    assert strays({"nat": NAT, "alice": NAT}, SEEN).names()[-1] == "labkit-nat-x-ext"
+
+
+def test_connect_takes_a_system_uri_or_a_named_host():
+    hosts = {"big": "qemu+ssh://teacher@big/system"}
+    assert uri_for("big", hosts) == "qemu+ssh://teacher@big/system"
+    assert uri_for("qemu+ssh://root@127.0.0.1:2222/system?keyfile=/k", {}) == "qemu+ssh://root@127.0.0.1:2222/system?keyfile=/k"
+    with pytest.raises(LabkitError, match=r"--connect small: no such host in labkit's config file \(it names: big\)"):
+        uri_for("small", hosts)
+    with pytest.raises(LabkitError, match="is not the URI of a host's system libvirt"):
+        uri_for("qemu+ssh://teacher@big/session", hosts)

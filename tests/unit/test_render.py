@@ -22,6 +22,10 @@ TARGETS = {
     "tun-libvirt-kvm": ("tun", Target(driver="kvm", private_key="/home/user/.local/share/labkit/id_ed25519")),
     "dr-libvirt-otherbox": ("dr", Target(box="debian/bookworm64")),
     "nat-virtualbox": ("nat", Target(provider=Provider.virtualbox, box="debian/bookworm64")),
+    # a copy on another host: named after the copy, its own management range, no console file there
+    "nat-copy-remote": ("nat", Target(driver="qemu", private_key="/home/user/.local/share/labkit/id_ed25519",
+                                      name="alice", uri="qemu+ssh://teacher@lab-server/system",
+                                      management="192.168.126.0/24")),
 }
 
 
