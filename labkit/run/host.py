@@ -95,10 +95,10 @@ def free_management_range(taken: list[IPv4Network]) -> IPv4Network:
                       "take labs down (labkit list shows them)")
 
 
-def management_range(uri: str, booking: list[IPv4Network]) -> IPv4Network:
+def management_range(uri: str, refused: list[IPv4Network]) -> IPv4Network:
     """A management range for a new lab: free on the host (its routes, when it is this one) and in
-    its libvirt, and not one `booking` (labs still being made) holds."""
-    taken = list(booking) + list(libvirt_networks(uri).values())
+    its libvirt, and not one libvirt has just `refused`."""
+    taken = list(refused) + list(libvirt_networks(uri).values())
     if libvirt.is_local(uri):
         taken += [net for _, net in host_routes()]
     return free_management_range(taken)

@@ -297,25 +297,38 @@ def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str
     if not fresh:
         _same_lab(RunningLab(folder), lab, target)
     doctor.preflight(target.provider, target.box, uri)
-    with lock.exclusive("booking.hosts"):  # labs being made at once each book their own management range and memory
-        others = [r for r in RunningLab.all() if r.name != name]
-        if fresh:
-            booked = [IPv4Network(r) for r in (rendered(o.folder, "management") for o in others) if r]
-            target = replace(target, management=str(host.management_range(uri, booked)))
-        else:
-            target = replace(target, management=rendered(folder, "management") or target.management)
-        on_host = [o for o in others if o.uri == uri]
+    with lock.exclusive("booking.hosts"):  # labs made at once each count the memory the others will take
+        on_host = [o for o in RunningLab.all() if o.name != name and o.uri == uri]
         shortfalls = host.problems(name, lab, target, fresh, _still_booting(on_host, target, uri),
                                    [o.name for o in on_host])
         if shortfalls:
             where = "this host" if libvirt.is_local(uri) else uri
             raise LabkitError(f"{where} cannot hold the lab {name}:\n" + "\n".join(f"  - {p}" for p in shortfalls))
-        running = RunningLab.create(name, source, render(lab, target))
+        management = _claim_management(name, lab, uri, nat=not target.private_key) if fresh else \
+            rendered(folder, "management") or target.management
+        running = RunningLab.create(name, source, render(lab, replace(target, management=management)))
     try:
         running.boot(target.provider, on_progress)
     except vagrant.BootError as exc:
         raise LabkitError(f"{exc}\nRemove what was made with: labkit down {name}") from None
     return running
+
+
+def _claim_management(name: str, lab: Lab, uri: str, nat: bool) -> str:
+    """The first free management range, claimed in libvirt for the lab (or copy) `name`."""
+    network = f"labkit-{name}-{libvirt.MANAGEMENT}"
+    if libvirt.has_network(uri, network):
+        again = f"labkit down {lab.name}" + (f" --as {name}" if name != lab.name else "")
+        raise LabkitError(f"libvirt already has the network {network}: another installation's lab of the same "
+                          f"name (choose another with --as), or a leftover (remove it with: {again} --leftovers)")
+    refused: list[IPv4Network] = []
+    for _ in range(8):
+        cidr = host.management_range(uri, refused)
+        why = libvirt.claim_network(uri, network, cidr, nat)
+        if why is None:
+            return str(cidr)
+        refused.append(cidr)  # taken meanwhile, by a lab being made elsewhere
+    raise LabkitError(f"libvirt refused the management ranges {', '.join(map(str, refused))} for {network}: {why}")
 
 
 def _same_lab(made: RunningLab, lab: Lab, target: Target) -> None:

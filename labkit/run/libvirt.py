@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 
 from labkit.errors import LabkitError
 from labkit.labfile import Lab
@@ -74,6 +76,32 @@ def strays(labs: dict[str, Lab], seen: Objects) -> Objects:
     for name, lab in labs.items():
         owned.update(of(name, lab, seen).names())
     return Objects(*[[n for n in names if n not in owned] for names in (seen.domains, seen.volumes, seen.networks)])
+
+
+def claim_network(uri: str, name: str, cidr: IPv4Network, nat: bool) -> str | None:
+    """Define and start a management network as vagrant-libvirt would (the host at .1, DHCP for
+    the rest); None, or libvirt's reason when it refused. Starting is the claim: libvirt will not
+    start a network whose range a running one already routes, so labs booked at once, even by other
+    installations, cannot end up on one range."""
+    hosts = list(cidr.hosts())
+    forward = "<forward mode='nat'/>" if nat else ""
+    xml = (f"<network><name>{name}</name>{forward}<ip address='{hosts[0]}' netmask='{cidr.netmask}'>"
+           f"<dhcp><range start='{hosts[1]}' end='{hosts[-1]}'/></dhcp></ip></network>")
+    with tempfile.NamedTemporaryFile("w", suffix=".xml") as definition:
+        definition.write(xml)
+        definition.flush()
+        defined = virsh(uri, "net-define", definition.name)
+    if defined.returncode != 0:
+        return defined.stderr.strip()
+    started = virsh(uri, "net-start", name)
+    if started.returncode != 0:
+        virsh(uri, "net-undefine", name)
+        return started.stderr.strip()
+    return None
+
+
+def has_network(uri: str, name: str) -> bool:
+    return virsh(uri, "net-info", name).returncode == 0
 
 
 # ---- snapshots: a lab's state as `labkit up` left it, memory included ---------------------------
