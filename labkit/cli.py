@@ -80,10 +80,12 @@ def target_for(source: Path, box_name: str, provider: Provider, accel: Accel, wa
     domain, fallback = driver(provider, accel)
     if warn and fallback:
         err.print(f"[yellow]warning:[/] {fallback}: using QEMU software emulation, labs will be slow", soft_wrap=True)
-    key = str(home.key()) if box.is_labkit_box(box_name) else None
+    key = home.key() if box.is_labkit_box(box_name) else None
+    # type and key only: the comment is free text, and the key is all the guest needs
+    public = " ".join(key.with_suffix(".pub").read_text().split()[:2]) if key else None
     emulator = TCG_EMULATOR if domain == "qemu" and os.access(TCG_EMULATOR, os.X_OK) else None
-    return Target(provider=provider, box=box_name, driver=domain, emulator=emulator, private_key=key,
-                  source=labfile.shown(source))
+    return Target(provider=provider, box=box_name, driver=domain, emulator=emulator,
+                  private_key=str(key) if key else None, public_key=public, source=labfile.shown(source))
 
 
 class Progress:
@@ -476,9 +478,8 @@ def box_build(kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "bookworm
                   help=f"Name of the box in Vagrant; default {box.DEFAULT_BOX}, or labkit/linux-RELEASE for another kernel.")] = None) -> None:
     """Build labkit's box from Debian packages, or the same box with another kernel."""
     spec = box.parse_kernel(kernel)
-    public_key = home.key().with_suffix(".pub").read_text()
     started = time.monotonic()
-    built = box.build_box(public_key, mirror=mirror or box.debian_mirror(), cache_dir=home.cache_dir(), kernel=spec,
+    built = box.build_box(mirror=mirror or box.debian_mirror(), cache_dir=home.cache_dir(), kernel=spec,
                           name=name, force=force, log=lambda line: out.print(line, highlight=False))
     if built:
         out.print(f"box {built} built and added in {time.monotonic() - started:.0f} s. "

@@ -1,0 +1,134 @@
+"""A box that trusts the key it is given at boot: the guest's reading of SMBIOS OEM strings."""
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from labkit import box
+from labkit.box import guest_key, image
+from labkit.build.render import Target, render
+from labkit.cli import app
+from labkit.labfile import LABS, load_lab
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2Uga2V5IGZvciB0aGUgdGVzdHM="
+
+
+def structure(kind: int, formatted: bytes, strings: list[str], handle: int = 0) -> bytes:
+    """One SMBIOS structure as the kernel shows it in /sys/firmware/dmi/entries/*/raw."""
+    header = struct.pack("<BBH", kind, 4 + len(formatted), handle) + formatted
+    text = b"".join(s.encode() + b"\0" for s in strings) or b"\0"
+    return header + text + b"\0"
+
+
+def oem_entry(strings: list[str]) -> bytes:
+    return structure(11, bytes([len(strings)]), strings, handle=0x0B00)
+
+
+# ------------------------------------------------------------------ the guest's side
+
+
+def test_the_key_is_read_from_an_oem_strings_entry():
+    blob = oem_entry(["something else", guest_key.OEM_KEY_PREFIX + KEY])
+    assert guest_key.oem_strings(blob) == ["something else", "labkit-ssh-key: " + KEY]
+    assert guest_key.keys(guest_key.oem_strings(blob)) == [KEY]
+
+
+def test_the_key_is_found_in_a_whole_table():
+    table = (structure(0, b"\x01\x02\x00\xf0\x00\x00", ["SeaBIOS", "1.16"])
+             + structure(1, bytes(23), [])  # no strings: the structure ends in two NULs
+             + oem_entry([guest_key.OEM_KEY_PREFIX + KEY])
+             + structure(127, b"", [])
+             + oem_entry([guest_key.OEM_KEY_PREFIX + "ssh-ed25519 AFTERTHEEND"]))
+    assert guest_key.keys(guest_key.oem_strings(table)) == [KEY]
+
+
+@pytest.mark.parametrize("blob", [
+    b"",
+    oem_entry([]),
+    oem_entry(["labkit-ssh-key: not a key"]),
+    oem_entry(["labkit-ssh-key: ssh-ed25519 AAAA\nssh-rsa BBBB"]),
+    oem_entry(["ssh-key: " + KEY]),
+    oem_entry([guest_key.OEM_KEY_PREFIX + KEY])[:-6],  # cut short
+    b"\x0b\x00\x00\x00",  # a length below the header's: not SMBIOS
+])
+def test_no_key_or_a_malformed_one_gives_no_key(blob):
+    assert guest_key.keys(guest_key.oem_strings(blob)) == []
+
+
+def test_the_entries_are_read_and_the_table_only_without_them(tmp_path: Path):
+    entries, table = tmp_path / "entries", tmp_path / "DMI"
+    (entries / "11-0").mkdir(parents=True)
+    (entries / "11-0/raw").write_bytes(oem_entry(["a"]))
+    (entries / "1-0").mkdir()
+    (entries / "1-0/raw").write_bytes(structure(1, bytes(23), []))
+    table.write_bytes(oem_entry(["b"]))
+    assert guest_key.firmware_blobs(entries, table) == [oem_entry(["a"])]
+    assert guest_key.firmware_blobs(tmp_path / "none", table) == [oem_entry(["b"])]
+    assert guest_key.firmware_blobs(tmp_path / "none", tmp_path / "none") == []
+
+
+def test_authorized_keys_is_replaced_whole_and_private(tmp_path: Path):
+    path = tmp_path / ".ssh/authorized_keys"
+    guest_key.write_authorized_keys(path, [KEY], os.getuid(), os.getgid())
+    assert path.read_text() == KEY + "\n"
+    assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    guest_key.write_authorized_keys(path, [], os.getuid(), os.getgid())  # a boot without a key
+    assert path.read_text() == ""
+    assert [p.name for p in path.parent.iterdir()] == ["authorized_keys"]
+
+
+def test_the_image_runs_the_script_before_sshd():
+    assert "Before=ssh.service" in image.GUEST_KEY_UNIT
+    assert f"ExecStart={image.GUEST_KEY_SCRIPT}" in image.GUEST_KEY_UNIT
+    # it is copied into the image as it is, so it must not need labkit
+    source = Path(guest_key.__file__).read_text()
+    assert source.startswith("#!/usr/bin/python3\n") and not re.search(r"^(from|import) labkit", source, re.M)
+
+
+def test_the_vagrantfile_gives_each_vm_the_key_as_an_oem_string():
+    lab = load_lab(LABS / "nat" / "lab.yaml")
+    text = render(lab, Target(driver="qemu", private_key="/k/id_ed25519", public_key=KEY))
+    line = f'libvirt.sysinfo = {{ "oem strings" => ["labkit-ssh-key: {KEY}"] }}'
+    assert text.count(line) == 1  # in the provider block every VM shares
+    assert "sysinfo" not in render(lab, Target(box="debian/bookworm64"))
+
+
+def test_render_passes_this_installations_key(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path))
+    result = CliRunner().invoke(app, ["render", "fwmark", "--accel", "tcg", "--box", "labkit/any"])
+    assert result.exit_code == 0, result.output
+    public = (tmp_path / "id_ed25519.pub").read_text().split()
+    assert f'"labkit-ssh-key: {public[0]} {public[1]}"' in result.stdout
+
+
+# ------------------------------------------------------------------ which installed box is current
+
+
+def installed_box(vagrant_home: Path, name: str, version: str, meta: dict, img: bytes = b"") -> Path:
+    folder = vagrant_home / "boxes" / name.replace("/", "-VAGRANTSLASH-") / version / "libvirt"
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text('{"provider": "libvirt", "format": "qcow2", "virtual_size": 4}\n')
+    (folder / "Vagrantfile").write_text('Vagrant.configure("2") do |config|\nend\n')
+    (folder / image.PACKAGES_FILE).write_text(box.package_list())
+    (folder / image.META_FILE).write_text(json.dumps(meta))
+    (folder / "box.img").write_bytes(img)
+    (folder / "box_update_check").write_text("Vagrant's own")
+    return folder
+
+
+CURRENT = {"kernel": "6.1.0-50-amd64", "spec": "bookworm", "ssh_key": guest_key.KEY_SOURCE}
+
+
+def test_a_box_with_a_key_built_in_is_outdated(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    folder = installed_box(tmp_path, "labkit/bookworm", "1", {"kernel": "6.1.0-50-amd64"})
+    (folder / "labkit-key.pub").write_text(KEY + "\n")  # how an older labkit built it
+    assert not box.box_takes_key_at_boot("labkit/bookworm")
+    installed_box(tmp_path, "labkit/sid", "1", CURRENT)
+    assert box.box_takes_key_at_boot("labkit/sid")
+    assert not box.box_takes_key_at_boot("labkit/none")
