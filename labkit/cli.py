@@ -488,6 +488,33 @@ def box_build(kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "bookworm
         out.print(f"the box for kernel {kernel} is already in Vagrant (--force rebuilds it)", highlight=False)
 
 
+def _shared_line(what: str, shared: box.Shared, file: Path) -> str:
+    return (f"{what} box {shared.name} {shared.version} (kernel {shared.kernel or '?'}) "
+            f"{'to' if what == 'exported' else 'from'} {file}: {shared.size / 1024**2:.0f} MiB in {shared.seconds:.1f} s")
+
+
+@box_app.command("export")
+@handled
+def box_export(file: Annotated[Path, typer.Argument(help="The file to write, e.g. labkit-bookworm.box.")],
+               box_name: BoxOpt = box.DEFAULT_BOX) -> None:
+    """Write a box to one file that another installation imports (labkit box import FILE)."""
+    shared = box.export_box(file, box_name)
+    out.print(_shared_line("exported", shared, file), highlight=False, soft_wrap=True)
+
+
+@box_app.command("import")
+@handled
+def box_import(file: Annotated[Path, typer.Argument(help="A file labkit box export wrote.")],
+               force: Annotated[bool, typer.Option(help="Replace another version of the same box.")] = False) -> None:
+    """Check a box file labkit box export wrote and add the box to Vagrant."""
+    shared = box.import_box(file, force=force, log=lambda line: out.print(line, highlight=False))
+    if shared.added:
+        out.print(_shared_line("imported", shared, file), highlight=False, soft_wrap=True)
+    else:
+        out.print(f"box {shared.name} {shared.version} is already in Vagrant, identical: nothing to do",
+                  highlight=False, soft_wrap=True)
+
+
 @box_app.command("list")
 @handled
 def box_list() -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +49,12 @@ def box_add(name: str, box_file: Path, version: str) -> None:
     with box_file.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    catalog = box_file.with_suffix(".json")
-    catalog.write_text(json.dumps({"name": name, "versions": [{"version": version, "providers": [{
-        "name": "libvirt", "url": box_file.resolve().as_uri(), "checksum_type": "sha256",
-        "checksum": digest.hexdigest()}]}]}))
-    _call("box_add", name, str(catalog), "libvirt", True)
+    with tempfile.TemporaryDirectory(prefix="labkit-box-") as folder:  # not beside the box: it may be the user's
+        catalog = Path(folder) / "catalog.json"
+        catalog.write_text(json.dumps({"name": name, "versions": [{"version": version, "providers": [{
+            "name": "libvirt", "url": box_file.resolve().as_uri(), "checksum_type": "sha256",
+            "checksum": digest.hexdigest()}]}]}))
+        _call("box_add", name, str(catalog), "libvirt", True)
 
 
 def box_remove(name: str) -> None:

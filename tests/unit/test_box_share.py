@@ -1,16 +1,19 @@
-"""A box that trusts the key it is given at boot: the guest's reading of SMBIOS OEM strings."""
+"""A box that trusts the key it is given at boot, and a box handed around as one file:
+the guest's reading of SMBIOS OEM strings, export and import of a small fake box."""
 
 import json
 import os
 import re
+import shutil
 import struct
+import tarfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from labkit import box
-from labkit.box import guest_key, image
+from labkit.box import guest_key, image, share
 from labkit.build.render import Target, render
 from labkit.cli import app
 from labkit.labfile import LABS, load_lab
@@ -132,3 +135,116 @@ def test_a_box_with_a_key_built_in_is_outdated(tmp_path: Path, monkeypatch):
     installed_box(tmp_path, "labkit/sid", "1", CURRENT)
     assert box.box_takes_key_at_boot("labkit/sid")
     assert not box.box_takes_key_at_boot("labkit/none")
+
+
+# ------------------------------------------------------------------ export and import
+
+IMG = b"QFI\xfb" + bytes(range(256)) * 16  # a few KiB standing for the qcow2 image
+
+
+@pytest.fixture
+def exported(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "teacher"))
+    installed_box(tmp_path / "teacher", "labkit/keytest", "2026.11.29.073021", CURRENT, IMG)
+    file = tmp_path / "keytest.box"
+    shared = box.export_box(file, "labkit/keytest")
+    assert (shared.name, shared.version, shared.kernel, shared.size) == (
+        "labkit/keytest", "2026.11.29.073021", "6.1.0-50-amd64", file.stat().st_size)
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "student"))
+    return file
+
+
+def test_an_export_holds_the_box_and_a_manifest_of_it(exported: Path):
+    with tarfile.open(exported) as tar:
+        assert tar.getnames() == [*share.MEMBERS, share.MANIFEST]  # not Vagrant's box_update_check
+        manifest = json.load(tar.extractfile(share.MANIFEST))
+    assert {k: manifest[k] for k in ("box", "version", "kernel", "spec", "ssh_key")} == {
+        "box": "labkit/keytest", "version": "2026.11.29.073021", "kernel": "6.1.0-50-amd64", "spec": "bookworm",
+        "ssh_key": "smbios-oem-string"}
+    assert manifest["packages"] == box.package_list().split() and manifest["labkit"]
+    assert manifest["members"]["box.img"]["size"] == len(IMG)
+    assert share.read_export(exported) == manifest
+
+
+def test_a_box_with_a_key_built_in_is_not_exported(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    installed_box(tmp_path, "labkit/bookworm", "1", {"kernel": "6.1.0-50-amd64"})
+    with pytest.raises(box.BoxError, match="rebuild it with labkit box build --force"):
+        box.export_box(tmp_path / "x.box")
+    assert not (tmp_path / "x.box").exists() and not (tmp_path / "x.box.partial").exists()
+
+
+def flip(file: Path, offset: int) -> None:
+    with file.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_a_flipped_byte_is_refused_naming_the_member(exported: Path):
+    flip(exported, exported.read_bytes().index(IMG) + 1000)
+    with pytest.raises(box.BoxError, match=r"box.img does not match its sha256 in the export, the file is "
+                                           r"damaged; copy it again from whoever exported it$"):
+        box.import_box(exported)
+    assert not (exported.parent / "student").exists()  # nothing added
+
+
+@pytest.mark.parametrize("where, says", [
+    ("in box.img", "is cut short or not a tar file"),
+    ("in the manifest", "is cut short or not a tar file"),
+    ("before the manifest", "has no labkit-export.json: it is cut short"),
+])
+def test_a_truncated_file_is_refused(exported: Path, where: str, says: str):
+    data = exported.read_bytes()
+    manifest_header = data.index(share.MANIFEST.encode())
+    cut = {"in box.img": data.index(IMG) + 100, "in the manifest": manifest_header + 512 + 40,
+           "before the manifest": manifest_header}[where]
+    exported.write_bytes(data[:cut])
+    with pytest.raises(box.BoxError, match=says + ".*copy it again from whoever exported it"):
+        box.import_box(exported)
+
+
+def test_a_file_that_is_not_an_export_is_refused(tmp_path: Path):
+    junk = tmp_path / "junk.box"
+    junk.write_bytes(b"not a tar file at all" * 100)
+    with pytest.raises(box.BoxError, match="not a tar file"):
+        box.import_box(junk)
+    with tarfile.open(tmp_path / "other.tar", "w") as tar:
+        tar.add(junk, arcname="box.img")
+    with pytest.raises(box.BoxError, match="has no labkit-export.json"):
+        box.import_box(tmp_path / "other.tar")
+
+
+def test_import_of_the_box_already_there_is_a_no_op(exported: Path, tmp_path: Path):
+    installed_box(tmp_path / "student", "labkit/keytest", "2026.11.29.073021", CURRENT, IMG)
+    assert not box.import_box(exported).added
+
+
+def test_another_version_is_replaced_only_with_force(exported: Path, tmp_path: Path):
+    installed_box(tmp_path / "student", "labkit/keytest", "2026.11.28.000000", CURRENT, IMG[:-1])
+    with pytest.raises(box.BoxError, match=r"already has box labkit/keytest \(version 2026.11.28.000000\), not this "
+                                           r"one \(2026.11.29.073021\): labkit box import --force .* replaces it"):
+        box.import_box(exported)
+
+
+def test_the_cli_refuses_a_damaged_file_in_one_line(exported: Path):
+    flip(exported, exported.read_bytes().index(IMG) + 10)
+    result = CliRunner().invoke(app, ["box", "import", str(exported)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "box.img does not match" in lines[0] and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(shutil.which("vagrant") is None, reason="Vagrant adds the box")
+def test_round_trip_through_vagrant(exported: Path, tmp_path: Path):
+    """The student's Vagrant gets the box under its name and version, byte for byte."""
+    result = CliRunner().invoke(app, ["box", "import", str(exported)])
+    assert result.exit_code == 0, result.output
+    assert "imported box labkit/keytest 2026.11.29.073021 (kernel 6.1.0-50-amd64)" in result.stdout
+    folder = tmp_path / "student/boxes/labkit-VAGRANTSLASH-keytest/2026.11.29.073021/libvirt"
+    assert (folder / "box.img").read_bytes() == IMG
+    assert box.box_takes_key_at_boot("labkit/keytest") and box.box_has_packages("labkit/keytest")
+    again = CliRunner().invoke(app, ["box", "import", str(exported)])
+    assert again.exit_code == 0 and "already in Vagrant, identical: nothing to do" in again.stdout
+    assert not list(exported.parent.glob("*.json"))  # no catalog left beside the user's file
