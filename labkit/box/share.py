@@ -113,8 +113,11 @@ def export_box(file: Path, name: str = DEFAULT_BOX) -> Shared:
             info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
             tar.addfile(info, _BytesReader(data))
         partial.replace(file)
-    except BaseException:
+    except BaseException as exc:
         partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BoxError(f"cannot write {file}: {exc.strerror or exc}. Give a path in an existing folder "
+                           "with room for the box") from None
         raise
     return Shared(name, manifest["version"], manifest["kernel"], file.stat().st_size, time.monotonic() - started)
 

@@ -248,3 +248,10 @@ def test_round_trip_through_vagrant(exported: Path, tmp_path: Path):
     again = CliRunner().invoke(app, ["box", "import", str(exported)])
     assert again.exit_code == 0 and "already in Vagrant, identical: nothing to do" in again.stdout
     assert not list(exported.parent.glob("*.json"))  # no catalog left beside the user's file
+
+
+def test_an_export_that_cannot_be_written_is_one_line(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    installed_box(tmp_path, "labkit/keytest", "1", CURRENT, IMG)
+    with pytest.raises(box.BoxError, match=r"cannot write .*/nowhere/x.box: No such file or directory"):
+        box.export_box(tmp_path / "nowhere/x.box", "labkit/keytest")
