@@ -489,8 +489,9 @@ def box_build(kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "bookworm
 
 
 def _shared_line(what: str, shared: box.Shared, file: Path) -> str:
-    return (f"{what} box {shared.name} {shared.version} (kernel {shared.kernel or '?'}) "
-            f"{'to' if what == 'exported' else 'from'} {file}: {shared.size / 1024**2:.0f} MiB in {shared.seconds:.1f} s")
+    where = "to" if what == "exported" else "from"
+    return (f"{what} box {shared.name} {shared.version} (kernel {shared.kernel or '?'}) {where} {file}: "
+            f"{shared.size / 1024**2:.0f} MiB in {shared.seconds:.1f} s")
 
 
 @box_app.command("export")

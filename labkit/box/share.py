@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable
 
 from labkit.box.guest_key import KEY_SOURCE
 from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE, BoxError, _run
-from labkit.box.store import (LIBVIRT_POOL, LIBVIRT_URI, _boxes_dir, _old_base_volumes, box_add, box_exists,
+from labkit.box.store import (LIBVIRT_POOL, LIBVIRT_URI, _boxes_dir, _meta, _old_base_volumes, box_add, box_exists,
                               box_remove)
 
 MANIFEST = "labkit-export.json"
@@ -49,13 +49,6 @@ def _version_key(version: str) -> tuple:
     return tuple(int(p) if p.isdigit() else 0 for p in version.split("."))
 
 
-def _meta(folder: Path) -> dict:
-    try:
-        return json.loads((folder / META_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _labkit_version() -> str:
     try:
         return importlib.metadata.version("labkit")
@@ -82,7 +75,7 @@ def export_box(file: Path, name: str = DEFAULT_BOX) -> Shared:
     if not folders:
         raise BoxError(f"Vagrant has no box {name}: labkit box list shows labkit's boxes")
     folder = folders[-1]
-    meta = _meta(folder)
+    meta = _meta(folder / META_FILE)
     if meta.get("ssh_key") != KEY_SOURCE:
         raise BoxError(f"box {name} has the builder's SSH key built in (an older labkit) and would not work "
                        f"elsewhere: rebuild it with labkit box build --force, then export it")
