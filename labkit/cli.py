@@ -96,12 +96,15 @@ def target_for(source: Path, box_name: str, provider: Provider, accel: Accel, wa
     domain, fallback = driver(provider, accel, uri)
     if warn and fallback:
         err.print(f"[yellow]warning:[/] {fallback}: using QEMU software emulation, labs will be slow", soft_wrap=True)
-    key = str(home.key()) if box.is_labkit_box(box_name) else None
+    key = home.key() if box.is_labkit_box(box_name) else None
+    # type and key only: the comment is free text, and the key is all the guest needs
+    public = " ".join(key.with_suffix(".pub").read_text().split()[:2]) if key else None
     local = libvirt.is_local(uri)
     wrapper = os.access(TCG_EMULATOR, os.X_OK) if local else libvirt.has_emulator(uri, TCG_EMULATOR)
     emulator = TCG_EMULATOR if domain == "qemu" and wrapper else None
-    return Target(provider=provider, box=box_name, driver=domain, emulator=emulator, private_key=key,
-                  source=labfile.shown(source), name=name, uri=None if local else uri)
+    return Target(provider=provider, box=box_name, driver=domain, emulator=emulator,
+                  private_key=str(key) if key else None, public_key=public, source=labfile.shown(source),
+                  name=name, uri=None if local else uri)
 
 
 class Progress:
@@ -540,15 +543,42 @@ def box_build(kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "bookworm
                   help=f"Name of the box in Vagrant; default {box.DEFAULT_BOX}, or labkit/linux-RELEASE for another kernel.")] = None) -> None:
     """Build labkit's box from Debian packages, or the same box with another kernel."""
     spec = box.parse_kernel(kernel)
-    public_key = home.key().with_suffix(".pub").read_text()
     started = time.monotonic()
-    built = box.build_box(public_key, mirror=mirror or box.debian_mirror(), cache_dir=home.cache_dir(), kernel=spec,
+    built = box.build_box(mirror=mirror or box.debian_mirror(), cache_dir=home.cache_dir(), kernel=spec,
                           name=name, force=force, log=lambda line: out.print(line, highlight=False))
     if built:
         out.print(f"box {built} built and added in {time.monotonic() - started:.0f} s. "
                   f"Boot a lab on it: labkit up LAB --kernel {kernel}", highlight=False)
     else:
         out.print(f"the box for kernel {kernel} is already in Vagrant (--force rebuilds it)", highlight=False)
+
+
+def _shared_line(what: str, shared: box.Shared, file: Path) -> str:
+    where = "to" if what == "exported" else "from"
+    return (f"{what} box {shared.name} {shared.version} (kernel {shared.kernel or '?'}) {where} {file}: "
+            f"{shared.size / 1024**2:.0f} MiB in {shared.seconds:.1f} s")
+
+
+@box_app.command("export")
+@handled
+def box_export(file: Annotated[Path, typer.Argument(help="The file to write, e.g. labkit-bookworm.box.")],
+               box_name: BoxOpt = box.DEFAULT_BOX) -> None:
+    """Write a box to one file that another installation imports (labkit box import FILE)."""
+    shared = box.export_box(file, box_name)
+    out.print(_shared_line("exported", shared, file), highlight=False, soft_wrap=True)
+
+
+@box_app.command("import")
+@handled
+def box_import(file: Annotated[Path, typer.Argument(help="A file labkit box export wrote.")],
+               force: Annotated[bool, typer.Option(help="Replace another version of the same box.")] = False) -> None:
+    """Check a box file labkit box export wrote and add the box to Vagrant."""
+    shared = box.import_box(file, force=force, log=lambda line: out.print(line, highlight=False))
+    if shared.added:
+        out.print(_shared_line("imported", shared, file), highlight=False, soft_wrap=True)
+    else:
+        out.print(f"box {shared.name} {shared.version} is already in Vagrant, identical: nothing to do",
+                  highlight=False, soft_wrap=True)
 
 
 @box_app.command("list")

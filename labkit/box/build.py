@@ -12,18 +12,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from labkit.box.image import (DEFAULT_BOX, DISK_GIB, KEY_FILE, META_FILE, PACKAGES_FILE, _cached_rootfs, _check_host,
-                              _check_public_key, _customise, _kernel_version, _make_disk, _remove_tree, _run,
-                              package_list)
+from labkit.box.guest_key import KEY_SOURCE
+from labkit.box.image import (DEFAULT_BOX, DISK_GIB, META_FILE, PACKAGES_FILE, _cached_rootfs, _check_host, _customise,
+                              _kernel_version, _make_disk, _remove_tree, _run, package_list)
 from labkit.box.kernel import Kernel, box_name, check_modules, check_package, install, package_version, parse
 from labkit.box.store import (LIBVIRT_POOL, LIBVIRT_URI, _old_base_volumes, box_add, box_exists, box_for,
-                              box_has_packages, box_remove, box_trusts)
+                              box_has_packages, box_remove, box_takes_key_at_boot)
 
 DEFAULT_KERNEL = parse("bookworm")
 
 
 def build_box(
-    public_key: str,
     *,
     mirror: str,
     cache_dir: Path,
@@ -36,18 +35,18 @@ def build_box(
     Vagrant. Its name, or None if it exists already and force is not set (nothing done).
 
     Every box comes from the same cached root tree; a kernel box only has its kernel replaced.
+    The box trusts no SSH key of its own: each VM is given the key of whoever boots it.
     """
-    key = _check_public_key(public_key)
     _check_host()
     existing = name if name and box_exists(name) else (None if name else box_for(kernel))
     if not force and existing:
-        if box_trusts(existing, key) and box_has_packages(existing):
-            log(f"box {existing} for kernel {kernel.spec} already exists; nothing to do")
-            return None
-        if box_trusts(existing, key):
+        if not box_takes_key_at_boot(existing):
+            log(f"box {existing} has an SSH key built in (an older labkit): building it again")
+        elif not box_has_packages(existing):
             log(f"box {existing} lacks packages labkit now uses: building it again")
         else:
-            log(f"box {existing} was built for another installation key: building it again")
+            log(f"box {existing} for kernel {kernel.spec} already exists; nothing to do")
+            return None
     check_package(kernel)
     if existing:
         _old_base_volumes(existing)  # fail before the slow part, not after it
@@ -66,12 +65,12 @@ def build_box(
             install(tree, kernel, mirror, log)
         check_modules(tree, kernel, _kernel_version(tree))  # before the initramfs and the disk are made
         root_uuid = str(uuid.uuid4())
-        release = _customise(tree, key, root_uuid, log)
+        release = _customise(tree, root_uuid, log)
         name = name or (DEFAULT_BOX if kernel.is_default else box_name(release))
         now = datetime.now(timezone.utc)
         meta = {"kernel": release, "spec": kernel.spec, "deb_sha256": kernel.deb_sha256,
                 "ipvsadm": package_version(tree, "ipvsadm"), "keepalived": package_version(tree, "keepalived"),
-                "built": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                "built": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "ssh_key": KEY_SOURCE}
         raw = work / "disk.raw"
         _make_disk(tree, raw, root_uuid, log)
         _remove_tree(tree)
@@ -79,7 +78,7 @@ def build_box(
         log("converting the disk to qcow2")
         _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(image)])
         raw.unlink()
-        box_file = pack(image, key, meta, work / "labkit.box")
+        box_file = pack(image, meta, work / "labkit.box")
 
         # Only now that the new box is ready, drop the old one and its pool images.
         old_volumes = _old_base_volumes(name)
@@ -97,14 +96,13 @@ def build_box(
     return name
 
 
-def pack(image: Path, public_key: str, meta: dict, box_file: Path) -> Path:
+def pack(image: Path, meta: dict, box_file: Path) -> Path:
     """The .box file: the qcow2 image, the metadata vagrant-libvirt reads, a Vagrantfile, and the
-    key, package list, kernel and tool versions the box was built with. Plain tar: qcow2 is
-    already compact, and gzip would cost most of the build time."""
+    package list, kernel, tool versions and key source the box was built with. Plain tar: qcow2
+    is already compact, and gzip would cost most of the build time."""
     members = {
         "metadata.json": json.dumps({"provider": "libvirt", "format": "qcow2", "virtual_size": DISK_GIB}) + "\n",
         "Vagrantfile": BOX_VAGRANTFILE,
-        KEY_FILE: public_key + "\n",
         PACKAGES_FILE: package_list(),
         META_FILE: json.dumps(meta, indent=2) + "\n",
     }

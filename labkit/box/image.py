@@ -5,6 +5,7 @@ partitioned by sfdisk."""
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 import re
 import shutil
@@ -18,7 +19,6 @@ from typing import Callable, Iterator
 from labkit.errors import LabkitError
 
 DEFAULT_BOX = "labkit/bookworm"
-KEY_FILE = "labkit-key.pub"  # in the box: the installation key it trusts
 PACKAGES_FILE = "labkit-packages"  # in the box: the package list it was built with
 META_FILE = "labkit-box.json"  # in the box: its kernel, tool versions and where the kernel came from
 SUITE = "bookworm"
@@ -36,7 +36,9 @@ PACKAGES = (
 # Everything the guest needs to find its disk and NIC. With MODULES=list the
 # initramfs holds only these, which makes it small and quick to load under TCG.
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4")
-KERNEL_CMDLINE = "ro net.ifnames=0 biosdevname=0 console=ttyS0 console=tty0"
+# no_timer_check: under software emulation on a busy host the kernel's check of the IO-APIC timer
+# can time out and panic the boot ("IO-APIC + timer doesn't work"); the VM's timer is fine.
+KERNEL_CMDLINE = "ro net.ifnames=0 biosdevname=0 console=ttyS0 console=tty0 no_timer_check"
 
 MBR_CODE = (Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin"))
 # tool -> Debian package that has it
@@ -62,13 +64,6 @@ class BoxError(LabkitError):
 
 def package_list() -> str:
     return " ".join(sorted(PACKAGES)) + "\n"
-
-
-def _check_public_key(public_key: str) -> str:
-    key = public_key.strip()
-    if "\n" in key or not re.match(r"(ssh-|ecdsa-|sk-)\S+ \S+", key):
-        raise BoxError("the public key is not a one-line OpenSSH public key: pass the text of a .pub file")
-    return key
 
 
 def _check_host() -> None:
@@ -117,7 +112,7 @@ def _cached_rootfs(cache_dir: Path, mirror: str, log: Callable[[str], None]) -> 
     return tree
 
 
-def _customise(tree: Path, public_key: str, root_uuid: str, log: Callable[[str], None]) -> str:
+def _customise(tree: Path, root_uuid: str, log: Callable[[str], None]) -> str:
     """Make the tree a VM that labkit can reach; the release of the kernel it boots."""
     log("configuring the image")
     etc = tree / "etc"
@@ -145,6 +140,10 @@ def _customise(tree: Path, public_key: str, root_uuid: str, log: Callable[[str],
     for host_key in (etc / "ssh").glob("ssh_host_*"):
         host_key.unlink()
     _write(etc / "systemd/system/ssh-host-keys.service", HOST_KEYS_UNIT)
+    # No key is baked in: each boot trusts the key the host passes (guest_key.py).
+    _write(tree / GUEST_KEY_SCRIPT.lstrip("/"),
+           importlib.resources.files("labkit.box").joinpath("guest_key.py").read_text(), mode=0o755)
+    _write(etc / "systemd/system/labkit-ssh-key.service", GUEST_KEY_UNIT)
 
     _write(etc / "sudoers.d/vagrant", "vagrant ALL=(ALL) NOPASSWD: ALL\n", mode=0o440)
     _write(etc / "initramfs-tools/conf.d/labkit", "MODULES=list\n")
@@ -163,11 +162,8 @@ def _customise(tree: Path, public_key: str, root_uuid: str, log: Callable[[str],
     with _chroot_mounts(tree):
         chroot = ["chroot", str(tree)]
         _run(chroot + ["useradd", "--create-home", "--shell", "/bin/bash", "vagrant"])
-        ssh_dir = tree / "home/vagrant/.ssh"
-        ssh_dir.mkdir(mode=0o700)
-        _write(ssh_dir / "authorized_keys", public_key + "\n", mode=0o600)
-        _run(chroot + ["chown", "-R", "vagrant:vagrant", "/home/vagrant/.ssh"])
-        _run(chroot + ["systemctl", "enable", "systemd-networkd", "ssh-host-keys.service"])
+        _run(chroot + ["systemctl", "enable", "systemd-networkd", "ssh-host-keys.service",
+                       "labkit-ssh-key.service"])
         # labkit starts keepalived when a lab needs it. The others only eat the CPU of
         # short-lived lab VMs (apt's timers would also look for a network they lack).
         _run(chroot + ["systemctl", "disable", "keepalived", "e2scrub_reap.service",
@@ -186,6 +182,21 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 Type=oneshot
 ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
 ExecStart=/usr/bin/ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key
+
+[Install]
+WantedBy=ssh.service
+"""
+
+
+GUEST_KEY_SCRIPT = "/usr/local/sbin/labkit-ssh-key"
+GUEST_KEY_UNIT = f"""\
+[Unit]
+Description=Trust the SSH key the host passes as an SMBIOS OEM string
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart={GUEST_KEY_SCRIPT}
 
 [Install]
 WantedBy=ssh.service

@@ -7,13 +7,15 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import vagrant
 
-from labkit.box.image import DEFAULT_BOX, KEY_FILE, META_FILE, PACKAGES_FILE, BoxError, package_list
+from labkit.box.guest_key import KEY_SOURCE
+from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE, BoxError, package_list
 from labkit.box.kernel import Kernel, parse
 
 LIBVIRT_URI = "qemu:///system"
@@ -47,11 +49,12 @@ def box_add(name: str, box_file: Path, version: str) -> None:
     with box_file.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    catalog = box_file.with_suffix(".json")
-    catalog.write_text(json.dumps({"name": name, "versions": [{"version": version, "providers": [{
-        "name": "libvirt", "url": box_file.resolve().as_uri(), "checksum_type": "sha256",
-        "checksum": digest.hexdigest()}]}]}))
-    _call("box_add", name, str(catalog), "libvirt", True)
+    with tempfile.TemporaryDirectory(prefix="labkit-box-") as folder:  # not beside the box: it may be the user's
+        catalog = Path(folder) / "catalog.json"
+        catalog.write_text(json.dumps({"name": name, "versions": [{"version": version, "providers": [{
+            "name": "libvirt", "url": box_file.resolve().as_uri(), "checksum_type": "sha256",
+            "checksum": digest.hexdigest()}]}]}))
+        _call("box_add", name, str(catalog), "libvirt", True)
 
 
 def box_remove(name: str) -> None:
@@ -85,17 +88,14 @@ def labkit_boxes() -> list[Box]:
     found = []
     for folder in _boxes_dir().glob("labkit-VAGRANTSLASH-*/*/libvirt"):
         name = folder.parents[1].name.replace("-VAGRANTSLASH-", "/")
-        try:
-            meta = json.loads((folder / META_FILE).read_text())
-        except (OSError, ValueError):
-            meta = {}
+        meta = _meta(folder / META_FILE)
         fields = {k: meta[k] for k in Box.__dataclass_fields__ if k in meta and k not in ("name", "version")}
         found.append(Box(name=name, version=folder.parent.name, **fields))
     return sorted(found, key=lambda b: (b.built, b.name))
 
 
 def is_labkit_box(name: str) -> bool:
-    """Built by labkit, so it trusts the installation's key and holds the lab packages."""
+    """Built by labkit, so it takes the installation's key at boot and holds the lab packages."""
     return name.startswith("labkit/")
 
 
@@ -117,9 +117,18 @@ def box_for_kernel(spec: str) -> str:
     return name
 
 
-def box_trusts(name: str, public_key: str) -> bool:
-    """Whether the installed box was built for this key (labkit ships it inside the box)."""
-    return any(f.read_text().split()[:2] == public_key.split()[:2] for f in _box_files(name, KEY_FILE))
+def box_takes_key_at_boot(name: str) -> bool:
+    """Whether the installed box trusts the key each VM is given at boot. An older labkit built
+    the builder's key into the box: that box works for one installation only and must be rebuilt."""
+    return any(_meta(f).get("ssh_key") == KEY_SOURCE for f in _box_files(name, META_FILE))
+
+
+def _meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def box_has_packages(name: str) -> bool:

@@ -11,6 +11,7 @@ TEMPLATE = "Vagrantfile.j2"
 # Where scripts/setup installs build/qemu-tcg: libvirt's QEMU user must be able to run it.
 TCG_EMULATOR = "/usr/local/libexec/labkit-qemu-tcg"
 
+from labkit.box.guest_key import OEM_KEY_PREFIX
 from labkit.labfile import Lab
 
 
@@ -28,7 +29,8 @@ class Target:
     box: str = "labkit/bookworm"
     driver: str = "kvm"  # libvirt domain type: kvm, or qemu (software emulation)
     emulator: str | None = None  # libvirt: a QEMU wrapper that caps TCG's translation cache
-    private_key: str | None = None  # set when the box trusts labkit's own key
+    private_key: str | None = None  # set for a labkit box, which takes labkit's own key at boot
+    public_key: str | None = None  # its public half ("ssh-ed25519 AAAA..."), given to each VM
     source: str = ""  # the lab file, named in the header
     name: str | None = None  # the copy's name (labkit up --as): its VMs and networks are named after it
     uri: str | None = None  # another host's libvirt (qemu+ssh://...); None: this host's
@@ -74,4 +76,5 @@ def render(lab: Lab, target: Target) -> str:
         lstrip_blocks=True,
     )
     nodes = [{"name": name, "interfaces": interfaces(lab, name)} for name in lab.nodes]
-    return env.get_template(TEMPLATE).render(lab=lab, nodes=nodes, target=target, name=target.name or lab.name)
+    return env.get_template(TEMPLATE).render(lab=lab, nodes=nodes, target=target, name=target.name or lab.name,
+                                             oem_key_prefix=OEM_KEY_PREFIX)

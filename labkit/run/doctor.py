@@ -63,13 +63,12 @@ def probes(provider: Provider = Provider.libvirt, box_name: str = box.DEFAULT_BO
                            f"{box_name} is built for libvirt only: name a {provider.value} box with --box "
                            "(e.g. debian/bookworm64)"))
     elif box.is_labkit_box(box_name):
-        # The key file inside an installed box proves both that it is there and whom it trusts.
-        found.append(Probe(f"the box {box_name} is in Vagrant, built for this installation's SSH key "
-                           "with the packages the labs use",
-                           box.box_trusts(box_name, home.key().with_suffix(".pub").read_text())
-                           and box.box_has_packages(box_name),
-                           "labkit box build, with --kernel SPEC for a kernel's box (it also rebuilds a box made "
-                           "for another key or an older package list)"))
+        # The metadata inside an installed box proves both that it is there and how it takes its key.
+        found.append(Probe(f"the box {box_name} is in Vagrant, takes the SSH key at boot "
+                           "and has the packages the labs use",
+                           box.box_takes_key_at_boot(box_name) and box.box_has_packages(box_name),
+                           "labkit box build, with --kernel SPEC for a kernel's box (it also rebuilds a box with "
+                           "a key built in or an older package list), or labkit box import FILE"))
     elif has_vagrant:
         found.append(Probe(f"the box {box_name} is in Vagrant", box.box_exists(box_name), f"vagrant box add {box_name}"))
     found.append(Probe("an ssh client is installed", shutil.which("ssh") is not None, "apt-get install openssh-client"))

@@ -64,9 +64,30 @@ def test_a_vm_that_did_not_boot_shows_its_last_console_lines(tmp_path):
 
 def test_each_kernel_is_matched_to_its_box_once(tmp_path, monkeypatch):
     monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
-    for name, meta in (("labkit-VAGRANTSLASH-bookworm", {}), ("labkit-VAGRANTSLASH-linux-7.2", {"spec": "sid"})):
+    current = {"ssh_key": "smbios-oem-string"}
+    for name, meta in (("labkit-VAGRANTSLASH-bookworm", current),
+                       ("labkit-VAGRANTSLASH-linux-7.2", {"spec": "sid", **current})):
         folder = tmp_path / "boxes" / name / "1" / "libvirt"
         folder.mkdir(parents=True)
         (folder / "labkit-box.json").write_text(json.dumps(meta))
     found, missing = matrix.boxes(["bookworm", "sid"], tmp_path, runner=None, say=print)  # nothing to build
     assert (found, missing) == ({"bookworm": "labkit/bookworm", "sid": "labkit/linux-7.2"}, {})
+
+
+def test_a_box_with_a_key_built_in_is_built_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    meta = tmp_path / "boxes" / "labkit-VAGRANTSLASH-linux-7.2" / "1" / "libvirt" / "labkit-box.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"spec": "sid"}))  # an older labkit's box: the builder's key inside
+
+    class Builds:
+        calls = []
+
+        def labkit(self, args, log):
+            self.calls.append(args)
+            meta.write_text(json.dumps({"spec": "sid", "ssh_key": "smbios-oem-string"}))
+            return 0, ""
+
+    runner = Builds()
+    found, missing = matrix.boxes(["sid"], tmp_path, runner=runner, say=print)
+    assert (found, missing, runner.calls) == ({"sid": "labkit/linux-7.2"}, {}, [["box", "build", "--kernel", "sid"]])

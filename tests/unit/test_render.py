@@ -16,10 +16,12 @@ from labkit.build.render import Provider, Target, render
 
 GOLDEN = Path(__file__).parent / "golden"
 
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2Uga2V5IGZvciB0aGUgZ29sZGVuIGZpbGVz"
 TARGETS = {
     "nat-libvirt-qemu": ("nat", Target(driver="qemu", emulator="/usr/local/libexec/labkit-qemu-tcg",
-                                       private_key="/home/user/.local/share/labkit/id_ed25519")),
-    "tun-libvirt-kvm": ("tun", Target(driver="kvm", private_key="/home/user/.local/share/labkit/id_ed25519")),
+                                       private_key="/home/user/.local/share/labkit/id_ed25519", public_key=PUBLIC_KEY)),
+    "tun-libvirt-kvm": ("tun", Target(driver="kvm", private_key="/home/user/.local/share/labkit/id_ed25519",
+                                      public_key=PUBLIC_KEY)),
     "dr-libvirt-otherbox": ("dr", Target(box="debian/bookworm64")),
     "nat-virtualbox": ("nat", Target(provider=Provider.virtualbox, box="debian/bookworm64")),
     # a copy on another host: named after the copy, its own management range, no console file there
