@@ -71,8 +71,8 @@ def problems(name: str, lab: Lab, target: Target, fresh: bool, reserved_mib: int
              others: list[str] = ()) -> list[str]:
     """Everything that keeps the host from holding the lab (or copy) `name`; empty when it fits.
     Memory and disk only for a lab not yet started (one being continued already holds its share);
-    `reserved_mib`: what copies still booting there will take beyond what they hold now; `others`:
-    the labs up there."""
+    `reserved_mib`: what the labs there may take beyond what they hold now; `others`: the labs
+    up there."""
     uri = target.uri or libvirt.LOCAL
     found = []
     if fresh:

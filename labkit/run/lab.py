@@ -299,7 +299,7 @@ def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str
     doctor.preflight(target.provider, target.box, uri)
     with lock.exclusive("booking.hosts"):  # labs made at once each count the memory the others will take
         on_host = [o for o in RunningLab.all() if o.name != name and o.uri == uri]
-        shortfalls = host.problems(name, lab, target, fresh, _still_booting(on_host, target, uri),
+        shortfalls = host.problems(name, lab, target, fresh, _yet_to_take(on_host, target, uri),
                                    [o.name for o in on_host])
         if shortfalls:
             where = "this host" if libvirt.is_local(uri) else uri
@@ -318,9 +318,8 @@ def _claim_management(name: str, lab: Lab, uri: str, nat: bool) -> str:
     """The first free management range, claimed in libvirt for the lab (or copy) `name`."""
     network = f"labkit-{name}-{libvirt.MANAGEMENT}"
     if libvirt.has_network(uri, network):
-        again = f"labkit down {lab.name}" + (f" --as {name}" if name != lab.name else "")
         raise LabkitError(f"libvirt already has the network {network}: another installation's lab of the same "
-                          f"name (choose another with --as), or a leftover (remove it with: {again} --leftovers)")
+                          f"name (choose another with --as), or a leftover (remove it with: {_leftovers(name, lab)})")
     refused: list[IPv4Network] = []
     for _ in range(8):
         cidr = host.management_range(uri, refused)
@@ -329,6 +328,11 @@ def _claim_management(name: str, lab: Lab, uri: str, nat: bool) -> str:
             return str(cidr)
         refused.append(cidr)  # taken meanwhile, by a lab being made elsewhere
     raise LabkitError(f"libvirt refused the management ranges {', '.join(map(str, refused))} for {network}: {why}")
+
+
+def _leftovers(name: str, lab: Lab) -> str:
+    """The command that removes what libvirt holds of a lab (or copy) this installation has no folder for."""
+    return f"labkit down {lab.name}" + (f" --as {name}" if name != lab.name else "") + " --leftovers"
 
 
 def _same_lab(made: RunningLab, lab: Lab, target: Target) -> None:
@@ -346,8 +350,9 @@ def _same_lab(made: RunningLab, lab: Lab, target: Target) -> None:
                           f"--connect {made.uri}, or remove it first: labkit down {name}")
 
 
-def _still_booting(labs: list[RunningLab], target: Target, uri: str) -> int:
-    """MiB that labs on the host will still take: a lab being booted holds little of its memory yet."""
+def _yet_to_take(labs: list[RunningLab], target: Target, uri: str) -> int:
+    """MiB the labs on the host may take beyond what they hold now: a lab being booted holds little
+    of its memory yet, and a guest touches its memory as it goes."""
     held = libvirt.domains(uri) or {}
     need = 0
     for other in labs:
@@ -369,10 +374,9 @@ def remove_lost(name: str, lab: Lab, uri: str, really: bool) -> list[str]:
         raise LabkitError(f"the lab {name} is not up. Start it with: labkit up {lab.name}"
                           + (f" --as {name}" if name != lab.name else ""))
     if not really:
-        again = f"labkit down {lab.name}" + (f" --as {name}" if name != lab.name else "")
         raise LabkitError(f"the lab {name} is not up here, but libvirt holds {len(left.names())} of its objects "
                           f"({', '.join(left.names()[:3])}, ...): left by a lab whose folder is gone, or another "
-                          f"installation's. If they are leftovers, remove them with: {again} --leftovers")
+                          f"installation's. If they are leftovers, remove them with: {_leftovers(name, lab)}")
     failed = libvirt.remove(uri, left)
     if failed:
         raise LabkitError("could not remove:\n" + "\n".join(f"  {f}" for f in failed))
