@@ -75,7 +75,8 @@ def probes(provider: Provider = Provider.libvirt, box_name: str = box.DEFAULT_BO
     if thorough and provider == Provider.libvirt:
         stray = leftovers(uri)
         found.append(Probe("libvirt holds nothing of labs that are gone" + (f" (it holds {', '.join(stray)})" if stray else ""),
-                           not stray, "labkit down LAB --leftovers for each lab named there (it removes them by name)",
+                           not stray, "labkit down LAB --leftovers for each lab named there, labkit down LAB --as NAME "
+                           "--leftovers for a copy (it removes them by name)",
                            fatal=False))
     return found
 
