@@ -420,9 +420,9 @@ def down(lab: RunningArg = None,
     if as_name is not None or (lab is not None and lab not in RunningLab.names()):
         # Not up as far as this installation knows. libvirt may hold what a lost lab made, or
         # another installation's lab of the same name: only an explicit --leftovers removes it.
-        model = read(lab) if lab is not None else None
-        if model is None:
+        if lab is None:
             raise LabkitError("name the lab whose copy it is: labkit down LAB --as NAME --leftovers")
+        model = read(lab)
         name = copy_name(as_name) or model.name
         if name in RunningLab.names():
             raise LabkitError(f"{name} is up here: remove it with labkit down {name}")

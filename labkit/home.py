@@ -51,10 +51,10 @@ def hosts() -> dict[str, str]:
     for --connect NAME and labkit list."""
     path = config_file()
     try:
-        data = yaml.safe_load(path.read_text()) if path.exists() else None
+        data = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
     except yaml.YAMLError as exc:
         raise LabkitError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}. Fix it or remove it") from None
-    found = (data or {}).get("hosts", {}) if isinstance(data or {}, dict) else None
+    found = data.get("hosts", {}) if isinstance(data, dict) else None
     if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
         raise LabkitError(f"{path}: expected `hosts:` with one `name: qemu+ssh://user@host/system` per host")
     return {str(k): v for k, v in found.items()}

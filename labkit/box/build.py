@@ -16,8 +16,8 @@ from labkit.box.guest_key import KEY_SOURCE
 from labkit.box.image import (DEFAULT_BOX, DISK_GIB, META_FILE, PACKAGES_FILE, _cached_rootfs, _check_host, _customise,
                               _kernel_version, _make_disk, _remove_tree, _run, package_list)
 from labkit.box.kernel import Kernel, box_name, check_modules, check_package, install, package_version, parse
-from labkit.box.store import (LIBVIRT_POOL, LIBVIRT_URI, _old_base_volumes, box_add, box_exists, box_for,
-                              box_has_packages, box_remove, box_takes_key_at_boot)
+from labkit.box.store import (_old_base_volumes, box_add, box_exists, box_for, box_has_packages, box_takes_key_at_boot,
+                              remove_box)
 
 DEFAULT_KERNEL = parse("bookworm")
 
@@ -81,13 +81,7 @@ def build_box(
         box_file = pack(image, meta, work / "labkit.box")
 
         # Only now that the new box is ready, drop the old one and its pool images.
-        old_volumes = _old_base_volumes(name)
-        if box_exists(name):
-            log(f"removing old box {name}")
-            box_remove(name)
-        for volume in old_volumes:
-            log(f"deleting old base image {volume} from libvirt pool {LIBVIRT_POOL}")
-            _run(["virsh", "-c", LIBVIRT_URI, "vol-delete", "--pool", LIBVIRT_POOL, volume])
+        remove_box(name, log)
         log(f"adding box {name} (kernel {release})")
         box_add(name, box_file, version=now.strftime("%Y.%m.%d.%H%M%S"))  # one Vagrant can order
     finally:

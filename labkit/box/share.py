@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from labkit.box.guest_key import KEY_SOURCE
-from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE, BoxError, _run
-from labkit.box.store import (LIBVIRT_POOL, LIBVIRT_URI, _boxes_dir, _meta, _old_base_volumes, box_add, box_exists,
-                              box_remove)
+from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE, BoxError
+from labkit.box.store import _boxes_dir, _meta, box_add, box_exists, remove_box
 
 MANIFEST = "labkit-export.json"
 FORMAT = "labkit box export 1"
@@ -206,12 +205,7 @@ def import_box(file: Path, force: bool = False, log: Callable[[str], None] = pri
         versions = ", ".join(f.parent.name for f in folders)
         raise BoxError(f"Vagrant already has box {name} (version {versions}), not this one ({version}): "
                        f"labkit box import --force {file} replaces it")
-    if box_exists(name):
-        old_volumes = _old_base_volumes(name)  # refuses while a VM still runs on the old image
-        log(f"removing box {name} {', '.join(f.parent.name for f in folders)}")
-        box_remove(name)
-        for volume in old_volumes:
-            log(f"deleting old base image {volume} from libvirt pool {LIBVIRT_POOL}")
-            _run(["virsh", "-c", LIBVIRT_URI, "vol-delete", "--pool", LIBVIRT_POOL, volume])
+    if box_exists(name):  # only this Vagrant's box: the pool's image may be another installation's too
+        remove_box(name, log)  # refuses while a VM still runs on the old image
     box_add(name, file, version=version)
     return Shared(**shared, seconds=time.monotonic() - started)

@@ -11,11 +11,12 @@ import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import vagrant
 
 from labkit.box.guest_key import KEY_SOURCE
-from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE, BoxError, package_list
+from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE, BoxError, _run, package_list
 from labkit.box.kernel import Kernel, parse
 
 LIBVIRT_URI = "qemu:///system"
@@ -186,3 +187,15 @@ def _old_base_volumes(box_name: str) -> list[str]:
                 "destroy the labs that use it (vagrant destroy) and build again"
             )
     return sorted(old)
+
+
+def remove_box(name: str, log: Callable[[str], None]) -> None:
+    """Take a box out of Vagrant and its images out of libvirt's pool, else vagrant-libvirt keeps
+    booting the old image. Refuses, before removing anything, while a VM disk is built on one."""
+    old_volumes = _old_base_volumes(name)
+    if box_exists(name):
+        log(f"removing old box {name}")
+        box_remove(name)
+    for volume in old_volumes:
+        log(f"deleting old base image {volume} from libvirt pool {LIBVIRT_POOL}")
+        _run(["virsh", "-c", LIBVIRT_URI, "vol-delete", "--pool", LIBVIRT_POOL, volume])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -91,13 +92,15 @@ def remote_probes(uri: str, thorough: bool) -> list[Probe]:
     if answers.returncode != 0:
         return found
     found.append(Probe(f"libvirt's storage pool {libvirt.POOL} is active there",
-                       "State:          running" in libvirt.virsh(uri, "pool-info", libvirt.POOL).stdout,
+                       re.search(r"^State:\s+running$", libvirt.virsh(uri, "pool-info", libvirt.POOL).stdout, re.M)
+                       is not None,
                        f"on that host: virsh pool-define-as {libvirt.POOL} dir --target /var/lib/libvirt/images && "
                        f"virsh pool-build {libvirt.POOL} && virsh pool-start {libvirt.POOL} && "
                        f"virsh pool-autostart {libvirt.POOL}"))
-    if thorough:
-        found.append(Probe("SSH to that host forwards connections to its VMs (ssh -W)", _forwards(uri),
-                           "allow TCP forwarding for this user in that host's sshd_config (AllowTcpForwarding yes)"))
+    if not thorough:  # before `up`, which asks that host about KVM and the wrapper itself (target_for)
+        return found
+    found.append(Probe("SSH to that host forwards connections to its VMs (ssh -W)", _forwards(uri),
+                       "allow TCP forwarding for this user in that host's sshd_config (AllowTcpForwarding yes)"))
     reason = libvirt.kvm_problem(uri)
     found.append(Probe("KVM can run guests there" + (f" ({reason})" if reason else ""), reason is None,
                        "labs run under QEMU software emulation there: correct but several times slower", fatal=False))

@@ -67,13 +67,12 @@ def network_problems(lab: Lab, taken: dict[str, IPv4Network]) -> list[str]:
             for what, other in taken.items() if cidr.overlaps(other)]
 
 
-def problems(name: str, lab: Lab, target: Target, fresh: bool, reserved_mib: int = 0,
-             others: list[str] = ()) -> list[str]:
-    """Everything that keeps the host from holding the lab (or copy) `name`; empty when it fits.
+def problems(lab: Lab, target: Target, fresh: bool, reserved_mib: int = 0, others: list[str] = ()) -> list[str]:
+    """Everything that keeps the host from holding the lab (or its copy, target.name); empty when it fits.
     Memory and disk only for a lab not yet started (one being continued already holds its share);
     `reserved_mib`: what the labs there may take beyond what they hold now; `others`: the labs
     up there."""
-    uri = target.uri or libvirt.LOCAL
+    name, uri = target.name or lab.name, target.uri or libvirt.LOCAL
     found = []
     if fresh:
         found.append(memory_problem(lab, target, available_memory_mib(uri) - reserved_mib, others))

@@ -295,11 +295,11 @@ def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str
     uri = target.uri or libvirt.LOCAL
     fresh = not (folder / "Vagrantfile").exists()
     if not fresh:
-        _same_lab(RunningLab(folder), lab, target)
+        _same_lab(RunningLab(folder), lab, target.box, uri)
     doctor.preflight(target.provider, target.box, uri)
     with lock.exclusive("booking.hosts"):  # labs made at once each count the memory the others will take
         on_host = [o for o in RunningLab.all() if o.name != name and o.uri == uri]
-        shortfalls = host.problems(name, lab, target, fresh, _yet_to_take(on_host, target, uri),
+        shortfalls = host.problems(lab, target, fresh, _yet_to_take(on_host, target, uri),
                                    [o.name for o in on_host])
         if shortfalls:
             where = "this host" if libvirt.is_local(uri) else uri
@@ -335,18 +335,18 @@ def _leftovers(name: str, lab: Lab) -> str:
     return f"labkit down {lab.name}" + (f" --as {name}" if name != lab.name else "") + " --leftovers"
 
 
-def _same_lab(made: RunningLab, lab: Lab, target: Target) -> None:
+def _same_lab(made: RunningLab, lab: Lab, box: str, uri: str) -> None:
     """A lab being continued must be continued as it was begun: the same lab, box and host."""
     name = made.name
     if (made.folder / "lab.yaml").exists() and made.lab.name != lab.name:
         raise LabkitError(f"{name} is a copy of the lab {made.lab.name}, not {lab.name}: choose another name "
                           f"(--as), or remove it first: labkit down {name}")
-    box = rendered(made.folder, "box")
-    if box and box != target.box:  # its VMs would boot from two boxes, two kernels
-        raise LabkitError(f"{name} is (partly) up from box {box}, not {target.box}: continue it with "
+    made_from = rendered(made.folder, "box")
+    if made_from and made_from != box:  # its VMs would boot from two boxes, two kernels
+        raise LabkitError(f"{name} is (partly) up from box {made_from}, not {box}: continue it with "
                           f"the same --kernel or --box, or remove it first: labkit down {name}")
-    if made.uri != (target.uri or libvirt.LOCAL):
-        raise LabkitError(f"{name} is (partly) up on {made.uri}, not {target.uri or libvirt.LOCAL}: continue it with "
+    if made.uri != uri:
+        raise LabkitError(f"{name} is (partly) up on {made.uri}, not {uri}: continue it with "
                           f"--connect {made.uri}, or remove it first: labkit down {name}")
 
 

@@ -84,6 +84,8 @@ CASES = [
      "services[10].real_servers[1]", "192.168.66.111:8010 is listed twice in this service"),
     (NAT, lambda d: d["networks"].update(eth0="10.0.0.0/24"),
      "networks.eth0", "becomes an interface name"),
+    (NAT, lambda d: d["networks"].update(mgmt="10.0.0.0/24"),
+     "networks.mgmt", "the name of the lab's management network (Vagrant's SSH path). Use another name"),
     (NAT, lambda d: [d["nodes"].pop(n) for n in ("cl0",)],
      "nodes", "the lab has no client"),
     (NAT, lambda d: d.pop("gateway"),
