@@ -163,12 +163,12 @@ def macs(lab: Lab) -> dict[str, str]:
     return {i.mac: f"{node}:{i.network}" for node in lab.nodes for i in interfaces(lab, node)}
 
 
-def _first(packets: list[Packet], client_port: int, flags: str, from_client: bool) -> Packet | None:
-    """The first packet with these flags from the client's port (a request), or to it (a reply):
-    every method keeps the client's address and port on the way in and out."""
+def _first(packets: list[Packet], client: set[str], flags: str, from_client: bool) -> Packet | None:
+    """The first packet with these flags from the client's address and port (a request), or to
+    it (a reply): every method keeps both on the way in and out. The port alone is not enough:
+    a health check between two lab nodes may happen to use the same one."""
     for p in packets:
-        end = p.src if from_client else p.dst
-        if end.rsplit(".", 1)[1] == str(client_port) and p.flags == flags:
+        if (p.src if from_client else p.dst) in client and p.flags == flags:
             return p
     return None
 
@@ -178,10 +178,11 @@ def hops(lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packe
     """The request's hops and the reply's, in path order, with what changed at each."""
     director = lab.active_director
     asked, answered = ("UDP", "UDP") if svc.protocol == Protocol.udp else ("S", "S.")
+    client = {f"{address}.{client_port}" for address in lab.nodes[lab.clients[0]].all_addresses()}
     found = {(node, dev): p for node, devs in captured.items() for dev, packets in devs.items()
-             if (p := _first(packets, client_port, asked, True))}
+             if (p := _first(packets, client, asked, True))}
     replies = {(node, dev): p for node, devs in captured.items() for dev, packets in devs.items()
-               if (p := _first(packets, client_port, answered, False))}
+               if (p := _first(packets, client, answered, False))}
     server = next((node for node, _ in found if node != director), None)
     request: list[Hop] = []
     reply: list[Hop] = []

@@ -134,6 +134,31 @@ def test_tun_hops():
     assert "bypassing the director" in reply[0].note
 
 
+def test_a_health_check_from_the_clients_port_number_is_not_the_reply():
+    # Seen in a run of the dr lab: lb0's health check of rs0 over IPv6 happened to leave from
+    # the client's port number. Its SYN-ACK is not the reply to the client.
+    dr = load_lab(LABS / "dr" / "lab.yaml")
+    check = f"RS0_INT > LB0_INT, ethertype IPv6 (0x86dd), length 94: fd00:66::111.80 > fd00:66::11.{PORT}: {SYNACK}"
+    lb0 = "\n".join([
+        "== ext",
+        line(CL0, LB0_EXT, f"192.168.55.200.{PORT}", "192.168.55.100.80", SYN),
+        "== int",
+        line(LB0_INT, RS0_INT, f"192.168.55.200.{PORT}", "192.168.55.100.80", SYN),
+        check.replace("RS0_INT", RS0_INT).replace("LB0_INT", LB0_INT),
+    ])
+    rs0 = "\n".join([
+        "== ext",
+        line("52:54:00:4c:01:03", CL0, "192.168.55.100.80", f"192.168.55.200.{PORT}", SYNACK),
+        "== int",
+        line(LB0_INT, RS0_INT, f"192.168.55.200.{PORT}", "192.168.55.100.80", SYN),
+        check.replace("RS0_INT", RS0_INT).replace("LB0_INT", LB0_INT),
+    ])
+    request, reply = hops(dr, dr.services[0], {"lb0": parse(lb0), "rs0": parse(rs0)}, PORT)
+    assert [(h.node, h.interface) for h in request] == [("lb0", "ext"), ("lb0", "int"), ("rs0", "int")]
+    assert [(h.node, h.interface) for h in reply] == [("rs0", "ext")]
+    assert "bypassing the director" in reply[0].note
+
+
 def udp(src_mac, dst_mac, src, dst):
     return f"{src_mac} > {dst_mac}, ethertype IPv4 (0x0800), length 48: {src} > {dst}: UDP, length 6"
 
