@@ -27,17 +27,23 @@ def _file(path: str, mode: str, data: str) -> list[str]:
     return [f"cat > {path} <<'EOF'", *text.splitlines(), "EOF"]
 
 
+# The checks run on every provision, most of them with nothing to do: under emulation each
+# process they start costs tens of milliseconds, so they start as few as they can.
 CHECKS = [
     Helper("has_commands", 'for c in "$@"; do command -v "$c" >/dev/null || return 1; done'),
-    Helper("hostname_is", '[ "$(hostname)" = "$1" ] && [ "$(cat /etc/hostname)" = "$1" ] && grep -q "^127.0.1.1 $1\\$" /etc/hosts'),
+    Helper("hostname_is", 'read -r h < /proc/sys/kernel/hostname && [ "$h" = "$1" ] && read -r h < /etc/hostname && [ "$h" = "$1" ] '
+                          '&& grep -q "^127.0.1.1 $1\\$" /etc/hosts'),
     Helper("same", '[ -f "$1" ] && [ "$(base64 -w0 < "$1")" = "$2" ]'),
-    Helper("link_named", 'ip -br link show dev "$1" 2>/dev/null | awk -v mac="$2" \'$3 == mac && $4 ~ /[<,]UP[,>]/ {ok=1} END {exit !ok}\''),
-    Helper("link_up", 'ip -br link show dev "$1" 2>/dev/null | awk \'$NF ~ /[<,]UP[,>]/ {ok=1} END {exit !ok}\''),
-    Helper("has_addr", 'ip -o addr show dev "$1" | awk \'{print $4}\' | grep -qx "$2"'),
+    Helper("link_named", 'link_up "$1" && read -r mac < "/sys/class/net/$1/address" && [ "$mac" = "$2" ]'),
+    Helper("link_up", '[ -r "/sys/class/net/$1/flags" ] && read -r flags < "/sys/class/net/$1/flags" && [ $((flags & 1)) -eq 1 ]'),
+    Helper("has_addr", 'case " $(ip -o addr show dev "$1" 2>/dev/null) " in *" $2 "*) ;; *) return 1 ;; esac'),
     Helper("fou_port", 'ip fou show 2>/dev/null | grep -q "^port $1 gue"'),
     Helper("route_via", 'case "$1" in *:*) family=-6;; *) family=-4;; esac\n'
                         '[ "$(ip $family route show exact "$1" | awk \'{print $3}\')" = "$2" ]'),
-    Helper("sysctls_are", 'for kv in "$@"; do [ "$(sysctl -n "${kv%%=*}")" = "${kv#*=}" ] || return 1; done'),
+    # One sysctl for all the keys. (Not `read` from /proc/sys: dash reads a byte at a time, and
+    # most of those files give only their first byte to such reads.)
+    Helper("sysctls_are", 'keys=; want=; for kv in "$@"; do keys="$keys ${kv%%=*}"; want="$want ${kv#*=}"; done\n'
+                          '[ "$(echo $(sysctl -n $keys 2>/dev/null))" = "$(echo $want)" ]'),
     Helper("ipvs_matches", '[ "$(ipvsadm-save -n | sort)" = "$(sort "$1")" ]'),
     Helper("applied", 'unit=$1; shift; systemctl is-active -q "$unit" || return 1\n'
                       'for f in "$@"; do [ -n "$(find "/run/labkit-$unit.applied" -newer "$f" 2>/dev/null)" ] || return 1; done'),
@@ -70,7 +76,11 @@ COMMANDS = [
            lambda path: [f"ipvsadm-restore < {path}"]),
     Helper("random_file", 'mkdir -p "$(dirname "$1")"; head -c "$2" /dev/urandom > "$1"',
            lambda path, size: [f"head -c {size} /dev/urandom > {path}"]),
-    Helper("apply_config", 'systemctl enable -q "$1"; systemctl reload-or-restart "$1"; touch "/run/labkit-$1.applied"',
+    # `systemctl enable` runs update-rc.d for a unit with an init script (nginx, keepalived): 8 s
+    # under emulation, so only when the unit is not enabled yet.
+    Helper("enable_unit", 'systemctl is-enabled -q "$1" || systemctl enable -q "$1"',
+           lambda unit: [f"systemctl enable {unit}"]),
+    Helper("apply_config", 'enable_unit "$1"; systemctl reload-or-restart "$1"; touch "/run/labkit-$1.applied"',
            lambda unit: [f"systemctl reload-or-restart {unit}"]),
 ]
 

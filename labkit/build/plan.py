@@ -315,7 +315,7 @@ def plan(lab: Lab, node: str) -> list[Step]:
         steps.append(_file("nginx serves the lab's pages on the real server ports", NGINX_SITE, nginx_site(lab, node)))
         steps.append(Step("nginx runs with this configuration",
                           ("started_after", "nginx", NGINX_SITE),
-                          (("systemctl", "enable", "-q", "nginx"), ("systemctl", "restart", "nginx"))))
+                          (("enable_unit", "nginx"), ("systemctl", "restart", "nginx"))))
         if udp_ports:
             steps.append(_file("the UDP services' server: it answers every datagram with the real server's name",
                                RESPONDER, files("labkit.build").joinpath("responder.py").read_text(), "0755"))

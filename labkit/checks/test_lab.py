@@ -29,15 +29,15 @@ def test_hostname(hosts, node):
 def test_versions(hosts, lab: Lab, node, figure):
     """What the run ran on, kept with its figures: the node's kernel, and on directors the
     ipvsadm and keepalived that drive its IPVS (a regression is a kernel's, or a tool's)."""
-    host = hosts(node)
-    kernel = host.check_output("uname -r")
+    packages = ["ipvsadm", "keepalived"] if node in lab.directors else []
+    # One command: a line each for the kernel and every package (empty if it is not installed).
+    asked = "; ".join(["uname -r", *(f"dpkg-query -W -f '${{Version}}' {p} 2>/dev/null; echo" for p in packages)])
+    kernel, *versions = hosts(node).run(asked).stdout.splitlines()
     assert re.fullmatch(r"\d+\.\d+\S*", kernel), f"uname -r said {kernel!r}"
     figure(f"{node}_kernel", kernel)
-    if node in lab.directors:
-        for package in ("ipvsadm", "keepalived"):
-            version = host.check_output(f"dpkg-query -W -f '${{Version}}' {package}")
-            assert version, f"{package} is not installed on {node}"
-            figure(f"{node}_{package}", version)
+    for package, version in zip(packages, versions, strict=True):
+        assert version, f"{package} is not installed on {node}"
+        figure(f"{node}_{package}", version)
 
 
 def test_addresses(hosts, lab: Lab, node):

@@ -1,6 +1,7 @@
 """The plan: which steps each node gets, and the shell script that runs them."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -121,6 +122,28 @@ def test_file_steps_write_once(tmp_path):
     assert target.read_text() == "hello\n"
     assert first.stdout == "labkit-changed: a file\n"
     assert second.stdout == ""
+
+
+def test_checks_start_few_processes(tmp_path):
+    """The checks that read /sys/class/net instead of starting ip, and all sysctls with one
+    sysctl, run in sh against this machine's own loopback and settings."""
+    forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+    mac = Path("/sys/class/net/lo/address").read_text().strip()
+    checks = {
+        f"sysctls_are net.ipv4.ip_forward={forward} net.ipv4.conf.lo.forwarding={forward}": True,
+        f"sysctls_are net.ipv4.ip_forward={1 - int(forward)}": False,
+        "sysctls_are net.ipv4.no_such_setting=1": False,
+        "link_up lo": True,
+        "link_up labkit-none": False,
+        f"link_named lo {mac}": True,
+        "link_named lo 52:54:00:00:00:01": False,
+        "has_addr lo 127.0.0.1/8": True,
+        "has_addr lo 127.0.0.2/8": False,
+        "has_addr labkit-none 127.0.0.1/8": False,
+    }
+    for check, holds in checks.items():
+        result = run_prelude(f"if {check}; then echo yes; else echo no; fi", tmp_path)
+        assert result.stdout == ("yes\n" if holds else "no\n"), f"{check}: {result.stdout}{result.stderr}"
 
 
 def test_failed_step_is_named(tmp_path):
