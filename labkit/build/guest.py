@@ -31,17 +31,18 @@ def _file(path: str, mode: str, data: str) -> list[str]:
 # process they start costs tens of milliseconds, so they start as few as they can.
 CHECKS = [
     Helper("has_commands", 'for c in "$@"; do command -v "$c" >/dev/null || return 1; done'),
-    Helper("hostname_is", 'read -r h < /proc/sys/kernel/hostname && [ "$h" = "$1" ] && read -r h < /etc/hostname && [ "$h" = "$1" ] '
-                          '&& grep -q "^127.0.1.1 $1\\$" /etc/hosts'),
+    Helper("hostname_is", 'read -r h < /proc/sys/kernel/hostname && [ "$h" = "$1" ] '
+                          '&& read -r h < /etc/hostname && [ "$h" = "$1" ] && grep -q "^127.0.1.1 $1\\$" /etc/hosts'),
     Helper("same", '[ -f "$1" ] && [ "$(base64 -w0 < "$1")" = "$2" ]'),
     Helper("link_named", 'link_up "$1" && read -r mac < "/sys/class/net/$1/address" && [ "$mac" = "$2" ]'),
-    Helper("link_up", '[ -r "/sys/class/net/$1/flags" ] && read -r flags < "/sys/class/net/$1/flags" && [ $((flags & 1)) -eq 1 ]'),
+    Helper("link_up", '[ -r "/sys/class/net/$1/flags" ] && read -r flags < "/sys/class/net/$1/flags" '
+                      '&& [ $((flags & 1)) -eq 1 ]'),  # IFF_UP
     Helper("has_addr", 'case " $(ip -o addr show dev "$1" 2>/dev/null) " in *" $2 "*) ;; *) return 1 ;; esac'),
     Helper("fou_port", 'ip fou show 2>/dev/null | grep -q "^port $1 gue"'),
     Helper("route_via", 'case "$1" in *:*) family=-6;; *) family=-4;; esac\n'
                         '[ "$(ip $family route show exact "$1" | awk \'{print $3}\')" = "$2" ]'),
     # One sysctl for all the keys. (Not `read` from /proc/sys: dash reads a byte at a time, and
-    # most of those files give only their first byte to such reads.)
+    # a numeric setting gives only its first byte to such reads.)
     Helper("sysctls_are", 'keys=; want=; for kv in "$@"; do keys="$keys ${kv%%=*}"; want="$want ${kv#*=}"; done\n'
                           '[ "$(echo $(sysctl -n $keys 2>/dev/null))" = "$(echo $want)" ]'),
     Helper("ipvs_matches", '[ "$(ipvsadm-save -n | sort)" = "$(sort "$1")" ]'),

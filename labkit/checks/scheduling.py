@@ -47,6 +47,17 @@ def exact_split(lab: Lab, svc: VirtualService) -> dict[str, int] | None:
     return dict(want)
 
 
+def live(lab: Lab, svc: VirtualService) -> set[str]:
+    """The real servers the service may send to: those of weight above 0."""
+    return {lab.node_at(rs.address) for rs in svc.real_servers if rs.weight > 0}
+
+
+def split_count(lab: Lab, svc: VirtualService) -> int:
+    """How many requests a split check sends: the exact split's, or two for each live server."""
+    want = exact_split(lab, svc)
+    return sum(want.values()) if want else 2 * len(live(lab, svc))
+
+
 def _least(dests: list[Dest], cost) -> Dest | None:
     """The least loaded by cost/weight among those with weight > 0; the first of equals. The
     kernel compares loh * w_d > doh * w_least to avoid division (wlc, sed, lblc's fallback)."""

@@ -10,6 +10,9 @@ import re
 import shlex
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from labkit.build import ipvs, keepalived
 from labkit.build.render import interfaces
@@ -20,29 +23,48 @@ from labkit.operate.trace import read_capture, start_capture
 
 # ---- every node ----------------------------------------------------------------------------
 
+DIRECTOR_PACKAGES = ("ipvsadm", "keepalived")
 
-def test_hostname(hosts, node):
-    seen = hosts(node).check_output("hostname")
+
+@pytest.fixture(scope="session")
+def node_state(hosts, lab: Lab) -> dict[str, dict[str, str]]:
+    """node -> what the checks below read of it: 'hostname', 'kernel' (uname -r), each director
+    package's version (empty if it is not installed) and 'addresses' (ip -o addr show), all set
+    before verify starts. Asked of every node at once, in one command each: under emulation
+    every command costs a tenth of a second or more."""
+    def read(node: str) -> dict[str, str]:
+        packages = DIRECTOR_PACKAGES if node in lab.directors else ()
+        commands = {"hostname": "hostname", "kernel": "uname -r",
+                    **{p: f"dpkg-query -W -f '${{Version}}\\n' {p} 2>/dev/null" for p in packages},
+                    "addresses": "ip -o addr show"}
+        out = hosts(node).run("; ".join(f"echo '== {name}'; {command}" for name, command in commands.items())).stdout
+        parts = re.split(r"^== (\S+)\n", out, flags=re.M)[1:]
+        return {name: text.strip() for name, text in zip(parts[::2], parts[1::2])}
+
+    with ThreadPoolExecutor(len(lab.nodes)) as pool:
+        return dict(zip(lab.nodes, pool.map(read, lab.nodes)))
+
+
+def test_hostname(node_state, node):
+    seen = node_state[node]["hostname"]
     assert seen == node, f"expected hostname {node}, saw {seen}"
 
 
-def test_versions(hosts, lab: Lab, node, figure):
+def test_versions(node_state, lab: Lab, node, figure):
     """What the run ran on, kept with its figures: the node's kernel, and on directors the
     ipvsadm and keepalived that drive its IPVS (a regression is a kernel's, or a tool's)."""
-    packages = ["ipvsadm", "keepalived"] if node in lab.directors else []
-    # One command: a line each for the kernel and every package (empty if it is not installed).
-    asked = "; ".join(["uname -r", *(f"dpkg-query -W -f '${{Version}}' {p} 2>/dev/null; echo" for p in packages)])
-    kernel, *versions = hosts(node).run(asked).stdout.splitlines()
+    kernel = node_state[node]["kernel"]
     assert re.fullmatch(r"\d+\.\d+\S*", kernel), f"uname -r said {kernel!r}"
     figure(f"{node}_kernel", kernel)
-    for package, version in zip(packages, versions, strict=True):
+    for package in DIRECTOR_PACKAGES if node in lab.directors else ():
+        version = node_state[node][package]
         assert version, f"{package} is not installed on {node}"
         figure(f"{node}_{package}", version)
 
 
-def test_addresses(hosts, lab: Lab, node):
+def test_addresses(node_state, lab: Lab, node):
     """Each address of the lab file on its interface, IPv6 ones too (usable: not tentative)."""
-    seen = hosts(node).check_output("ip -o addr show")
+    seen = node_state[node]["addresses"]
     given = [(net, f"{addr}/{lab.networks[net].prefixlen}") for net, addr in lab.nodes[node].addresses.items()]
     given += [(net, f"{addr}/{lab.networks6[net].prefixlen}") for net, addr in lab.nodes[node].addresses6.items()]
     for net, cidr in given:
@@ -172,12 +194,15 @@ def test_only_the_active_director_answers_for_the_vips(hosts, lab: Lab):
     IPv4 arp_ignore stops it; for IPv6 Linux answers only for the interface's own addresses)."""
     client = lab.clients[0]
     mac = {i.network: i.mac for i in interfaces(lab, lab.active_director)}
-    vips = [(vip, svc) for svc in lab.services for vip in svc.addresses
-            if lab.network_of(vip) in lab.nodes[client].addresses]
+    vips: dict = {}  # each VIP once (services share them), with the first service on it to ask
+    for svc in lab.services:
+        for vip in svc.addresses:
+            if lab.network_of(vip) in lab.nodes[client].addresses:
+                vips.setdefault(vip, svc)
     assert vips, f"no VIP is on a network of the client {client}: it could not reach the lab's services"
-    devices = sorted({lab.network_of(vip) for vip, _ in vips})
+    devices = sorted({lab.network_of(vip) for vip in vips})
     ask = "; ".join(f"ip neigh flush to {vip}; curl -sS -g -m 2 -o /dev/null {shlex.quote(url(svc, vip=vip))}"
-                    for vip, svc in vips)
+                    for vip, svc in vips.items())
     # a second answer would come within milliseconds of the first: half a second is plenty
     script = (f"{start_capture(devices, 'arp or icmp6', 'neigh')}; {ask}; sleep 0.5; "
               f"{read_capture(devices, 'neigh')}")
@@ -185,7 +210,7 @@ def test_only_the_active_director_answers_for_the_vips(hosts, lab: Lab):
     answers: dict[str, set[str]] = {}
     for m in NEIGHBOUR_ANSWER.finditer(seen):
         answers.setdefault(m[2] or m[3], set()).add(m[1])
-    for vip, _ in vips:
+    for vip in vips:
         want = {mac[lab.network_of(vip)]}
         assert answers.get(str(vip)) == want, (
             f"{vip}: expected one answer, from {lab.active_director} ({want.pop()}), saw from "
@@ -262,14 +287,36 @@ def paths(hosts, lab: Lab, svc: VirtualService) -> str:
     return "\n".join(lines)
 
 
-def test_split(hosts, lab: Lab, http_service: VirtualService):
+def counters(hosts, lab: Lab, svc: VirtualService) -> ipvs.Stats:
+    """The active director's packet counters for the service."""
+    listing = hosts(lab.active_director).check_output("sudo -n ipvsadm -L -n --stats --exact")
+    return ipvs.parse_stats(listing)[svc.key]
+
+
+@pytest.fixture(scope="session")
+def exchanged(hosts, lab: Lab):
+    """exchanged(svc) -> (the active director's counters for svc before, the real servers that
+    answered): 2N requests from the client, asked once per service. test_split reads who
+    answered, test_reply_path how the counters moved: one batch of requests serves both."""
+    done: dict[str, tuple[ipvs.Stats, list[str]]] = {}
+
+    def exchange(svc: VirtualService) -> tuple[ipvs.Stats, list[str]]:
+        if svc.key not in done:
+            before = counters(hosts, lab, svc)
+            done[svc.key] = before, ask(hosts, lab, svc, scheduling.split_count(lab, svc))
+        return done[svc.key]
+    return exchange
+
+
+def test_split(hosts, lab: Lab, http_service: VirtualService, exchanged):
     """2N requests in a row split exactly as rr or wrr say; others only reach live servers. A
     fwmark service's VIPs take turns: one scheduler counts across both."""
     service = http_service
-    live = {lab.node_at(rs.address) for rs in service.real_servers if rs.weight > 0}
+    live = scheduling.live(lab, service)
     want = scheduling.exact_split(lab, service)
-    count = sum(want.values()) if want else 2 * len(live)
-    seen = Counter(ask(hosts, lab, service, count))
+    answers = exchanged(service)[1]
+    count = len(answers)
+    seen = Counter(answers)
     if want is not None:
         assert dict(seen) == want, (f"{service.key} {service.scheduler}: expected {want} from {count} requests, "
                                     f"saw {dict(seen)}\n{paths(hosts, lab, service)}")
@@ -292,20 +339,18 @@ def test_big_file_arrives_whole(hosts, lab: Lab, http_service: VirtualService):
     assert digest == original, f"1 MiB from {server[1]} through {service.key}: sha256 {digest}, original {original}"
 
 
-def test_reply_path(hosts, lab: Lab, http_service: VirtualService):
+def test_reply_path(hosts, lab: Lab, http_service: VirtualService, exchanged):
     """NAT replies pass the director (its outgoing counter grows); TUN and DR replies go
-    straight to the client (the director never sends a packet for the service)."""
+    straight to the client (the director never sends a packet for the service). The requests
+    are test_split's."""
     service = http_service
-    director = hosts(lab.active_director)
-    stats = lambda: ipvs.parse_stats(director.check_output("sudo -n ipvsadm -L -n --stats --exact"))[service.key]  # noqa: E731
-    before = stats()
-    ask(hosts, lab, service, 4)
-    # Since kernel 6.2 the counters are updated about every 2 s: wait for them.
+    before, _ = exchanged(service)
+    # The counters lag the traffic by up to 2 s (see ipvs.py): wait for them.
     deadline = time.monotonic() + 6
-    after = stats()
+    after = counters(hosts, lab, service)
     while after.in_packets == before.in_packets and time.monotonic() < deadline:
         time.sleep(0.5)
-        after = stats()
+        after = counters(hosts, lab, service)
     assert after.in_packets > before.in_packets, f"{service.key}: the director saw no incoming packets ({before} -> {after})"
     if service.forwarding == Forwarding.masq:
         assert after.out_packets > before.out_packets, f"NAT: replies must pass the director, outgoing stayed {after.out_packets}"

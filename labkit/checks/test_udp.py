@@ -3,7 +3,8 @@ name, new client ports split as rr/wrr say, one client port stays with one real 
 the service schedules every datagram on its own (one-packet scheduling, ipvsadm -o), and
 keepalived's UDP check takes a silent real server out.
 
-Each check sends its datagrams from one small program on the client: one SSH round trip.
+The datagrams go from one small program on the client: one SSH round trip serves both a
+service's split and its one-port check.
 """
 
 from __future__ import annotations
@@ -74,10 +75,6 @@ def ask(hosts, lab: Lab, svc: VirtualService, new: int = 0, same: int = 0) -> li
     return [tuple(answer) for answer in json.loads(out)]
 
 
-def live(lab: Lab, svc: VirtualService) -> set[str]:
-    return {lab.node_at(rs.address) for rs in svc.real_servers if rs.weight > 0}
-
-
 def director_view(hosts, lab: Lab, svc: VirtualService) -> str:
     """What the active director schedules for the service and its entries for it: shown when a
     split is wrong."""
@@ -119,40 +116,54 @@ def test_udp_responder(hosts, lab: Lab, udp_real_server):
         f"{udp_real_server}: expected each UDP port to answer its name, saw {answers}\n{out.stderr}")
 
 
-def test_udp_split(hosts, lab: Lab, udp_service: VirtualService):
+@pytest.fixture(scope="session")
+def udp_answers(hosts, lab: Lab):
+    """udp_answers(svc) -> the answers to 2N datagrams from new client ports, then to 2N from one
+    port: one run of the client's program per service serves both checks below."""
+    done: dict[str, list] = {}
+
+    def exchange(svc: VirtualService) -> list:
+        if svc.key not in done:
+            count = scheduling.split_count(lab, svc)
+            done[svc.key] = ask(hosts, lab, svc, new=count, same=count)
+        return done[svc.key]
+    return exchange
+
+
+def test_udp_split(hosts, lab: Lab, udp_service: VirtualService, udp_answers):
     """A datagram from each new client port is scheduled anew: 2N of them split exactly as rr
     or wrr say, and every answer comes from the VIP (see answered_from)."""
     svc = udp_service
-    want = scheduling.exact_split(lab, svc)
-    count = sum(want.values()) if want else 2 * len(live(lab, svc))
-    answers = ask(hosts, lab, svc, new=count)
+    want, live = scheduling.exact_split(lab, svc), scheduling.live(lab, svc)
+    count = scheduling.split_count(lab, svc)
+    answers = udp_answers(svc)[:count]
     seen = Counter(name or "no answer" for name, _ in answers)
     if want is not None:
         assert dict(seen) == want, (f"{svc.key} {svc.scheduler}: expected {want} from {count} client ports, "
                                     f"saw {dict(seen)}\n{director_view(hosts, lab, svc)}")
     else:
-        assert set(seen) <= live(lab, svc), f"{svc.key}: answers from {dict(seen)}, expected only {sorted(live(lab, svc))}"
+        assert set(seen) <= live, f"{svc.key}: answers from {dict(seen)}, expected only {sorted(live)}"
     answered_from(lab, svc, answers)
 
 
-def test_udp_one_client_port(hosts, lab: Lab, udp_service: VirtualService):
+def test_udp_one_client_port(hosts, lab: Lab, udp_service: VirtualService, udp_answers):
     """Datagrams from one client port: IPVS keeps that port's entry, so all reach one real server;
     with one-packet scheduling every datagram is scheduled on its own and they split as rr or
     wrr say, from a single port."""
     svc = udp_service
-    want = scheduling.exact_split(lab, svc)
-    count = sum(want.values()) if want else 2 * len(live(lab, svc))
-    answers = ask(hosts, lab, svc, same=count)
+    want, live = scheduling.exact_split(lab, svc), scheduling.live(lab, svc)
+    count = scheduling.split_count(lab, svc)
+    answers = udp_answers(svc)[count:]
     seen = Counter(name or "no answer" for name, _ in answers)
     if not svc.one_packet:
-        assert len(seen) == 1 and set(seen) <= live(lab, svc), (
+        assert len(seen) == 1 and set(seen) <= live, (
             f"{svc.key}: {count} datagrams from one client port must reach one real server, saw {dict(seen)}\n"
             f"{director_view(hosts, lab, svc)}")
     elif want is not None:
         assert dict(seen) == want, (f"{svc.key} {svc.scheduler} with one-packet scheduling: expected {want} from "
                                     f"{count} datagrams of one client port, saw {dict(seen)}\n{director_view(hosts, lab, svc)}")
     else:
-        assert set(seen) <= live(lab, svc), f"{svc.key}: answers from {dict(seen)}, expected only {sorted(live(lab, svc))}"
+        assert set(seen) <= live, f"{svc.key}: answers from {dict(seen)}, expected only {sorted(live)}"
     answered_from(lab, svc, answers)
 
 
@@ -190,7 +201,7 @@ def test_udp_check_takes_a_silent_server_out(hosts, lab: Lab, udp_checker, figur
         figure("udp_seconds_until_taken_out", out)
         svc = checked[0]
         answers = ask(hosts, lab, svc, new=4)
-        others = live(lab, svc) - {victim}
+        others = scheduling.live(lab, svc) - {victim}
         assert {name for name, _ in answers} <= others, (
             f"with {victim} out, {svc.key} must be answered by {sorted(others)} alone, saw {answers}")
     finally:
