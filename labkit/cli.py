@@ -91,10 +91,6 @@ def uri_for(connect: str | None) -> str:
     return libvirt.uri_for(connect, home.hosts()) if connect else libvirt.LOCAL
 
 
-def shown_uri(uri: str) -> str:
-    return uri.split("?")[0]  # not the key file's path
-
-
 def target_for(source: Path, box_name: str, provider: Provider, accel: Accel, warn: bool,
                name: str | None = None, uri: str = libvirt.LOCAL) -> Target:
     domain, fallback = driver(provider, accel, uri)
@@ -211,7 +207,7 @@ def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, kernel: KernelOpt = None
                 running.snapshot()
                 out.print(f"snapshot taken in {time.monotonic() - started:.0f} s (labkit reset {name} comes back to it)")
     copy = f" (a copy of {model.name})" if name != model.name else ""
-    where = f" on {shown_uri(target.uri)}" if target.uri else ""
+    where = f" on {libvirt.shown(target.uri)}" if target.uri else ""
     out.print(f"\n[bold]{name} is up{copy}{where}.[/] Next: [bold]labkit verify {name}[/]", highlight=False)
 
 
@@ -382,7 +378,7 @@ def status(lab: RunningArg = None) -> None:
     running = RunningLab.find(lab)
     model, states = running.lab, running.status()
     copy = f" (copy {running.name})" if running.name != model.name else ""
-    where = "" if libvirt.is_local(running.uri) else f" on {shown_uri(running.uri)}"
+    where = "" if libvirt.is_local(running.uri) else f" on {libvirt.shown(running.uri)}"
     table = Table(title=f"lab {model.name}{copy}{where}: {model.description}", title_justify="left")
     table.add_column("node")
     table.add_column("role")
@@ -451,7 +447,7 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON fo
     lines = [("host", "lab", "copy", "state", "kernel", "memory", "age")]
     for r in rows:
         age = "not ours" if r.age_s is None else f"{r.age_s / 3600:.1f} h" if r.age_s >= 3600 else f"{r.age_s / 60:.0f} min"
-        host = "this host" if libvirt.is_local(r.host) else shown_uri(r.host)
+        host = libvirt.shown(r.host)
         lines.append((host, r.lab, r.name, r.state, r.kernel, f"{r.memory_mib} MiB", age))
     columns(lines)
 

@@ -61,6 +61,18 @@ def parameters(lab: Lab) -> dict[str, list]:
     }
 
 
+def once_per_service(compute: Callable[[VirtualService], object]) -> Callable[[VirtualService], object]:
+    """compute(svc) run once for each service, then remembered: for checks that read the same
+    traffic from different sides."""
+    done: dict[str, object] = {}
+
+    def get(svc: VirtualService) -> object:
+        if svc.key not in done:
+            done[svc.key] = compute(svc)
+        return done[svc.key]
+    return get
+
+
 NOT_HERE = object()
 FIGURES = pytest.StashKey[list]()
 

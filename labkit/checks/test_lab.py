@@ -17,6 +17,7 @@ import pytest
 from labkit.build import ipvs, keepalived
 from labkit.build.render import interfaces
 from labkit.checks import scheduling
+from labkit.checks.plugin import once_per_service
 from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
 from labkit.labfile.model import host_cidr, host_port
 from labkit.operate.trace import read_capture, start_capture
@@ -298,14 +299,10 @@ def exchanged(hosts, lab: Lab):
     """exchanged(svc) -> (the active director's counters for svc before, the real servers that
     answered): 2N requests from the client, asked once per service. test_split reads who
     answered, test_reply_path how the counters moved: one batch of requests serves both."""
-    done: dict[str, tuple[ipvs.Stats, list[str]]] = {}
-
     def exchange(svc: VirtualService) -> tuple[ipvs.Stats, list[str]]:
-        if svc.key not in done:
-            before = counters(hosts, lab, svc)
-            done[svc.key] = before, ask(hosts, lab, svc, scheduling.split_count(lab, svc))
-        return done[svc.key]
-    return exchange
+        before = counters(hosts, lab, svc)
+        return before, ask(hosts, lab, svc, scheduling.split_count(lab, svc))
+    return once_per_service(exchange)
 
 
 def test_split(hosts, lab: Lab, http_service: VirtualService, exchanged):

@@ -19,6 +19,7 @@ import pytest
 from labkit.build import ipvs
 from labkit.build.plan import RESPONDER_UNIT, real_ports
 from labkit.checks import scheduling
+from labkit.checks.plugin import once_per_service
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService
 
 # Runs on the client with the box's python3; prints one JSON: for each datagram, the name that
@@ -120,14 +121,10 @@ def test_udp_responder(hosts, lab: Lab, udp_real_server):
 def udp_answers(hosts, lab: Lab):
     """udp_answers(svc) -> the answers to 2N datagrams from new client ports, then to 2N from one
     port: one run of the client's program per service serves both checks below."""
-    done: dict[str, list] = {}
-
     def exchange(svc: VirtualService) -> list:
-        if svc.key not in done:
-            count = scheduling.split_count(lab, svc)
-            done[svc.key] = ask(hosts, lab, svc, new=count, same=count)
-        return done[svc.key]
-    return exchange
+        count = scheduling.split_count(lab, svc)
+        return ask(hosts, lab, svc, new=count, same=count)
+    return once_per_service(exchange)
 
 
 def test_udp_split(hosts, lab: Lab, udp_service: VirtualService, udp_answers):

@@ -152,7 +152,6 @@ def preflight(provider: Provider, box_name: str, uri: str = libvirt.LOCAL) -> No
     """Before a lab is made: the probes that cost no Vagrant start-up, each failure with its fix."""
     failed = [p for p in probes(provider, box_name, thorough=False, uri=uri) if p.fatal and not p.ok]
     if failed:
-        where = "this host" if libvirt.is_local(uri) else uri
         lines = "\n".join(f"  - {p.what}: no. Fix: {p.fix}" for p in failed)
         doctor = "labkit doctor" + ("" if libvirt.is_local(uri) else f" --connect {uri}")
-        raise LabkitError(f"{where} cannot boot the lab yet:\n{lines}\n({doctor} shows every check)")
+        raise LabkitError(f"{libvirt.shown(uri)} cannot boot the lab yet:\n{lines}\n({doctor} shows every check)")

@@ -302,8 +302,7 @@ def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str
         shortfalls = host.problems(lab, target, fresh, _yet_to_take(on_host, target, uri),
                                    [o.name for o in on_host])
         if shortfalls:
-            where = "this host" if libvirt.is_local(uri) else uri
-            raise LabkitError(f"{where} cannot hold the lab {name}:\n" + "\n".join(f"  - {p}" for p in shortfalls))
+            raise LabkitError(f"{libvirt.shown(uri)} cannot hold the lab {name}:\n" + "\n".join(f"  - {p}" for p in shortfalls))
         management = _claim_management(name, lab, uri, nat=not target.private_key) if fresh else \
             rendered(folder, "management") or target.management
         running = RunningLab.create(name, source, render(lab, replace(target, management=management)))

@@ -40,6 +40,12 @@ def is_local(uri: str) -> bool:
     return uri == LOCAL
 
 
+def shown(uri: str) -> str:
+    """A host as labkit names it to the user: this host, or its URI without the query (which may
+    hold a key file's path)."""
+    return "this host" if is_local(uri) else uri.split("?")[0]
+
+
 def virsh(uri: str, *args: str) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True)

@@ -4,7 +4,7 @@ import pytest
 
 from labkit.errors import LabkitError
 from labkit.labfile import LABS, load_lab
-from labkit.run.libvirt import Objects, of, strays, uri_for
+from labkit.run.libvirt import LOCAL, Objects, of, shown, strays, uri_for
 
 NAT = load_lab(LABS / "nat" / "lab.yaml")
 SEEN = Objects(
@@ -40,3 +40,8 @@ def test_connect_takes_a_system_uri_or_a_named_host():
         uri_for("small", hosts)
     with pytest.raises(LabkitError, match="is not the URI of a host's system libvirt"):
         uri_for("qemu+ssh://teacher@big/session", hosts)
+
+
+def test_a_host_is_shown_without_its_key_file():
+    assert shown(LOCAL) == "this host"
+    assert shown("qemu+ssh://root@10.0.0.5/system?keyfile=/home/t/.ssh/lab") == "qemu+ssh://root@10.0.0.5/system"
