@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,21 +18,42 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from labkit import box, home, labfile
-from labkit.build.render import TCG_EMULATOR, Provider, Target, render as render_vagrantfile
-from labkit.describe import explain as explain_mod, graph as graph_mod
+from labkit import box, home, labfile, lock
+from labkit.apply.ssh import NodeResult
+from labkit.boot import booking, doctor, inventory, libvirt
+from labkit.boot.vagrant import Accel, driver
+from labkit.describe import explain as explain_mod
+from labkit.describe import graph as graph_mod
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, LabError, Protocol, VirtualService, with_weight
+from labkit.labfile import read_lab as read
 from labkit.labfile.model import HOSTNAME, host_port
-from labkit.operate import (bench as bench_mod, failover, matrix as matrix_mod, matrix_report, show as show_mod,
-                            trace as trace_mod)
-from labkit.run import doctor, lab as running_lab, libvirt, lock, verify as verify_mod
-from labkit.run.lab import RunningLab, read
-from labkit.run.ssh import NodeResult
-from labkit.run.vagrant import Accel, driver
+from labkit.operate import (
+    bench as bench_mod,
+)
+from labkit.operate import (
+    failover,
+    matrix_report,
+)
+from labkit.operate import (
+    matrix as matrix_mod,
+)
+from labkit.operate import (
+    show as show_mod,
+)
+from labkit.operate import (
+    trace as trace_mod,
+)
+from labkit.render.vagrantfile import TCG_EMULATOR, Provider, Target
+from labkit.render.vagrantfile import render as render_vagrantfile
+from labkit.running import RunningLab
+from labkit.verify import run as verify_mod
 
-app = typer.Typer(help="Linux Virtual Server labs on real virtual machines.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="Linux Virtual Server labs on real virtual machines.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 box_app = typer.Typer(help="The Vagrant box labs boot from.", no_args_is_help=True)
 app.add_typer(box_app, name="box")
 
@@ -43,6 +64,7 @@ err = Console(stderr=True)
 def handled(command):
     """Expected failures become their message on stderr and their exit status, not a
     traceback; each problem of a lab file is a line of its own."""
+
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
@@ -52,24 +74,45 @@ def handled(command):
             for line in lines:
                 err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True, markup=True)
             raise typer.Exit(exc.code) from None
+
     return run
 
 
 LabArg = Annotated[str, typer.Argument(help="A lab name (nat, tun, dr, fwmark), its folder, or a lab.yaml path.")]
-RunningArg = Annotated[Optional[str], typer.Argument(help="The lab; may be left out when only one is up.")]
-BoxOpt = Annotated[str, typer.Option("--box", help="Vagrant box to boot; any other than labkit's gets the lab packages installed.")]
+RunningArg = Annotated[str | None, typer.Argument(help="The lab; may be left out when only one is up.")]
+BoxOpt = Annotated[
+    str, typer.Option("--box", help="Vagrant box to boot; any other than labkit's gets the lab packages installed.")
+]
 ProviderOpt = Annotated[Provider, typer.Option(help="Vagrant provider.")]
-AccelOpt = Annotated[Accel, typer.Option(help="libvirt: KVM, or QEMU software emulation (tcg); auto uses KVM when it works.")]
-KERNEL_HELP = (f"A Debian suite whose linux-image-amd64 to use ({', '.join(box.SUITES)}) "
-               "or the path of a linux-image-*.deb.")
-KernelOpt = Annotated[Optional[str], typer.Option(
-    help=KERNEL_HELP + " Boots the box labkit box build --kernel made for it.")]
-AsOpt = Annotated[Optional[str], typer.Option(
-    "--as", help="Run a copy of the lab under this name: its own VMs and networks; every command then takes the name.")]
-ConnectOpt = Annotated[Optional[str], typer.Option(
-    "--connect", help="Another host's libvirt, qemu+ssh://user@host/system, or a host named in LABKIT_HOME/config.yaml.")]
-ServiceOpt = Annotated[Optional[str], typer.Option(
-    "--service", help="The service, as labkit status lists it (e.g. 'tcp 192.168.55.100:80'); default the first.")]
+AccelOpt = Annotated[
+    Accel, typer.Option(help="libvirt: KVM, or QEMU software emulation (tcg); auto uses KVM when it works.")
+]
+KERNEL_HELP = (
+    f"A Debian suite whose linux-image-amd64 to use ({', '.join(box.SUITES)}) or the path of a linux-image-*.deb."
+)
+KernelOpt = Annotated[
+    str | None, typer.Option(help=KERNEL_HELP + " Boots the box labkit box build --kernel made for it.")
+]
+AsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        help="Run a copy of the lab under this name: its own VMs and networks; every command then takes the name.",
+    ),
+]
+ConnectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--connect",
+        help="Another host's libvirt, qemu+ssh://user@host/system, or a host named in LABKIT_HOME/config.yaml.",
+    ),
+]
+ServiceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--service", help="The service, as labkit status lists it (e.g. 'tcp 192.168.55.100:80'); default the first."
+    ),
+]
 
 
 def box_to_boot(box_name: str, kernel: str | None) -> str:
@@ -82,8 +125,10 @@ def box_to_boot(box_name: str, kernel: str | None) -> str:
 
 def copy_name(name: str | None) -> str | None:
     if name is not None and not HOSTNAME.match(name):
-        raise LabkitError(f"--as {name}: a copy's name becomes part of its VMs' and networks' names. "
-                          "Use lower-case letters, digits and '-'")
+        raise LabkitError(
+            f"--as {name}: a copy's name becomes part of its VMs' and networks' names. "
+            "Use lower-case letters, digits and '-'"
+        )
     return name
 
 
@@ -91,8 +136,15 @@ def uri_for(connect: str | None) -> str:
     return libvirt.uri_for(connect, home.hosts()) if connect else libvirt.LOCAL
 
 
-def target_for(source: Path, box_name: str, provider: Provider, accel: Accel, warn: bool,
-               name: str | None = None, uri: str = libvirt.LOCAL) -> Target:
+def target_for(
+    source: Path,
+    box_name: str,
+    provider: Provider,
+    accel: Accel,
+    warn: bool,
+    name: str | None = None,
+    uri: str = libvirt.LOCAL,
+) -> Target:
     domain, fallback = driver(provider, accel, uri)
     if warn and fallback:
         err.print(f"[yellow]warning:[/] {fallback}: using QEMU software emulation, labs will be slow", soft_wrap=True)
@@ -102,9 +154,17 @@ def target_for(source: Path, box_name: str, provider: Provider, accel: Accel, wa
     local = libvirt.is_local(uri)
     wrapper = os.access(TCG_EMULATOR, os.X_OK) if local else libvirt.has_emulator(uri, TCG_EMULATOR)
     emulator = TCG_EMULATOR if domain == "qemu" and wrapper else None
-    return Target(provider=provider, box=box_name, driver=domain, emulator=emulator,
-                  private_key=str(key) if key else None, public_key=public, source=labfile.shown(source),
-                  name=name, uri=None if local else uri)
+    return Target(
+        provider=provider,
+        box=box_name,
+        driver=domain,
+        emulator=emulator,
+        private_key=str(key) if key else None,
+        public_key=public,
+        source=labfile.shown(source),
+        name=name,
+        uri=None if local else uri,
+    )
 
 
 class Progress:
@@ -129,7 +189,9 @@ class Progress:
         if self.live is not None:
             self.live.update(self.table())
         else:
-            out.print(f"{time.monotonic() - self.started:6.0f}s {node}: {escape(message)}", highlight=False, soft_wrap=True)
+            out.print(
+                f"{time.monotonic() - self.started:6.0f}s {node}: {escape(message)}", highlight=False, soft_wrap=True
+            )
 
     def __enter__(self) -> Progress:
         if out.is_terminal:
@@ -176,28 +238,40 @@ def pick_service(model: Lab, key: str | None, udp: bool = False) -> VirtualServi
     usable = (Protocol.tcp, Protocol.udp) if udp and key is not None else (Protocol.tcp,)
     svc = next((s for s in model.services if key in (None, s.key) and s.protocol in usable), None)
     if svc is None:
-        raise LabkitError(f"the lab {model.name} has no {' or '.join(p.value.upper() for p in usable)} service {key!r}. "
-                          f"Its services: {', '.join(s.key for s in model.services)}")
+        raise LabkitError(
+            f"the lab {model.name} has no {' or '.join(p.value.upper() for p in usable)} service {key!r}. "
+            f"Its services: {', '.join(s.key for s in model.services)}"
+        )
     return svc
 
 
 @app.command()
 @handled
-def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, kernel: KernelOpt = None,
-       provider: ProviderOpt = Provider.libvirt, accel: AccelOpt = Accel.auto,
-       as_name: AsOpt = None, connect: ConnectOpt = None) -> None:
+def up(
+    lab: LabArg,
+    box_name: BoxOpt = box.DEFAULT_BOX,
+    kernel: KernelOpt = None,
+    provider: ProviderOpt = Provider.libvirt,
+    accel: AccelOpt = Accel.auto,
+    as_name: AsOpt = None,
+    connect: ConnectOpt = None,
+) -> None:
     """Boot a lab's VMs and configure them (render, boot, provision)."""
     source = labfile.lab_file(lab)
     model = read(lab)
     name = copy_name(as_name) or model.name
-    target = target_for(source, box_to_boot(box_name, kernel), provider, accel, warn=True, name=name,
-                        uri=uri_for(connect))
+    target = target_for(
+        source, box_to_boot(box_name, kernel), provider, accel, warn=True, name=name, uri=uri_for(connect)
+    )
     same = f" --kernel {kernel}" if kernel else (f" --box {box_name}" if box_name != box.DEFAULT_BOX else "")
     same += (f" --as {name}" if as_name else "") + (f" --connect {connect}" if connect else "")
-    with lock.writing(name, "up", f"{name} is partly up. Continue with: labkit up {lab}{same}; "
-                                  f"or remove what was made: labkit down {name}"):
+    with lock.writing(
+        name,
+        "up",
+        f"{name} is partly up. Continue with: labkit up {lab}{same}; or remove what was made: labkit down {name}",
+    ):
         with Progress(list(model.nodes)) as progress:
-            running = running_lab.boot(model, source, target, progress)
+            running = booking.boot(model, source, target, progress)
         out.print(f"booted {len(model.nodes)} nodes in {time.monotonic() - progress.started:.0f} s")
         with running:
             started = time.monotonic()
@@ -205,7 +279,9 @@ def up(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, kernel: KernelOpt = None
             if running.on_libvirt:
                 started = time.monotonic()
                 running.snapshot()
-                out.print(f"snapshot taken in {time.monotonic() - started:.0f} s (labkit reset {name} comes back to it)")
+                out.print(
+                    f"snapshot taken in {time.monotonic() - started:.0f} s (labkit reset {name} comes back to it)"
+                )
     copy = f" (a copy of {model.name})" if name != model.name else ""
     where = f" on {libvirt.shown(target.uri)}" if target.uri else ""
     out.print(f"\n[bold]{name} is up{copy}{where}.[/] Next: [bold]labkit verify {name}[/]", highlight=False)
@@ -224,8 +300,11 @@ def provision(lab: RunningArg = None) -> None:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @handled
-def verify(ctx: typer.Context, lab: RunningArg = None,
-           junitxml: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML report here.")] = None) -> None:
+def verify(
+    ctx: typer.Context,
+    lab: RunningArg = None,
+    junitxml: Annotated[Path | None, typer.Option(help="Write a JUnit XML report here.")] = None,
+) -> None:
     """Check the running lab with pytest + testinfra. Extra arguments go to pytest (e.g. -k split)."""
     running = RunningLab.find(lab)
     args = list(ctx.args) + ([f"--junitxml={junitxml}"] if junitxml else [])
@@ -236,9 +315,11 @@ def verify(ctx: typer.Context, lab: RunningArg = None,
 
 @app.command()
 @handled
-def show(lab: RunningArg = None,
-         connections: Annotated[bool, typer.Option("--connections", help="The connection tables instead.")] = False,
-         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
+def show(
+    lab: RunningArg = None,
+    connections: Annotated[bool, typer.Option("--connections", help="The connection tables instead.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
     """Both directors' IPVS tables side by side: services, real servers, weights, connections,
     counters and rates; which director is active."""
     with RunningLab.find(lab) as running:
@@ -258,10 +339,13 @@ def show(lab: RunningArg = None,
 
 @app.command()
 @handled
-def bench(lab: RunningArg = None, service: ServiceOpt = None,
-          requests: Annotated[int, typer.Option(min=1, max=bench_mod.MAX_REQUESTS, help="How many requests.")] = 2000,
-          concurrency: Annotated[int, typer.Option(min=1, max=bench_mod.MAX_CONCURRENCY, help="How many at once.")] = 4,
-          as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
+def bench(
+    lab: RunningArg = None,
+    service: ServiceOpt = None,
+    requests: Annotated[int, typer.Option(min=1, max=bench_mod.MAX_REQUESTS, help="How many requests.")] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1, max=bench_mod.MAX_CONCURRENCY, help="How many at once.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
     """A bounded load from the client against the VIP (ApacheBench): requests per second,
     latency percentiles, errors, and the split per real server as IPVS counted it."""
     with RunningLab.find(lab) as running:
@@ -271,15 +355,27 @@ def bench(lab: RunningArg = None, service: ServiceOpt = None,
     if as_json:
         sys.stdout.write(json.dumps({"service": svc.key, "director": director, **dataclasses.asdict(result)}) + "\n")
         return
-    out.print(f"{svc.key} ({svc.scheduler}, {svc.forwarding.value}) via {director}: {requests} requests, "
-              f"{concurrency} at a time, from {model.clients[0]}", highlight=False, markup=False)
-    out.print(f"  {result.per_second:.1f} requests/s, mean {result.mean_ms:.1f} ms; completed {result.complete}, "
-              f"failed {result.failed}", highlight=False)
-    out.print("  latency ms: " + ", ".join(f"p{p} {ms}" for p, ms in result.percentiles.items() if p in (50, 90, 99, 100)),
-              highlight=False)
+    out.print(
+        f"{svc.key} ({svc.scheduler}, {svc.forwarding.value}) via {director}: {requests} requests, "
+        f"{concurrency} at a time, from {model.clients[0]}",
+        highlight=False,
+        markup=False,
+    )
+    out.print(
+        f"  {result.per_second:.1f} requests/s, mean {result.mean_ms:.1f} ms; completed {result.complete}, "
+        f"failed {result.failed}",
+        highlight=False,
+    )
+    out.print(
+        "  latency ms: " + ", ".join(f"p{p} {ms}" for p, ms in result.percentiles.items() if p in (50, 90, 99, 100)),
+        highlight=False,
+    )
     total = sum(result.split.values()) or 1
-    out.print("  split: " + ", ".join(f"{name} {n} ({100 * n / total:.0f}%)" for name, n in sorted(result.split.items())),
-              highlight=False, markup=False)
+    out.print(
+        "  split: " + ", ".join(f"{name} {n} ({100 * n / total:.0f}%)" for name, n in sorted(result.split.items())),
+        highlight=False,
+        markup=False,
+    )
 
 
 @app.command()
@@ -291,8 +387,12 @@ def trace(lab: RunningArg = None, service: ServiceOpt = None) -> None:
         model = running.lab
         svc = pick_service(model, service, udp=True)
         seen = trace_mod.trace(running, svc)
-    out.print(f"{model.clients[0]} asked {seen.url} from port {seen.client_port}; {seen.answer} answered "
-              f"({svc.forwarding.value}).\n", highlight=False, markup=False)
+    out.print(
+        f"{model.clients[0]} asked {seen.url} from port {seen.client_port}; {seen.answer} answered "
+        f"({svc.forwarding.value}).\n",
+        highlight=False,
+        markup=False,
+    )
     for title, path in (("request", seen.request), ("reply", seen.reply)):
         out.print(f"[bold]{title}[/]")
         for hop in path:
@@ -305,10 +405,12 @@ def trace(lab: RunningArg = None, service: ServiceOpt = None) -> None:
 
 @app.command()
 @handled
-def weight(lab: Annotated[str, typer.Argument(help="The running lab.")],
-           real_server: Annotated[str, typer.Argument(help="A real server node, e.g. rs0.")],
-           new_weight: Annotated[int, typer.Argument(metavar="WEIGHT", help="0 drains it: no new connections.")],
-           service: Annotated[Optional[str], typer.Option(help="Only this service, e.g. 'tcp 192.168.55.100:80'.")] = None) -> None:
+def weight(
+    lab: Annotated[str, typer.Argument(help="The running lab.")],
+    real_server: Annotated[str, typer.Argument(help="A real server node, e.g. rs0.")],
+    new_weight: Annotated[int, typer.Argument(metavar="WEIGHT", help="0 drains it: no new connections.")],
+    service: Annotated[str | None, typer.Option(help="Only this service, e.g. 'tcp 192.168.55.100:80'.")] = None,
+) -> None:
     """Change a real server's weight on the running directors, without restarting anything."""
     with RunningLab.find(lab) as running, writing(running, "weight"):
         changed = with_weight(running.lab, real_server, new_weight, service)
@@ -324,15 +426,24 @@ def weight(lab: Annotated[str, typer.Argument(help="The running lab.")],
 
 @app.command()
 @handled
-def fail(lab: Annotated[str, typer.Argument(help="The running lab.")],
-         target: Annotated[str, typer.Argument(help="NODE (freeze its VM), NODE:SERVICE (stop keepalived or nginx), "
-                                                    "NODE:NETWORK (take that link down).")],
-         seconds: Annotated[float, typer.Option(min=6, max=120, help="How long the client's load runs.")] = 16) -> None:
+def fail(
+    lab: Annotated[str, typer.Argument(help="The running lab.")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="NODE (freeze its VM), NODE:SERVICE (stop keepalived or nginx), NODE:NETWORK (take that link down)."
+        ),
+    ],
+    seconds: Annotated[float, typer.Option(min=6, max=120, help="How long the client's load runs.")] = 16,
+) -> None:
     """Break part of a running lab under a bounded load from the client, and show what the client saw."""
     with RunningLab.find(lab) as running, writing(running, "fail"):
         broken = failover.parse_target(running.lab, target)
-        out.print(f"load from {running.lab.clients[0]} for {seconds:.0f} s; {broken.what} "
-                  f"{failover.LEAD_SECONDS} s after it starts ...", highlight=False)
+        out.print(
+            f"load from {running.lab.clients[0]} for {seconds:.0f} s; {broken.what} "
+            f"{failover.LEAD_SECONDS} s after it starts ...",
+            highlight=False,
+        )
         result = failover.fail(running, broken, seconds)
     for line in result.lines():
         out.print(line, highlight=False)
@@ -346,8 +457,11 @@ def heal(lab: RunningArg = None) -> None:
     with RunningLab.find(lab) as running, writing(running, "heal"):
         seconds, load = failover.heal(running)
     served = ", ".join(f"{k} {v}" for k, v in sorted(load.served().items()))
-    out.print(f"{running.name} healed in {seconds:.0f} s: {len(load.requests)} requests, failed {load.failed}, "
-              f"served by {served or 'nobody'}", highlight=False)
+    out.print(
+        f"{running.name} healed in {seconds:.0f} s: {len(load.requests)} requests, failed {load.failed}, "
+        f"served by {served or 'nobody'}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -357,7 +471,9 @@ def snapshot(lab: RunningArg = None) -> None:
     with RunningLab.find(lab) as running, writing(running, "snapshot"):
         started = time.monotonic()
         running.snapshot()
-    out.print(f"{running.name}: snapshot taken in {time.monotonic() - started:.0f} s. labkit reset {running.name} goes back to it")
+    out.print(
+        f"{running.name}: snapshot taken in {time.monotonic() - started:.0f} s. labkit reset {running.name} goes back to it"
+    )
 
 
 @app.command()
@@ -395,7 +511,7 @@ def status(lab: RunningArg = None) -> None:
 
 @app.command()
 @handled
-def ssh(node: str, lab: Annotated[Optional[str], typer.Option(help="The lab, when several are up.")] = None) -> None:
+def ssh(node: str, lab: Annotated[str | None, typer.Option(help="The lab, when several are up.")] = None) -> None:
     """Open a shell on a node."""
     running = RunningLab.find(lab)
     if node not in running.lab.nodes:
@@ -405,12 +521,19 @@ def ssh(node: str, lab: Annotated[Optional[str], typer.Option(help="The lab, whe
 
 @app.command()
 @handled
-def down(lab: RunningArg = None,
-         leftovers: Annotated[bool, typer.Option(
-             "--leftovers", help="The lab has no folder here: remove what libvirt holds under its name anyway.")] = False,
-         as_name: Annotated[Optional[str], typer.Option(
-             "--as", help="With --leftovers: the copy of the lab whose leftovers to remove.")] = None,
-         connect: ConnectOpt = None) -> None:
+def down(
+    lab: RunningArg = None,
+    leftovers: Annotated[
+        bool,
+        typer.Option(
+            "--leftovers", help="The lab has no folder here: remove what libvirt holds under its name anyway."
+        ),
+    ] = False,
+    as_name: Annotated[
+        str | None, typer.Option("--as", help="With --leftovers: the copy of the lab whose leftovers to remove.")
+    ] = None,
+    connect: ConnectOpt = None,
+) -> None:
     """Remove the lab's VMs, their volumes and the lab's networks (one copy's only)."""
     started = time.monotonic()
     if as_name is not None or (lab is not None and lab not in RunningLab.names()):
@@ -423,7 +546,7 @@ def down(lab: RunningArg = None,
         if name in RunningLab.names():
             raise LabkitError(f"{name} is up here: remove it with labkit down {name}")
         with lock.writing(name, "down", LEFT["down"].format(name=name)):
-            removed = running_lab.remove_lost(name, model, uri_for(connect), really=leftovers)
+            removed = leftovers.remove_lost(name, model, uri_for(connect), really=leftovers)
         out.print(f"{name} was not up; removed what libvirt still held of it: {', '.join(removed)}")
         return
     running = RunningLab.find(lab)
@@ -437,7 +560,7 @@ def down(lab: RunningArg = None,
 def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
     """Every lab and copy on every libvirt host labkit knows (this one, those labs run on, and
     those in LABKIT_HOME/config.yaml): host, lab, copy, state, kernel, memory in use, age."""
-    rows = running_lab.inventory(list(home.hosts().values()))
+    rows = inventory.inventory(list(home.hosts().values()))
     if as_json:
         sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in rows], indent=2) + "\n")
         return
@@ -446,7 +569,13 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON fo
         return
     lines = [("host", "lab", "copy", "state", "kernel", "memory", "age")]
     for r in rows:
-        age = "not ours" if r.age_s is None else f"{r.age_s / 3600:.1f} h" if r.age_s >= 3600 else f"{r.age_s / 60:.0f} min"
+        age = (
+            "not ours"
+            if r.age_s is None
+            else f"{r.age_s / 3600:.1f} h"
+            if r.age_s >= 3600
+            else f"{r.age_s / 60:.0f} min"
+        )
         host = libvirt.shown(r.host)
         lines.append((host, r.lab, r.name, r.state, r.kernel, f"{r.memory_mib} MiB", age))
     columns(lines)
@@ -456,26 +585,42 @@ def columns(rows: list[tuple[str, ...]]) -> None:
     """Plain columns, never cut: names, hosts and kernel releases are what matter."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), highlight=False,
-                  markup=False, soft_wrap=True)
+        out.print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
 @handled
-def render(lab: LabArg, box_name: BoxOpt = box.DEFAULT_BOX, kernel: KernelOpt = None,
-           provider: ProviderOpt = Provider.libvirt, accel: AccelOpt = Accel.auto,
-           as_name: AsOpt = None, connect: ConnectOpt = None) -> None:
+def render(
+    lab: LabArg,
+    box_name: BoxOpt = box.DEFAULT_BOX,
+    kernel: KernelOpt = None,
+    provider: ProviderOpt = Provider.libvirt,
+    accel: AccelOpt = Accel.auto,
+    as_name: AsOpt = None,
+    connect: ConnectOpt = None,
+) -> None:
     """Print the lab's Vagrantfile (its management network as on first use). Boots nothing."""
     model = read(lab)
-    target = target_for(labfile.lab_file(lab), box_to_boot(box_name, kernel), provider, accel, warn=False,
-                        name=copy_name(as_name), uri=uri_for(connect))
+    target = target_for(
+        labfile.lab_file(lab),
+        box_to_boot(box_name, kernel),
+        provider,
+        accel,
+        warn=False,
+        name=copy_name(as_name),
+        uri=uri_for(connect),
+    )
     sys.stdout.write(render_vagrantfile(model, target))
 
 
 @app.command()
 @handled
-def explain(lab: LabArg,
-            node: Annotated[Optional[str], typer.Option(help="Only this node.")] = None) -> None:
+def explain(lab: LabArg, node: Annotated[str | None, typer.Option(help="Only this node.")] = None) -> None:
     """The commands labkit applies on each node, in order, each with its reason. Boots nothing."""
     model = read(lab)
     if node is not None and node not in model.nodes:
@@ -491,8 +636,9 @@ def explain(lab: LabArg,
 
 @app.command()
 @handled
-def graph(lab: LabArg,
-          out_dir: Annotated[Path, typer.Option("--out", help="Folder for <lab>.svg and <lab>.png.")] = Path(".")) -> None:
+def graph(
+    lab: LabArg, out_dir: Annotated[Path, typer.Option("--out", help="Folder for <lab>.svg and <lab>.png.")] = Path(".")
+) -> None:
     """Draw the lab: networks, addresses, VIPs, forwarding method, request and reply paths. Boots nothing."""
     for path in graph_mod.draw(read(lab), out_dir):
         out.print(str(path), highlight=False)
@@ -500,18 +646,28 @@ def graph(lab: LabArg,
 
 @app.command()
 @handled
-def matrix(labs: Annotated[list[str], typer.Argument(help="The labs, e.g. nat tun dr.")],
-           kernel: Annotated[list[str], typer.Option(
-               help=KERNEL_HELP + " Give it once per kernel; the first is the baseline.")],
-           report: Annotated[Path, typer.Option(help="The report folder.")] = Path("labkit-matrix"),
-           again: Annotated[bool, typer.Option("--again", help="Run the cells already done again.")] = False) -> None:
+def matrix(
+    labs: Annotated[list[str], typer.Argument(help="The labs, e.g. nat tun dr.")],
+    kernel: Annotated[
+        list[str], typer.Option(help=KERNEL_HELP + " Give it once per kernel; the first is the baseline.")
+    ],
+    report: Annotated[Path, typer.Option(help="The report folder.")] = Path("labkit-matrix"),
+    again: Annotated[bool, typer.Option("--again", help="Run the cells already done again.")] = False,
+) -> None:
     """Every lab on every kernel (up, verify with the failure scenarios, bench, down), and a
     report comparing each kernel with the first. Exit status 1 when a kernel regresses."""
     try:
-        records = matrix_mod.run(labs, kernel, report, again, lambda line: out.print(line, highlight=False, markup=False))
+        records = matrix_mod.run(
+            labs, kernel, report, again, lambda line: out.print(line, highlight=False, markup=False)
+        )
     except matrix_mod.Interrupted as exc:
-        err.print(f"interrupted ({exc}): the cell that ran was removed; the cells done are kept in {report}. "
-                  "Continue with the same command", highlight=False, markup=False, soft_wrap=True)
+        err.print(
+            f"interrupted ({exc}): the cell that ran was removed; the cells done are kept in {report}. "
+            "Continue with the same command",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(128 + exc.signum) from None
     regressions = matrix_report.write(report, records, kernel)
     for line in regressions:
@@ -523,8 +679,9 @@ def matrix(labs: Annotated[list[str], typer.Argument(help="The labs, e.g. nat tu
 
 @app.command("doctor")
 @handled
-def doctor_cmd(provider: ProviderOpt = Provider.libvirt, box_name: BoxOpt = box.DEFAULT_BOX,
-               connect: ConnectOpt = None) -> None:
+def doctor_cmd(
+    provider: ProviderOpt = Provider.libvirt, box_name: BoxOpt = box.DEFAULT_BOX, connect: ConnectOpt = None
+) -> None:
     """Check that this host (or with --connect, that libvirt host) can boot labs; print the fix for each problem."""
     found = doctor.probes(provider, box_name, uri=uri_for(connect))
     for p in found:
@@ -536,33 +693,52 @@ def doctor_cmd(provider: ProviderOpt = Provider.libvirt, box_name: BoxOpt = box.
 
 @box_app.command("build")
 @handled
-def box_build(kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "bookworm",
-              force: Annotated[bool, typer.Option(help="Rebuild even if the box exists.")] = False,
-              mirror: Annotated[Optional[str], typer.Option(help="Debian mirror; default: the one apt uses.")] = None,
-              name: Annotated[Optional[str], typer.Option(
-                  help=f"Name of the box in Vagrant; default {box.DEFAULT_BOX}, or labkit/linux-RELEASE for another kernel.")] = None) -> None:
+def box_build(
+    kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "bookworm",
+    force: Annotated[bool, typer.Option(help="Rebuild even if the box exists.")] = False,
+    mirror: Annotated[str | None, typer.Option(help="Debian mirror; default: the one apt uses.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Name of the box in Vagrant; default {box.DEFAULT_BOX}, or labkit/linux-RELEASE for another kernel."
+        ),
+    ] = None,
+) -> None:
     """Build labkit's box from Debian packages, or the same box with another kernel."""
     spec = box.parse_kernel(kernel)
     started = time.monotonic()
-    built = box.build_box(mirror=mirror or box.debian_mirror(), cache_dir=home.cache_dir(), kernel=spec,
-                          name=name, force=force, log=lambda line: out.print(line, highlight=False))
+    built = box.build_box(
+        mirror=mirror or box.debian_mirror(),
+        cache_dir=home.cache_dir(),
+        kernel=spec,
+        name=name,
+        force=force,
+        log=lambda line: out.print(line, highlight=False),
+    )
     if built:
-        out.print(f"box {built} built and added in {time.monotonic() - started:.0f} s. "
-                  f"Boot a lab on it: labkit up LAB --kernel {kernel}", highlight=False)
+        out.print(
+            f"box {built} built and added in {time.monotonic() - started:.0f} s. "
+            f"Boot a lab on it: labkit up LAB --kernel {kernel}",
+            highlight=False,
+        )
     else:
         out.print(f"the box for kernel {kernel} is already in Vagrant (--force rebuilds it)", highlight=False)
 
 
 def _shared_line(what: str, shared: box.Shared, file: Path) -> str:
     where = "to" if what == "exported" else "from"
-    return (f"{what} box {shared.name} {shared.version} (kernel {shared.kernel or '?'}) {where} {file}: "
-            f"{shared.size / 1024**2:.0f} MiB in {shared.seconds:.1f} s")
+    return (
+        f"{what} box {shared.name} {shared.version} (kernel {shared.kernel or '?'}) {where} {file}: "
+        f"{shared.size / 1024**2:.0f} MiB in {shared.seconds:.1f} s"
+    )
 
 
 @box_app.command("export")
 @handled
-def box_export(file: Annotated[Path, typer.Argument(help="The file to write, e.g. labkit-bookworm.box.")],
-               box_name: BoxOpt = box.DEFAULT_BOX) -> None:
+def box_export(
+    file: Annotated[Path, typer.Argument(help="The file to write, e.g. labkit-bookworm.box.")],
+    box_name: BoxOpt = box.DEFAULT_BOX,
+) -> None:
     """Write a box to one file that another installation imports (labkit box import FILE)."""
     shared = box.export_box(file, box_name)
     out.print(_shared_line("exported", shared, file), highlight=False, soft_wrap=True)
@@ -570,15 +746,20 @@ def box_export(file: Annotated[Path, typer.Argument(help="The file to write, e.g
 
 @box_app.command("import")
 @handled
-def box_import(file: Annotated[Path, typer.Argument(help="A file labkit box export wrote.")],
-               force: Annotated[bool, typer.Option(help="Replace another version of the same box.")] = False) -> None:
+def box_import(
+    file: Annotated[Path, typer.Argument(help="A file labkit box export wrote.")],
+    force: Annotated[bool, typer.Option(help="Replace another version of the same box.")] = False,
+) -> None:
     """Check a box file labkit box export wrote and add the box to Vagrant."""
     shared = box.import_box(file, force=force, log=lambda line: out.print(line, highlight=False))
     if shared.added:
         out.print(_shared_line("imported", shared, file), highlight=False, soft_wrap=True)
     else:
-        out.print(f"box {shared.name} {shared.version} is already in Vagrant, identical: nothing to do",
-                  highlight=False, soft_wrap=True)
+        out.print(
+            f"box {shared.name} {shared.version} is already in Vagrant, identical: nothing to do",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @box_app.command("list")
@@ -590,6 +771,8 @@ def box_list() -> None:
         out.print("no labkit box yet: labkit box build (and labkit box build --kernel SPEC for another kernel)")
         return
     rows = [("box", "version", "kernel", "from", "ipvsadm", "keepalived", "built")]
-    rows += [(b.name, b.version, b.kernel or "?", b.spec or "?", b.ipvsadm or "?", b.keepalived or "?", b.built or "?")
-             for b in boxes]
+    rows += [
+        (b.name, b.version, b.kernel or "?", b.spec or "?", b.ipvsadm or "?", b.keepalived or "?", b.built or "?")
+        for b in boxes
+    ]
     columns(rows)

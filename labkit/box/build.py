@@ -8,16 +8,34 @@ import tarfile
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from labkit.box.guest_key import KEY_SOURCE
-from labkit.box.image import (DEFAULT_BOX, DISK_GIB, META_FILE, PACKAGES_FILE, _cached_rootfs, _check_host, _customise,
-                              _kernel_version, _make_disk, _remove_tree, _run, package_list)
+from labkit.box.image import (
+    DEFAULT_BOX,
+    DISK_GIB,
+    META_FILE,
+    PACKAGES_FILE,
+    cached_rootfs,
+    check_host,
+    customise,
+    kernel_version,
+    make_disk,
+    package_list,
+)
 from labkit.box.kernel import Kernel, box_name, check_modules, check_package, install, package_version, parse
-from labkit.box.store import (_old_base_volumes, box_add, box_exists, box_for, box_has_packages, box_takes_key_at_boot,
-                              remove_box)
+from labkit.box.store import (
+    box_add,
+    box_exists,
+    box_for,
+    box_has_packages,
+    box_takes_key_at_boot,
+    old_base_volumes,
+    remove_box,
+)
+from labkit.box.system import remove_tree, run
 
 DEFAULT_KERNEL = parse("bookworm")
 
@@ -37,7 +55,7 @@ def build_box(
     Every box comes from the same cached root tree; a kernel box only has its kernel replaced.
     The box trusts no SSH key of its own: each VM is given the key of whoever boots it.
     """
-    _check_host()
+    check_host()
     existing = name if name and box_exists(name) else (None if name else box_for(kernel))
     if not force and existing:
         if not box_takes_key_at_boot(existing):
@@ -49,34 +67,40 @@ def build_box(
             return None
     check_package(kernel)
     if existing:
-        _old_base_volumes(existing)  # fail before the slow part, not after it
+        old_base_volumes(existing)  # fail before the slow part, not after it
 
     started = time.monotonic()
     cache_dir = cache_dir.resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    rootfs = _cached_rootfs(cache_dir, mirror, log)
+    rootfs = cached_rootfs(cache_dir, mirror, log)
     # The work dir sits beside the cache: same disk, and /tmp may be a small tmpfs.
     work = Path(tempfile.mkdtemp(prefix="box-build-", dir=cache_dir))
     try:
         tree = work / "rootfs"
         log("copying the cached root tree")
-        _run(["cp", "-a", "--reflink=auto", str(rootfs), str(tree)])
+        run(["cp", "-a", "--reflink=auto", str(rootfs), str(tree)])
         if not kernel.is_default:
             install(tree, kernel, mirror, log)
-        check_modules(tree, kernel, _kernel_version(tree))  # before the initramfs and the disk are made
+        check_modules(tree, kernel, kernel_version(tree))  # before the initramfs and the disk are made
         root_uuid = str(uuid.uuid4())
-        release = _customise(tree, root_uuid, log)
+        release = customise(tree, root_uuid, log)
         name = name or (DEFAULT_BOX if kernel.is_default else box_name(release))
-        now = datetime.now(timezone.utc)
-        meta = {"kernel": release, "spec": kernel.spec, "deb_sha256": kernel.deb_sha256,
-                "ipvsadm": package_version(tree, "ipvsadm"), "keepalived": package_version(tree, "keepalived"),
-                "built": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "ssh_key": KEY_SOURCE}
+        now = datetime.now(UTC)
+        meta = {
+            "kernel": release,
+            "spec": kernel.spec,
+            "deb_sha256": kernel.deb_sha256,
+            "ipvsadm": package_version(tree, "ipvsadm"),
+            "keepalived": package_version(tree, "keepalived"),
+            "built": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "ssh_key": KEY_SOURCE,
+        }
         raw = work / "disk.raw"
-        _make_disk(tree, raw, root_uuid, log)
-        _remove_tree(tree)
+        make_disk(tree, raw, root_uuid, log)
+        remove_tree(tree)
         image = work / "box.img"
         log("converting the disk to qcow2")
-        _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(image)])
+        run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(image)])
         raw.unlink()
         box_file = pack(image, meta, work / "labkit.box")
 
@@ -85,7 +109,7 @@ def build_box(
         log(f"adding box {name} (kernel {release})")
         box_add(name, box_file, version=now.strftime("%Y.%m.%d.%H%M%S"))  # one Vagrant can order
     finally:
-        _remove_tree(work)
+        remove_tree(work)
     log(f"box {name} built in {time.monotonic() - started:.0f} s")
     return name
 

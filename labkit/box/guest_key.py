@@ -41,7 +41,7 @@ def oem_strings(blob: bytes) -> list[str]:
         if end < 0:
             break  # cut short
         if kind == OEM_STRINGS:
-            found += [s.decode("utf-8", "replace") for s in blob[pos + length:end].split(b"\0") if s]
+            found += [s.decode("utf-8", "replace") for s in blob[pos + length : end].split(b"\0") if s]
         if kind == END_OF_TABLE:
             break
         pos = end + 2
@@ -53,7 +53,7 @@ def keys(strings: list[str]) -> list[str]:
     found = []
     for text in strings:
         if text.startswith(OEM_KEY_PREFIX):
-            key = text[len(OEM_KEY_PREFIX):].strip()
+            key = text[len(OEM_KEY_PREFIX) :].strip()
             if KEY.fullmatch(key):
                 found.append(key)
     return found

@@ -10,13 +10,11 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import uuid
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Iterator
 
-from labkit.errors import LabkitError
+from labkit.box.system import TOOLS, BoxError, chroot_mounts, remove_tree, run, run_out, wait_for, write
 
 DEFAULT_BOX = "labkit/bookworm"
 PACKAGES_FILE = "labkit-packages"  # in the box: the package list it was built with
@@ -28,10 +26,26 @@ DISK_GIB = 4
 
 PACKAGES = (
     # what makes it a bootable, reachable VM
-    "systemd-sysv", "udev", "kmod", "dbus", "openssh-server", "sudo", "linux-image-amd64",
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "dbus",
+    "openssh-server",
+    "sudo",
+    "linux-image-amd64",
     # what the labs use
-    "ipvsadm", "nginx-light", "keepalived", "curl", "iproute2", "python3", "tcpdump",
-    "procps", "iputils-ping", "netcat-openbsd", "iptables", "apache2-utils",
+    "ipvsadm",
+    "nginx-light",
+    "keepalived",
+    "curl",
+    "iproute2",
+    "python3",
+    "tcpdump",
+    "procps",
+    "iputils-ping",
+    "netcat-openbsd",
+    "iptables",
+    "apache2-utils",
 )
 # Everything the guest needs to find its disk and NIC. With MODULES=list the
 # initramfs holds only these, which makes it small and quick to load under TCG.
@@ -41,32 +55,13 @@ INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4")
 KERNEL_CMDLINE = "ro net.ifnames=0 biosdevname=0 console=ttyS0 console=tty0 no_timer_check"
 
 MBR_CODE = (Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin"))
-# tool -> Debian package that has it
-TOOLS = {
-    "debootstrap": "debootstrap",
-    "qemu-img": "qemu-utils",
-    "extlinux": "extlinux",
-    "vagrant": "vagrant",
-    "virsh": "libvirt-clients",
-    "mkfs.ext4": "e2fsprogs",
-    "losetup": "mount",
-    "partx": "util-linux",
-    "sfdisk": "fdisk",
-    "mount": "mount",
-    "umount": "mount",
-    "chroot": "coreutils",
-}
-
-
-class BoxError(LabkitError):
-    """Building or installing the box failed; the message says how to fix it."""
 
 
 def package_list() -> str:
     return " ".join(sorted(PACKAGES)) + "\n"
 
 
-def _check_host() -> None:
+def check_host() -> None:
     if os.geteuid() != 0:
         raise BoxError("building the box needs root (debootstrap, loop devices, mounts): run it with sudo")
     # root's tools live in sbin, which a plain user PATH may lack
@@ -74,17 +69,17 @@ def _check_host() -> None:
     for tool, package in TOOLS.items():
         if shutil.which(tool) is None:
             raise BoxError(f"{tool} is not installed: apt-get install {package}")
-    if _mbr_code() is None:
+    if mbr_code() is None:
         raise BoxError("the syslinux MBR boot code is missing: apt-get install syslinux-common")
     if subprocess.run(["virsh", "-c", LIBVIRT_URI, "list"], capture_output=True).returncode != 0:
         raise BoxError(f"libvirt does not answer at {LIBVIRT_URI}: start libvirtd and virtlogd")
 
 
-def _mbr_code() -> Path | None:
+def mbr_code() -> Path | None:
     return next((p for p in MBR_CODE if p.is_file()), None)
 
 
-def _cached_rootfs(cache_dir: Path, mirror: str, log: Callable[[str], None]) -> Path:
+def cached_rootfs(cache_dir: Path, mirror: str, log: Callable[[str], None]) -> Path:
     """The debootstrap tree, downloaded once; a new package list gets a new tree."""
     tag = hashlib.sha256(package_list().strip().encode()).hexdigest()[:12]
     tree = cache_dir / f"debootstrap-{SUITE}-{tag}"
@@ -92,15 +87,22 @@ def _cached_rootfs(cache_dir: Path, mirror: str, log: Callable[[str], None]) -> 
         log(f"using cached root tree {tree}")
         return tree
     partial = tree.with_name(tree.name + ".partial")
-    _remove_tree(partial)
+    remove_tree(partial)
     log(f"debootstrap {SUITE} from {mirror} (takes a few minutes)")
     try:
-        _run([
-            "debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
-            SUITE, str(partial), mirror,
-        ], hint=f"check that {mirror} is a reachable Debian mirror")
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=" + ",".join(PACKAGES),
+                SUITE,
+                str(partial),
+                mirror,
+            ],
+            hint=f"check that {mirror} is a reachable Debian mirror",
+        )
     except BaseException:
-        _remove_tree(partial)  # a half tree is no use, and may still hold mounts
+        remove_tree(partial)  # a half tree is no use, and may still hold mounts
         raise
     # The downloaded .debs would only make every copy and image bigger.
     for deb in (partial / "var/cache/apt/archives").glob("*.deb"):
@@ -108,67 +110,81 @@ def _cached_rootfs(cache_dir: Path, mirror: str, log: Callable[[str], None]) -> 
     partial.rename(tree)
     for stale in cache_dir.glob(f"debootstrap-{SUITE}-*"):
         if stale != tree:
-            _remove_tree(stale)
+            remove_tree(stale)
     return tree
 
 
-def _customise(tree: Path, root_uuid: str, log: Callable[[str], None]) -> str:
+def customise(tree: Path, root_uuid: str, log: Callable[[str], None]) -> str:
     """Make the tree a VM that labkit can reach; the release of the kernel it boots."""
     log("configuring the image")
     etc = tree / "etc"
-    _write(etc / "hostname", "labkit\n")
-    _write(etc / "hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tlabkit\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    write(etc / "hostname", "labkit\n")
+    write(etc / "hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tlabkit\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     # debootstrap copied the host's resolver; the guest learns nothing from DHCP without
     # systemd-resolved, so leave it empty rather than point at the build host's servers.
-    _write(etc / "resolv.conf", "")
+    write(etc / "resolv.conf", "")
     # Empty, so every VM makes its own at first boot (and DHCP client ids differ).
-    _write(etc / "machine-id", "")
+    write(etc / "machine-id", "")
     dbus_id = tree / "var/lib/dbus/machine-id"
     if dbus_id.exists() and not dbus_id.is_symlink():
         dbus_id.unlink()
-    _write(etc / "fstab", f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n")
+    write(etc / "fstab", f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n")
 
     # DHCP on the first NIC only; labkit sets up the others itself.
-    _write(etc / "systemd/network/10-eth0.network", "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n")
+    write(etc / "systemd/network/10-eth0.network", "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n")
     # No RSA host key: generating one at first boot takes half a minute under TCG.
-    _write(etc / "ssh/sshd_config.d/labkit.conf", (
-        "UseDNS no\n"
-        "HostKey /etc/ssh/ssh_host_ed25519_key\n"
-        "HostKey /etc/ssh/ssh_host_ecdsa_key\n"
-    ))
+    write(
+        etc / "ssh/sshd_config.d/labkit.conf",
+        ("UseDNS no\nHostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n"),
+    )
     # Every VM must get its own host keys, so none ship in the image.
     for host_key in (etc / "ssh").glob("ssh_host_*"):
         host_key.unlink()
-    _write(etc / "systemd/system/ssh-host-keys.service", HOST_KEYS_UNIT)
+    write(etc / "systemd/system/ssh-host-keys.service", HOST_KEYS_UNIT)
     # No key is baked in: each boot trusts the key the host passes (guest_key.py).
-    _write(tree / GUEST_KEY_SCRIPT.lstrip("/"),
-           importlib.resources.files("labkit.box").joinpath("guest_key.py").read_text(), mode=0o755)
-    _write(etc / "systemd/system/labkit-ssh-key.service", GUEST_KEY_UNIT)
+    write(
+        tree / GUEST_KEY_SCRIPT.lstrip("/"),
+        importlib.resources.files("labkit.box").joinpath("guest_key.py").read_text(),
+        mode=0o755,
+    )
+    write(etc / "systemd/system/labkit-ssh-key.service", GUEST_KEY_UNIT)
 
-    _write(etc / "sudoers.d/vagrant", "vagrant ALL=(ALL) NOPASSWD: ALL\n", mode=0o440)
-    _write(etc / "initramfs-tools/conf.d/labkit", "MODULES=list\n")
+    write(etc / "sudoers.d/vagrant", "vagrant ALL=(ALL) NOPASSWD: ALL\n", mode=0o440)
+    write(etc / "initramfs-tools/conf.d/labkit", "MODULES=list\n")
     modules = etc / "initramfs-tools/modules"
-    _write(modules, modules.read_text() + "".join(m + "\n" for m in INITRAMFS_MODULES))
+    write(modules, modules.read_text() + "".join(m + "\n" for m in INITRAMFS_MODULES))
 
-    kernel = _kernel_version(tree)
-    _write(tree / "boot/extlinux/extlinux.conf", (
-        "DEFAULT debian\nPROMPT 0\nTIMEOUT 0\n\n"
-        "LABEL debian\n"
-        f"  LINUX /boot/vmlinuz-{kernel}\n"
-        f"  INITRD /boot/initrd.img-{kernel}\n"
-        f"  APPEND root=UUID={root_uuid} {KERNEL_CMDLINE}\n"
-    ))
+    kernel = kernel_version(tree)
+    write(
+        tree / "boot/extlinux/extlinux.conf",
+        (
+            "DEFAULT debian\nPROMPT 0\nTIMEOUT 0\n\n"
+            "LABEL debian\n"
+            f"  LINUX /boot/vmlinuz-{kernel}\n"
+            f"  INITRD /boot/initrd.img-{kernel}\n"
+            f"  APPEND root=UUID={root_uuid} {KERNEL_CMDLINE}\n"
+        ),
+    )
 
-    with _chroot_mounts(tree):
+    with chroot_mounts(tree):
         chroot = ["chroot", str(tree)]
-        _run(chroot + ["useradd", "--create-home", "--shell", "/bin/bash", "vagrant"])
-        _run(chroot + ["systemctl", "enable", "systemd-networkd", "ssh-host-keys.service",
-                       "labkit-ssh-key.service"])
+        run(chroot + ["useradd", "--create-home", "--shell", "/bin/bash", "vagrant"])
+        run(chroot + ["systemctl", "enable", "systemd-networkd", "ssh-host-keys.service", "labkit-ssh-key.service"])
         # labkit starts keepalived when a lab needs it. The others only eat the CPU of
         # short-lived lab VMs (apt's timers would also look for a network they lack).
-        _run(chroot + ["systemctl", "disable", "keepalived", "e2scrub_reap.service",
-                       "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer"])
-        _run(chroot + ["update-initramfs", "-u", "-k", kernel])
+        run(
+            chroot
+            + [
+                "systemctl",
+                "disable",
+                "keepalived",
+                "e2scrub_reap.service",
+                "e2scrub_all.timer",
+                "apt-daily.timer",
+                "apt-daily-upgrade.timer",
+            ]
+        )
+        run(chroot + ["update-initramfs", "-u", "-k", kernel])
     return kernel
 
 
@@ -208,40 +224,39 @@ def releases(tree: Path) -> list[str]:
     return sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*"))
 
 
-def _kernel_version(tree: Path) -> str:
+def kernel_version(tree: Path) -> str:
     kernels = releases(tree)
     if not kernels:
         raise BoxError(f"no kernel in {tree}/boot: delete that cached tree and build again")
     return kernels[-1]
 
 
-def _make_disk(tree: Path, raw: Path, root_uuid: str, log: Callable[[str], None]) -> None:
+def make_disk(tree: Path, raw: Path, root_uuid: str, log: Callable[[str], None]) -> None:
     log(f"making a {DISK_GIB} GiB disk")
     with open(raw, "wb") as disk:
         disk.truncate(DISK_GIB * 1024**3)  # sparse
     # One bootable Linux partition from 1 MiB on; the disk id is the root's, as before.
-    _run(["sfdisk", "--quiet", str(raw)], stdin=partition_table(root_uuid))
-    code = _mbr_code()
-    assert code is not None  # checked in _check_host
+    run(["sfdisk", "--quiet", str(raw)], stdin=partition_table(root_uuid))
+    code = mbr_code()
+    assert code is not None  # checked in check_host
     with open(raw, "r+b") as disk:
         disk.write(code.read_bytes()[:440])  # syslinux's boot code, before the disk id and the table
 
-    loop = _run_out(["losetup", "--find", "--show", str(raw)]).strip()
+    loop = run_out(["losetup", "--find", "--show", str(raw)]).strip()
     try:
         # partx reads the table itself: the host kernel may lack the MBR parser that
         # `losetup --partscan` relies on (or already scanned it, with loop max_part set).
         if not Path(loop + "p1").exists():
-            _run(["partx", "--add", "--nr", "1", loop])
-        part = _wait_for(Path(loop + "p1"))
-        _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-U", root_uuid, "-O", _ext4_features(),
-              "-d", str(tree), str(part)])
+            run(["partx", "--add", "--nr", "1", loop])
+        part = wait_for(Path(loop + "p1"))
+        run(["mkfs.ext4", "-q", "-F", "-L", "root", "-U", root_uuid, "-O", ext4_features(), "-d", str(tree), str(part)])
         mnt = raw.with_name("mnt")
         mnt.mkdir()
-        _run(["mount", str(part), str(mnt)])
+        run(["mount", str(part), str(mnt)])
         try:
-            _run(["extlinux", "--install", str(mnt / "boot/extlinux")])
+            run(["extlinux", "--install", str(mnt / "boot/extlinux")])
         finally:
-            _run(["umount", str(mnt)])
+            run(["umount", str(mnt)])
         mnt.rmdir()
     finally:
         # a partition added by partx outlives the loop device unless deleted first
@@ -249,7 +264,7 @@ def _make_disk(tree: Path, raw: Path, root_uuid: str, log: Callable[[str], None]
         subprocess.run(["losetup", "--detach", loop])
 
 
-def _ext4_features() -> str:
+def ext4_features() -> str:
     """ext4 features extlinux cannot read; mke2fs before 1.47 knows no orphan_file."""
     features = ["^64bit", "^metadata_csum"]
     out = subprocess.run(["mkfs.ext4", "-V"], capture_output=True, text=True).stderr
@@ -262,76 +277,3 @@ def _ext4_features() -> str:
 def partition_table(root_uuid: str) -> str:
     """sfdisk's script for the disk: a DOS label and one bootable Linux partition filling it."""
     return f"label: dos\nlabel-id: 0x{uuid.UUID(root_uuid).hex[:8]}\nstart=2048, type=83, bootable\n"
-
-
-def _wait_for(path: Path) -> Path:
-    # the partition's device node may show up a moment after partx returns
-    for _ in range(50):
-        if path.exists():
-            return path
-        time.sleep(0.1)
-    raise BoxError(f"{path} did not appear after partx --add: check that udev or devtmpfs manages /dev")
-
-
-# ---------------------------------------------------------------- helpers
-
-
-@contextmanager
-def _chroot_mounts(tree: Path) -> Iterator[None]:
-    """/proc, /sys and /dev inside the tree for update-initramfs; always unmounted."""
-    mounted: list[Path] = []
-    try:
-        for fstype, src, target in (("proc", "proc", "proc"), ("sysfs", "sys", "sys")):
-            _run(["mount", "-t", fstype, src, str(tree / target)])
-            mounted.append(tree / target)
-        _run(["mount", "--bind", "/dev", str(tree / "dev")])
-        mounted.append(tree / "dev")
-        yield
-    finally:
-        for path in reversed(mounted):
-            subprocess.run(["umount", str(path)])
-
-
-def _remove_tree(path: Path) -> None:
-    """rm -rf that never descends into something still mounted (say a bind of /dev)."""
-    if not path.exists():
-        return
-    root = str(path.resolve())
-    for mount_point in sorted(_mounts_under(root), reverse=True):
-        subprocess.run(["umount", "--lazy", mount_point])
-    left = _mounts_under(root)
-    if left:
-        raise BoxError(f"{left[0]} is still mounted: umount it, then delete {path}")
-    shutil.rmtree(path)
-
-
-def _mounts_under(root: str) -> list[str]:
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1].replace("\\040", " ") for line in f]
-    return [p for p in points if p == root or p.startswith(root + "/")]
-
-
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # replace, never write through: a symlink in the tree may point at the host's file
-    path.unlink(missing_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
-
-
-def _run(args: list[str], hint: str = "see its output above", stdin: str | None = None) -> None:
-    try:
-        subprocess.run(args, check=True, cwd="/", input=stdin, text=stdin is not None)
-    except subprocess.CalledProcessError as e:
-        raise BoxError(f"{' '.join(args[:3])} ... failed (exit {e.returncode}): {hint}") from e
-
-
-def _run_out(args: list[str]) -> str:
-    # cwd=/ so that a Vagrantfile in the caller's folder is never loaded by vagrant
-    try:
-        proc = subprocess.run(args, capture_output=True, text=True, cwd="/")
-    except FileNotFoundError:
-        raise BoxError(f"{args[0]} is not installed: apt-get install {TOOLS.get(args[0], args[0])}") from None
-    if proc.returncode != 0:
-        raise BoxError(f"{' '.join(args[:3])} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout

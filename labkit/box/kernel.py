@@ -9,12 +9,13 @@ import re
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
-from labkit.box.image import SUITE, BoxError, _chroot_mounts, _run, _run_out, _write, releases
+from labkit.box.image import SUITE, releases
+from labkit.box.system import BoxError, chroot_mounts, run, run_out, write
 
 # The suites whose linux-image-amd64 a box can take; bookworm's is the default box's own kernel.
 SUITES = ("bookworm", "bookworm-backports", "trixie", "sid")
@@ -23,9 +24,25 @@ SUITES = ("bookworm", "bookworm-backports", "trixie", "sid")
 # GUE, ip_gre; conntrack and marks for NAT and fwmark; the NAT that maps a TUN port, which
 # bookworm's iptables-nft loads as nft_chain_nat and xt_nat) and what the box needs to boot. A
 # kernel without one of them cannot run every lab.
-NEEDED_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_wlc", "ip_vs_sh", "ipip", "fou", "ip_gre", "nf_conntrack",
-                  "xt_mark", "iptable_mangle", "nft_chain_nat", "xt_nat", "virtio_pci", "virtio_blk", "virtio_net",
-                  "ext4")
+NEEDED_MODULES = (
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "ip_vs_wlc",
+    "ip_vs_sh",
+    "ipip",
+    "fou",
+    "ip_gre",
+    "nf_conntrack",
+    "xt_mark",
+    "iptable_mangle",
+    "nft_chain_nat",
+    "xt_nat",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "ext4",
+)
 
 KERNEL_SOURCE = "etc/apt/sources.list.d/labkit-kernel.list"
 
@@ -52,22 +69,29 @@ def parse(spec: str) -> Kernel:
     path = Path(spec).expanduser()
     if spec.endswith(".deb"):
         if not path.is_file():
-            raise BoxError(f"kernel package {spec} does not exist: give the path of a linux-image-*.deb "
-                           "(make bindeb-pkg writes it beside the kernel tree)")
+            raise BoxError(
+                f"kernel package {spec} does not exist: give the path of a linux-image-*.deb "
+                "(make bindeb-pkg writes it beside the kernel tree)"
+            )
         package = _deb_package(path)
         if not package.startswith("linux-image-"):
-            raise BoxError(f"{path.name} holds {package}, not a kernel image: give the linux-image-*.deb, "
-                           "not the headers or libc-dev one")
+            raise BoxError(
+                f"{path.name} holds {package}, not a kernel image: give the linux-image-*.deb, "
+                "not the headers or libc-dev one"
+            )
         return Kernel(spec, deb=path.resolve())
-    raise BoxError(f"unknown kernel {spec!r}: give a Debian suite ({', '.join(SUITES)}) "
-                   "or the path of a linux-image-*.deb")
+    raise BoxError(
+        f"unknown kernel {spec!r}: give a Debian suite ({', '.join(SUITES)}) or the path of a linux-image-*.deb"
+    )
 
 
 def _deb_package(path: Path) -> str:
     proc = subprocess.run(["dpkg-deb", "--field", str(path), "Package"], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise BoxError(f"{path} is not a Debian package ({proc.stderr.strip().splitlines()[-1]}): "
-                       "give the linux-image-*.deb that make bindeb-pkg wrote")
+        raise BoxError(
+            f"{path} is not a Debian package ({proc.stderr.strip().splitlines()[-1]}): "
+            "give the linux-image-*.deb that make bindeb-pkg wrote"
+        )
     return proc.stdout.strip()
 
 
@@ -112,7 +136,7 @@ def install(tree: Path, kernel: Kernel, mirror: str, log: Callable[[str], None])
     cannot satisfy (apt's pkg/suite form); the rest of the userland stays bookworm's.
     """
     before = set(releases(tree))
-    _write(tree / RUN_PARTS_SHIM, RUN_PARTS_WRAPPER, mode=0o755)
+    write(tree / RUN_PARTS_SHIM, RUN_PARTS_WRAPPER, mode=0o755)
     try:
         return _install(tree, kernel, mirror, before, log)
     finally:
@@ -139,13 +163,24 @@ def _install(tree: Path, kernel: Kernel, mirror: str, before: set[str], log: Cal
     chroot = ["chroot", str(tree)]
     # apt gives dpkg a PATH of its own (DPkg::Path): put the run-parts wrapper's folder first.
     # INITRD=No: the kernel's hooks make no initramfs; the box build makes its own, small one.
-    apt = ["env", "DEBIAN_FRONTEND=noninteractive", "INITRD=No", "apt-get", "-q", "-y", "--no-install-recommends",
-           "-o", "Dpkg::Options::=--force-confnew", "-o", "DPkg::Path=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    apt = [
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "INITRD=No",
+        "apt-get",
+        "-q",
+        "-y",
+        "--no-install-recommends",
+        "-o",
+        "Dpkg::Options::=--force-confnew",
+        "-o",
+        "DPkg::Path=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]
     if kernel.suite:
         # Signatures are checked, the Release file's age is not: a frozen mirror or a snapshot of
         # the archive serves testing's and unstable's Release past its Valid-Until date.
         added = tree / KERNEL_SOURCE
-        _write(added, f"deb [check-valid-until=no] {mirror} {kernel.suite} main\n")
+        write(added, f"deb [check-valid-until=no] {mirror} {kernel.suite} main\n")
         package, what = f"linux-image-amd64/{kernel.suite}", f"{kernel.suite}'s kernel"
     else:
         assert kernel.deb is not None
@@ -153,17 +188,21 @@ def _install(tree: Path, kernel: Kernel, mirror: str, before: set[str], log: Cal
         shutil.copyfile(kernel.deb, added)
         package, what = f"/tmp/{kernel.deb.name}", kernel.deb.name
     log(f"installing {what}")
-    with _chroot_mounts(tree):
+    with chroot_mounts(tree):
         try:
-            _run(chroot + apt + ["update"], hint=f"check that {mirror} is reachable and serves what {what} needs")
-            _run(chroot + apt + ["install", package],
-                 hint=f"apt could not install {what} into bookworm; see its output above")
+            run(chroot + apt + ["update"], hint=f"check that {mirror} is reachable and serves what {what} needs")
+            run(
+                chroot + apt + ["install", package],
+                hint=f"apt could not install {what} into bookworm; see its output above",
+            )
         finally:
             added.unlink()
         new = sorted(set(releases(tree)) - before)
         if len(new) != 1:
-            raise BoxError(f"installing kernel {kernel.spec} gave {len(new)} new kernels ({', '.join(new) or 'none'}): "
-                           "give a package that holds exactly one")
+            raise BoxError(
+                f"installing kernel {kernel.spec} gave {len(new)} new kernels ({', '.join(new) or 'none'}): "
+                "give a package that holds exactly one"
+            )
         release = new[0]
         # Newer kernel packages keep their config beside the modules; bookworm's mkinitramfs
         # reads it from /boot to learn which compressions the kernel can unpack.
@@ -173,15 +212,15 @@ def _install(tree: Path, kernel: Kernel, mirror: str, before: set[str], log: Cal
         old = [p for p in _installed(tree, "linux-image-[0-9]*") if release not in p]
         if old:
             log(f"removing {', '.join(old)}")
-            _run(chroot + apt + ["purge", *old])
-        _run(chroot + apt + ["clean"])
+            run(chroot + apt + ["purge", *old])
+        run(chroot + apt + ["clean"])
     for lists in (tree / "var/lib/apt/lists").glob("*_dists_*"):
         lists.unlink()
     return release
 
 
 def _installed(tree: Path, pattern: str) -> list[str]:
-    out = _run_out(["chroot", str(tree), "dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package}\n", pattern])
+    out = run_out(["chroot", str(tree), "dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package}\n", pattern])
     return [line.split()[-1] for line in out.splitlines() if line.startswith("ii")]
 
 
@@ -201,12 +240,14 @@ def check_modules(tree: Path, kernel: Kernel, release: str) -> None:
 
 def _refuse_missing(kernel: Kernel, what: str, missing: list[str]) -> None:
     if missing:
-        raise BoxError(f"kernel {what} (from {kernel.spec}) has no {', '.join(missing)}: the labs need them. "
-                       "Build the kernel with them as modules or built in (e.g. CONFIG_IP_VS=m, CONFIG_NET_IPIP=m)")
+        raise BoxError(
+            f"kernel {what} (from {kernel.spec}) has no {', '.join(missing)}: the labs need them. "
+            "Build the kernel with them as modules or built in (e.g. CONFIG_IP_VS=m, CONFIG_NET_IPIP=m)"
+        )
 
 
 def package_version(tree: Path, package: str) -> str:
-    return _run_out(["chroot", str(tree), "dpkg-query", "-W", "-f", "${Version}", package]).strip()
+    return run_out(["chroot", str(tree), "dpkg-query", "-W", "-f", "${Version}", package]).strip()
 
 
 def box_name(release: str) -> str:

@@ -10,14 +10,16 @@ import importlib.metadata
 import json
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from labkit.box.guest_key import KEY_SOURCE
-from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE, BoxError
-from labkit.box.store import _boxes_dir, _meta, box_add, box_exists, remove_box
+from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE
+from labkit.box.store import box_add, box_exists, boxes_dir, read_meta, remove_box
+from labkit.box.system import BoxError
 
 MANIFEST = "labkit-export.json"
 FORMAT = "labkit box export 1"
@@ -30,6 +32,7 @@ BLOCK = 1 << 20
 @dataclass(frozen=True)
 class Shared:
     """What was exported or imported, for the user."""
+
     name: str
     version: str
     kernel: str
@@ -40,7 +43,7 @@ class Shared:
 
 def _installed(name: str) -> list[Path]:
     """The box's libvirt folders in Vagrant, oldest version first."""
-    folders = (_boxes_dir() / name.replace("/", "-VAGRANTSLASH-")).glob("*/libvirt")
+    folders = (boxes_dir() / name.replace("/", "-VAGRANTSLASH-")).glob("*/libvirt")
     return sorted(folders, key=lambda f: _version_key(f.parent.name))
 
 
@@ -74,18 +77,26 @@ def export_box(file: Path, name: str = DEFAULT_BOX) -> Shared:
     if not folders:
         raise BoxError(f"Vagrant has no box {name}: labkit box list shows labkit's boxes")
     folder = folders[-1]
-    meta = _meta(folder / META_FILE)
+    meta = read_meta(folder / META_FILE)
     if meta.get("ssh_key") != KEY_SOURCE:
-        raise BoxError(f"box {name} has the builder's SSH key built in (an older labkit) and would not work "
-                       f"elsewhere: rebuild it with labkit box build --force, then export it")
+        raise BoxError(
+            f"box {name} has the builder's SSH key built in (an older labkit) and would not work "
+            f"elsewhere: rebuild it with labkit box build --force, then export it"
+        )
     missing = [m for m in MEMBERS if not (folder / m).is_file()]
     if missing:
         raise BoxError(f"box {name} in Vagrant lacks {', '.join(missing)}: rebuild it with labkit box build --force")
     manifest = {
-        "format": FORMAT, "box": name, "version": folder.parent.name, "kernel": meta.get("kernel", ""),
-        "spec": meta.get("spec", ""), "packages": (folder / PACKAGES_FILE).read_text().split(),
-        "labkit": _labkit_version(), "ssh_key": meta["ssh_key"],
-        "exported": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "members": {},
+        "format": FORMAT,
+        "box": name,
+        "version": folder.parent.name,
+        "kernel": meta.get("kernel", ""),
+        "spec": meta.get("spec", ""),
+        "packages": (folder / PACKAGES_FILE).read_text().split(),
+        "labkit": _labkit_version(),
+        "ssh_key": meta["ssh_key"],
+        "exported": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "members": {},
     }
     partial = file.with_name(file.name + ".partial")
     try:
@@ -108,8 +119,9 @@ def export_box(file: Path, name: str = DEFAULT_BOX) -> Shared:
     except BaseException as exc:
         partial.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise BoxError(f"cannot write {file}: {exc.strerror or exc}. Give a path in an existing folder "
-                           "with room for the box") from None
+            raise BoxError(
+                f"cannot write {file}: {exc.strerror or exc}. Give a path in an existing folder with room for the box"
+            ) from None
         raise
     return Shared(name, manifest["version"], manifest["kernel"], file.stat().st_size, time.monotonic() - started)
 
@@ -120,7 +132,7 @@ class _BytesReader:
 
     def read(self, size: int = -1) -> bytes:
         end = len(self.data) if size < 0 else self.pos + size
-        chunk, self.pos = self.data[self.pos:end], min(end, len(self.data))
+        chunk, self.pos = self.data[self.pos : end], min(end, len(self.data))
         return chunk
 
 
@@ -135,14 +147,16 @@ def read_export(file: Path) -> dict:
         with tarfile.open(file, "r|") as tar:  # one pass, front to back
             for member in tar:
                 if not member.isfile() or member.name in seen or member.name == MANIFEST and manifest_data:
-                    raise BoxError(f"{file} holds an unexpected member {member.name!r}: it is not a labkit box "
-                                   f"export, or it is damaged; {AGAIN}")
+                    raise BoxError(
+                        f"{file} holds an unexpected member {member.name!r}: it is not a labkit box "
+                        f"export, or it is damaged; {AGAIN}"
+                    )
                 f = tar.extractfile(member)
                 if member.name == MANIFEST:
                     manifest_data = f.read(1 << 20)
                     continue
                 digest, size = hashlib.sha256(), 0
-                for block in iter(lambda: f.read(BLOCK), b""):
+                for block in iter(lambda f=f: f.read(BLOCK), b""):
                     digest.update(block)
                     size += len(block)
                 if size != member.size:
@@ -159,8 +173,10 @@ def read_export(file: Path) -> dict:
     except (ValueError, KeyError, TypeError):
         raise BoxError(f"{file}: its {MANIFEST} is damaged; {AGAIN}") from None
     if manifest.get("format") != FORMAT:
-        raise BoxError(f"{file} was written by another labkit ({manifest.get('format')!r}, not {FORMAT!r}): "
-                       "export it again with this labkit")
+        raise BoxError(
+            f"{file} was written by another labkit ({manifest.get('format')!r}, not {FORMAT!r}): "
+            "export it again with this labkit"
+        )
     for member in sorted(set(expected) | set(seen)):
         if member not in seen:
             raise BoxError(f"{file} lacks {member}: it is cut short; {AGAIN}")
@@ -169,8 +185,9 @@ def read_export(file: Path) -> dict:
         if seen[member] != expected[member]:
             raise BoxError(f"{file}: {member} does not match its sha256 in the export, the file is damaged; {AGAIN}")
     if set(MEMBERS) - set(seen):
-        raise BoxError(f"{file} lacks {', '.join(sorted(set(MEMBERS) - set(seen)))}: export the box again "
-                       "with this labkit")
+        raise BoxError(
+            f"{file} lacks {', '.join(sorted(set(MEMBERS) - set(seen)))}: export the box again with this labkit"
+        )
     if manifest.get("ssh_key") != KEY_SOURCE:
         raise BoxError(f"box {name} {version} has its builder's SSH key built in: ask for a box built by this labkit")
     return manifest
@@ -203,8 +220,10 @@ def import_box(file: Path, force: bool = False, log: Callable[[str], None] = pri
         return Shared(**shared, seconds=time.monotonic() - started, added=False)
     if folders and not force:
         versions = ", ".join(f.parent.name for f in folders)
-        raise BoxError(f"Vagrant already has box {name} (version {versions}), not this one ({version}): "
-                       f"labkit box import --force {file} replaces it")
+        raise BoxError(
+            f"Vagrant already has box {name} (version {versions}), not this one ({version}): "
+            f"labkit box import --force {file} replaces it"
+        )
     if box_exists(name):  # only this Vagrant's box: the pool's image may be another installation's too
         remove_box(name, log)  # refuses while a VM still runs on the old image
     box_add(name, file, version=version)

@@ -9,15 +9,16 @@ import os
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import vagrant
 
 from labkit.box.guest_key import KEY_SOURCE
-from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE, BoxError, _run, package_list
+from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE, package_list
 from labkit.box.kernel import Kernel, parse
+from labkit.box.system import BoxError, run
 
 LIBVIRT_URI = "qemu:///system"
 LIBVIRT_POOL = "default"  # where vagrant-libvirt uploads box images
@@ -35,7 +36,9 @@ def _call(action: str, *args) -> object:
     except FileNotFoundError:
         raise BoxError("vagrant is not installed: apt-get install vagrant") from None
     except subprocess.CalledProcessError as exc:
-        raise BoxError(f"vagrant {action.replace('_', ' ')} failed (exit {exc.returncode}): see its output above") from None
+        raise BoxError(
+            f"vagrant {action.replace('_', ' ')} failed (exit {exc.returncode}): see its output above"
+        ) from None
 
 
 def box_exists(name: str) -> bool:
@@ -52,9 +55,26 @@ def box_add(name: str, box_file: Path, version: str) -> None:
             digest.update(block)
     with tempfile.TemporaryDirectory(prefix="labkit-box-") as folder:  # not beside the box: it may be the user's
         catalog = Path(folder) / "catalog.json"
-        catalog.write_text(json.dumps({"name": name, "versions": [{"version": version, "providers": [{
-            "name": "libvirt", "url": box_file.resolve().as_uri(), "checksum_type": "sha256",
-            "checksum": digest.hexdigest()}]}]}))
+        catalog.write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "versions": [
+                        {
+                            "version": version,
+                            "providers": [
+                                {
+                                    "name": "libvirt",
+                                    "url": box_file.resolve().as_uri(),
+                                    "checksum_type": "sha256",
+                                    "checksum": digest.hexdigest(),
+                                }
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
         _call("box_add", name, str(catalog), "libvirt", True)
 
 
@@ -62,18 +82,19 @@ def box_remove(name: str) -> None:
     _call("box_remove", name, "libvirt")
 
 
-def _boxes_dir() -> Path:
+def boxes_dir() -> Path:
     return Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d")) / "boxes"
 
 
-def _box_files(name: str, file: str) -> list[Path]:
-    return list((_boxes_dir() / name.replace("/", "-VAGRANTSLASH-")).glob(f"*/libvirt/{file}"))
+def box_files(name: str, file: str) -> list[Path]:
+    return list((boxes_dir() / name.replace("/", "-VAGRANTSLASH-")).glob(f"*/libvirt/{file}"))
 
 
 @dataclass(frozen=True)
 class Box:
     """One of labkit's boxes in Vagrant, with what it was built from (empty for a box built
     before labkit kept that)."""
+
     name: str
     version: str
     kernel: str = ""
@@ -87,9 +108,9 @@ class Box:
 def labkit_boxes() -> list[Box]:
     """The boxes labkit built that Vagrant has, oldest first."""
     found = []
-    for folder in _boxes_dir().glob("labkit-VAGRANTSLASH-*/*/libvirt"):
+    for folder in boxes_dir().glob("labkit-VAGRANTSLASH-*/*/libvirt"):
         name = folder.parents[1].name.replace("-VAGRANTSLASH-", "/")
-        meta = _meta(folder / META_FILE)
+        meta = read_meta(folder / META_FILE)
         fields = {k: meta[k] for k in Box.__dataclass_fields__ if k in meta and k not in ("name", "version")}
         found.append(Box(name=name, version=folder.parent.name, **fields))
     return sorted(found, key=lambda b: (b.built, b.name))
@@ -121,10 +142,10 @@ def box_for_kernel(spec: str) -> str:
 def box_takes_key_at_boot(name: str) -> bool:
     """Whether the installed box trusts the key each VM is given at boot. An older labkit built
     the builder's key into the box: that box works for one installation only and must be rebuilt."""
-    return any(_meta(f).get("ssh_key") == KEY_SOURCE for f in _box_files(name, META_FILE))
+    return any(read_meta(f).get("ssh_key") == KEY_SOURCE for f in box_files(name, META_FILE))
 
 
-def _meta(path: Path) -> dict:
+def read_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -135,7 +156,7 @@ def _meta(path: Path) -> dict:
 def box_has_packages(name: str) -> bool:
     """Whether the installed box holds every package labkit's labs now use: a box built
     before a package joined the list would fail offline, where apt cannot reach a mirror."""
-    return any(f.read_text() == package_list() for f in _box_files(name, PACKAGES_FILE))
+    return any(f.read_text() == package_list() for f in box_files(name, PACKAGES_FILE))
 
 
 def base_volume_prefix(box_name: str) -> str:
@@ -147,7 +168,8 @@ def _pool_volumes() -> dict[str, str]:
     """name -> path of the volumes in the libvirt pool; empty if there is no pool yet."""
     proc = subprocess.run(
         ["virsh", "-c", LIBVIRT_URI, "-q", "vol-list", "--pool", LIBVIRT_POOL],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         return {}  # vagrant-libvirt creates the pool on first use
@@ -162,7 +184,8 @@ def _pool_volumes() -> dict[str, str]:
 def _backing_path(volume: str) -> str | None:
     proc = subprocess.run(
         ["virsh", "-c", LIBVIRT_URI, "vol-dumpxml", "--pool", LIBVIRT_POOL, volume],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         return None  # deleted since the listing, e.g. by a lab being destroyed
@@ -170,7 +193,7 @@ def _backing_path(volume: str) -> str | None:
     return node.text if node is not None else None
 
 
-def _old_base_volumes(box_name: str) -> list[str]:
+def old_base_volumes(box_name: str) -> list[str]:
     """The box's images in the pool, which must go, else vagrant-libvirt keeps using them.
 
     Raises while a VM disk is still an overlay on one: deleting it would break that VM.
@@ -192,10 +215,10 @@ def _old_base_volumes(box_name: str) -> list[str]:
 def remove_box(name: str, log: Callable[[str], None]) -> None:
     """Take a box out of Vagrant and its images out of libvirt's pool, else vagrant-libvirt keeps
     booting the old image. Refuses, before removing anything, while a VM disk is built on one."""
-    old_volumes = _old_base_volumes(name)
+    old_volumes = old_base_volumes(name)
     if box_exists(name):
         log(f"removing old box {name}")
         box_remove(name)
     for volume in old_volumes:
         log(f"deleting old base image {volume} from libvirt pool {LIBVIRT_POOL}")
-        _run(["virsh", "-c", LIBVIRT_URI, "vol-delete", "--pool", LIBVIRT_POOL, volume])
+        run(["virsh", "-c", LIBVIRT_URI, "vol-delete", "--pool", LIBVIRT_POOL, volume])

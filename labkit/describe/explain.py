@@ -4,8 +4,8 @@ written as a person would type them. Pure."""
 from __future__ import annotations
 
 from labkit.labfile import Lab
-from labkit.build.guest import shown
-from labkit.build.plan import plan
+from labkit.plan.guest import shown
+from labkit.plan.steps import plan
 
 
 def walkthrough(lab: Lab, node: str) -> list[tuple[str, list[str]]]:

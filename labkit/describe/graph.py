@@ -17,7 +17,7 @@ from pathlib import Path
 from labkit.errors import LabkitError
 from labkit.labfile import Forwarding, Lab, Role, Tunnel, VirtualService
 from labkit.labfile.model import host_port
-from labkit.build.plan import vip_devices
+from labkit.plan.steps import vip_devices
 
 FONT = "Helvetica"
 # Blue and orange stay apart for colour-blind readers too; in grey print, solid and dashed do.
@@ -124,26 +124,32 @@ def _service(svc: VirtualService) -> str:
 
 
 def _node_label(lab: Lab, node: str) -> str:
-    rows = [f'<TR><TD><B><FONT POINT-SIZE="18">{node}</FONT></B></TD></TR>',
-            f"<TR><TD><I>{_role(lab, node)}</I></TD></TR>"]
+    rows = [
+        f'<TR><TD><B><FONT POINT-SIZE="18">{node}</FONT></B></TD></TR>',
+        f"<TR><TD><I>{_role(lab, node)}</I></TD></TR>",
+    ]
     rows += [f'<TR><TD ALIGN="LEFT">{net} {addr}</TD></TR>' for net, addr in lab.nodes[node].addresses.items()]
     rows += [f'<TR><TD ALIGN="LEFT">{net} {addr}</TD></TR>' for net, addr in lab.nodes[node].addresses6.items()]
     if node == lab.active_director:
-        rows += [f'<TR><TD BGCOLOR="{VIP_FILL}" ALIGN="LEFT" BALIGN="LEFT">{_service(svc)}</TD></TR>'
-                 for svc in lab.services]
+        rows += [
+            f'<TR><TD BGCOLOR="{VIP_FILL}" ALIGN="LEFT" BALIGN="LEFT">{_service(svc)}</TD></TR>' for svc in lab.services
+        ]
         if lab.ha and lab.gateway:
             # It moves with the VIPs, so it is drawn where they are.
             rows.append(f'<TR><TD BGCOLOR="{VIP_FILL}" ALIGN="LEFT">gateway {lab.gateway}</TD></TR>')
     if lab.nodes[node].role == Role.real_server:
         # TUN and DR real servers hold the VIP themselves: that is why they may answer from it.
-        rows += [f'<TR><TD BGCOLOR="{VIP_FILL}" ALIGN="LEFT">VIP {vip} on {dev}</TD></TR>'
-                 for vip, dev in vip_devices(lab, node).items()]
+        rows += [
+            f'<TR><TD BGCOLOR="{VIP_FILL}" ALIGN="LEFT">VIP {vip} on {dev}</TD></TR>'
+            for vip, dev in vip_devices(lab, node).items()
+        ]
     return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="3">' + "".join(rows) + "</TABLE>>"
 
 
 def _words(words: list[tuple[str, bool]]) -> str:
-    return "".join(f'<FONT COLOR="{REPLY if reply else REQUEST}">{escape(text)}</FONT><BR ALIGN="LEFT"/>'
-                   for text, reply in words)
+    return "".join(
+        f'<FONT COLOR="{REPLY if reply else REQUEST}">{escape(text)}</FONT><BR ALIGN="LEFT"/>' for text, reply in words
+    )
 
 
 class _Paths:
@@ -213,16 +219,26 @@ def _paths(lab: Lab, layout: _Layout) -> _Paths:
             for client in lab.clients:
                 paths.hop(client, active, lab.network_of(vip), reply=False, first=f"to {host_port(vip, svc.port)}")
         for rs in svc.real_servers:
-            paths.hop(active, lab.node_at(rs.address), lab.network_of(rs.address), reply=False,
-                      first=wrapping(svc) if svc.tunnel_type else HOP[svc.forwarding])
+            paths.hop(
+                active,
+                lab.node_at(rs.address),
+                lab.network_of(rs.address),
+                reply=False,
+                first=wrapping(svc) if svc.tunnel_type else HOP[svc.forwarding],
+            )
     for svc in lab.services:
         vip_net = lab.network_of(svc.addresses[0])
         for rs in svc.real_servers:
             node = lab.node_at(rs.address)
             for client in lab.clients:
                 if svc.forwarding == Forwarding.masq:
-                    paths.hop(node, active, lab.network_of(rs.address), reply=True,
-                              then=f"reply via {lab.reply_gateway(node)}")
+                    paths.hop(
+                        node,
+                        active,
+                        lab.network_of(rs.address),
+                        reply=True,
+                        then=f"reply via {lab.reply_gateway(node)}",
+                    )
                     paths.hop(active, client, vip_net, reply=True, first="src -> VIP")
                 else:
                     paths.hop(node, client, vip_net, reply=True, first="reply from VIP")
@@ -236,8 +252,9 @@ def _cables(lab: Lab, layout: _Layout, paths: _Paths) -> list[str]:
             if net in lab.nodes[node].addresses:
                 ends = (_q(node), layout.end(node, net))
                 tail, head = ends if layout.above(node, net) else ends[::-1]
-                lines.append(f'  {tail} -> {head} [{paths.label(node, net)}dir=none, color="{CABLE}", '
-                             "penwidth=5, weight=10];")
+                lines.append(
+                    f'  {tail} -> {head} [{paths.label(node, net)}dir=none, color="{CABLE}", penwidth=5, weight=10];'
+                )
     return lines
 
 
@@ -255,8 +272,10 @@ def dot(lab: Lab) -> str:
         f'  edge [fontname="{FONT}", fontsize=14, arrowsize=1.1];',
     ]
     lines += [f"  {_q(_bar(net))} [label={_network_label(lab, net, layout)}, shape=plain];" for net in lab.networks]
-    lines += [f'  {_q(node)} [label={_node_label(lab, node)}, fillcolor="{FILL[spec.role]}"];'
-              for node, spec in lab.nodes.items()]
+    lines += [
+        f'  {_q(node)} [label={_node_label(lab, node)}, fillcolor="{FILL[spec.role]}"];'
+        for node, spec in lab.nodes.items()
+    ]
     lines += [f"  {{rank=same; {' '.join(_q(n) for n in row)}}}" for row in layout.rows]
     paths = _paths(lab, layout)
     lines += _cables(lab, layout, paths)
@@ -276,8 +295,7 @@ def draw(lab: Lab, out_dir: Path) -> list[Path]:
     # 144 dpi keeps the PNG sharp on a projector; the SVG scales by itself.
     for fmt, extra in (("svg", []), ("png", ["-Gdpi=144"])):
         path = out_dir / f"{lab.name}.{fmt}"
-        proc = subprocess.run([exe, f"-T{fmt}", *extra, "-o", str(path)], input=source,
-                              capture_output=True, text=True)
+        proc = subprocess.run([exe, f"-T{fmt}", *extra, "-o", str(path)], input=source, capture_output=True, text=True)
         if proc.returncode != 0:
             raise LabkitError(f"dot could not draw {lab.name} as {fmt}: {proc.stderr.strip()}")
         written.append(path)

@@ -11,8 +11,9 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Annotated
 
-from labkit.errors import LabkitError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
+
+from labkit.errors import LabkitError
 
 
 def _printable(text: str) -> str:
@@ -148,6 +149,7 @@ def host_cidr(address: IPv4Address | IPv6Address) -> str:
 
 def _ipv4_only(kind: str, where: str):
     """An IPv6 value under an IPv4 key is told where it goes, rather than that it is no IPv4 value."""
+
     def check(value: object) -> object:
         try:
             version = ip_network(str(value), strict=False).version
@@ -156,10 +158,13 @@ def _ipv4_only(kind: str, where: str):
         if version == 6:
             raise ValueError(f"{value} is an IPv6 {kind}, and this key holds IPv4. {where}")
         return value
+
     return BeforeValidator(check)
 
 
-IPv4Only = Annotated[IPv4Address, _ipv4_only("address", "Give it under the node's addresses6:, by the same network name")]
+IPv4Only = Annotated[
+    IPv4Address, _ipv4_only("address", "Give it under the node's addresses6:, by the same network name")
+]
 IPv4OnlyNetwork = Annotated[IPv4Network, _ipv4_only("prefix", "Give it under networks6:, by the same network name")]
 
 
@@ -350,18 +355,16 @@ class Lab(Strict):
         return [n for n in self.nodes[a].addresses if n in self.nodes[b].addresses]
 
     def services_of(self, real_server: str) -> list[VirtualService]:
-        return [
-            s for s in self.services
-            if any(self.node_at(rs.address) == real_server for rs in s.real_servers)
-        ]
+        return [s for s in self.services if any(self.node_at(rs.address) == real_server for rs in s.real_servers)]
 
 
 def with_weight(lab: Lab, real_server: str, weight: int, service: str | None = None) -> Lab:
     """The lab with a real server's weight changed in every service (or the one named by its
     key, e.g. "tcp 192.168.55.100:80") that lists it."""
     if lab.nodes.get(real_server) is None or lab.nodes[real_server].role != Role.real_server:
-        raise LabError(f"{real_server!r} is not a real server of the lab {lab.name}. "
-                       f"Real servers: {', '.join(lab.real_servers)}")
+        raise LabError(
+            f"{real_server!r} is not a real server of the lab {lab.name}. Real servers: {', '.join(lab.real_servers)}"
+        )
     if not 0 <= weight <= 65535:
         raise LabError(f"weight {weight} is out of range. Use 0 (drain) to 65535")
     keys = [s.key for s in lab.services_of(real_server)]

@@ -6,8 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
 
-from labkit.labfile.model import (HOSTNAME, IFNAME, RESERVED_IFNAMES, Check, Forwarding, Lab, Protocol, Role, Tunnel,
-                                  VirtualService, host_port)
+from labkit.labfile.model import (
+    HOSTNAME,
+    IFNAME,
+    RESERVED_IFNAMES,
+    Check,
+    Forwarding,
+    Lab,
+    Protocol,
+    Role,
+    Tunnel,
+    VirtualService,
+    host_port,
+)
 
 
 def semantic_problems(lab: Lab) -> Iterator[str]:
@@ -16,28 +27,37 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
         yield f"name: {lab.name!r} is not a plain name. Use lower-case letters, digits and '-'"
     for i, (net, cidr) in enumerate(lab.networks.items()):
         if not IFNAME.match(net) or net in RESERVED_IFNAMES:
-            yield (f"networks.{net}: a network name becomes an interface name in the guests. "
-                   "Use 1-15 lower-case letters and digits, not lo, eth0 or tunl0")
+            yield (
+                f"networks.{net}: a network name becomes an interface name in the guests. "
+                "Use 1-15 lower-case letters and digits, not lo, eth0 or tunl0"
+            )
         if net == "mgmt":
             yield "networks.mgmt: the name of the lab's management network (Vagrant's SSH path). Use another name"
         for other, other_cidr in list(lab.networks.items())[:i]:
             if cidr.overlaps(other_cidr):
-                yield (f"networks.{net}: {cidr} overlaps networks.{other} ({other_cidr}). "
-                       "Give each network its own range")
+                yield (
+                    f"networks.{net}: {cidr} overlaps networks.{other} ({other_cidr}). Give each network its own range"
+                )
     for i, (net, cidr) in enumerate(lab.networks6.items()):
         if net not in lab.networks:
-            yield (f"networks6.{net}: there is no network {net!r}. An IPv6 prefix is given to a network declared "
-                   f"under networks: ({', '.join(lab.networks)}), by its name")
+            yield (
+                f"networks6.{net}: there is no network {net!r}. An IPv6 prefix is given to a network declared "
+                f"under networks: ({', '.join(lab.networks)}), by its name"
+            )
         for other, other_cidr in list(lab.networks6.items())[:i]:
             if cidr.overlaps(other_cidr):
-                yield (f"networks6.{net}: {cidr} overlaps networks6.{other} ({other_cidr}). "
-                       "Give each network its own prefix")
+                yield (
+                    f"networks6.{net}: {cidr} overlaps networks6.{other} ({other_cidr}). "
+                    "Give each network its own prefix"
+                )
     seen: dict[IPv4Address | IPv6Address, str] = {}
     undeclared = False
     for name, node in lab.nodes.items():
         if not HOSTNAME.match(name):
-            yield (f"nodes.{name}: {name!r} is not a plain hostname. "
-                   "Use lower-case letters, digits and '-', starting with a letter (e.g. lb0)")
+            yield (
+                f"nodes.{name}: {name!r} is not a plain hostname. "
+                "Use lower-case letters, digits and '-', starting with a letter (e.g. lb0)"
+            )
         for net, addr in node.addresses.items():
             field = f"nodes.{name}.addresses.{net}"
             if net not in lab.networks:
@@ -55,12 +75,16 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
         for net, addr in node.addresses6.items():
             field = f"nodes.{name}.addresses6.{net}"
             if net not in lab.networks6:
-                yield (f"{field}: network {net!r} has no IPv6 prefix. Give it one under networks6: "
-                       f"({', '.join(lab.networks6) or 'none yet'})")
+                yield (
+                    f"{field}: network {net!r} has no IPv6 prefix. Give it one under networks6: "
+                    f"({', '.join(lab.networks6) or 'none yet'})"
+                )
                 continue
             if net not in node.addresses:
-                yield (f"{field}: {name} has no IPv4 address on {net}, so it has no interface there. "
-                       f"Give it one under addresses: too")
+                yield (
+                    f"{field}: {name} has no IPv4 address on {net}, so it has no interface there. "
+                    f"Give it one under addresses: too"
+                )
             cidr = lab.networks6[net]
             if addr not in cidr:
                 yield f"{field}: {addr} is not in network {net}'s prefix {cidr}. Use an address inside {cidr}"
@@ -81,13 +105,17 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
     for i, svc in enumerate(lab.services):
         field = f"services[{i}]"
         if lab.ha and svc.protocol == Protocol.udp and svc.check in (Check.http, Check.tcp):
-            yield (f"{field}.check: keepalived cannot check a UDP service with {svc.check.value}. "
-                   "Use check: udp (a datagram that must be answered) or none")
+            yield (
+                f"{field}.check: keepalived cannot check a UDP service with {svc.check.value}. "
+                "Use check: udp (a datagram that must be answered) or none"
+            )
         if lab.ha and svc.protocol == Protocol.tcp and svc.check == Check.udp:
             yield f"{field}.check: a TCP service is not checked with datagrams. Use check: http, tcp or none"
         if svc.one_packet and svc.protocol != Protocol.udp:
-            yield (f"{field}.one_packet: one-packet scheduling is for UDP; a TCP connection's packets must all "
-                   "reach one real server. Remove one_packet, or use protocol: udp")
+            yield (
+                f"{field}.one_packet: one-packet scheduling is for UDP; a TCP connection's packets must all "
+                "reach one real server. Remove one_packet, or use protocol: udp"
+            )
         if svc.key in keys:
             yield f"{field}: {svc.key} is declared twice. Merge the two services"
         keys.add(svc.key)
@@ -105,14 +133,18 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
             vip_net = lab.network_of(vip)
             prefixes = lab.networks6 if vip.version == 6 else lab.networks
             if vip_net is None or vip_net not in shared:
-                yield (f"{vip_field}: {vip} is on no network that all directors ({', '.join(directors)}) share. "
-                       f"Use an address in {' or '.join(str(prefixes[n]) for n in sorted(shared) if n in prefixes) or 'a shared network'}")
+                yield (
+                    f"{vip_field}: {vip} is on no network that all directors ({', '.join(directors)}) share. "
+                    f"Use an address in {' or '.join(str(prefixes[n]) for n in sorted(shared) if n in prefixes) or 'a shared network'}"
+                )
             elif vip.version == 6:
                 # a /128 VIP brings no route: the director answers the client through its own address there
                 for director in directors:
                     if vip_net not in lab.nodes[director].addresses6:
-                        yield (f"{vip_field}: the director {director} has no IPv6 address on {vip_net}, so it cannot "
-                               f"answer the clients there. Give {director} an addresses6 entry on {vip_net}")
+                        yield (
+                            f"{vip_field}: the director {director} has no IPv6 address on {vip_net}, so it cannot "
+                            f"answer the clients there. Give {director} an addresses6 entry on {vip_net}"
+                        )
             elif vip in (lab.networks[vip_net].network_address, lab.networks[vip_net].broadcast_address):
                 yield f"{vip_field}: {vip} is the network or broadcast address of {lab.networks[vip_net]}. Use a host address"
         yield from _family_problems(lab, svc, field)
@@ -124,21 +156,30 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
                 continue  # said by _family_problems
             destination = (rs.address, svc.listed_port(rs))
             if destination in destinations:
-                yield (f"{rs_field}: {host_port(*destination)} is listed twice in this service. "
-                       "List each real server once per port")
+                yield (
+                    f"{rs_field}: {host_port(*destination)} is listed twice in this service. "
+                    "List each real server once per port"
+                )
             destinations.add(destination)
             node = lab.node_at(rs.address)
             if node is None or lab.nodes[node].role != Role.real_server:
-                yield (f"{rs_field}.address: {rs.address} is not the address of a real_server node. "
-                       f"Use one of: {', '.join(str(a) for n in lab.real_servers for a in lab.nodes[n].addresses.values())}")
+                yield (
+                    f"{rs_field}.address: {rs.address} is not the address of a real_server node. "
+                    f"Use one of: {', '.join(str(a) for n in lab.real_servers for a in lab.nodes[n].addresses.values())}"
+                )
                 continue
             if svc.forwarding != Forwarding.masq and svc.real_port(rs) != svc.port and svc.port_mapping is None:
-                mapping = ", or port_mapping: dnat (each real server rewrites the port itself)" \
-                    if svc.forwarding == Forwarding.tun and svc.fwmark is None else ""
-                yield (f"{rs_field}.port: {svc.forwarding.value} cannot map port {svc.port} to {svc.real_port(rs)}: "
-                       "the director does not rewrite the packet, so the real server receives it on the VIP's port "
-                       "(ipvsadm accepts the rule and silently uses the VIP's port). "
-                       f"Use port {svc.port}, or forwarding: masq, the mode that maps ports{mapping}")
+                mapping = (
+                    ", or port_mapping: dnat (each real server rewrites the port itself)"
+                    if svc.forwarding == Forwarding.tun and svc.fwmark is None
+                    else ""
+                )
+                yield (
+                    f"{rs_field}.port: {svc.forwarding.value} cannot map port {svc.port} to {svc.real_port(rs)}: "
+                    "the director does not rewrite the packet, so the real server receives it on the VIP's port "
+                    "(ipvsadm accepts the rule and silently uses the VIP's port). "
+                    f"Use port {svc.port}, or forwarding: masq, the mode that maps ports{mapping}"
+                )
             rs_net = lab.network_of(rs.address)
             if rs_net not in shared:
                 why = {
@@ -146,29 +187,39 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
                     Forwarding.tun: "the directors send the tunnel packets to it directly",
                     Forwarding.masq: "the directors are its gateway",
                 }[svc.forwarding]
-                yield (f"{rs_field}.address: {rs.address} ({node}) is on network {rs_net}, which not every director is on; "
-                       f"{why}. Use {node}'s address on a network of the directors")
+                yield (
+                    f"{rs_field}.address: {rs.address} ({node}) is on network {rs_net}, which not every director is on; "
+                    f"{why}. Use {node}'s address on a network of the directors"
+                )
             if svc.ipv6 and svc.forwarding == Forwarding.route:
                 for client in lab.clients:
                     if not set(lab.nodes[client].addresses6) & set(lab.nodes[node].addresses6):
-                        yield (f"{rs_field}.address: in route {node} answers the client {client} directly over IPv6, "
-                               f"but they share no IPv6 network. Give {node} an addresses6 entry on {client}'s network")
-            for director in (directors if svc.ipv6 and rs_net in shared else []):
+                        yield (
+                            f"{rs_field}.address: in route {node} answers the client {client} directly over IPv6, "
+                            f"but they share no IPv6 network. Give {node} an addresses6 entry on {client}'s network"
+                        )
+            for director in directors if svc.ipv6 and rs_net in shared else []:
                 if rs_net not in lab.nodes[director].addresses6:
-                    yield (f"{rs_field}.address: the director {director} reaches {node} over IPv6 on {rs_net}, "
-                           f"but has no IPv6 address there. Give {director} an addresses6 entry on {rs_net}")
+                    yield (
+                        f"{rs_field}.address: the director {director} reaches {node} over IPv6 on {rs_net}, "
+                        f"but has no IPv6 address there. Give {director} an addresses6 entry on {rs_net}"
+                    )
             if svc.forwarding != Forwarding.masq:
                 for client in lab.clients:
                     if not lab.shared_networks(client, node):
-                        yield (f"{rs_field}.address: in {svc.forwarding.value} {node} answers the client {client} directly, "
-                               f"but they share no network. Give {node} an address on {client}'s network")
+                        yield (
+                            f"{rs_field}.address: in {svc.forwarding.value} {node} answers the client {client} directly, "
+                            f"but they share no network. Give {node} an address on {client}'s network"
+                        )
             else:
                 for client in lab.clients:
                     both = lab.shared_networks(client, node)
                     if both:
-                        yield (f"{rs_field}.address: in NAT the client {client} must reach {node} only through the director, "
-                               f"but both are on network {both[0]}; replies would bypass the director. "
-                               "Put the real servers on a network of their own")
+                        yield (
+                            f"{rs_field}.address: in NAT the client {client} must reach {node} only through the director, "
+                            f"but both are on network {both[0]}; replies would bypass the director. "
+                            "Put the real servers on a network of their own"
+                        )
 
 
 def _family_problems(lab: Lab, svc: VirtualService, field: str) -> Iterator[str]:
@@ -179,24 +230,34 @@ def _family_problems(lab: Lab, svc: VirtualService, field: str) -> Iterator[str]
             yield f"{field}.vips[{k}]: {vip} is IPv{vip.version}, the service's first VIP IPv{family}. Use one family per service"
     for j, rs in enumerate(svc.real_servers):
         if rs.address.version != family:
-            yield (f"{field}.real_servers[{j}].address: {rs.address} is IPv{rs.address.version}, the VIP is IPv{family}. "
-                   f"IPVS forwards within one family: use the real server's IPv{family} address")
+            yield (
+                f"{field}.real_servers[{j}].address: {rs.address} is IPv{rs.address.version}, the VIP is IPv{family}. "
+                f"IPVS forwards within one family: use the real server's IPv{family} address"
+            )
     if svc.sorry_server is not None and svc.sorry_server.address.version != family:
-        yield (f"{field}.sorry_server.address: {svc.sorry_server.address} is IPv{svc.sorry_server.address.version}, "
-               f"the VIP is IPv{family}. Use the sorry server's IPv{family} address")
+        yield (
+            f"{field}.sorry_server.address: {svc.sorry_server.address} is IPv{svc.sorry_server.address.version}, "
+            f"the VIP is IPv{family}. Use the sorry server's IPv{family} address"
+        )
     if family != 6:
         return
     if svc.fwmark:
-        yield (f"{field}.vips: labkit marks a fwmark service's packets with iptables, for IPv4 VIPs only. "
-               "Give IPv6 VIPs their own services (vip:)")
+        yield (
+            f"{field}.vips: labkit marks a fwmark service's packets with iptables, for IPv4 VIPs only. "
+            "Give IPv6 VIPs their own services (vip:)"
+        )
     if svc.forwarding == Forwarding.tun:
         yield f"{field}.forwarding: tun over IPv6 (ip6tnl) is not offered by labkit. Use route or masq for an IPv6 service"
     if svc.protocol == Protocol.udp:
-        yield (f"{field}.protocol: labkit's UDP responder answers on IPv4 only. Use protocol: tcp for an IPv6 "
-               "service, or an IPv4 VIP for a UDP one")
+        yield (
+            f"{field}.protocol: labkit's UDP responder answers on IPv4 only. Use protocol: tcp for an IPv6 "
+            "service, or an IPv4 VIP for a UDP one"
+        )
     if svc.forwarding == Forwarding.masq and lab.ha:
-        yield (f"{field}.forwarding: NAT over IPv6 needs a floating IPv6 gateway, which labkit's keepalived pair "
-               "does not have. Use failover: none for IPv6 NAT, or forwarding: route")
+        yield (
+            f"{field}.forwarding: NAT over IPv6 needs a floating IPv6 gateway, which labkit's keepalived pair "
+            "does not have. Use failover: none for IPv6 NAT, or forwarding: route"
+        )
     for client in lab.clients:
         if not lab.nodes[client].addresses6:
             yield f"{field}.vip: the service is IPv6 but the client {client} has no IPv6 address. Give it addresses6:"
@@ -207,27 +268,38 @@ def _tunnel_problems(svc: VirtualService, field: str) -> Iterator[str]:
     if svc.forwarding != Forwarding.tun:
         for key in ("tunnel", "tunnel_port", "port_mapping"):
             if getattr(svc, key) is not None:
-                yield (f"{field}.{key}: only a TUN service has it; this one is {svc.forwarding.value}. "
-                       f"Remove {key}, or use forwarding: tun")
+                yield (
+                    f"{field}.{key}: only a TUN service has it; this one is {svc.forwarding.value}. "
+                    f"Remove {key}, or use forwarding: tun"
+                )
         return
     if svc.tunnel == Tunnel.gue and svc.tunnel_port is None:
-        yield (f"{field}.tunnel_port: a GUE tunnel needs the UDP port the real servers unwrap it on. "
-               "Add e.g. tunnel_port: 6080")
+        yield (
+            f"{field}.tunnel_port: a GUE tunnel needs the UDP port the real servers unwrap it on. "
+            "Add e.g. tunnel_port: 6080"
+        )
     if svc.tunnel != Tunnel.gue and svc.tunnel_port is not None:
-        yield (f"{field}.tunnel_port: only a GUE tunnel has a port ({svc.tunnel_type.value} has none). "
-               "Remove tunnel_port, or use tunnel: gue")
+        yield (
+            f"{field}.tunnel_port: only a GUE tunnel has a port ({svc.tunnel_type.value} has none). "
+            "Remove tunnel_port, or use tunnel: gue"
+        )
     if svc.port_mapping is not None:
         if svc.fwmark is not None:
-            yield (f"{field}.port_mapping: labkit maps the port of a service with vip: and port:, not of a fwmark "
-                   "service. Remove port_mapping, or give the service vip: and port:")
+            yield (
+                f"{field}.port_mapping: labkit maps the port of a service with vip: and port:, not of a fwmark "
+                "service. Remove port_mapping, or give the service vip: and port:"
+            )
         elif all(svc.real_port(rs) == svc.port for rs in svc.real_servers):
-            yield (f"{field}.port_mapping: every real server already listens on the VIP's port {svc.port}, "
-                   "so there is nothing to map. Remove port_mapping, or give the real servers their port:")
+            yield (
+                f"{field}.port_mapping: every real server already listens on the VIP's port {svc.port}, "
+                "so there is nothing to map. Remove port_mapping, or give the real servers their port:"
+            )
 
 
 def _failover_problems(lab: Lab, shared: set[str], seen: dict[IPv4Address, str]):
-    nat_servers = [n for n in lab.real_servers
-                   if any(s.forwarding == Forwarding.masq and not s.ipv6 for s in lab.services_of(n))]
+    nat_servers = [
+        n for n in lab.real_servers if any(s.forwarding == Forwarding.masq and not s.ipv6 for s in lab.services_of(n))
+    ]
     if not lab.ha:
         if lab.gateway is not None:
             yield "gateway: only a keepalived pair has a floating gateway. Remove it, or use failover: keepalived"
@@ -236,17 +308,23 @@ def _failover_problems(lab: Lab, shared: set[str], seen: dict[IPv4Address, str])
                 yield f"services[{i}].sorry_server: only keepalived uses a sorry server. Remove it, or use failover: keepalived"
         return
     if len(lab.directors) > 2:
-        yield (f"nodes: failover: keepalived pairs two directors, the lab has {len(lab.directors)}. "
-               "Keep two directors, or use failover: none")
+        yield (
+            f"nodes: failover: keepalived pairs two directors, the lab has {len(lab.directors)}. "
+            "Keep two directors, or use failover: none"
+        )
     if lab.gateway is None:
         if nat_servers:
-            yield ("gateway: NAT real servers need a floating gateway that moves with the VIPs. "
-                   "Add e.g. gateway: <a free address on the real servers' network>")
+            yield (
+                "gateway: NAT real servers need a floating gateway that moves with the VIPs. "
+                "Add e.g. gateway: <a free address on the real servers' network>"
+            )
         return
     net = lab.network_of(lab.gateway)
     if net is None or net not in shared:
-        yield (f"gateway: {lab.gateway} is on no network that all directors share. "
-               f"Use a free address in {' or '.join(str(lab.networks[n]) for n in sorted(shared))}")
+        yield (
+            f"gateway: {lab.gateway} is on no network that all directors share. "
+            f"Use a free address in {' or '.join(str(lab.networks[n]) for n in sorted(shared))}"
+        )
     elif lab.gateway in (lab.networks[net].network_address, lab.networks[net].broadcast_address):
         yield f"gateway: {lab.gateway} is the network or broadcast address of {lab.networks[net]}. Use a host address"
     if lab.gateway in seen or lab.gateway in lab.vips:
@@ -256,7 +334,7 @@ def _failover_problems(lab: Lab, shared: set[str], seen: dict[IPv4Address, str])
             yield f"gateway: {lab.gateway} is not on a network of the NAT real server {node}. Use an address on its network"
     for i, svc in enumerate(lab.services):
         if svc.sorry_server is not None and lab.node_at(svc.sorry_server.address) is None:
-            yield (f"services[{i}].sorry_server.address: {svc.sorry_server.address} is no node's address. "
-                   "Use the address of a node that serves the page")
-
-
+            yield (
+                f"services[{i}].sorry_server.address: {svc.sorry_server.address} is no node's address. "
+                "Use the address of a node that serves the page"
+            )

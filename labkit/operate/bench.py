@@ -8,11 +8,11 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from labkit.build import ipvs
 from labkit.errors import LabkitError
 from labkit.labfile import VirtualService
 from labkit.labfile.model import host_port
-from labkit.run.lab import RunningLab
+from labkit.plan import ipvs
+from labkit.running import RunningLab
 
 MAX_REQUESTS = 20000
 MAX_CONCURRENCY = 32
@@ -21,8 +21,18 @@ MAX_CONCURRENCY = 32
 def command(svc: VirtualService, requests: int, concurrency: int) -> list[str]:
     """ab opens a new connection per request (no -k), so IPVS schedules every request.
     -l: the pages differ by real server; -s: a request that hangs fails after 5 s."""
-    return ["ab", "-n", str(requests), "-c", str(concurrency), "-s", "5", "-l", "-r",
-            f"http://{host_port(svc.addresses[0], svc.port)}/"]
+    return [
+        "ab",
+        "-n",
+        str(requests),
+        "-c",
+        str(concurrency),
+        "-s",
+        "5",
+        "-l",
+        "-r",
+        f"http://{host_port(svc.addresses[0], svc.port)}/",
+    ]
 
 
 @dataclass
@@ -56,8 +66,11 @@ def split(svc_key: str, before: str, after: str, names: dict[str, str]) -> dict[
     """New connections per real server between two `ipvsadm -L -n --stats --exact` listings;
     `names` maps 'address:port' to the node's name."""
     was, now = ipvs.parse_counters(before), ipvs.parse_counters(after)
-    return {names.get(dest, dest): stats.conns - (was[(key, dest)].conns if (key, dest) in was else 0)
-            for (key, dest), stats in now.items() if key == svc_key and dest is not None}
+    return {
+        names.get(dest, dest): stats.conns - (was[(key, dest)].conns if (key, dest) in was else 0)
+        for (key, dest), stats in now.items()
+        if key == svc_key and dest is not None
+    }
 
 
 STATS = ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"]

@@ -13,12 +13,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from labkit.build import ipvs
+from labkit.apply.ssh import Said
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, Protocol, Role, VirtualService
-from labkit.operate import show
-from labkit.run.lab import RunningLab
-from labkit.run.ssh import Said
+from labkit.plan import ipvs
+from labkit.running import RunningLab
 
 SERVICES = {Role.director: "keepalived", Role.real_server: "nginx"}
 
@@ -80,8 +79,10 @@ def parse_target(lab: Lab, text: str) -> Target:
         return StopService(node, part)
     if part in lab.nodes[node].addresses:
         return LinkDown(node, part)
-    raise LabkitError(f"{text}: {node} runs no service and has no network called {part!r}. "
-                      f"Use {node}:{SERVICES[role]} or {node}:<{'|'.join(lab.nodes[node].addresses)}>")
+    raise LabkitError(
+        f"{text}: {node} runs no service and has no network called {part!r}. "
+        f"Use {node}:{SERVICES[role]} or {node}:<{'|'.join(lab.nodes[node].addresses)}>"
+    )
 
 
 # ---- the client's load ------------------------------------------------------------------
@@ -209,18 +210,34 @@ class Load:
         return Counter(r.error for r in self.requests if r.server is None)
 
 
-def client_load(running: RunningLab, svc: VirtualService, seconds: float,
-                transfer_seconds: float = 0, started: threading.Event | None = None) -> Load:
+def client_load(
+    running: RunningLab,
+    svc: VirtualService,
+    seconds: float,
+    transfer_seconds: float = 0,
+    started: threading.Event | None = None,
+) -> Load:
     """A bounded load from the client against one of the lab's own services: a request every
     0.1 s for `seconds`, plus, if asked, the 1 MiB file spread over about `transfer_seconds`.
     `started` is set once the load runs (and the download has begun)."""
-    args = {"vip": str(svc.addresses[0]), "port": svc.port, "seconds": seconds, "interval": 0.1, "timeout": 1.0,
-            "path": BIG_PATH if transfer_seconds else "", "rate": int(1024 * 1024 / transfer_seconds) if transfer_seconds else 0}
+    args = {
+        "vip": str(svc.addresses[0]),
+        "port": svc.port,
+        "seconds": seconds,
+        "interval": 0.1,
+        "timeout": 1.0,
+        "path": BIG_PATH if transfer_seconds else "",
+        "rate": int(1024 * 1024 / transfer_seconds) if transfer_seconds else 0,
+    }
     client = running.lab.clients[0]
     try:
         # On a pty: if labkit stops, the hangup stops the load on the client too.
-        out = running.run(client, ["python3", "-c", LOAD, json.dumps(args)],
-                          watchers=[Said("labkit-load-started", started or threading.Event())], pty=True)
+        out = running.run(
+            client,
+            ["python3", "-c", LOAD, json.dumps(args)],
+            watchers=[Said("labkit-load-started", started or threading.Event())],
+            pty=True,
+        )
         data = json.loads(out.splitlines()[-1])
     except (LabkitError, ValueError, IndexError) as exc:
         raise LabkitError(f"the load on {client} failed: {exc}") from None
@@ -251,7 +268,7 @@ def inject(running: RunningLab, target: Target) -> None:
 
 
 def table(running: RunningLab, director: str) -> dict[str, ipvs.Service]:
-    return {s.key: s for s in ipvs.parse_list(running.run(director, show.COMMANDS["list"]))}
+    return {s.key: s for s in ipvs.parse_list(running.run(director, ipvs.COMMANDS["list"]))}
 
 
 def wait_for(what: str, condition, seconds: float):
@@ -277,16 +294,22 @@ class Report:
 
     def lines(self) -> list[str]:
         load = self.load
-        out = [f"{self.target.what}, under load against {self.service}:",
-               f"  requests: {len(load.requests)}, failed: {load.failed}"
-               + (f" ({', '.join(f'{n} {e}' for e, n in load.errors().items())})" if load.failed else ""),
-               f"  the longest time without an answer: {load.outage:.2f} s" if load.failed else "  the VIP answered throughout"]
+        out = [
+            f"{self.target.what}, under load against {self.service}:",
+            f"  requests: {len(load.requests)}, failed: {load.failed}"
+            + (f" ({', '.join(f'{n} {e}' for e, n in load.errors().items())})" if load.failed else ""),
+            f"  the longest time without an answer: {load.outage:.2f} s"
+            if load.failed
+            else "  the VIP answered throughout",
+        ]
         if load.transfer is not None:
             t = load.transfer
             if "error" in t:
                 out.append(f"  long transfer: broken ({t['error']})")
             else:
-                out.append(f"  long transfer: {t['bytes']} of {t['length']} bytes from {t['server']}, sha256 {t['sha256'][:16]}")
+                out.append(
+                    f"  long transfer: {t['bytes']} of {t['length']} bytes from {t['server']}, sha256 {t['sha256'][:16]}"
+                )
         if self.holder:
             out.append(f"  VIP held by: {self.holder}")
         if self.noticed is not None:
@@ -329,9 +352,11 @@ def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
     if lab.nodes[target.node].role == Role.real_server and lab.ha:
         addresses = {str(a) for a in lab.nodes[target.node].addresses.values()}
         active = report.holder or lab.active_director
-        wait_for(f"the checker on {active} taking {target.node} out of {svc.key}",
-                 lambda: not addresses & {d.address for d in table(running, active)[svc.key].destinations},
-                 20)
+        wait_for(
+            f"the checker on {active} taking {target.node} out of {svc.key}",
+            lambda: not addresses & {d.address for d in table(running, active)[svc.key].destinations},
+            20,
+        )
         # Requests fail until the checker takes the server out; the client saw that span.
         report.noticed = report.load.failing_for
         report.after = client_load(running, svc, 3)
@@ -342,12 +367,11 @@ def converged(running: RunningLab) -> bool:
     """The preferred director holds the VIPs and its checkers see every real server. One SSH
     connection per director for each look."""
     lab = running.lab
-    outputs = running.run_on(lab.directors, {"addresses": show.ADDRESSES, "list": show.COMMANDS["list"]})
-    if show.holders(lab, {d: out["addresses"] for d, out in outputs.items()}) != [lab.active_director]:
+    outputs = running.run_on(lab.directors, {"addresses": ipvs.ADDRESSES, "list": ipvs.COMMANDS["list"]})
+    if ipvs.holders(lab, {d: out["addresses"] for d, out in outputs.items()}) != [lab.active_director]:
         return False
     seen = {s.key: s for s in ipvs.parse_list(outputs[lab.active_director]["list"])}
-    return all(svc.key in seen and len(seen[svc.key].destinations) == len(svc.real_servers)
-               for svc in lab.services)
+    return all(svc.key in seen and len(seen[svc.key].destinations) == len(svc.real_servers) for svc in lab.services)
 
 
 def heal(running: RunningLab, on_done=lambda result: None) -> tuple[float, Load]:
@@ -360,8 +384,9 @@ def heal(running: RunningLab, on_done=lambda result: None) -> tuple[float, Load]
     running.provision(on_done=on_done)
     lab = running.lab
     if lab.ha:
-        wait_for("the preferred director holding the VIPs with every real server checked up",
-                 lambda: converged(running), 30)
+        wait_for(
+            "the preferred director holding the VIPs with every real server checked up", lambda: converged(running), 30
+        )
     seconds = time.monotonic() - started
     tcp = [s for s in lab.services if s.protocol == Protocol.tcp]
     return seconds, client_load(running, tcp[0], 3) if tcp else Load()

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from labkit import box, home
 from labkit.errors import LabkitError
-from labkit.run.lab import RunningLab, read
+from labkit.labfile import read_lab as read
+from labkit.running import RunningLab
 
 BENCH = ["--requests", "2000", "--concurrency", "4"]
 CONSOLE_LINES = 15  # of a VM that did not boot
@@ -80,8 +81,13 @@ class Runner:
         with log.open("a") as out:
             out.write(f"$ labkit {' '.join(args)}\n")
             out.flush()
-            self.child = subprocess.Popen([sys.executable, "-m", "labkit", *args], stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True, env=_plain_env())
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "labkit", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=_plain_env(),
+            )
             try:
                 for line in self.child.stdout:
                     out.write(line)
@@ -102,8 +108,13 @@ class Runner:
             with log.open("a") as out:
                 out.write(f"$ labkit {' '.join(args)}\n")
                 out.flush()
-                return subprocess.run([sys.executable, "-m", "labkit", *args], stdout=out, stderr=subprocess.STDOUT,
-                                      env=_plain_env(), start_new_session=True).returncode
+                return subprocess.run(
+                    [sys.executable, "-m", "labkit", *args],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=_plain_env(),
+                    start_new_session=True,
+                ).returncode
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -129,17 +140,21 @@ def figure(pattern: str, text: str) -> float | None:
 
 def up_figures(text: str) -> dict[str, float]:
     """Boot and provision seconds as `labkit up` prints them."""
-    found = {"boot_seconds": figure(r"^booted \d+ nodes in (\d+) s", text),
-             "provision_seconds": figure(r"^provisioned \S+: \d+ changes? in ([\d.]+) s", text)}
+    found = {
+        "boot_seconds": figure(r"^booted \d+ nodes in (\d+) s", text),
+        "provision_seconds": figure(r"^provisioned \S+: \d+ changes? in ([\d.]+) s", text),
+    }
     return {k: v for k, v in found.items() if v is not None}
 
 
 def bench_figures(text: str) -> dict[str, float]:
     """Requests per second and the 99th percentile of latency from `labkit bench --json`."""
     result = json.loads(text.strip().splitlines()[-1])
-    return {"bench_requests_per_second": result["per_second"],
-            "bench_p99_ms": result["percentiles"]["99"],
-            "bench_failed_requests": result["failed"]}
+    return {
+        "bench_requests_per_second": result["per_second"],
+        "bench_p99_ms": result["percentiles"]["99"],
+        "bench_failed_requests": result["failed"],
+    }
 
 
 def console_tail(lab_folder: Path) -> str:
@@ -158,8 +173,16 @@ def last_lines(text: str, n: int = 6) -> str:
 
 def new_record(cell: Cell, box_name: str | None, error: str | None = None) -> dict:
     """A cell's cell.json, as it stands before its steps run (or when they cannot)."""
-    return {"lab": cell.name, "kernel": cell.kernel, "box": box_name, "status": "error", "error": error,
-            "seconds": 0, "figures": {}, "junit": None}
+    return {
+        "lab": cell.name,
+        "kernel": cell.kernel,
+        "box": box_name,
+        "status": "error",
+        "error": error,
+        "seconds": 0,
+        "figures": {},
+        "junit": None,
+    }
 
 
 def run_cell(cell: Cell, box_name: str, runner: Runner, say: Callable[[str], None]) -> dict:
@@ -174,7 +197,9 @@ def run_cell(cell: Cell, box_name: str, runner: Runner, say: Callable[[str], Non
         code, text = runner.labkit(["up", cell.lab, "--kernel", cell.kernel], log)
         if code != 0:
             console = console_tail(home.lab_dir(cell.name))
-            record["error"] = f"labkit up failed (exit {code}):\n{last_lines(text)}" + (f"\n{console}" if console else "")
+            record["error"] = f"labkit up failed (exit {code}):\n{last_lines(text)}" + (
+                f"\n{console}" if console else ""
+            )
             return record
         record["figures"].update(up_figures(text))
         say("verify")
@@ -201,9 +226,11 @@ def run_cell(cell: Cell, box_name: str, runner: Runner, say: Callable[[str], Non
 def check_nothing_up(cells: list[Cell]) -> None:
     up = sorted({c.name for c in cells} & set(RunningLab.names()))
     if up:
-        raise LabkitError(f"{', '.join(up)} {'is' if len(up) == 1 else 'are'} up: the matrix boots and removes its own "
-                          f"copy of each lab. Bring {'it' if len(up) == 1 else 'them'} down first: "
-                          + "; ".join(f"labkit down {n}" for n in up))
+        raise LabkitError(
+            f"{', '.join(up)} {'is' if len(up) == 1 else 'are'} up: the matrix boots and removes its own "
+            f"copy of each lab. Bring {'it' if len(up) == 1 else 'them'} down first: "
+            + "; ".join(f"labkit down {n}" for n in up)
+        )
 
 
 def plan(labs: list[str], kernels: list[str], report: Path) -> list[Cell]:
@@ -215,11 +242,14 @@ def plan(labs: list[str], kernels: list[str], report: Path) -> list[Cell]:
     for kernel in kernels:
         box.parse_kernel(kernel)  # an unknown kernel fails here, before any boot
     names = {lab: read(lab).name for lab in labs}  # a bad lab file fails here too
-    return [Cell(lab, names[lab], kernel, cell_folder(report, names[lab], kernel)) for lab in labs for kernel in kernels]
+    return [
+        Cell(lab, names[lab], kernel, cell_folder(report, names[lab], kernel)) for lab in labs for kernel in kernels
+    ]
 
 
-def boxes(kernels: list[str], report: Path, runner: Runner,
-          say: Callable[[str], None]) -> tuple[dict[str, str], dict[str, str]]:
+def boxes(
+    kernels: list[str], report: Path, runner: Runner, say: Callable[[str], None]
+) -> tuple[dict[str, str], dict[str, str]]:
     """Kernel SPEC -> its box, and kernel SPEC -> why its cells cannot run; builds the boxes
     that are missing."""
     found, missing = {}, {}
@@ -231,8 +261,9 @@ def boxes(kernels: list[str], report: Path, runner: Runner,
             code, text = runner.labkit(["box", "build", "--kernel", kernel], log)
             name = box.box_for(box.parse_kernel(kernel)) if code == 0 else None
             if name is None:
-                missing[kernel] = (f"no box for kernel {kernel}: labkit box build --kernel {kernel} failed:\n"
-                                   f"{last_lines(text)}")
+                missing[kernel] = (
+                    f"no box for kernel {kernel}: labkit box build --kernel {kernel} failed:\n{last_lines(text)}"
+                )
                 continue
         found[kernel] = name
     return found, missing
@@ -249,7 +280,9 @@ def run(labs: list[str], kernels: list[str], report: Path, again: bool, say: Cal
     for n, cell in enumerate(cells, 1):
         tell = lambda step, cell=cell, n=n: say(f"[{n}/{len(cells)}] {cell}: {step}")  # noqa: E731
         if cell not in todo:
-            tell(f"done before ({json.loads((cell.folder / 'cell.json').read_text())['status']}); --again runs it again")
+            tell(
+                f"done before ({json.loads((cell.folder / 'cell.json').read_text())['status']}); --again runs it again"
+            )
             continue
         if cell.kernel in no_box:
             record = new_record(cell, None, no_box[cell.kernel])

@@ -24,10 +24,12 @@ SMALL = 12  # a lab with this many checks or fewer has all of them in its table
 
 # ---- the noise bands -----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Band:
     """How much worse than the baseline a figure may get before it is a regression: by more
     than `plus` (in the figure's unit) and by more than `percent` of the baseline's value."""
+
     figure: str  # a pattern (fnmatch) for the property's name, the part after "testname:"
     higher_is_worse: bool
     plus: float
@@ -51,29 +53,75 @@ class Band:
 
 
 BANDS = [
-    Band("outage_seconds", True, 1.5, 0, "s",
-         "the outage is counted in ticks of the client's 1 s timeout and the VRRP timeout lands on either "
-         "side of one: on the same kernel a frozen director's outage was 3.09 s in one lab and 4.11 s in another"),
-    Band("failed_requests_until_checked", True, 12, 0, "",
-         "the load sends 10 requests a second until the checker (once a second) takes the server out: "
-         "one tick more is 10 requests, plus a request or two in flight"),
-    Band("*failed_requests*", True, 2, 0, "",
-         "a request or two in flight when a node breaks can fail on any kernel"),
-    Band("transfer_bytes_lost", True, 0, 0, "B",
-         "the synced connection table keeps the long transfer whole; any byte lost is a real change"),
-    Band("heal_seconds", True, 5.0, 50, "s",
-         "healing restarts services and waits for health checks and VRRP; under emulation the same heal "
-         "varied by up to 8 s between cells"),
-    Band("seconds_until_checked", True, 1.0, 0, "s",
-         "keepalived checks the real servers once a second (delay_loop 1)"),
-    Band("bench_requests_per_second", False, 0, 25, "req/s",
-         "throughput of emulated VMs on a shared host varies by a fifth from run to run"),
-    Band("bench_p99_ms", True, 20, 50, "ms",
-         "the 99th percentile of a short run rests on a few requests; small values jitter by whole milliseconds"),
-    Band("boot_seconds", True, 60, 50, "s",
-         "under software emulation the same 5 VMs took from 136 to 235 s to boot on one host, run to run"),
-    Band("provision_seconds", True, 10, 50, "s",
-         "provisioning is SSH round trips to guests still busy finishing their boot"),
+    Band(
+        "outage_seconds",
+        True,
+        1.5,
+        0,
+        "s",
+        "the outage is counted in ticks of the client's 1 s timeout and the VRRP timeout lands on either "
+        "side of one: on the same kernel a frozen director's outage was 3.09 s in one lab and 4.11 s in another",
+    ),
+    Band(
+        "failed_requests_until_checked",
+        True,
+        12,
+        0,
+        "",
+        "the load sends 10 requests a second until the checker (once a second) takes the server out: "
+        "one tick more is 10 requests, plus a request or two in flight",
+    ),
+    Band("*failed_requests*", True, 2, 0, "", "a request or two in flight when a node breaks can fail on any kernel"),
+    Band(
+        "transfer_bytes_lost",
+        True,
+        0,
+        0,
+        "B",
+        "the synced connection table keeps the long transfer whole; any byte lost is a real change",
+    ),
+    Band(
+        "heal_seconds",
+        True,
+        5.0,
+        50,
+        "s",
+        "healing restarts services and waits for health checks and VRRP; under emulation the same heal "
+        "varied by up to 8 s between cells",
+    ),
+    Band("seconds_until_checked", True, 1.0, 0, "s", "keepalived checks the real servers once a second (delay_loop 1)"),
+    Band(
+        "bench_requests_per_second",
+        False,
+        0,
+        25,
+        "req/s",
+        "throughput of emulated VMs on a shared host varies by a fifth from run to run",
+    ),
+    Band(
+        "bench_p99_ms",
+        True,
+        20,
+        50,
+        "ms",
+        "the 99th percentile of a short run rests on a few requests; small values jitter by whole milliseconds",
+    ),
+    Band(
+        "boot_seconds",
+        True,
+        60,
+        50,
+        "s",
+        "under software emulation the same 5 VMs took from 136 to 235 s to boot on one host, run to run",
+    ),
+    Band(
+        "provision_seconds",
+        True,
+        10,
+        50,
+        "s",
+        "provisioning is SSH round trips to guests still busy finishing their boot",
+    ),
 ]
 
 
@@ -85,6 +133,7 @@ def band_for(figure: str) -> Band | None:
 
 # ---- reading: JUnit XML and cells ----------------------------------------------------------
 
+
 @dataclass
 class Junit:
     checks: dict[str, str] = field(default_factory=dict)  # "test_lab.py::test_vip[nat]" -> "passed"
@@ -94,7 +143,7 @@ class Junit:
 
 def check_key(testcase: ET.Element) -> str:
     """file::[Class::]name. xunit1 writes classname as the module's dotted path from the
-    rootdir ("test_lab", "labkit.checks.test_lab.TestClient") and the file beside it."""
+    rootdir ("test_lab", "labkit.verify.checks.test_lab.TestClient") and the file beside it."""
     parts = testcase.get("classname", "").split(".")
     classes = []
     while len(parts) > 1 and parts[-1][:1].isupper():
@@ -106,8 +155,10 @@ def check_key(testcase: ET.Element) -> str:
 def outcome(testcase: ET.Element) -> str:
     tags = {child.tag for child in testcase}
     # a test that failed and then errored in its teardown failed first
-    return next((word for tag, word in (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
-                 if tag in tags), "passed")
+    return next(
+        (word for tag, word in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")) if tag in tags),
+        "passed",
+    )
 
 
 def number(text: str) -> float | None:
@@ -136,6 +187,7 @@ def read_junit(path: Path) -> Junit:
 @dataclass
 class Cell:
     """One lab on one kernel: its cell.json with what its verify found."""
+
     lab: str
     kernel: str
     box: str | None
@@ -157,10 +209,18 @@ def to_cell(record: dict, folder: Path) -> Cell:
             error = error or f"its verify report {folder / record['junit']} could not be read: {exc}"
     # uname -r as verify saw it on each node, when the cell.json does not say
     seen = sorted({value for key, value in junit.facts.items() if key.endswith("_kernel")})
-    return Cell(lab=record["lab"], kernel=record["kernel"], box=record.get("box"),
-                release=record.get("release") or (", ".join(seen) or None),
-                status=record["status"], error=error, seconds=record.get("seconds"),
-                figures={**record.get("figures", {}), **junit.figures}, checks=junit.checks, facts=junit.facts)
+    return Cell(
+        lab=record["lab"],
+        kernel=record["kernel"],
+        box=record.get("box"),
+        release=record.get("release") or (", ".join(seen) or None),
+        status=record["status"],
+        error=error,
+        seconds=record.get("seconds"),
+        figures={**record.get("figures", {}), **junit.figures},
+        checks=junit.checks,
+        facts=junit.facts,
+    )
 
 
 def load(report_dir: Path) -> list[Cell]:
@@ -169,6 +229,7 @@ def load(report_dir: Path) -> list[Cell]:
 
 
 # ---- comparing -----------------------------------------------------------------------------
+
 
 @dataclass
 class Regression:
@@ -226,12 +287,21 @@ def check_regressions(table: LabTable, base: str, kernel: str) -> list[Regressio
         why = summary(cell.error) if cell else "it has no cell.json"
         lost = f" ({_count(len(passed), 'check')} that passed on {base} not run)" if passed else ""
         return [Regression(table.lab, kernel, "cell", f"did not run: {why}{lost}")]
-    found = [Regression(table.lab, kernel, check, f"{check} passed on {base}, {seen[kernel]} on {kernel}")
-             for check, seen in table.checks.items() if check in passed and seen[kernel] in ("failed", "error")]
+    found = [
+        Regression(table.lab, kernel, check, f"{check} passed on {base}, {seen[kernel]} on {kernel}")
+        for check, seen in table.checks.items()
+        if check in passed and seen[kernel] in ("failed", "error")
+    ]
     missing = [check for check in passed if table.checks[check][kernel] is None]
     if missing:
-        found.append(Regression(table.lab, kernel, "checks", f"{_count(len(missing), 'check')} that passed on {base} "
-                                                             f"did not run on {kernel}: {_names(missing)}"))
+        found.append(
+            Regression(
+                table.lab,
+                kernel,
+                "checks",
+                f"{_count(len(missing), 'check')} that passed on {base} did not run on {kernel}: {_names(missing)}",
+            )
+        )
     return found
 
 
@@ -247,8 +317,15 @@ def figure_regressions(table: LabTable, base: str, kernel: str) -> list[Regressi
             continue
         if worse_by(band, baseline, value) > band.allowance(baseline):
             unit = f" {band.unit}" if band.unit else ""
-            found.append(Regression(table.lab, kernel, figure, f"{figure} went from {_num(baseline)} to "
-                                    f"{_num(value)}{unit}, beyond its band ({band.text()}) around {base}"))
+            found.append(
+                Regression(
+                    table.lab,
+                    kernel,
+                    figure,
+                    f"{figure} went from {_num(baseline)} to "
+                    f"{_num(value)}{unit}, beyond its band ({band.text()}) around {base}",
+                )
+            )
     return found
 
 
@@ -261,12 +338,18 @@ def compare(cells: list[Cell], kernels: list[str]) -> Comparison:
     for lab in labs:
         by_kernel = {k: next((c for c in cells if (c.lab, c.kernel) == (lab, k)), None) for k in kernels}
         ran = [c for c in by_kernel.values() if c is not None]
-        checks = {check: {k: c.checks.get(check) if c else None for k, c in by_kernel.items()}
-                  for check in dict.fromkeys(check for c in ran for check in c.checks)}
-        figures = {figure: {k: c.figures.get(figure) if c else None for k, c in by_kernel.items()}
-                   for figure in dict.fromkeys(figure for c in ran for figure in c.figures)}
-        facts = {fact.rsplit(":", 1)[-1]: {k: c.facts.get(fact) if c else None for k, c in by_kernel.items()}
-                 for fact in dict.fromkeys(fact for c in ran for fact in c.facts)}
+        checks = {
+            check: {k: c.checks.get(check) if c else None for k, c in by_kernel.items()}
+            for check in dict.fromkeys(check for c in ran for check in c.checks)
+        }
+        figures = {
+            figure: {k: c.figures.get(figure) if c else None for k, c in by_kernel.items()}
+            for figure in dict.fromkeys(figure for c in ran for figure in c.figures)
+        }
+        facts = {
+            fact.rsplit(":", 1)[-1]: {k: c.facts.get(fact) if c else None for k, c in by_kernel.items()}
+            for fact in dict.fromkeys(fact for c in ran for fact in c.facts)
+        }
         table = LabTable(lab, by_kernel, checks, figures, facts)
         if not did_run(by_kernel[base]):
             table.notes.append(f"{lab} did not run on the baseline {base}: nothing is compared")
@@ -280,6 +363,7 @@ def compare(cells: list[Cell], kernels: list[str]) -> Comparison:
 
 
 # ---- the tables, shared by Markdown and HTML -----------------------------------------------
+
 
 def _num(value: float) -> str:
     text = f"{value:.2f}".rstrip("0").rstrip(".")
@@ -319,8 +403,9 @@ def cell_rows(comparison: Comparison, table: LabTable) -> tuple[list[str], list[
             rows.append([(_label(comparison, kernel), False), ("no result", bad), ("", False), ("no cell.json", False)])
             continue
         seconds = f"{cell.seconds:.0f} s" if cell.seconds is not None else ""
-        rows.append([(_label(comparison, kernel), False), (cell.status, bad), (seconds, False),
-                     (summary(cell.error), False)])
+        rows.append(
+            [(_label(comparison, kernel), False), (cell.status, bad), (seconds, False), (summary(cell.error), False)]
+        )
     return ["kernel", "status", "time", "error"], rows
 
 
@@ -336,9 +421,16 @@ def all_pass(table: LabTable) -> bool:
 
 def check_rows(comparison: Comparison, table: LabTable) -> tuple[list[str], list[Row]]:
     headers = ["check", *(_label(comparison, k) for k in comparison.kernels)]
-    rows = [[(check, False), *((table.checks[check][k] or "not run", comparison.regressed(table.lab, k, check))
-                                for k in comparison.kernels)]
-            for check in shown_checks(table)]
+    rows = [
+        [
+            (check, False),
+            *(
+                (table.checks[check][k] or "not run", comparison.regressed(table.lab, k, check))
+                for k in comparison.kernels
+            ),
+        ]
+        for check in shown_checks(table)
+    ]
     return headers, rows
 
 
@@ -349,8 +441,11 @@ def figure_rows(comparison: Comparison, table: LabTable) -> tuple[list[str], lis
         band, baseline = band_for(figure), values[comparison.kernels[0]]
         row = [(figure, False)]
         for kernel, value in values.items():
-            text = "—" if value is None else _num(value) + ("" if kernel == comparison.kernels[0]
-                                                             else _change(band, baseline, value))
+            text = (
+                "—"
+                if value is None
+                else _num(value) + ("" if kernel == comparison.kernels[0] else _change(band, baseline, value))
+            )
             row.append((text, comparison.regressed(table.lab, kernel, figure)))
         rows.append(row + [(band.text() if band else "none", False)])
     return headers, rows
@@ -358,14 +453,19 @@ def figure_rows(comparison: Comparison, table: LabTable) -> tuple[list[str], lis
 
 def fact_rows(comparison: Comparison, table: LabTable) -> tuple[list[str], list[Row]]:
     headers = ["version", *(_label(comparison, k) for k in comparison.kernels)]
-    return headers, [[(fact, False), *((seen[k] or "—", False) for k in comparison.kernels)]
-                     for fact, seen in table.facts.items()]
+    return headers, [
+        [(fact, False), *((seen[k] or "—", False) for k in comparison.kernels)] for fact, seen in table.facts.items()
+    ]
 
 
 def band_rows() -> tuple[list[str], list[Row]]:
-    return (["figure", "worse when", "band", "why"],
-            [[(b.figure, False), ("higher" if b.higher_is_worse else "lower", False), (b.text(), False), (b.why, False)]
-             for b in BANDS])
+    return (
+        ["figure", "worse when", "band", "why"],
+        [
+            [(b.figure, False), ("higher" if b.higher_is_worse else "lower", False), (b.text(), False), (b.why, False)]
+            for b in BANDS
+        ],
+    )
 
 
 def checks_line(table: LabTable) -> str:
@@ -379,6 +479,7 @@ def checks_line(table: LabTable) -> str:
 
 
 # ---- Markdown ------------------------------------------------------------------------------
+
 
 def _md_text(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
@@ -394,8 +495,12 @@ def md_table(headers: list[str], rows: list[Row]) -> list[str]:
 
 def markdown(comparison: Comparison) -> str:
     base = comparison.kernels[0]
-    lines = [f"# Kernel matrix: {', '.join(t.lab for t in comparison.labs)}", "",
-             f"Each kernel compared with the baseline, **{base}**. ⚠ marks a REGRESSION.", ""]
+    lines = [
+        f"# Kernel matrix: {', '.join(t.lab for t in comparison.labs)}",
+        "",
+        f"Each kernel compared with the baseline, **{base}**. ⚠ marks a REGRESSION.",
+        "",
+    ]
     if comparison.regressions:
         lines += [f"## Regressions ({len(comparison.regressions)})", ""]
         lines += [f"- ⚠ **{_md_text(str(r))}**" for r in comparison.regressions] + [""]
@@ -415,10 +520,16 @@ def markdown(comparison: Comparison) -> str:
             lines += ["### Figures", "", *md_table(*figure_rows(comparison, table)), ""]
         if table.facts:
             lines += ["### Versions", "", *md_table(*fact_rows(comparison, table)), ""]
-    lines += ["## Noise bands", "",
-              ("A figure regresses when it is worse than the baseline by more than its band; "
-              "figures without a band are shown and never regress."), "",
-              *md_table(*band_rows())]
+    lines += [
+        "## Noise bands",
+        "",
+        (
+            "A figure regresses when it is worse than the baseline by more than its band; "
+            "figures without a band are shown and never regress."
+        ),
+        "",
+        *md_table(*band_rows()),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -441,8 +552,12 @@ BASE_COLOUR, KERNEL_COLOUR, BAD_COLOUR = "#8c8c8c", "#4a7fb5", "#c0392b"
 
 def html_table(headers: list[str], rows: list[Row]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f'<td class="bad">{escape(text)} ⚠</td>' if bad else f"<td>{escape(text)}</td>"
-                                    for text, bad in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="bad">{escape(text)} ⚠</td>' if bad else f"<td>{escape(text)}</td>" for text, bad in row)
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -458,9 +573,11 @@ def bar_chart(comparison: Comparison, table: LabTable, figure: str) -> str:
     top = top or 1
     label_w, bar_w, row_h = 150, 170, 20
     width, height = label_w + bar_w + 70, 26 + row_h * len(values)
-    parts = [f'<svg width="{width}" height="{height}" role="img">',
-             f"<title>{escape(table.lab)}: {escape(figure)}</title>",
-             f'<text x="0" y="14" font-weight="bold">{escape(figure)}</text>']
+    parts = [
+        f'<svg width="{width}" height="{height}" role="img">',
+        f"<title>{escape(table.lab)}: {escape(figure)}</title>",
+        f'<text x="0" y="14" font-weight="bold">{escape(figure)}</text>',
+    ]
     for i, (kernel, value) in enumerate(values.items()):
         y = 22 + i * row_h
         name = kernel if len(kernel) <= 22 else kernel[:21] + "…"
@@ -468,27 +585,38 @@ def bar_chart(comparison: Comparison, table: LabTable, figure: str) -> str:
         if value is None:
             parts.append(f'<text x="{label_w}" y="{y + 13}">—</text>')
             continue
-        colour = (BAD_COLOUR if comparison.regressed(table.lab, kernel, figure)
-                  else BASE_COLOUR if kernel == comparison.kernels[0] else KERNEL_COLOUR)
+        colour = (
+            BAD_COLOUR
+            if comparison.regressed(table.lab, kernel, figure)
+            else BASE_COLOUR
+            if kernel == comparison.kernels[0]
+            else KERNEL_COLOUR
+        )
         w = round(abs(value) / top * bar_w, 1)
         parts.append(f'<rect x="{label_w}" y="{y + 2}" width="{w}" height="{row_h - 6}" fill="{colour}"/>')
         parts.append(f'<text x="{label_w + w + 4}" y="{y + 13}">{escape(_num(value))}</text>')
     if edge is not None:
         x = label_w + round(abs(edge) / top * bar_w, 1)
-        parts.append(f'<line x1="{x}" y1="20" x2="{x}" y2="{height}" stroke="{BAD_COLOUR}" stroke-dasharray="3,3">'
-                     f"<title>band edge {escape(_num(edge))}</title></line>")
+        parts.append(
+            f'<line x1="{x}" y1="20" x2="{x}" y2="{height}" stroke="{BAD_COLOUR}" stroke-dasharray="3,3">'
+            f"<title>band edge {escape(_num(edge))}</title></line>"
+        )
     return "".join(parts) + "</svg>"
 
 
 def html_page(comparison: Comparison) -> str:
     """One page that needs nothing else: styles inline, charts drawn as inline SVG."""
     labs = ", ".join(t.lab for t in comparison.labs)
-    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-           f"<title>Kernel matrix: {escape(labs)}</title>",
-           f"<style>{STYLE}</style></head><body>",
-           f"<h1>Kernel matrix: {escape(labs)}</h1>",
-           (f"<p>Each kernel compared with the baseline, <b>{escape(comparison.kernels[0])}</b>. "
-           "⚠ marks a regression; in the charts a red bar is one, and the dashed line is where the band ends.</p>")]
+    out = [
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        f"<title>Kernel matrix: {escape(labs)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Kernel matrix: {escape(labs)}</h1>",
+        (
+            f"<p>Each kernel compared with the baseline, <b>{escape(comparison.kernels[0])}</b>. "
+            "⚠ marks a regression; in the charts a red bar is one, and the dashed line is where the band ends.</p>"
+        ),
+    ]
     if comparison.regressions:
         out.append(f"<h2>Regressions ({len(comparison.regressions)})</h2><ul>")
         out += [f'<li class="bad">⚠ {escape(str(r))}</li>' for r in comparison.regressions]
@@ -511,22 +639,30 @@ def html_page(comparison: Comparison) -> str:
             out.append("</div>")
         if table.facts:
             out += ["<h3>Versions</h3>", html_table(*fact_rows(comparison, table))]
-    out += ["<h2>Noise bands</h2>",
-            ("<p>A figure regresses when it is worse than the baseline by more than its band; "
-            "figures without a band are shown and never regress.</p>"),
-            html_table(*band_rows()), "</body></html>"]
+    out += [
+        "<h2>Noise bands</h2>",
+        (
+            "<p>A figure regresses when it is worse than the baseline by more than its band; "
+            "figures without a band are shown and never regress.</p>"
+        ),
+        html_table(*band_rows()),
+        "</body></html>",
+    ]
     return "\n".join(out) + "\n"
 
 
 # ---- JSON and the files --------------------------------------------------------------------
+
 
 def to_json(comparison: Comparison) -> dict:
     return {
         "kernels": comparison.kernels,
         "baseline": comparison.kernels[0],
         "cells": [asdict(c) for t in comparison.labs for c in t.cells.values() if c is not None],
-        "labs": {t.lab: {"checks": t.checks, "figures": t.figures, "facts": t.facts, "notes": t.notes}
-                 for t in comparison.labs},
+        "labs": {
+            t.lab: {"checks": t.checks, "figures": t.figures, "facts": t.facts, "notes": t.notes}
+            for t in comparison.labs
+        },
         "regressions": [asdict(r) | {"text": str(r)} for r in comparison.regressions],
         "bands": [asdict(b) | {"text": b.text()} for b in BANDS],
     }

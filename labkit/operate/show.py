@@ -6,10 +6,9 @@ module parses them (through ipvs.py) and builds what is printed or dumped as JSO
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -17,20 +16,11 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from labkit.build import ipvs
 from labkit.labfile import Lab
 from labkit.labfile.model import host_port
+from labkit.plan import ipvs
+from labkit.plan.ipvs import held_vips
 
-# What show runs on each director, as words for shlex.join. --exact because without it ipvsadm
-# rounds large numbers to K, M, G; -n because name lookups in an isolated lab only time out.
-ADDRESSES = ["ip", "-o", "addr", "show"]  # which VIPs a director holds, IPv4 and IPv6
-COMMANDS: dict[str, list[str]] = {
-    "list": ["sudo", "-n", "ipvsadm", "-L", "-n"],
-    "stats": ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"],
-    "rate": ["sudo", "-n", "ipvsadm", "-L", "-n", "--rate", "--exact"],
-    "daemon": ["sudo", "-n", "ipvsadm", "-L", "--daemon"],
-    "addresses": ADDRESSES,
-}
 # Only for --connections: the table can hold thousands of entries.
 CONNECTIONS_COMMAND = ["sudo", "-n", "ipvsadm", "-L", "-n", "-c"]
 
@@ -49,24 +39,6 @@ class DirectorState:
     def active(self) -> bool:
         # The active director is the one holding the VIPs: clients' packets reach only it.
         return bool(self.vips)
-
-
-INET = re.compile(r"\binet6? ([0-9a-f.:]+)/\d+")
-
-
-def holds_vip(addr_text: str, vip: IPv4Address | IPv6Address | str) -> bool:
-    """Whether `ip -o addr show` lists the VIP among the node's addresses."""
-    return ip_address(str(vip)) in {ip_address(a) for a in INET.findall(addr_text)}
-
-
-def held_vips(lab: Lab, addr_text: str) -> list[str]:
-    """The lab's VIPs that `ip -o addr show` lists."""
-    return [vip for vip in [str(vip) for vip in lab.vips] if holds_vip(addr_text, vip)]
-
-
-def holders(lab: Lab, addresses: Mapping[str, str]) -> list[str]:
-    """The directors whose `ip -o addr show` (director -> output) lists the first VIP."""
-    return [d for d, text in addresses.items() if holds_vip(text, lab.vips[0])]
 
 
 def director_state(lab: Lab, name: str, outputs: Mapping[str, str]) -> DirectorState:
@@ -97,7 +69,11 @@ def _sync(d: DirectorState) -> str:
 
 
 def _name(svc: ipvs.Service) -> str:
-    name = f"FWM {svc.fwmark}" if svc.fwmark is not None else f"{svc.protocol.value.upper()} {host_port(svc.vip, svc.port)}"
+    name = (
+        f"FWM {svc.fwmark}"
+        if svc.fwmark is not None
+        else f"{svc.protocol.value.upper()} {host_port(svc.vip, svc.port)}"
+    )
     flags = ([f"persistent {svc.persistence}"] if svc.persistence else []) + (["ops"] if svc.ops else [])
     return f"{name} ({', '.join(flags)})" if flags else name
 
@@ -115,24 +91,43 @@ def _pair(a: int, b: int) -> str:
 
 
 def _numbers(stats: ipvs.Stats | None, rates: ipvs.Rates | None) -> list[str]:
-    counted = ([str(stats.conns), _pair(stats.in_packets, stats.out_packets), _pair(stats.in_bytes, stats.out_bytes)]
-               if stats else ["–"] * 3)
-    rated = ([str(rates.cps), _pair(rates.in_pps, rates.out_pps), _pair(rates.in_bps, rates.out_bps)]
-             if rates else ["–"] * 3)
+    counted = (
+        [str(stats.conns), _pair(stats.in_packets, stats.out_packets), _pair(stats.in_bytes, stats.out_bytes)]
+        if stats
+        else ["–"] * 3
+    )
+    rated = (
+        [str(rates.cps), _pair(rates.in_pps, rates.out_pps), _pair(rates.in_bps, rates.out_bps)] if rates else ["–"] * 3
+    )
     return counted + rated
 
 
 # Two-line headings, as narrow as the numbers under them, so that two directors fit side by side.
 # ActiveConn/InActConn are what the scheduler weighs now; conns counts every connection since the
 # service was added or last zeroed (ipvsadm -Z).
-HEADINGS = ("weight", "active/\ninact", "conns", "packets\nin/out", "bytes\nin/out", "conn/s",
-            "pkt/s\nin/out", "B/s\nin/out")
+HEADINGS = (
+    "weight",
+    "active/\ninact",
+    "conns",
+    "packets\nin/out",
+    "bytes\nin/out",
+    "conn/s",
+    "pkt/s\nin/out",
+    "B/s\nin/out",
+)
 
 
 def services_table(lab: Lab, d: DirectorState) -> Table:
     """One director's IPVS table: a row per service, then one per real server, as ipvsadm lists them."""
-    table = Table(title=_title(d), caption=_sync(d), box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False,
-                  title_justify="left", caption_justify="left")
+    table = Table(
+        title=_title(d),
+        caption=_sync(d),
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0),
+        show_edge=False,
+        title_justify="left",
+        caption_justify="left",
+    )
     # On a terminal narrower than the table, cells fold onto a second line rather than end in "…":
     # a cut number reads as another number.
     table.add_column("virtual service\n  real server", overflow="fold")
@@ -145,8 +140,13 @@ def services_table(lab: Lab, d: DirectorState) -> Table:
         # Text, not markup: `[fd00:55::100]:80` would read as a style tag
         table.add_row(Text(_name(svc)), svc.scheduler, "", "", *_numbers(svc.stats, svc.rates), style="bold")
         for dest in svc.destinations:
-            table.add_row(Text(_real_server(lab, dest)), dest.forward.listed_as, str(dest.weight), _pair(dest.active, dest.inactive),
-                          *_numbers(dest.stats, dest.rates))
+            table.add_row(
+                Text(_real_server(lab, dest)),
+                dest.forward.listed_as,
+                str(dest.weight),
+                _pair(dest.active, dest.inactive),
+                *_numbers(dest.stats, dest.rates),
+            )
     return table
 
 
@@ -184,8 +184,9 @@ class SideBySide:
 
 def view(lab: Lab, directors: list[DirectorState]) -> RenderableType:
     """Both directors' tables side by side, the active one marked, then what looks wrong."""
-    return Group(SideBySide([services_table(lab, d) for d in directors]),
-                 *_vip_warnings(lab, directors), Text(NOTE, style="dim"))
+    return Group(
+        SideBySide([services_table(lab, d) for d in directors]), *_vip_warnings(lab, directors), Text(NOTE, style="dim")
+    )
 
 
 def _expire(seconds: int) -> str:
@@ -196,8 +197,14 @@ def connections_table(lab: Lab, d: DirectorState) -> Table:
     """One director's connection table, as `ipvsadm -L -n -c` lists it."""
     conns = d.connections or []
     caption = f"{len(conns)} entr{'y' if len(conns) == 1 else 'ies'}"
-    table = Table(title=_title(d), caption=caption, box=box.SIMPLE_HEAD, show_edge=False,
-                  title_justify="left", caption_justify="left")
+    table = Table(
+        title=_title(d),
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title_justify="left",
+        caption_justify="left",
+    )
     for heading in ("pro", "expire", "state", "source", "virtual", "destination"):
         table.add_column(heading, no_wrap=True)
     for c in conns:
@@ -216,26 +223,50 @@ def connections_view(lab: Lab, directors: list[DirectorState]) -> RenderableType
 def _stats_json(stats: ipvs.Stats | None) -> dict | None:
     if stats is None:
         return None
-    return {"conns": stats.conns, "in_packets": stats.in_packets, "out_packets": stats.out_packets,
-            "in_bytes": stats.in_bytes, "out_bytes": stats.out_bytes}
+    return {
+        "conns": stats.conns,
+        "in_packets": stats.in_packets,
+        "out_packets": stats.out_packets,
+        "in_bytes": stats.in_bytes,
+        "out_bytes": stats.out_bytes,
+    }
 
 
 def _rates_json(rates: ipvs.Rates | None) -> dict | None:
     if rates is None:
         return None
-    return {"cps": rates.cps, "in_pps": rates.in_pps, "out_pps": rates.out_pps,
-            "in_bps": rates.in_bps, "out_bps": rates.out_bps}
+    return {
+        "cps": rates.cps,
+        "in_pps": rates.in_pps,
+        "out_pps": rates.out_pps,
+        "in_bps": rates.in_bps,
+        "out_bps": rates.out_bps,
+    }
 
 
 def _service_json(svc: ipvs.Service) -> dict:
     return {
-        "key": svc.key, "protocol": svc.protocol.value.upper() if svc.protocol else "FWM", "vip": svc.vip, "port": svc.port,
-        "fwmark": svc.fwmark, "scheduler": svc.scheduler, "persistence": svc.persistence, "ops": svc.ops,
-        "stats": _stats_json(svc.stats), "rates": _rates_json(svc.rates),
+        "key": svc.key,
+        "protocol": svc.protocol.value.upper() if svc.protocol else "FWM",
+        "vip": svc.vip,
+        "port": svc.port,
+        "fwmark": svc.fwmark,
+        "scheduler": svc.scheduler,
+        "persistence": svc.persistence,
+        "ops": svc.ops,
+        "stats": _stats_json(svc.stats),
+        "rates": _rates_json(svc.rates),
         "real_servers": [
-            {"address": d.address, "port": d.port, "forward": d.forward.listed_as, "weight": d.weight,
-             "active_conns": d.active, "inactive_conns": d.inactive,
-             "stats": _stats_json(d.stats), "rates": _rates_json(d.rates)}
+            {
+                "address": d.address,
+                "port": d.port,
+                "forward": d.forward.listed_as,
+                "weight": d.weight,
+                "active_conns": d.active,
+                "inactive_conns": d.inactive,
+                "stats": _stats_json(d.stats),
+                "rates": _rates_json(d.rates),
+            }
             for d in svc.destinations
         ],
     }
@@ -248,14 +279,26 @@ def as_json(lab: Lab, directors: list[DirectorState]) -> dict:
         "lab": lab.name,
         "directors": [
             {
-                "name": d.name, "active": d.active, "vips": d.vips,
-                "sync_daemons": [{"role": s.role, "interface": s.interface, "syncid": s.syncid, **s.options}
-                                 for s in d.sync],
+                "name": d.name,
+                "active": d.active,
+                "vips": d.vips,
+                "sync_daemons": [
+                    {"role": s.role, "interface": s.interface, "syncid": s.syncid, **s.options} for s in d.sync
+                ],
                 "services": [_service_json(svc) for svc in d.services],
-                "connections": None if d.connections is None else [
-                    {"protocol": c.protocol, "expire": c.expire, "state": c.state, "source": c.source,
-                     "virtual": c.virtual, "destination": c.destination}
-                    for c in d.connections],
+                "connections": None
+                if d.connections is None
+                else [
+                    {
+                        "protocol": c.protocol,
+                        "expire": c.expire,
+                        "state": c.state,
+                        "source": c.source,
+                        "virtual": c.virtual,
+                        "destination": c.destination,
+                    }
+                    for c in d.connections
+                ],
             }
             for d in directors
         ],

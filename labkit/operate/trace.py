@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from labkit.labfile import Forwarding, Lab, Protocol, Tunnel, VirtualService
 from labkit.labfile.model import host_port
-from labkit.build.render import interfaces
-from labkit.run.lab import RunningLab
+from labkit.render.vagrantfile import interfaces
+from labkit.running import RunningLab
 
 LIMIT = 60  # seconds: a capture that is never stopped ends by itself
 
@@ -56,8 +56,9 @@ def capture_filter(port: int, protocol: Protocol = Protocol.tcp, gue_port: int |
     """The client's port, and the tunnel packets, whose TCP or UDP header is inside: IP-in-IP
     (protocol 4), GRE (47), and GUE's UDP port. A GUE packet is printed in hex too (-x), since
     tcpdump does not read what a GUE port carries."""
-    return (f"{protocol.value} port {port} or ip proto 4 or ip proto 47"
-            + (f" or udp dst port {gue_port}" if gue_port else ""))
+    return f"{protocol.value} port {port} or ip proto 4 or ip proto 47" + (
+        f" or udp dst port {gue_port}" if gue_port else ""
+    )
 
 
 def start_capture(devices: list[str], tcpdump_filter: str, tag: str, hex_too: bool = False) -> str:
@@ -69,11 +70,14 @@ def start_capture(devices: list[str], tcpdump_filter: str, tag: str, hex_too: bo
     listen = " ".join(
         f"timeout {LIMIT} tcpdump -i {shlex.quote(dev)} -t -e -n -l{' -x' if hex_too else ''} --immediate-mode "
         f"{shlex.quote(tcpdump_filter)} > {f} 2> {f}.err < /dev/null & echo $! >> /tmp/labkit-{tag}.pids;"
-        for dev, f in zip(devices, files))
+        for dev, f in zip(devices, files)
+    )
     listening = " && ".join(f"grep -q 'listening on' {f}.err" for f in files)
     errors = " ".join(f"{f}.err" for f in files)
-    return (f"rm -f /tmp/labkit-{tag}.*; {listen} for i in $(seq 300); do {listening} && break; sleep 0.1; done; "
-            f"{listening} || {{ cat {errors} >&2; false; }}")
+    return (
+        f"rm -f /tmp/labkit-{tag}.*; {listen} for i in $(seq 300); do {listening} && break; sleep 0.1; done; "
+        f"{listening} || {{ cat {errors} >&2; false; }}"
+    )
 
 
 def read_capture(devices: list[str], tag: str) -> str:
@@ -89,7 +93,8 @@ IP = r"\d+\.\d+\.\d+\.\d+"
 ENDPOINT = rf"(?:{IP}|[0-9a-f]*:[0-9a-f:]*)\.\d+"
 LINE = re.compile(
     MACS + rf"(?:(?P<outer_src>{IP}) > (?P<outer_dst>{IP}): (?P<gre>GREv0, (?:.*?, )?length \d+: )?(?:IP )?)?"
-    rf"(?P<src>{ENDPOINT}) > (?P<dst>{ENDPOINT}): (?:Flags \[(?P<flags>[^\]]+)\]|(?P<udp>UDP), length)")
+    rf"(?P<src>{ENDPOINT}) > (?P<dst>{ENDPOINT}): (?:Flags \[(?P<flags>[^\]]+)\]|(?P<udp>UDP), length)"
+)
 HEX_LINE = re.compile(r"^\s+0x[0-9a-f]{4}:\s+((?:[0-9a-f]{2,4}\s?)+)")
 # tcpdump's letters for the TCP flags, in the order it prints them (S. is SYN-ACK).
 TCP_FLAGS = ((0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x10, "."), (0x20, "U"), (0x40, "E"), (0x80, "W"))
@@ -111,11 +116,14 @@ def inner_of_gue(data: bytes) -> tuple[str, str, str] | None:
         if data[inner] >> 4 != 4 or data[inner + 9] != 6:  # IPv4 carrying TCP
             return None
         tcp = inner + (data[inner] & 0x0F) * 4
-        ports = [int.from_bytes(data[tcp + i:tcp + i + 2], "big") for i in (0, 2)]
+        ports = [int.from_bytes(data[tcp + i : tcp + i + 2], "big") for i in (0, 2)]
         bits = data[tcp + 13]
         flags = "".join(c for bit, c in TCP_FLAGS if bits & bit)
-        return (f"{_ip(data[inner + 12:inner + 16])}.{ports[0]}", f"{_ip(data[inner + 16:inner + 20])}.{ports[1]}",
-                flags)
+        return (
+            f"{_ip(data[inner + 12 : inner + 16])}.{ports[0]}",
+            f"{_ip(data[inner + 16 : inner + 20])}.{ports[1]}",
+            flags,
+        )
     except IndexError:
         return None
 
@@ -152,8 +160,11 @@ def parse(output: str) -> dict[str, list[Packet]]:
             if m["udp"] and not outer:  # a datagram, or a GUE packet if hex lines follow (-x)
                 udp = (m, bytearray())
             else:
-                out[device].append(Packet(m["src_mac"] or "", m["dst_mac"] or "", m["src"], m["dst"],
-                                          m["flags"] or m["udp"], outer, wrap))
+                out[device].append(
+                    Packet(
+                        m["src_mac"] or "", m["dst_mac"] or "", m["src"], m["dst"], m["flags"] or m["udp"], outer, wrap
+                    )
+                )
     udp_done()
     return out
 
@@ -173,16 +184,25 @@ def _first(packets: list[Packet], client: set[str], flags: str, from_client: boo
     return None
 
 
-def hops(lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packet]]],
-         client_port: int) -> tuple[list[Hop], list[Hop]]:
+def hops(
+    lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packet]]], client_port: int
+) -> tuple[list[Hop], list[Hop]]:
     """The request's hops and the reply's, in path order, with what changed at each."""
     director = lab.active_director
     asked, answered = ("UDP", "UDP") if svc.protocol == Protocol.udp else ("S", "S.")
     client = {f"{address}.{client_port}" for address in lab.nodes[lab.clients[0]].all_addresses()}
-    found = {(node, dev): p for node, devs in captured.items() for dev, packets in devs.items()
-             if (p := _first(packets, client, asked, True))}
-    replies = {(node, dev): p for node, devs in captured.items() for dev, packets in devs.items()
-               if (p := _first(packets, client, answered, False))}
+    found = {
+        (node, dev): p
+        for node, devs in captured.items()
+        for dev, packets in devs.items()
+        if (p := _first(packets, client, asked, True))
+    }
+    replies = {
+        (node, dev): p
+        for node, devs in captured.items()
+        for dev, packets in devs.items()
+        if (p := _first(packets, client, answered, False))
+    }
     server = next((node for node, _ in found if node != director), None)
     request: list[Hop] = []
     reply: list[Hop] = []
@@ -193,15 +213,20 @@ def hops(lab: Lab, svc: VirtualService, captured: dict[str, dict[str, list[Packe
         order += [(server, svc.tunnel_type.device)] if svc.tunnel_type else []
     for key in order:
         if key in found:
-            request.append(Hop(*key, found[key],
-                               _request_note(svc, key[1], request[-1].packet if request else None, found[key])))
-    back = ([(server, d) for d in lab.nodes[server].addresses] if server else []) + \
-        [(director, d) for d in lab.nodes[director].addresses if d != client_net] + [(director, client_net)]
+            request.append(
+                Hop(*key, found[key], _request_note(svc, key[1], request[-1].packet if request else None, found[key]))
+            )
+    back = (
+        ([(server, d) for d in lab.nodes[server].addresses] if server else [])
+        + [(director, d) for d in lab.nodes[director].addresses if d != client_net]
+        + [(director, client_net)]
+    )
     for key in back:
         if key in replies:
             to_client = key == (director, client_net)
-            reply.append(Hop(*key, replies[key], _reply_note(svc, reply[-1].packet if reply else None, replies[key],
-                                                             to_client)))
+            reply.append(
+                Hop(*key, replies[key], _reply_note(svc, reply[-1].packet if reply else None, replies[key], to_client))
+            )
     return request, reply
 
 
@@ -237,8 +262,10 @@ def _reply_note(svc: VirtualService, before: Packet | None, p: Packet, to_client
     if p.src != before.src:
         return f"source rewritten {before.src} -> {p.src}: the client sees the VIP answer"
     if to_client and svc.forwarding == Forwarding.masq and svc.one_packet:
-        return ("not rewritten: one-packet scheduling dropped the director's entry once the request passed, "
-                "so the client sees the real server answer, not the VIP")
+        return (
+            "not rewritten: one-packet scheduling dropped the director's entry once the request passed, "
+            "so the client sees the real server answer, not the VIP"
+        )
     return "arrives as sent"
 
 
@@ -259,10 +286,12 @@ class Trace:
 
 
 # One datagram from the client's port to the VIP; prints the answer (the real server's name).
-DATAGRAM = ("import socket, sys; family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET; "
-            "s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(5); "
-            "s.bind(('', int(sys.argv[3]))); s.sendto(b'labkit', (sys.argv[1], int(sys.argv[2]))); "
-            "print(s.recv(2048).decode())")
+DATAGRAM = (
+    "import socket, sys; family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET; "
+    "s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(5); "
+    "s.bind(('', int(sys.argv[3]))); s.sendto(b'labkit', (sys.argv[1], int(sys.argv[2]))); "
+    "print(s.recv(2048).decode())"
+)
 
 
 def trace(running: RunningLab, svc: VirtualService) -> Trace:
@@ -276,8 +305,14 @@ def trace(running: RunningLab, svc: VirtualService) -> Trace:
     tcpdump_filter = capture_filter(port, svc.protocol, gue_port)
     sudo = ["sudo", "-n", "sh", "-c"]
     with ThreadPoolExecutor(len(points)) as pool:
-        list(pool.map(lambda node: running.run(node, [*sudo, start_capture(points[node], tcpdump_filter, tag,
-                                                                            hex_too=gue_port is not None)]), points))
+        list(
+            pool.map(
+                lambda node: running.run(
+                    node, [*sudo, start_capture(points[node], tcpdump_filter, tag, hex_too=gue_port is not None)]
+                ),
+                points,
+            )
+        )
         try:
             if svc.protocol == Protocol.udp:
                 url = f"udp {host_port(svc.addresses[0], svc.port)}"
@@ -288,8 +323,9 @@ def trace(running: RunningLab, svc: VirtualService) -> Trace:
                 ask = ["curl", "-sS", "-g", "-m", "5", "--local-port", str(port), url]
             answer = running.run(lab.clients[0], ask).strip()
         finally:
-            outputs = dict(zip(points, pool.map(lambda node: running.run(node, [*sudo, read_capture(points[node], tag)]),
-                                                points)))
+            outputs = dict(
+                zip(points, pool.map(lambda node: running.run(node, [*sudo, read_capture(points[node], tag)]), points))
+            )
     captured = {node: parse(text) for node, text in outputs.items()}
     request, reply = hops(lab, svc, captured, port)
     return Trace(url, port, answer, request, reply)

@@ -22,8 +22,9 @@ def installed(tmp_path_factory) -> Path:
         if name and (PROJECT / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             (source / name).write_bytes((PROJECT / name).read_bytes())
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(source)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(source)], check=True
+    )
     wheel = next((work / "dist").glob("labkit-*.whl"))
     venv.create(work / "venv", with_pip=True)
     subprocess.run([str(work / "venv/bin/pip"), "install", "-q", str(wheel)], check=True)
@@ -33,8 +34,9 @@ def installed(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("lab", LABS)
 def test_the_wheel_renders_and_explains_every_shipped_lab(installed, lab, tmp_path):
     env = {"LABKIT_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
-    rendered = subprocess.run([str(installed), "render", lab, "--accel", "tcg"], capture_output=True, text=True,
-                              env=env, cwd=tmp_path)
+    rendered = subprocess.run(
+        [str(installed), "render", lab, "--accel", "tcg"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert rendered.returncode == 0, rendered.stderr
     assert rendered.stdout.startswith(f"# Rendered by labkit from labs/{lab}/lab.yaml")
     assert f'libvirt__network_name: "labkit-{lab}-' in rendered.stdout

@@ -26,7 +26,16 @@ CELLS = len(LABS) * len(KERNELS)
 
 
 def matrix_command(report) -> list[str]:
-    return [sys.executable, "-m", "labkit", "matrix", *LABS, *(f"--kernel={k}" for k in KERNELS), "--report", str(report)]
+    return [
+        sys.executable,
+        "-m",
+        "labkit",
+        "matrix",
+        *LABS,
+        *(f"--kernel={k}" for k in KERNELS),
+        "--report",
+        str(report),
+    ]
 
 
 def interrupted_matrix(report) -> tuple[subprocess.CompletedProcess, dict]:
@@ -47,11 +56,14 @@ def interrupted_matrix(report) -> tuple[subprocess.CompletedProcess, dict]:
     stdout, stderr = process.communicate(timeout=300)
     stdout = "".join(said) + stdout
     print(f"$ labkit matrix ... (SIGINT)  -> exit {process.returncode}\n{stdout}\n{stderr}")
-    domains = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True,
-                             text=True).stdout
-    left = {"domains": [d for d in domains.split() if d.startswith(f"labkit-{LAB}-")],
-            "lab folder": lab_dir(LAB).exists(),
-            "cells": sorted(path.parent.name for path in report.glob("*/cell.json"))}
+    domains = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True, text=True
+    ).stdout
+    left = {
+        "domains": [d for d in domains.split() if d.startswith(f"labkit-{LAB}-")],
+        "lab folder": lab_dir(LAB).exists(),
+        "cells": sorted(path.parent.name for path in report.glob("*/cell.json")),
+    }
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), left
 
 
@@ -68,8 +80,11 @@ def matrix(tmp_path_factory):
 
 
 def statuses(report) -> dict[str, str]:
-    return {f"{lab} on {kernel}": json.loads((report / f"{lab}-{kernel}" / "cell.json").read_text())["status"]
-            for lab in LABS for kernel in KERNELS}
+    return {
+        f"{lab} on {kernel}": json.loads((report / f"{lab}-{kernel}" / "cell.json").read_text())["status"]
+        for lab in LABS
+        for kernel in KERNELS
+    }
 
 
 def test_an_interrupted_matrix_removes_the_cell_it_ran(matrix):

@@ -25,16 +25,18 @@ pytestmark = pytest.mark.lab
 
 
 def labkit(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True, text=True, timeout=timeout)
     # pytest shows this when a test fails: the command's whole story.
     print(f"$ labkit {' '.join(args)}  -> exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
 
 def libvirt_names(kind: str, lab: str) -> list[str]:
-    command = {"domains": ["list", "--all", "--name"], "networks": ["net-list", "--all", "--name"],
-               "volumes": ["vol-list", "default"]}[kind]
+    command = {
+        "domains": ["list", "--all", "--name"],
+        "networks": ["net-list", "--all", "--name"],
+        "volumes": ["vol-list", "default"],
+    }[kind]
     listing = subprocess.run(["virsh", "-c", "qemu:///system", *command], capture_output=True, text=True).stdout
     return [word for word in listing.split() if word.startswith(f"labkit-{lab}-")]
 
@@ -62,8 +64,9 @@ OPERATED = ["nat", "tun", "dr", "fwmark"]
 def interrupted_up(name: str, sig: signal.Signals) -> tuple[subprocess.CompletedProcess, list[str]]:
     """`labkit up` stopped with `sig` once Vagrant is creating the VMs; what it said, and the
     processes it left (none expected)."""
-    process = subprocess.Popen([sys.executable, "-m", "labkit", "up", name], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labkit", "up", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     log = lab_dir(name) / "vagrant.log"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -94,8 +97,10 @@ def test_up(lab):
         stopped, left = interrupted
         sig = INTERRUPTED_UP[name]
         assert stopped.returncode == 128 + sig, stopped.stderr
-        assert (f"interrupted ({sig.name}): {name} is partly up. Continue with: labkit up {name}; "
-                f"or remove what was made: labkit down {name}") in stopped.stderr.splitlines(), stopped.stderr
+        assert (
+            f"interrupted ({sig.name}): {name} is partly up. Continue with: labkit up {name}; "
+            f"or remove what was made: labkit down {name}"
+        ) in stopped.stderr.splitlines(), stopped.stderr
         assert left == [], f"labkit up {name} left processes behind: {left}"
     assert result.returncode == 0, result.stderr
     assert f"{name} is up" in result.stdout
@@ -163,8 +168,10 @@ def test_trace(lab):
         else:
             assert "destination rewritten fd00:55::100.80 -> fd00:66::" in request, result.stdout
     if name == "tun":  # the other encapsulations, named hop by hop, and unwrapped where they end
-        for service, said in (("tcp 192.168.55.102:80", "wrapped in GUE (UDP 6080)"),
-                              ("tcp 192.168.55.103:80", "wrapped in GRE")):
+        for service, said in (
+            ("tcp 192.168.55.102:80", "wrapped in GUE (UDP 6080)"),
+            ("tcp 192.168.55.103:80", "wrapped in GRE"),
+        ):
             result = labkit("trace", name, "--service", service)
             assert result.returncode == 0, result.stderr
             assert said in result.stdout and "unwrapped on" in result.stdout, result.stdout
@@ -197,8 +204,12 @@ def test_fail_holds_the_lab_stops_when_interrupted_then_heal_or_reset(lab):
     """`labkit fail` under load: a second writer is refused while it runs; a signal stops it and
     the load it started on the client; `labkit heal` or `labkit reset` brings the lab back."""
     name, *_ = lab
-    process = subprocess.Popen([sys.executable, "-m", "labkit", "fail", name, "rs1:nginx", "--seconds", "60"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labkit", "fail", name, "rs1:nginx", "--seconds", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ssh = ["ssh", "-F", str(lab_dir(name) / "ssh_config"), "cl0", "pgrep", "-f", "labkit-load-starte[d]"]
     deadline = time.monotonic() + 60
     while subprocess.run(ssh, capture_output=True).returncode != 0 and time.monotonic() < deadline:

@@ -27,8 +27,9 @@ TEACHER, STUDENT = "teacher", "student"
 
 
 def labkit(*args: str, env: dict | None = None, timeout: int = 1500) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True, text=True,
-                            timeout=timeout, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "labkit", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
     print(f"$ labkit {' '.join(args)}  -> exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
@@ -49,10 +50,30 @@ def remote(tmp_path_factory) -> str:
     (work / "authorized_keys").write_text((work / "client_key.pub").read_text())
     port = free_port()
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    subprocess.run(["/usr/sbin/sshd", "-f", "/dev/null", "-o", "ListenAddress=127.0.0.1", "-o", f"Port={port}",
-                    "-o", f"HostKey={work / 'host_key'}", "-o", f"AuthorizedKeysFile={work / 'authorized_keys'}",
-                    "-o", "StrictModes=no", "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no",
-                    "-o", f"PidFile={work / 'sshd.pid'}"], check=True)
+    subprocess.run(
+        [
+            "/usr/sbin/sshd",
+            "-f",
+            "/dev/null",
+            "-o",
+            "ListenAddress=127.0.0.1",
+            "-o",
+            f"Port={port}",
+            "-o",
+            f"HostKey={work / 'host_key'}",
+            "-o",
+            f"AuthorizedKeysFile={work / 'authorized_keys'}",
+            "-o",
+            "StrictModes=no",
+            "-o",
+            "PermitRootLogin=prohibit-password",
+            "-o",
+            "UsePAM=no",
+            "-o",
+            f"PidFile={work / 'sshd.pid'}",
+        ],
+        check=True,
+    )
     known_hosts = Path.home() / ".ssh" / "known_hosts"
     known_hosts.parent.mkdir(mode=0o700, exist_ok=True)
     before = known_hosts.read_text() if known_hosts.exists() else ""
@@ -76,16 +97,22 @@ def workshop(remote, student, tmp_path_factory):
     """The box handed over, then both copies booted at once: what each `labkit up` said."""
     exported = tmp_path_factory.mktemp("usb") / "labkit.box"
     handed = [labkit("box", "export", str(exported)), labkit("box", "import", str(exported), env=student)]
-    commands = {TEACHER: ([sys.executable, "-m", "labkit", "up", LAB, "--as", TEACHER], None),
-                STUDENT: ([sys.executable, "-m", "labkit", "up", LAB, "--as", STUDENT, "--connect", remote], student)}
+    commands = {
+        TEACHER: ([sys.executable, "-m", "labkit", "up", LAB, "--as", TEACHER], None),
+        STUDENT: ([sys.executable, "-m", "labkit", "up", LAB, "--as", STUDENT, "--connect", remote], student),
+    }
     started = time.monotonic()
-    running = {name: subprocess.Popen(words, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-               for name, (words, env) in commands.items()}
+    running = {
+        name: subprocess.Popen(words, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for name, (words, env) in commands.items()
+    }
     said = {}
     for name, process in running.items():
         said[name] = process.communicate(timeout=1800)[0], process.returncode
-        print(f"$ labkit up {LAB} --as {name}  -> exit {process.returncode} after "
-              f"{time.monotonic() - started:.0f} s\n{said[name][0]}")
+        print(
+            f"$ labkit up {LAB} --as {name}  -> exit {process.returncode} after "
+            f"{time.monotonic() - started:.0f} s\n{said[name][0]}"
+        )
     yield handed, said
     if (lab_dir(TEACHER) / "Vagrantfile").exists():
         labkit("down", TEACHER)
@@ -121,8 +148,11 @@ def test_each_copy_verifies(workshop, student, name):
 
 def counters(name: str, env: dict | None) -> dict:
     seen = json.loads(labkit("show", name, "--json", env=env).stdout)
-    return {(d["name"], s["key"]): (s["stats"]["conns"], s["stats"]["in_packets"])
-            for d in seen["directors"] for s in d["services"]}
+    return {
+        (d["name"], s["key"]): (s["stats"]["conns"], s["stats"]["in_packets"])
+        for d in seen["directors"]
+        for s in d["services"]
+    }
 
 
 def test_copies_do_not_see_each_others_traffic(workshop, student):
@@ -140,21 +170,29 @@ def logs_in_with(ssh_config: Path, key: Path, scratch: Path) -> subprocess.Compl
     command line, -o IdentityFile adds a key rather than replacing it)."""
     config = scratch / "ssh_config"
     config.write_text(re.sub(r"^(\s*IdentityFile\s).*$", lambda m: f"{m[1]}{key}", ssh_config.read_text(), flags=re.M))
-    return subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "lb0", "true"], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", "lb0", "true"], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_one_installations_key_does_not_open_anothers_vms(workshop, student, tmp_path):
     teacher_key = Path(os.environ.get("LABKIT_HOME", Path.home() / ".local/share/labkit")) / "id_ed25519"
     student_home = Path(student["LABKIT_HOME"])
-    insecure = next(Path(p) for p in subprocess.run(["dpkg", "-L", "vagrant"], capture_output=True, text=True)
-                    .stdout.split() if p.endswith("/keys/vagrant"))
+    insecure = next(
+        Path(p)
+        for p in subprocess.run(["dpkg", "-L", "vagrant"], capture_output=True, text=True).stdout.split()
+        if p.endswith("/keys/vagrant")
+    )
     teacher_config, student_config = lab_dir(TEACHER) / "ssh_config", student_home / "labs" / STUDENT / "ssh_config"
     for config, key in [(teacher_config, teacher_key), (student_config, student_home / "id_ed25519")]:
         result = logs_in_with(config, key, tmp_path)
         assert result.returncode == 0, (config, key, result.stderr)  # each opens its own
-    for config, key in [(teacher_config, student_home / "id_ed25519"), (student_config, teacher_key),
-                        (teacher_config, insecure), (student_config, insecure)]:
+    for config, key in [
+        (teacher_config, student_home / "id_ed25519"),
+        (student_config, teacher_key),
+        (teacher_config, insecure),
+        (student_config, insecure),
+    ]:
         result = logs_in_with(config, key, tmp_path)
         assert result.returncode == 255 and "Permission denied" in result.stderr, (config, key, result.stderr)
 
@@ -162,10 +200,12 @@ def test_one_installations_key_does_not_open_anothers_vms(workshop, student, tmp
 def test_removing_one_copy_leaves_the_other(workshop, student):
     result = labkit("down", STUDENT, env=student)
     assert result.returncode == 0, result.stderr
-    left = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True,
-                          text=True).stdout.split()
+    left = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True, text=True
+    ).stdout.split()
     assert not [d for d in left if d.startswith(f"labkit-{STUDENT}-")]
     assert sorted(d for d in left if d.startswith(f"labkit-{TEACHER}-")) == [
-        f"labkit-{TEACHER}-{node}" for node in ("cl0", "lb0", "lb1", "rs0", "rs1")]
+        f"labkit-{TEACHER}-{node}" for node in ("cl0", "lb0", "lb1", "rs0", "rs1")
+    ]
     assert labkit("verify", TEACHER, "-k", "split").returncode == 0
     assert labkit("down", TEACHER).returncode == 0

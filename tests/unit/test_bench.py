@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from labkit.errors import LabkitError
-from labkit.operate.bench import command, parse_ab, split
 from labkit.labfile import LABS, load_lab
+from labkit.operate.bench import command, parse_ab, split
 
 AB = (Path(__file__).parent / "samples" / "ab.txt").read_text()
 

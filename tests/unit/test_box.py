@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from labkit import box
-from labkit.box import build, image, kernel as kernel_mod, mirror, store
+from labkit.box import build, image, mirror, store
+from labkit.box import kernel as kernel_mod
 from labkit.box.image import DISK_GIB
 
 ONE_LINE = """\
@@ -69,14 +70,17 @@ def test_non_debian_repositories_are_ignored():
     assert box.mirror_from_sources(text, deb822=True) is None
 
 
-@pytest.mark.parametrize("uri, ok", [
-    ("http://deb.debian.org/debian", True),
-    ("http://snapshot.debian.org/archive/debian/20250520T000000Z", True),
-    ("http://debian.example.org/", True),
-    ("http://deb.debian.org/debian-security", False),
-    ("http://deb.debian.org/debian-debug", False),
-    ("cdrom:[Debian]/", False),
-])
+@pytest.mark.parametrize(
+    "uri, ok",
+    [
+        ("http://deb.debian.org/debian", True),
+        ("http://snapshot.debian.org/archive/debian/20250520T000000Z", True),
+        ("http://debian.example.org/", True),
+        ("http://deb.debian.org/debian-security", False),
+        ("http://deb.debian.org/debian-debug", False),
+        ("cdrom:[Debian]/", False),
+    ],
+)
 def test_what_counts_as_a_debian_archive(uri, ok):
     assert box.mirror_from_sources(f"deb {uri} bookworm main\n", deb822=False) == (uri.rstrip("/") if ok else None)
 
@@ -106,12 +110,17 @@ def test_the_box_file_holds_what_vagrant_libvirt_reads(tmp_path: Path):
     and the package list and metadata it was built with; no SSH key."""
     image = tmp_path / "box.img"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
-    built = {"kernel": "6.12.57+deb12-amd64", "spec": "bookworm-backports", "ipvsadm": "1:1.31-1+b1",
-             "ssh_key": "smbios-oem-string"}
+    built = {
+        "kernel": "6.12.57+deb12-amd64",
+        "spec": "bookworm-backports",
+        "ipvsadm": "1:1.31-1+b1",
+        "ssh_key": "smbios-oem-string",
+    }
     packed = build.pack(image, built, tmp_path / "labkit.box")
     with tarfile.open(packed) as tar:
-        assert sorted(tar.getnames()) == sorted(["metadata.json", "Vagrantfile", "box.img",
-                                                 "labkit-packages", "labkit-box.json"])
+        assert sorted(tar.getnames()) == sorted(
+            ["metadata.json", "Vagrantfile", "box.img", "labkit-packages", "labkit-box.json"]
+        )
         meta = json.load(tar.extractfile("metadata.json"))
         assert meta == {"provider": "libvirt", "format": "qcow2", "virtual_size": DISK_GIB}
         assert json.load(tar.extractfile("labkit-box.json")) == built
@@ -131,8 +140,9 @@ def test_sfdisk_makes_one_bootable_linux_partition_from_1_mib(tmp_path: Path):
     root = "d0b2c7a4-1111-4222-8333-944445555666"
     sfdisk = shutil.which("sfdisk", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
     subprocess.run([sfdisk, "--quiet", str(raw)], input=image.partition_table(root), text=True, check=True)
-    table = json.loads(subprocess.run([sfdisk, "--json", str(raw)], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
+    table = json.loads(subprocess.run([sfdisk, "--json", str(raw)], capture_output=True, text=True, check=True).stdout)[
+        "partitiontable"
+    ]
     assert (table["label"], table["id"]) == ("dos", "0xd0b2c7a4")
     (part,) = table["partitions"]
     assert (part["start"], part["size"], part["type"], part.get("bootable")) == (2048, 64 * 2048 - 2048, "83", True)
@@ -164,11 +174,14 @@ def kernel_deb(tmp_path: Path, package: str, modules: list[str], builtin: list[s
         (folder / "kernel" / f"{module}.ko.xz").write_bytes(b"")
     (folder / "modules.builtin").write_text("".join(f"kernel/{m}.ko\n" for m in builtin))
     (root / "DEBIAN").mkdir()
-    (root / "DEBIAN/control").write_text(f"Package: {package}\nVersion: 6.18.0-1\nArchitecture: amd64\n"
-                                         "Maintainer: a developer <dev@example.org>\nDescription: a kernel\n")
+    (root / "DEBIAN/control").write_text(
+        f"Package: {package}\nVersion: 6.18.0-1\nArchitecture: amd64\n"
+        "Maintainer: a developer <dev@example.org>\nDescription: a kernel\n"
+    )
     deb = tmp_path / f"{package}_6.18.0-1_amd64.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)], check=True, capture_output=True
+    )
     return deb
 
 
@@ -183,8 +196,11 @@ def test_a_kernel_package_is_a_kernel(tmp_path: Path):
 def test_a_kernel_package_without_ipvs_is_refused_before_anything_is_built(tmp_path: Path):
     modules = [m for m in kernel_mod.NEEDED_MODULES if m not in ("ip_vs_wlc", "ipip", "ext4")]
     deb = kernel_deb(tmp_path, "linux-image-6.18.0", modules, builtin=["ext4"])
-    with pytest.raises(box.BoxError, match=r"kernel linux-image-6.18.0_6.18.0-1_amd64.deb \(from .*\) "
-                                           r"has no ip_vs_wlc, ipip: the labs need them"):
+    with pytest.raises(
+        box.BoxError,
+        match=r"kernel linux-image-6.18.0_6.18.0-1_amd64.deb \(from .*\) "
+        r"has no ip_vs_wlc, ipip: the labs need them",
+    ):
         kernel_mod.check_package(box.parse_kernel(str(deb)))
 
 
@@ -199,11 +215,14 @@ def test_a_file_that_is_not_a_kernel_package_is_refused(tmp_path: Path):
         box.parse_kernel(str(renamed))
 
 
-@pytest.mark.parametrize("spec, says", [
-    ("buster", "unknown kernel 'buster': give a Debian suite (bookworm, bookworm-backports, trixie, sid)"),
-    ("6.12", "unknown kernel '6.12'"),
-    ("/nowhere/linux-image-6.18.deb", "/nowhere/linux-image-6.18.deb does not exist"),
-])
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("buster", "unknown kernel 'buster': give a Debian suite (bookworm, bookworm-backports, trixie, sid)"),
+        ("6.12", "unknown kernel '6.12'"),
+        ("/nowhere/linux-image-6.18.deb", "/nowhere/linux-image-6.18.deb does not exist"),
+    ],
+)
 def test_what_is_not_a_kernel_says_what_is(spec, says):
     with pytest.raises(box.BoxError, match=re.escape(says)):
         box.parse_kernel(spec)
@@ -236,14 +255,25 @@ def _installed_box(home: Path, name: str, version: str, meta: dict | None) -> No
 def test_the_box_for_a_kernel_is_the_newest_built_from_it(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
     _installed_box(tmp_path, "labkit/bookworm", "0", None)  # built before labkit kept metadata
-    _installed_box(tmp_path, "labkit/linux-6.12.48", "2026.10.01.100000",
-                   {"kernel": "6.12.48", "spec": "bookworm-backports", "built": "2026-10-01T10:00:00Z"})
-    _installed_box(tmp_path, "labkit/linux-6.12.57", "2026.11.29.100000",
-                   {"kernel": "6.12.57", "spec": "bookworm-backports", "built": "2026-11-29T10:00:00Z"})
+    _installed_box(
+        tmp_path,
+        "labkit/linux-6.12.48",
+        "2026.10.01.100000",
+        {"kernel": "6.12.48", "spec": "bookworm-backports", "built": "2026-10-01T10:00:00Z"},
+    )
+    _installed_box(
+        tmp_path,
+        "labkit/linux-6.12.57",
+        "2026.11.29.100000",
+        {"kernel": "6.12.57", "spec": "bookworm-backports", "built": "2026-11-29T10:00:00Z"},
+    )
     _installed_box(tmp_path, "someone/else", "1", {"kernel": "5.10", "spec": "trixie"})
     listed = box.labkit_boxes()
     assert [(b.name, b.kernel) for b in listed] == [
-        ("labkit/bookworm", ""), ("labkit/linux-6.12.48", "6.12.48"), ("labkit/linux-6.12.57", "6.12.57")]
+        ("labkit/bookworm", ""),
+        ("labkit/linux-6.12.48", "6.12.48"),
+        ("labkit/linux-6.12.57", "6.12.57"),
+    ]
     assert store.box_for(box.parse_kernel("bookworm-backports")) == "labkit/linux-6.12.57"
     with pytest.raises(box.BoxError, match="no box for kernel trixie. Build it with: labkit box build --kernel trixie"):
         box.box_for_kernel("trixie")

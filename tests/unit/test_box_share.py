@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from labkit import box
 from labkit.box import guest_key, image, share
-from labkit.build.render import Target, render
 from labkit.cli import app
 from labkit.labfile import LABS, load_lab
+from labkit.render.vagrantfile import Target, render
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2Uga2V5IGZvciB0aGUgdGVzdHM="
 
@@ -42,23 +42,28 @@ def test_the_key_is_read_from_an_oem_strings_entry():
 
 
 def test_the_key_is_found_in_a_whole_table():
-    table = (structure(0, b"\x01\x02\x00\xf0\x00\x00", ["SeaBIOS", "1.16"])
-             + structure(1, bytes(23), [])  # no strings: the structure ends in two NULs
-             + oem_entry([guest_key.OEM_KEY_PREFIX + KEY])
-             + structure(127, b"", [])
-             + oem_entry([guest_key.OEM_KEY_PREFIX + "ssh-ed25519 AFTERTHEEND"]))
+    table = (
+        structure(0, b"\x01\x02\x00\xf0\x00\x00", ["SeaBIOS", "1.16"])
+        + structure(1, bytes(23), [])  # no strings: the structure ends in two NULs
+        + oem_entry([guest_key.OEM_KEY_PREFIX + KEY])
+        + structure(127, b"", [])
+        + oem_entry([guest_key.OEM_KEY_PREFIX + "ssh-ed25519 AFTERTHEEND"])
+    )
     assert guest_key.keys(guest_key.oem_strings(table)) == [KEY]
 
 
-@pytest.mark.parametrize("blob", [
-    b"",
-    oem_entry([]),
-    oem_entry(["labkit-ssh-key: not a key"]),
-    oem_entry(["labkit-ssh-key: ssh-ed25519 AAAA\nssh-rsa BBBB"]),
-    oem_entry(["ssh-key: " + KEY]),
-    oem_entry([guest_key.OEM_KEY_PREFIX + KEY])[:-6],  # cut short
-    b"\x0b\x00\x00\x00",  # a length below the header's: not SMBIOS
-])
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"",
+        oem_entry([]),
+        oem_entry(["labkit-ssh-key: not a key"]),
+        oem_entry(["labkit-ssh-key: ssh-ed25519 AAAA\nssh-rsa BBBB"]),
+        oem_entry(["ssh-key: " + KEY]),
+        oem_entry([guest_key.OEM_KEY_PREFIX + KEY])[:-6],  # cut short
+        b"\x0b\x00\x00\x00",  # a length below the header's: not SMBIOS
+    ],
+)
 def test_no_key_or_a_malformed_one_gives_no_key(blob):
     assert guest_key.keys(guest_key.oem_strings(blob)) == []
 
@@ -149,7 +154,11 @@ def exported(tmp_path: Path, monkeypatch) -> Path:
     file = tmp_path / "keytest.box"
     shared = box.export_box(file, "labkit/keytest")
     assert (shared.name, shared.version, shared.kernel, shared.size) == (
-        "labkit/keytest", "2026.11.29.073021", "6.1.0-50-amd64", file.stat().st_size)
+        "labkit/keytest",
+        "2026.11.29.073021",
+        "6.1.0-50-amd64",
+        file.stat().st_size,
+    )
     monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "student"))
     return file
 
@@ -159,8 +168,12 @@ def test_an_export_holds_the_box_and_a_manifest_of_it(exported: Path):
         assert tar.getnames() == [*share.MEMBERS, share.MANIFEST]  # not Vagrant's box_update_check
         manifest = json.load(tar.extractfile(share.MANIFEST))
     assert {k: manifest[k] for k in ("box", "version", "kernel", "spec", "ssh_key")} == {
-        "box": "labkit/keytest", "version": "2026.11.29.073021", "kernel": "6.1.0-50-amd64", "spec": "bookworm",
-        "ssh_key": "smbios-oem-string"}
+        "box": "labkit/keytest",
+        "version": "2026.11.29.073021",
+        "kernel": "6.1.0-50-amd64",
+        "spec": "bookworm",
+        "ssh_key": "smbios-oem-string",
+    }
     assert manifest["packages"] == box.package_list().split() and manifest["labkit"]
     assert manifest["members"]["box.img"]["size"] == len(IMG)
     assert share.read_export(exported) == manifest
@@ -184,22 +197,31 @@ def flip(file: Path, offset: int) -> None:
 
 def test_a_flipped_byte_is_refused_naming_the_member(exported: Path):
     flip(exported, exported.read_bytes().index(IMG) + 1000)
-    with pytest.raises(box.BoxError, match=r"box.img does not match its sha256 in the export, the file is "
-                                           r"damaged; copy it again from whoever exported it$"):
+    with pytest.raises(
+        box.BoxError,
+        match=r"box.img does not match its sha256 in the export, the file is "
+        r"damaged; copy it again from whoever exported it$",
+    ):
         box.import_box(exported)
     assert not (exported.parent / "student").exists()  # nothing added
 
 
-@pytest.mark.parametrize("where, says", [
-    ("in box.img", "is cut short or not a tar file"),
-    ("in the manifest", "is cut short or not a tar file"),
-    ("before the manifest", "has no labkit-export.json: it is cut short"),
-])
+@pytest.mark.parametrize(
+    "where, says",
+    [
+        ("in box.img", "is cut short or not a tar file"),
+        ("in the manifest", "is cut short or not a tar file"),
+        ("before the manifest", "has no labkit-export.json: it is cut short"),
+    ],
+)
 def test_a_truncated_file_is_refused(exported: Path, where: str, says: str):
     data = exported.read_bytes()
     manifest_header = data.index(share.MANIFEST.encode())
-    cut = {"in box.img": data.index(IMG) + 100, "in the manifest": manifest_header + 512 + 40,
-           "before the manifest": manifest_header}[where]
+    cut = {
+        "in box.img": data.index(IMG) + 100,
+        "in the manifest": manifest_header + 512 + 40,
+        "before the manifest": manifest_header,
+    }[where]
     exported.write_bytes(data[:cut])
     with pytest.raises(box.BoxError, match=says + ".*copy it again from whoever exported it"):
         box.import_box(exported)
@@ -223,8 +245,11 @@ def test_import_of_the_box_already_there_is_a_no_op(exported: Path, tmp_path: Pa
 
 def test_another_version_is_replaced_only_with_force(exported: Path, tmp_path: Path):
     installed_box(tmp_path / "student", "labkit/keytest", "2026.11.28.000000", CURRENT, IMG[:-1])
-    with pytest.raises(box.BoxError, match=r"already has box labkit/keytest \(version 2026.11.28.000000\), not this "
-                                           r"one \(2026.11.29.073021\): labkit box import --force .* replaces it"):
+    with pytest.raises(
+        box.BoxError,
+        match=r"already has box labkit/keytest \(version 2026.11.28.000000\), not this "
+        r"one \(2026.11.29.073021\): labkit box import --force .* replaces it",
+    ):
         box.import_box(exported)
 
 

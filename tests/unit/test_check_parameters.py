@@ -2,8 +2,8 @@
 
 import yaml
 
-from labkit.checks.plugin import parameters
 from labkit.labfile import LABS, load_lab, parse_lab
+from labkit.verify.checks.plugin import parameters
 
 
 def test_udp_checks_run_where_the_lab_has_udp_services():

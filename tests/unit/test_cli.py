@@ -46,8 +46,10 @@ def test_bad_lab_file_one_error_nothing_created(tmp_path, home, command):
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"error: {path}: services[0].scheduler: unknown scheduler 'fastest'. "
-                     "ipvsadm offers: rr wrr lc wlc lblc lblcr dh sh sed nq mh fo ovf"]
+    assert lines == [
+        f"error: {path}: services[0].scheduler: unknown scheduler 'fastest'. "
+        "ipvsadm offers: rr wrr lc wlc lblc lblcr dh sh sed nq mh fo ovf"
+    ]
     assert not (home / "labs").exists()
 
 
@@ -99,8 +101,9 @@ def test_graph_writes_svg_and_png(tmp_path):
     assert (tmp_path / "dr.png").read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("args", [["show"], ["weight", "nat", "rs0", "2"], ["fail", "nat", "lb0"], ["heal"],
-                                  ["trace"], ["bench"]])
+@pytest.mark.parametrize(
+    "args", [["show"], ["weight", "nat", "rs0", "2"], ["fail", "nat", "lb0"], ["heal"], ["trace"], ["bench"]]
+)
 def test_commands_on_a_running_lab_say_when_none_is_up(args):
     result = runner.invoke(app, args)
     assert result.exit_code == 1
@@ -112,16 +115,29 @@ def test_bench_bounds():
     assert result.exit_code == 2 and "20000" in result.output  # click: a usage error
 
 
-@pytest.mark.parametrize("args, says", [
-    (["up", "nat", "--kernel", "buster"], "error: unknown kernel 'buster': give a Debian suite (bookworm, "
-                                         "bookworm-backports, trixie, sid) or the path of a linux-image-*.deb"),
-    (["up", "nat", "--kernel", "sid", "--box", "debian/bookworm64"],
-     "error: --kernel sid and --box debian/bookworm64 both choose the box: give one of them"),
-    (["up", "nat", "--kernel", "trixie"], "error: there is no box for kernel trixie. "
-                                         "Build it with: labkit box build --kernel trixie"),
-    (["box", "build", "--kernel", "6.12"], "error: unknown kernel '6.12': give a Debian suite (bookworm, "
-                                          "bookworm-backports, trixie, sid) or the path of a linux-image-*.deb"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (
+            ["up", "nat", "--kernel", "buster"],
+            "error: unknown kernel 'buster': give a Debian suite (bookworm, "
+            "bookworm-backports, trixie, sid) or the path of a linux-image-*.deb",
+        ),
+        (
+            ["up", "nat", "--kernel", "sid", "--box", "debian/bookworm64"],
+            "error: --kernel sid and --box debian/bookworm64 both choose the box: give one of them",
+        ),
+        (
+            ["up", "nat", "--kernel", "trixie"],
+            "error: there is no box for kernel trixie. Build it with: labkit box build --kernel trixie",
+        ),
+        (
+            ["box", "build", "--kernel", "6.12"],
+            "error: unknown kernel '6.12': give a Debian suite (bookworm, "
+            "bookworm-backports, trixie, sid) or the path of a linux-image-*.deb",
+        ),
+    ],
+)
 def test_a_kernel_that_cannot_be_booted_is_one_error(home, tmp_path, monkeypatch, args, says):
     monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "vagrant"))  # no boxes at all
     result = runner.invoke(app, args)
@@ -133,20 +149,24 @@ def test_a_kernel_that_cannot_be_booted_is_one_error(home, tmp_path, monkeypatch
 def test_a_lab_partly_up_from_another_kernel_is_not_mixed(home):
     folder = home / "labs" / "nat"
     folder.mkdir(parents=True)
-    (folder / "Vagrantfile").write_text('Vagrant.configure("2") do |config|\n'
-                                        '  config.vm.box = "labkit/linux-7.2.13-deb14-amd64"\n')
+    (folder / "Vagrantfile").write_text(
+        'Vagrant.configure("2") do |config|\n  config.vm.box = "labkit/linux-7.2.13-deb14-amd64"\n'
+    )
     result = runner.invoke(app, ["up", "nat", "--accel", "tcg"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert result.stderr.strip() == ("error: nat is (partly) up from box labkit/linux-7.2.13-deb14-amd64, not "
-                                     "labkit/bookworm: continue it with the same --kernel or --box, or remove it "
-                                     "first: labkit down nat")
+    assert result.stderr.strip() == (
+        "error: nat is (partly) up from box labkit/linux-7.2.13-deb14-amd64, not "
+        "labkit/bookworm: continue it with the same --kernel or --box, or remove it "
+        "first: labkit down nat"
+    )
     assert sorted(p.name for p in folder.iterdir()) == ["Vagrantfile"]
 
 
 def test_trace_takes_a_udp_service_bench_does_not():
     from labkit.cli import pick_service
-    from labkit.labfile import load_lab
     from labkit.errors import LabkitError
+    from labkit.labfile import load_lab
+
     nat = load_lab(LABS / "nat" / "lab.yaml")
     assert pick_service(nat, "udp 192.168.55.100:9000", udp=True).key == "udp 192.168.55.100:9000"
     assert pick_service(nat, None, udp=True).key == "tcp 192.168.55.100:80"
@@ -162,12 +182,21 @@ def test_a_copy_is_rendered_under_its_own_name():
     assert 'management_network_name = "labkit-alice-mgmt"' in result.stdout
 
 
-@pytest.mark.parametrize("args, says", [
-    (["render", "nat", "--as", "Alice!"], "error: --as Alice!: a copy's name becomes part of its VMs' and networks' "
-                                          "names. Use lower-case letters, digits and '-'"),
-    (["render", "nat", "--connect", "big"], "error: --connect big: no such host in labkit's config file."),
-    (["doctor", "--connect", "qemu:///session"], "error: --connect qemu:///session: qemu:///session is not the URI"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (
+            ["render", "nat", "--as", "Alice!"],
+            "error: --as Alice!: a copy's name becomes part of its VMs' and networks' "
+            "names. Use lower-case letters, digits and '-'",
+        ),
+        (["render", "nat", "--connect", "big"], "error: --connect big: no such host in labkit's config file."),
+        (
+            ["doctor", "--connect", "qemu:///session"],
+            "error: --connect qemu:///session: qemu:///session is not the URI",
+        ),
+    ],
+)
 def test_bad_copy_names_and_hosts_are_one_error(args, says):
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -193,8 +222,10 @@ def test_copies_that_are_not_up_are_named(home):
     (folder / "lab.yaml").write_text((LABS / "nat" / "lab.yaml").read_text())
     result = runner.invoke(app, ["status", "nat"])
     assert result.exit_code == 1
-    assert result.stderr.strip() == ("error: the lab nat is not up, but copies of it are: alice. Name one, e.g. "
-                                     "labkit status alice")
+    assert result.stderr.strip() == (
+        "error: the lab nat is not up, but copies of it are: alice. Name one, e.g. labkit status alice"
+    )
     result = runner.invoke(app, ["status", "bob"])
-    assert result.stderr.strip() == ("error: no lab or copy 'bob' is up (up: alice). Start one with: "
-                                     "labkit up LAB --as bob")
+    assert result.stderr.strip() == (
+        "error: no lab or copy 'bob' is up (up: alice). Start one with: labkit up LAB --as bob"
+    )

@@ -4,10 +4,10 @@ import subprocess
 
 import pytest
 
-from labkit.build.guest import HELPERS, PRELUDE, PROGRAMS
-from labkit.build.plan import plan
 from labkit.describe.explain import walkthrough
 from labkit.labfile import LABS, load_lab
+from labkit.plan.guest import HELPERS, PRELUDE, PROGRAMS
+from labkit.plan.steps import plan
 
 
 def lab(name):
@@ -42,8 +42,10 @@ def test_helpers_become_plain_commands():
 
 def test_seed_003s_port_mapping_is_explained():
     steps = dict((why, lines) for why, lines in walkthrough(lab("tun"), "rs1"))
-    rule = ("iptables -t nat -A PREROUTING -d 192.168.55.104/32 -p tcp --dport 8099 "
-            "-j DNAT --to-destination 192.168.55.104:80")
+    rule = (
+        "iptables -t nat -A PREROUTING -d 192.168.55.104/32 -p tcp --dport 8099 "
+        "-j DNAT --to-destination 192.168.55.104:80"
+    )
     assert steps["port_mapping: dnat: requests to 192.168.55.104:8099 go to this real server's port 80"] == [rule]
     lines = flat("tun", "rs1")
     assert "ip fou add port 6080 gue" in lines and "ip link set gre0 up" in lines
@@ -68,12 +70,16 @@ def test_every_step_calls_a_helper_or_a_known_program(name):
             assert check in PROGRAMS or (check in HELPERS and HELPERS[check].shown is None), (node, step.why, check)
             for words in step.commands:
                 assert words[0] in PROGRAMS or (words[0] in HELPERS and HELPERS[words[0]].shown is not None), (
-                    node, step.why, words[0])
+                    node,
+                    step.why,
+                    words[0],
+                )
 
 
 def test_the_prelude_defines_every_helper():
     names = " ".join(HELPERS)
-    result = subprocess.run(["sh", "-c", PRELUDE + f"for f in {names}; do command -V $f; done"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["sh", "-c", PRELUDE + f"for f in {names}; do command -V $f; done"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("is a shell function") == len(HELPERS), result.stdout

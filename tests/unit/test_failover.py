@@ -3,8 +3,8 @@
 import pytest
 
 from labkit.errors import LabkitError
-from labkit.operate.failover import Freeze, LinkDown, Load, Request, StopService, parse_target
 from labkit.labfile import LABS, load_lab
+from labkit.operate.failover import Freeze, LinkDown, Load, Request, StopService, parse_target
 
 NAT = load_lab(LABS / "nat" / "lab.yaml")
 
@@ -18,12 +18,15 @@ def test_targets():
     assert [str(parse_target(NAT, t)) for t in ("lb0", "rs1:nginx", "rs1:int")] == ["lb0", "rs1:nginx", "rs1:int"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("lb9", "has no node 'lb9'. Nodes: lb0, lb1, rs0, rs1, cl0"),
-    ("cl0", "cl0 is the client that measures the failure"),
-    ("rs0:keepalived", "Use rs0:nginx or rs0:<int>"),
-    ("lb0:ext2", "Use lb0:keepalived or lb0:<ext|int>"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lb9", "has no node 'lb9'. Nodes: lb0, lb1, rs0, rs1, cl0"),
+        ("cl0", "cl0 is the client that measures the failure"),
+        ("rs0:keepalived", "Use rs0:nginx or rs0:<int>"),
+        ("lb0:ext2", "Use lb0:keepalived or lb0:<ext|int>"),
+    ],
+)
 def test_bad_targets(text, message):
     with pytest.raises(LabkitError, match=message.replace("|", r"\|")):
         parse_target(NAT, text)
@@ -34,8 +37,16 @@ def request(start, server, took=0.05):
 
 
 def test_outage_is_measured_from_the_last_answer_to_the_next():
-    load = Load([request(0.0, "rs0"), request(0.1, "rs1"), request(0.2, None, 1.0), request(1.2, None, 1.0),
-                 request(2.2, "rs0"), request(2.3, "rs1")])
+    load = Load(
+        [
+            request(0.0, "rs0"),
+            request(0.1, "rs1"),
+            request(0.2, None, 1.0),
+            request(1.2, None, 1.0),
+            request(2.2, "rs0"),
+            request(2.3, "rs1"),
+        ]
+    )
     assert load.failed == 2
     assert load.outage == round(2.2 - 0.15, 2)
     assert load.failing_for == round(2.2 - 0.2, 2)

@@ -44,8 +44,7 @@ def edges(text):
 def hops(text, reply):
     """The node-to-node hops the arrows show: an arrow into a network's bar and one out of it
     make one hop over that network."""
-    arrows = [(a, b) for a, b, attrs in edges(text)
-              if "dir=none" not in attrs and ("style=dashed" in attrs) == reply]
+    arrows = [(a, b) for a, b, attrs in edges(text) if "dir=none" not in attrs and ("style=dashed" in attrs) == reply]
     out = set()
     for a, b in arrows:
         if b.startswith("net_"):
@@ -110,9 +109,14 @@ def cable_label(text, node, net):
     raise AssertionError(f"no cable {node} - {net}")
 
 
-@pytest.mark.parametrize("name, listed_as, hop", [
-    ("nat", "Masq", "dst -> RIP"), ("tun", "Tunnel", "IP-in-IP"), ("dr", "Route", "MAC rewritten"),
-])
+@pytest.mark.parametrize(
+    "name, listed_as, hop",
+    [
+        ("nat", "Masq", "dst -> RIP"),
+        ("tun", "Tunnel", "IP-in-IP"),
+        ("dr", "Route", "MAC rewritten"),
+    ],
+)
 def test_vip_and_forwarding_are_shown_on_the_active_director(name, listed_as, hop):
     text = graph.dot(lab(name))
     active, standby = node_line(text, "lb0"), node_line(text, "lb1")
@@ -147,8 +151,9 @@ def test_fwmark_service_shows_its_mark_and_every_vip():
 def test_a_client_sharing_no_network_with_the_director_gets_one_arrow():
     text = (LABS / "nat" / "lab.yaml").read_text()
     text = text.replace("networks:\n", "networks:\n  far: 10.0.0.0/24\n")
-    text = text.replace("cl0: {role: client, addresses: {ext: 192.168.55.200}}",
-                        "cl0: {role: client, addresses: {far: 10.0.0.2}}")
+    text = text.replace(
+        "cl0: {role: client, addresses: {ext: 192.168.55.200}}", "cl0: {role: client, addresses: {far: 10.0.0.2}}"
+    )
     picture = graph.dot(parse_lab(text, "far.yaml"))
     arrows = {(a, b) for a, b, attrs in edges(picture) if "dir=none" not in attrs}
     assert {("cl0", "lb0"), ("lb0", "cl0")} <= arrows

@@ -4,10 +4,10 @@ from ipaddress import ip_network
 
 import pytest
 
-from labkit.build.render import Target
+from labkit.boot import host
 from labkit.errors import LabkitError
 from labkit.labfile import LABS, load_lab
-from labkit.run import host
+from labkit.render.vagrantfile import Target
 
 NAT = load_lab(LABS / "nat" / "lab.yaml")
 
@@ -21,11 +21,13 @@ def test_memory_counts_qemus_own_share_under_emulation():
     assert host.memory_needed(NAT, CAPPED) == host.memory_needed(NAT, Target(driver="kvm")) == 5 * (512 + 256)
     assert host.memory_problem(NAT, TCG, 8000) is None
     assert "4000 MiB available (labs up: tun, dr): room for 0 copies of it. Take" in host.memory_problem(
-        NAT, TCG, 4000, ["tun", "dr"])
+        NAT, TCG, 4000, ["tun", "dr"]
+    )
     assert host.memory_problem(NAT, TCG, 4000) == (
         "memory: the lab's 5 VMs need about 7680 MiB (512 MiB each plus 1024 MiB for QEMU), the host has "
         "4000 MiB available: room for 0 copies of it. Take a running lab down (labkit down LAB), or lower "
-        "memory: in the lab file")
+        "memory: in the lab file"
+    )
 
 
 def test_copies_that_fit():
@@ -44,12 +46,16 @@ def test_a_management_range_that_overlaps_nothing():
 
 def test_disk_against_the_pool():
     assert host.disk_problem(NAT, 10_000) is None
-    assert host.disk_problem(NAT, 1000).startswith("disk: the lab's volumes need about 2560 MiB, libvirt's storage "
-                                                    "pool has 1000 MiB available.")
+    assert host.disk_problem(NAT, 1000).startswith(
+        "disk: the lab's volumes need about 2560 MiB, libvirt's storage pool has 1000 MiB available."
+    )
 
 
 def test_networks_that_overlap_what_the_host_has():
-    taken = {"libvirt network default": ip_network("192.168.0.0/16"), "the host's route via eth0": ip_network("10.0.0.0/8")}
+    taken = {
+        "libvirt network default": ip_network("192.168.0.0/16"),
+        "the host's route via eth0": ip_network("10.0.0.0/8"),
+    }
     assert host.network_problems(NAT, taken) == [
         "networks.ext: 192.168.55.0/24 overlaps libvirt network default (192.168.0.0/16). Give the lab a range the host does not use",
         "networks.int: 192.168.66.0/24 overlaps libvirt network default (192.168.0.0/16). Give the lab a range the host does not use",

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from labkit.build import ipvs
 from labkit.errors import LabkitError
 from labkit.labfile import LABS, Forwarding, load_lab
+from labkit.plan import ipvs
 
 # Seed 002: the two-director NAT lab, as `ipvsadm -L -n` printed it on lb0.
 SEED_LISTING = """\
@@ -28,11 +28,14 @@ UDP  192.168.56.186:53 sh
   -> 192.168.56.184:53            Route   1      0          0
 """
 
+
 def test_parse_seed_listing():
     (svc,) = ipvs.parse_list(SEED_LISTING)
     assert (svc.key, svc.scheduler, svc.persistence) == ("tcp 192.168.55.100:80", "wrr", None)
     assert [(d.address, d.port, d.forward, d.weight) for d in svc.destinations] == [
-        ("192.168.66.111", 80, Forwarding.masq, 100), ("192.168.66.112", 80, Forwarding.masq, 100)]
+        ("192.168.66.111", 80, Forwarding.masq, 100),
+        ("192.168.66.112", 80, Forwarding.masq, 100),
+    ]
 
 
 def test_parse_persistence_counters_and_udp():
@@ -67,8 +70,11 @@ def test_rules_in_ipvsadm_save_format():
 def test_expected_listing_says_one_packet():
     nat = load_lab(LABS / "nat" / "lab.yaml")
     assert [(s.key, s.ops) for s in map(ipvs.expected, nat.services)] == [
-        ("tcp 192.168.55.100:80", False), ("tcp 192.168.55.100:8080", False),
-        ("udp 192.168.55.100:9000", False), ("udp 192.168.55.100:9001", True)]
+        ("tcp 192.168.55.100:80", False),
+        ("tcp 192.168.55.100:8080", False),
+        ("udp 192.168.55.100:9000", False),
+        ("udp 192.168.55.100:9001", True),
+    ]
 
 
 def test_expected_listing_for_tun():
@@ -115,7 +121,8 @@ def test_parse_tunnel_info():
         ("192.168.66.111:80", Forwarding.tun, "ipip", 2, 0, 3),
         ("192.168.66.111:80", Forwarding.tun, "gue:6080:-c", 1, 1, 0),
         ("192.168.66.112:80", Forwarding.tun, "gre:-c", 1, 0, 2),
-        ("192.168.66.112:80", Forwarding.route, None, 3, 0, 0)]
+        ("192.168.66.112:80", Forwarding.route, None, 3, 0, 0),
+    ]
     tun = load_lab(LABS / "tun" / "lab.yaml")
     assert [ipvs.tunnel_info(s) for s in tun.services] == ["ipip", "ipip", "gue:6080:-c", "gre:-c", "ipip"]
     assert ipvs.tunnel_info(load_lab(LABS / "dr" / "lab.yaml").services[0]) is None
@@ -171,7 +178,9 @@ def test_parse_firewall_mark_persistent_and_one_packet_services():
     tcp, fwm, udp = ipvs.parse_list(FLAGS_LISTING)
     assert (tcp.key, tcp.scheduler, tcp.persistence, tcp.ops) == ("tcp 192.168.55.100:80", "wrr", 300, False)
     assert (fwm.key, fwm.fwmark, fwm.scheduler, fwm.persistence) == ("fwm 262", 262, "rr", None)
-    assert [(d.address, d.port, d.forward, d.weight) for d in fwm.destinations] == [("10.0.1.31", 0, Forwarding.masq, 1)]
+    assert [(d.address, d.port, d.forward, d.weight) for d in fwm.destinations] == [
+        ("10.0.1.31", 0, Forwarding.masq, 1)
+    ]
     # Scheduler flags come before "persistent": the timeout is still read.
     assert (udp.key, udp.scheduler, udp.persistence, udp.ops) == ("udp 192.168.55.100:53", "sh", 60, True)
     assert udp.destinations[0].forward == Forwarding.route
@@ -221,7 +230,9 @@ def test_table_merges_the_three_listings():
     tcp, fwm, udp = ipvs.table(TABLE_LISTING, FULL_STATS, RATES)
     assert tcp.stats == ipvs.Stats(6, 36, 24, 2274, 1054312) and tcp.rates.out_bps == 351437
     assert [(d.key, d.stats.out_bytes, d.rates.out_bps) for d in tcp.destinations] == [
-        ("192.168.66.111:80", 527156, 175718), ("192.168.66.112:80", 527156, 175719)]
+        ("192.168.66.111:80", 527156, 175718),
+        ("192.168.66.112:80", 527156, 175719),
+    ]
     assert fwm.destinations[0].stats.conns == 1
     # Added between the listings: no numbers rather than someone else's.
     assert udp.stats is None and udp.destinations[0].rates is None
@@ -230,15 +241,22 @@ def test_table_merges_the_three_listings():
 def test_parse_connections():
     conns = ipvs.parse_connections(CONNECTIONS)
     assert conns[0] == ipvs.Connection(
-        "TCP", 118, "TIME_WAIT", "192.168.55.200:43122", "192.168.55.100:80", "192.168.66.111:80")
+        "TCP", 118, "TIME_WAIT", "192.168.55.200:43122", "192.168.55.100:80", "192.168.66.111:80"
+    )
     assert [(c.state, c.expire) for c in conns] == [
-        ("TIME_WAIT", 118), ("ESTABLISHED", 899), ("NONE", 298), ("UDP", 7200)]
+        ("TIME_WAIT", 118),
+        ("ESTABLISHED", 899),
+        ("NONE", 298),
+        ("UDP", 7200),
+    ]
     assert conns[2].source == "192.168.55.200:0"  # a persistence template
 
 
 def test_parse_sync_daemons():
-    text = ("master sync daemon (mcast=int, syncid=1, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
-            "backup sync daemon (mcast=int, syncid=2)\n")
+    text = (
+        "master sync daemon (mcast=int, syncid=1, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
+        "backup sync daemon (mcast=int, syncid=2)\n"
+    )
     master, backup = ipvs.parse_daemons(text)
     assert (master.role, master.interface, master.syncid) == ("master", "int", 1)
     assert master.options == {"maxlen": "1472", "group": "224.0.0.81", "port": "8848", "ttl": "1"}
@@ -264,6 +282,7 @@ def test_fwmark_rules_and_expected_listing():
         "  -> 192.168.66.112:80            Masq    1      0          0\n"
         "TCP  [fd00:55::100]:80 rr\n"
         "  -> [fd00:66::111]:80            Masq    1      0          0\n"
-        "  -> [fd00:66::112]:80            Masq    1      0          0\n")
+        "  -> [fd00:66::112]:80            Masq    1      0          0\n"
+    )
     assert listed == [ipvs.expected(svc) for svc in lab.services]
     assert [d.key for d in listed[1].destinations] == ["[fd00:66::111]:80", "[fd00:66::112]:80"]

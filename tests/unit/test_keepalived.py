@@ -4,8 +4,8 @@ import re
 
 import yaml
 
-from labkit.build.keepalived import config, instances, sync_interface, takeover_bound, vrrp_states
 from labkit.labfile import LABS, load_lab, parse_lab
+from labkit.plan.keepalived import config, instances, sync_interface, takeover_bound, vrrp_states
 
 
 def lab(name, change=None):
@@ -23,7 +23,9 @@ def blocks(text, kind):
 def test_nat_pair_moves_vip_and_gateway_together():
     nat = lab("nat")
     assert [(i.name, i.interface, str(i.address)) for i in instances(nat)] == [
-        ("VIP_192_168_55_100", "ext", "192.168.55.100"), ("GATEWAY", "int", "192.168.66.10")]
+        ("VIP_192_168_55_100", "ext", "192.168.55.100"),
+        ("GATEWAY", "int", "192.168.66.10"),
+    ]
     text = config(nat, "lb0")
     assert "vrrp_sync_group LABKIT {\n    group {\n        VIP_192_168_55_100\n        GATEWAY\n" in text
     vrrp = blocks(text, "vrrp_instance")
@@ -48,10 +50,20 @@ def test_virtual_servers_carry_the_lab_services():
     # port mapping: the VIP's 8080 goes to the real servers' 80, which is also what is checked
     assert "real_server 192.168.66.111 80 {\n        weight 2\n        HTTP_GET" in mapped
     tun = blocks(config(lab("tun"), "lb0"), "virtual_server")
-    assert set(tun) == {"192.168.55.100 80", "192.168.55.101 80", "192.168.55.102 80", "192.168.55.103 80",
-                        "192.168.55.104 8099"}
+    assert set(tun) == {
+        "192.168.55.100 80",
+        "192.168.55.101 80",
+        "192.168.55.102 80",
+        "192.168.55.103 80",
+        "192.168.55.104 8099",
+    }
     assert [re.search(r"lb_kind (.*)", body)[1] for body in tun.values()] == [
-        "TUN", "TUN", "TUN type gue port 6080 nocsum", "TUN type gre nocsum", "TUN"]
+        "TUN",
+        "TUN",
+        "TUN type gue port 6080 nocsum",
+        "TUN type gre nocsum",
+        "TUN",
+    ]
     assert "lb_kind DR" in config(lab("dr"), "lb0")
 
 
@@ -75,7 +87,9 @@ def test_one_vrrp_instance_per_vip():
 def test_an_ipv6_vip_has_its_own_instance_and_virtual_server():
     dr = lab("dr")
     assert [(i.name, str(i.address)) for i in instances(dr)] == [
-        ("VIP_192_168_55_100", "192.168.55.100"), ("VIP_fd00_55__100", "fd00:55::100")]
+        ("VIP_192_168_55_100", "192.168.55.100"),
+        ("VIP_fd00_55__100", "fd00:55::100"),
+    ]
     text = config(dr, "lb0")
     assert "fd00:55::100/128 dev ext" in blocks(text, "vrrp_instance")["VIP_fd00_55__100"]
     servers = blocks(text, "virtual_server")
@@ -93,6 +107,7 @@ def test_checks_and_sorry_server():
         d["services"][0]["check"] = "tcp"
         d["services"][0]["sorry_server"] = {"address": "192.168.66.11"}
         d["services"][1]["check"] = "none"
+
     servers = blocks(config(lab("nat", tcp_and_sorry), "lb0"), "virtual_server")
     assert "TCP_CHECK {" in servers["192.168.55.100 80"] and "HTTP_GET" not in servers["192.168.55.100 80"]
     assert "sorry_server 192.168.66.11 80" in servers["192.168.55.100 80"]
@@ -105,10 +120,12 @@ def test_udp_services_are_checked_with_a_datagram_answered_by_the_server_name():
     udp = servers["192.168.55.100 9000"]
     assert "protocol UDP" in udp and "HTTP_GET" not in udp and "ops" not in udp
     # "labkit" out; "rs0" and "rs1" back, exactly
-    assert ("real_server 192.168.66.111 9000 {\n        weight 1\n        UDP_CHECK {\n"
-            "            connect_timeout 2\n            retry 1\n            delay_before_retry 1\n"
-            "            payload 6c61626b6974\n            require_reply 727330\n"
-            "            min_reply_length 3\n            max_reply_length 3\n        }") in udp
+    assert (
+        "real_server 192.168.66.111 9000 {\n        weight 1\n        UDP_CHECK {\n"
+        "            connect_timeout 2\n            retry 1\n            delay_before_retry 1\n"
+        "            payload 6c61626b6974\n            require_reply 727330\n"
+        "            min_reply_length 3\n            max_reply_length 3\n        }"
+    ) in udp
     assert "require_reply 727331" in udp
     assert "\n    ops\n" in servers["192.168.55.100 9001"]
     assert "ops" not in servers["192.168.55.100 80"]

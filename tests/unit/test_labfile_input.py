@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from labkit.cli import app
@@ -21,18 +22,72 @@ SHIPPED = {name: yaml.safe_load(text) for name, text in TEXTS.items()}
 # Deterministic in CI: the same examples every run, and enough of them to matter.
 cases = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
-                    st.text(max_size=30), st.sampled_from(["rr", "masq", "director", "192.168.55.100", "10.0.0.0/8"]))
-keys = st.one_of(st.text(max_size=12), st.integers(), st.booleans(), st.none(),
-                 st.sampled_from(["name", "networks", "nodes", "services", "vip", "role", "addresses"]))
-documents = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                          st.dictionaries(keys, inner, max_size=4)), max_leaves=25)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
+    st.sampled_from(["rr", "masq", "director", "192.168.55.100", "10.0.0.0/8"]),
+)
+keys = st.one_of(
+    st.text(max_size=12),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["name", "networks", "nodes", "services", "vip", "role", "addresses"]),
+)
+documents = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)),
+    max_leaves=25,
+)
 # Pieces of YAML's syntax, strung together: tags, anchors, aliases, flow and block collections,
 # plain scalars YAML reads as something other than text.
-TOKENS = ["a", "name", "nodes", ": ", "- ", "? ", "\n", "  ", "{", "}", "[", "]", ", ", "&x ", "*x", "!!int ",
-          "!!binary ", "!!python/object:os.system ", "!foo ", "'", '"', "#", "---\n", "...\n", "<<", "=", "~",
-          "yes", "0x1F", "1_000", "2024-02-30", "1:30:00", ".nan", "9" * 5000, "|\n", ">\n", "\t", "%YAML 1.1\n",
-          "\x00", "\x85", "\ufeff", "[/x]"]
+TOKENS = [
+    "a",
+    "name",
+    "nodes",
+    ": ",
+    "- ",
+    "? ",
+    "\n",
+    "  ",
+    "{",
+    "}",
+    "[",
+    "]",
+    ", ",
+    "&x ",
+    "*x",
+    "!!int ",
+    "!!binary ",
+    "!!python/object:os.system ",
+    "!foo ",
+    "'",
+    '"',
+    "#",
+    "---\n",
+    "...\n",
+    "<<",
+    "=",
+    "~",
+    "yes",
+    "0x1F",
+    "1_000",
+    "2024-02-30",
+    "1:30:00",
+    ".nan",
+    "9" * 5000,
+    "|\n",
+    ">\n",
+    "\t",
+    "%YAML 1.1\n",
+    "\x00",
+    "\x85",
+    "\ufeff",
+    "[/x]",
+]
 yamlish = st.lists(st.sampled_from(TOKENS), max_size=40).map("".join)
 
 
@@ -134,9 +189,11 @@ def test_any_edit_of_a_shipped_lab_file(content):
 def test_a_repeated_line_is_a_key_given_twice():
     lines = TEXTS["nat"].splitlines(keepends=True)
     at = next(i for i, line in enumerate(lines) if line.startswith("name:"))
-    problem = outcome("".join(lines[:at + 1] + lines[at:]).encode())
+    problem = outcome("".join(lines[: at + 1] + lines[at:]).encode())
     assert isinstance(problem, LabError)
-    assert problem.problems == [f"line {at + 2}: the key 'name' is given twice (first on line {at + 1}). Keep one of them"]
+    assert problem.problems == [
+        f"line {at + 2}: the key 'name' is given twice (first on line {at + 1}). Keep one of them"
+    ]
 
 
 runner = CliRunner()
@@ -161,9 +218,13 @@ def assert_refused(result, path, made):
     assert not made, "a refused lab file made something"
 
 
-bad_files = st.one_of(st.binary(max_size=500), yamlish.map(str.encode),
-                      documents.map(lambda d: yaml.safe_dump(d).encode()),
-                      mutated_labs().map(lambda d: yaml.safe_dump(d).encode()), edited_texts())
+bad_files = st.one_of(
+    st.binary(max_size=500),
+    yamlish.map(str.encode),
+    documents.map(lambda d: yaml.safe_dump(d).encode()),
+    mutated_labs().map(lambda d: yaml.safe_dump(d).encode()),
+    edited_texts(),
+)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -180,4 +241,5 @@ def test_a_name_that_looks_like_rich_markup_is_printed_as_written(command):
     assert_refused(result, path, made)
     assert result.stderr.splitlines() == [
         f"error: {path}: [/x]: unknown field. Check its spelling against labs/nat/lab.yaml",
-        f"error: {path}: [bold]b: unknown field. Check its spelling against labs/nat/lab.yaml"]
+        f"error: {path}: [bold]b: unknown field. Check its spelling against labs/nat/lab.yaml",
+    ]

@@ -2,9 +2,9 @@
 
 import pytest
 
+from labkit.boot.libvirt import LOCAL, Objects, of, shown, strays, uri_for
 from labkit.errors import LabkitError
 from labkit.labfile import LABS, load_lab
-from labkit.run.libvirt import LOCAL, Objects, of, shown, strays, uri_for
 
 NAT = load_lab(LABS / "nat" / "lab.yaml")
 SEEN = Objects(
@@ -26,8 +26,14 @@ def test_a_copys_objects_are_named_after_the_copy():
 
 
 def test_strays_are_what_no_lab_that_is_up_owns():
-    assert strays({"nat": NAT}, SEEN).names() == ["labkit-nat-x-lb0", "labkit-tun-lb0", "labkit-nat-x-lb0.img",
-                                                  "labkit-tun-cl0.img", "labkit-nat-x-ext", "labkit-alice-ext"]
+    assert strays({"nat": NAT}, SEEN).names() == [
+        "labkit-nat-x-lb0",
+        "labkit-tun-lb0",
+        "labkit-nat-x-lb0.img",
+        "labkit-tun-cl0.img",
+        "labkit-nat-x-ext",
+        "labkit-alice-ext",
+    ]
     assert not strays({"nat": NAT}, of("nat", NAT, SEEN))
     assert strays({"nat": NAT, "alice": NAT}, SEEN).names()[-1] == "labkit-nat-x-ext"
 
@@ -35,7 +41,10 @@ def test_strays_are_what_no_lab_that_is_up_owns():
 def test_connect_takes_a_system_uri_or_a_named_host():
     hosts = {"big": "qemu+ssh://teacher@big/system"}
     assert uri_for("big", hosts) == "qemu+ssh://teacher@big/system"
-    assert uri_for("qemu+ssh://root@127.0.0.1:2222/system?keyfile=/k", {}) == "qemu+ssh://root@127.0.0.1:2222/system?keyfile=/k"
+    assert (
+        uri_for("qemu+ssh://root@127.0.0.1:2222/system?keyfile=/k", {})
+        == "qemu+ssh://root@127.0.0.1:2222/system?keyfile=/k"
+    )
     with pytest.raises(LabkitError, match=r"--connect small: no such host in labkit's config file \(it names: big\)"):
         uri_for("small", hosts)
     with pytest.raises(LabkitError, match="is not the URI of a host's system libvirt"):

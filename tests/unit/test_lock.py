@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from labkit.run.lock import Busy, writing
+from labkit.lock import Busy, writing
 
 # A writer that holds nat's lock and has started a child of its own, as `labkit up` starts Vagrant.
 HOLDER = """
 import subprocess, sys, time
-from labkit.run.lock import writing
+from labkit.lock import writing
 with writing("nat", "up", "nat is partly up. Continue with: labkit up nat"):
     child = subprocess.Popen(["sleep", "300"])
     print(child.pid, flush=True)
@@ -31,8 +31,13 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def holder(home):
-    process = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "LABKIT_HOME": str(home)})
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LABKIT_HOME": str(home)},
+    )
     child = int(process.stdout.readline())
     yield process, child
     process.kill()

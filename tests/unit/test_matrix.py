@@ -19,26 +19,44 @@ snapshot taken in 1 s (labkit reset nat comes back to it)
 def test_up_and_bench_figures_are_read_from_what_the_commands_print():
     assert matrix.up_figures(UP) == {"boot_seconds": 131.0, "provision_seconds": 41.3}
     assert matrix.up_figures("nothing booted\n") == {}
-    bench = {"service": "tcp 192.168.55.100:80", "director": "lb0", "complete": 2000, "failed": 0,
-             "per_second": 212.4, "mean_ms": 18.8, "percentiles": {"50": 17, "99": 41}, "split": {}}
+    bench = {
+        "service": "tcp 192.168.55.100:80",
+        "director": "lb0",
+        "complete": 2000,
+        "failed": 0,
+        "per_second": 212.4,
+        "mean_ms": 18.8,
+        "percentiles": {"50": 17, "99": 41},
+        "split": {},
+    }
     assert matrix.bench_figures("warming up\n" + json.dumps(bench) + "\n") == {
-        "bench_requests_per_second": 212.4, "bench_p99_ms": 41, "bench_failed_requests": 0}
+        "bench_requests_per_second": 212.4,
+        "bench_p99_ms": 41,
+        "bench_failed_requests": 0,
+    }
 
 
 def test_cells_are_lab_by_lab_in_the_kernels_order(tmp_path):
     cells = matrix.plan(["nat", "fwmark"], ["bookworm", "sid"], tmp_path)
-    assert [(c.name, c.kernel) for c in cells] == [("nat", "bookworm"), ("nat", "sid"),
-                                                   ("fwmark", "bookworm"), ("fwmark", "sid")]
+    assert [(c.name, c.kernel) for c in cells] == [
+        ("nat", "bookworm"),
+        ("nat", "sid"),
+        ("fwmark", "bookworm"),
+        ("fwmark", "sid"),
+    ]
     assert cells[1].folder == tmp_path / "nat-sid"
     deb = matrix.cell_folder(tmp_path, "nat", "/src/linux-image-6.18.0-rc1+_6.18.0-rc1-1_amd64.deb")
     assert deb == tmp_path / "nat-linux-image-6.18.0-rc1+_6.18.0-rc1-1_amd64"
 
 
-@pytest.mark.parametrize("labs, kernels, says", [
-    (["nat", "nat"], ["bookworm"], "the lab nat is given twice. Give each lab once"),
-    (["nat"], ["sid", "sid"], "the kernel sid is given twice. Give each kernel once"),
-    (["nat"], ["bookworm", "6.12"], "unknown kernel '6.12'"),
-])
+@pytest.mark.parametrize(
+    "labs, kernels, says",
+    [
+        (["nat", "nat"], ["bookworm"], "the lab nat is given twice. Give each lab once"),
+        (["nat"], ["sid", "sid"], "the kernel sid is given twice. Give each kernel once"),
+        (["nat"], ["bookworm", "6.12"], "unknown kernel '6.12'"),
+    ],
+)
 def test_a_matrix_that_cannot_run_says_why_before_anything_boots(tmp_path, labs, kernels, says):
     with pytest.raises(LabkitError, match=says):
         matrix.plan(labs, kernels, tmp_path / "report")
@@ -65,8 +83,10 @@ def test_a_vm_that_did_not_boot_shows_its_last_console_lines(tmp_path):
 def test_each_kernel_is_matched_to_its_box_once(tmp_path, monkeypatch):
     monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
     current = {"ssh_key": "smbios-oem-string"}
-    for name, meta in (("labkit-VAGRANTSLASH-bookworm", current),
-                       ("labkit-VAGRANTSLASH-linux-7.2", {"spec": "sid", **current})):
+    for name, meta in (
+        ("labkit-VAGRANTSLASH-bookworm", current),
+        ("labkit-VAGRANTSLASH-linux-7.2", {"spec": "sid", **current}),
+    ):
         folder = tmp_path / "boxes" / name / "1" / "libvirt"
         folder.mkdir(parents=True)
         (folder / "labkit-box.json").write_text(json.dumps(meta))

@@ -40,12 +40,20 @@ def test_junit_checks_are_keyed_by_file_and_name_with_their_outcome():
     assert len(checks) == 10
 
 
-@pytest.mark.parametrize("testcase, key", [
-    ('<testcase classname="test_lab" name="test_vip[nat]" file="test_lab.py"/>', "test_lab.py::test_vip[nat]"),
-    ('<testcase classname="labkit.checks.test_lab" name="test_vip" file="labkit/checks/test_lab.py"/>',
-     "test_lab.py::test_vip"),
-    ('<testcase classname="labkit.checks.test_lab.TestClient" name="test_vip"/>', "test_lab.py::TestClient::test_vip"),
-])
+@pytest.mark.parametrize(
+    "testcase, key",
+    [
+        ('<testcase classname="test_lab" name="test_vip[nat]" file="test_lab.py"/>', "test_lab.py::test_vip[nat]"),
+        (
+            '<testcase classname="labkit.verify.checks.test_lab" name="test_vip" file="labkit/verify/checks/test_lab.py"/>',
+            "test_lab.py::test_vip",
+        ),
+        (
+            '<testcase classname="labkit.verify.checks.test_lab.TestClient" name="test_vip"/>',
+            "test_lab.py::TestClient::test_vip",
+        ),
+    ],
+)
 def test_check_key_from_classname_and_file(testcase, key):
     assert check_key(ET.fromstring(testcase)) == key
 
@@ -67,10 +75,26 @@ def test_bands_match_the_property_name():
     assert band_for("test_x:some_new_figure") is None
 
 
-def cell(kernel: str, figures: dict | None = None, checks: dict | None = None, status: str = "passed",
-         error: str | None = None, lab: str = "nat") -> Cell:
-    return Cell(lab=lab, kernel=kernel, box=f"labkit/{kernel}", release=None, status=status, error=error,
-                seconds=300.0, figures=figures or {}, checks=checks or {}, facts={})
+def cell(
+    kernel: str,
+    figures: dict | None = None,
+    checks: dict | None = None,
+    status: str = "passed",
+    error: str | None = None,
+    lab: str = "nat",
+) -> Cell:
+    return Cell(
+        lab=lab,
+        kernel=kernel,
+        box=f"labkit/{kernel}",
+        release=None,
+        status=status,
+        error=error,
+        seconds=300.0,
+        figures=figures or {},
+        checks=checks or {},
+        facts={},
+    )
 
 
 KERNELS = ["bookworm", "trixie"]
@@ -80,62 +104,79 @@ def regressions(base: Cell, other: Cell) -> list[str]:
     return [str(r) for r in compare([base, other], KERNELS).regressions]
 
 
-@pytest.mark.parametrize("figure, before, after, regressed", [
-    ("test_director_dies:outage_seconds", 1.2, 2.8, True),  # +1.6 s, band +1.5 s
-    ("test_director_dies:outage_seconds", 3.09, 4.1, False),  # one tick of the client's timeout
-    ("test_real_server_dies:failed_requests_until_checked", 6, 11, False),  # one checker tick
-    ("test_real_server_dies:failed_requests_until_checked", 6, 19, True),
-    ("test_real_server_dies:heal_seconds", 21.1, 28.2, False),  # band +50 %, at least 5 s
-    ("test_real_server_dies:heal_seconds", 10, 15.5, True),
-    ("test_director_dies:outage_seconds", 2.5, 0.2, False),  # better
-    ("test_director_dies:failed_requests", 3, 6, True),  # +3, band +2
-    ("test_director_dies:failed_requests", 3, 5, False),
-    ("test_director_dies:transfer_bytes_lost", 0, 1, True),  # any increase
-    ("test_director_dies:transfer_bytes_lost", 0, 0, False),
-    ("bench_requests_per_second", 100, 70, True),  # lower is worse: -30 %, band -25 %
-    ("bench_requests_per_second", 100, 80, False),
-    ("bench_requests_per_second", 100, 300, False),
-    ("bench_p99_ms", 10, 25, False),  # +150 % but only +15 ms
-    ("bench_p99_ms", 100, 140, False),  # +40 ms but only +40 %
-    ("bench_p99_ms", 100, 160, True),
-    ("boot_seconds", 150, 226, True),  # band +50 %, at least 60 s
-    ("boot_seconds", 150, 224, False),
-    ("boot_seconds", 60, 119, False),
-    ("provision_seconds", 5, 16, True),
-    ("test_x:some_new_figure", 1, 1000, False),  # no band: shown, never a regression
-])
+@pytest.mark.parametrize(
+    "figure, before, after, regressed",
+    [
+        ("test_director_dies:outage_seconds", 1.2, 2.8, True),  # +1.6 s, band +1.5 s
+        ("test_director_dies:outage_seconds", 3.09, 4.1, False),  # one tick of the client's timeout
+        ("test_real_server_dies:failed_requests_until_checked", 6, 11, False),  # one checker tick
+        ("test_real_server_dies:failed_requests_until_checked", 6, 19, True),
+        ("test_real_server_dies:heal_seconds", 21.1, 28.2, False),  # band +50 %, at least 5 s
+        ("test_real_server_dies:heal_seconds", 10, 15.5, True),
+        ("test_director_dies:outage_seconds", 2.5, 0.2, False),  # better
+        ("test_director_dies:failed_requests", 3, 6, True),  # +3, band +2
+        ("test_director_dies:failed_requests", 3, 5, False),
+        ("test_director_dies:transfer_bytes_lost", 0, 1, True),  # any increase
+        ("test_director_dies:transfer_bytes_lost", 0, 0, False),
+        ("bench_requests_per_second", 100, 70, True),  # lower is worse: -30 %, band -25 %
+        ("bench_requests_per_second", 100, 80, False),
+        ("bench_requests_per_second", 100, 300, False),
+        ("bench_p99_ms", 10, 25, False),  # +150 % but only +15 ms
+        ("bench_p99_ms", 100, 140, False),  # +40 ms but only +40 %
+        ("bench_p99_ms", 100, 160, True),
+        ("boot_seconds", 150, 226, True),  # band +50 %, at least 60 s
+        ("boot_seconds", 150, 224, False),
+        ("boot_seconds", 60, 119, False),
+        ("provision_seconds", 5, 16, True),
+        ("test_x:some_new_figure", 1, 1000, False),  # no band: shown, never a regression
+    ],
+)
 def test_a_figure_regresses_only_beyond_its_band(figure, before, after, regressed):
     found = regressions(cell("bookworm", {figure: before}), cell("trixie", {figure: after}))
     assert bool(found) == regressed, found
 
 
 def test_a_regressed_figure_says_what_and_by_how_much():
-    found = regressions(cell("bookworm", {"bench_requests_per_second": 120}),
-                        cell("trixie", {"bench_requests_per_second": 80}))
-    assert found == [("nat on trixie: bench_requests_per_second went from 120 to 80 req/s, "
-                     "beyond its band (-25 %) around bookworm")]
+    found = regressions(
+        cell("bookworm", {"bench_requests_per_second": 120}), cell("trixie", {"bench_requests_per_second": 80})
+    )
+    assert found == [
+        ("nat on trixie: bench_requests_per_second went from 120 to 80 req/s, beyond its band (-25 %) around bookworm")
+    ]
 
 
 def test_a_check_that_passed_on_the_baseline_and_fails_is_a_regression():
     base = cell("bookworm", checks={"test_failover.py::test_director_dies": "passed", "test_lab.py::test_ok": "failed"})
-    other = cell("trixie", status="failed",
-                 checks={"test_failover.py::test_director_dies": "error", "test_lab.py::test_ok": "failed"})
-    assert regressions(base, other) == [("nat on trixie: test_failover.py::test_director_dies passed on bookworm, "
-                                        "error on trixie")]
+    other = cell(
+        "trixie",
+        status="failed",
+        checks={"test_failover.py::test_director_dies": "error", "test_lab.py::test_ok": "failed"},
+    )
+    assert regressions(base, other) == [
+        ("nat on trixie: test_failover.py::test_director_dies passed on bookworm, error on trixie")
+    ]
 
 
 def test_checks_that_did_not_run_on_a_kernel_are_a_regression():
     base = cell("bookworm", checks={f"test_lab.py::test_{n}": "passed" for n in range(5)})
     other = cell("trixie", status="failed", checks={"test_lab.py::test_0": "passed"})
-    assert regressions(base, other) == [("nat on trixie: 4 checks that passed on bookworm did not run on trixie: "
-                                        "test_lab.py::test_1, test_lab.py::test_2, test_lab.py::test_3 and 1 more")]
+    assert regressions(base, other) == [
+        (
+            "nat on trixie: 4 checks that passed on bookworm did not run on trixie: "
+            "test_lab.py::test_1, test_lab.py::test_2, test_lab.py::test_3 and 1 more"
+        )
+    ]
 
 
 def test_a_cell_that_did_not_run_is_a_regression():
     base = cell("bookworm", {"boot_seconds": 100}, {"test_lab.py::test_ok": "passed"})
     other = cell("trixie", status="error", error="labkit up failed (exit 1):\nlb0: timed out")
-    assert regressions(base, other) == [("nat on trixie: did not run: labkit up failed (exit 1): … lb0: timed out "
-                                        "(1 check that passed on bookworm not run)")]
+    assert regressions(base, other) == [
+        (
+            "nat on trixie: did not run: labkit up failed (exit 1): … lb0: timed out "
+            "(1 check that passed on bookworm not run)"
+        )
+    ]
 
 
 def test_a_baseline_that_did_not_run_compares_nothing():
@@ -170,20 +211,63 @@ def test_many_checks_show_only_those_that_differ():
 # ---- the written report --------------------------------------------------------------------
 
 RECORDS = [
-    {"lab": "nat", "kernel": "bookworm", "box": "labkit/linux-6.1.0-40-amd64", "release": "6.1.0-40-amd64",
-     "status": "passed", "error": None, "seconds": 512.3, "junit": "verify.xml",
-     "figures": {"boot_seconds": 160.2, "provision_seconds": 21.0, "bench_requests_per_second": 120.5,
-                 "bench_p99_ms": 45, "bench_failed_requests": 0}},
-    {"lab": "nat", "kernel": "trixie", "box": "labkit/linux-6.12.48+deb13-amd64", "release": None,
-     "status": "failed", "error": None, "seconds": 530.0, "junit": "verify.xml",
-     "figures": {"boot_seconds": 170.0, "provision_seconds": 22.5, "bench_requests_per_second": 80.1,
-                 "bench_p99_ms": 60, "bench_failed_requests": 0}},
-    {"lab": "dr", "kernel": "bookworm", "box": "labkit/linux-6.1.0-40-amd64", "release": "6.1.0-40-amd64",
-     "status": "passed", "error": None, "seconds": 480.0, "junit": None, "figures": {"boot_seconds": 150.0}},
-    {"lab": "dr", "kernel": "trixie", "box": None, "release": None, "status": "error",
-     "error": "labkit up failed (exit 1):\nlb0: Timed out while waiting for the machine to boot\n"
-              "lb0's console, last lines:\n[  3.2] Kernel panic - not syncing: VFS: Unable to mount root fs",
-     "seconds": 95.0, "junit": None, "figures": {}},
+    {
+        "lab": "nat",
+        "kernel": "bookworm",
+        "box": "labkit/linux-6.1.0-40-amd64",
+        "release": "6.1.0-40-amd64",
+        "status": "passed",
+        "error": None,
+        "seconds": 512.3,
+        "junit": "verify.xml",
+        "figures": {
+            "boot_seconds": 160.2,
+            "provision_seconds": 21.0,
+            "bench_requests_per_second": 120.5,
+            "bench_p99_ms": 45,
+            "bench_failed_requests": 0,
+        },
+    },
+    {
+        "lab": "nat",
+        "kernel": "trixie",
+        "box": "labkit/linux-6.12.48+deb13-amd64",
+        "release": None,
+        "status": "failed",
+        "error": None,
+        "seconds": 530.0,
+        "junit": "verify.xml",
+        "figures": {
+            "boot_seconds": 170.0,
+            "provision_seconds": 22.5,
+            "bench_requests_per_second": 80.1,
+            "bench_p99_ms": 60,
+            "bench_failed_requests": 0,
+        },
+    },
+    {
+        "lab": "dr",
+        "kernel": "bookworm",
+        "box": "labkit/linux-6.1.0-40-amd64",
+        "release": "6.1.0-40-amd64",
+        "status": "passed",
+        "error": None,
+        "seconds": 480.0,
+        "junit": None,
+        "figures": {"boot_seconds": 150.0},
+    },
+    {
+        "lab": "dr",
+        "kernel": "trixie",
+        "box": None,
+        "release": None,
+        "status": "error",
+        "error": "labkit up failed (exit 1):\nlb0: Timed out while waiting for the machine to boot\n"
+        "lb0's console, last lines:\n[  3.2] Kernel panic - not syncing: VFS: Unable to mount root fs",
+        "seconds": 95.0,
+        "junit": None,
+        "figures": {},
+    },
 ]
 
 
@@ -206,8 +290,10 @@ def test_write_returns_the_regressions(report: Path):
         "nat on trixie: bench_requests_per_second went from 120.5 to 80.1 req/s, beyond its band (-25 %) around bookworm",
         "nat on trixie: test_director_dies:outage_seconds went from 2.9 to 4.5 s, beyond its band (+1.5 s) around bookworm",
         "nat on trixie: test_director_dies:failed_requests went from 5 to 9, beyond its band (+2) around bookworm",
-        ("dr on trixie: did not run: labkit up failed (exit 1): … "
-        "[  3.2] Kernel panic - not syncing: VFS: Unable to mount root fs"),
+        (
+            "dr on trixie: did not run: labkit up failed (exit 1): … "
+            "[  3.2] Kernel panic - not syncing: VFS: Unable to mount root fs"
+        ),
     ]
 
 
@@ -264,10 +350,13 @@ def test_json_round_trips(report: Path):
     found = write(report, RECORDS, KERNELS)
     data = json.loads((report / "matrix.json").read_text())
     assert data["baseline"] == "bookworm" and data["kernels"] == KERNELS
-    assert [(r["lab"], r["kernel"], r["what"], r["text"]) for r in data["regressions"]] == \
-        [(r.lab, r.kernel, r.what, str(r)) for r in found]
-    assert data["labs"]["nat"]["checks"]["test_failover.py::test_director_dies"] == {"bookworm": "passed",
-                                                                                   "trixie": "failed"}
+    assert [(r["lab"], r["kernel"], r["what"], r["text"]) for r in data["regressions"]] == [
+        (r.lab, r.kernel, r.what, str(r)) for r in found
+    ]
+    assert data["labs"]["nat"]["checks"]["test_failover.py::test_director_dies"] == {
+        "bookworm": "passed",
+        "trixie": "failed",
+    }
     assert data["labs"]["nat"]["figures"]["bench_p99_ms"] == {"bookworm": 45, "trixie": 60}
     assert data["labs"]["dr"]["figures"]["boot_seconds"] == {"bookworm": 150.0, "trixie": None}
     assert {b["figure"]: b["text"] for b in data["bands"]}["bench_requests_per_second"] == "-25 %"

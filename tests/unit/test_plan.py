@@ -4,12 +4,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 import yaml
 
 from labkit.labfile import LABS, load_lab, parse_lab
-from labkit.build.guest import PRELUDE
-from labkit.build.plan import RULES_FILE, gateway_routes, plan, script, sysctls
+from labkit.plan.guest import PRELUDE
+from labkit.plan.steps import RULES_FILE, gateway_routes, plan, script, sysctls
 
 
 def lab(name):
@@ -69,10 +68,15 @@ def test_sysctls_per_mode():
     assert sysctls(lab("tun"), "lb0") == {"net.ipv4.vs.sloppy_tcp": "1", "net.ipv4.vs.conn_reuse_mode": "3"}
     assert sysctls(single_director("tun"), "lb0") == {"net.ipv4.vs.conn_reuse_mode": "3"}
     assert sysctls(lab("tun"), "rs0") == {
-        "net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2",
-        "net.ipv4.conf.tunl0.arp_ignore": "1", "net.ipv4.conf.tunl0.arp_announce": "2",
-        "net.ipv4.conf.gre0.arp_ignore": "1", "net.ipv4.conf.gre0.arp_announce": "2",
-        "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.tunl0.rp_filter": "0", "net.ipv4.conf.gre0.rp_filter": "0",
+        "net.ipv4.conf.all.arp_ignore": "1",
+        "net.ipv4.conf.all.arp_announce": "2",
+        "net.ipv4.conf.tunl0.arp_ignore": "1",
+        "net.ipv4.conf.tunl0.arp_announce": "2",
+        "net.ipv4.conf.gre0.arp_ignore": "1",
+        "net.ipv4.conf.gre0.arp_announce": "2",
+        "net.ipv4.conf.all.rp_filter": "0",
+        "net.ipv4.conf.tunl0.rp_filter": "0",
+        "net.ipv4.conf.gre0.rp_filter": "0",
     }
     dr = sysctls(lab("dr"), "rs0")
     assert dr["net.ipv4.conf.lo.arp_ignore"] == "1" and dr["net.ipv4.conf.int.rp_filter"] == "0"
@@ -115,7 +119,8 @@ def run_prelude(body: str, tmp_path) -> subprocess.CompletedProcess:
 
 def test_file_steps_write_once(tmp_path):
     target = tmp_path / "etc" / "conf"
-    from labkit.build.plan import _file
+    from labkit.plan.steps import _file
+
     step = _file("a file", str(target), "hello\n")
     first = run_prelude(script([step]).removeprefix(PRELUDE), tmp_path)
     second = run_prelude(script([step]).removeprefix(PRELUDE), tmp_path)
@@ -147,7 +152,8 @@ def test_checks_start_few_processes(tmp_path):
 
 
 def test_failed_step_is_named(tmp_path):
-    from labkit.build.plan import Step
+    from labkit.plan.steps import Step
+
     broken = Step("the impossible", ("false",), (("false",),))
     result = run_prelude(script([broken]).removeprefix(PRELUDE), tmp_path)
     assert result.returncode != 0
@@ -168,7 +174,8 @@ def test_fwmark_rule_check_is_the_same_rule():
 
 
 def test_udp_real_servers_run_the_responder_on_their_udp_ports():
-    from labkit.build.plan import RESPONDER, RESPONDER_UNIT_FILE, nginx_site, responder_unit
+    from labkit.plan.steps import RESPONDER, RESPONDER_UNIT_FILE, nginx_site, responder_unit
+
     nat = lab("nat")
     steps = plan(nat, "rs1")
     assert "python3" in steps[0].unless  # the responder's interpreter
@@ -192,7 +199,9 @@ def test_the_responder_answers_with_the_name_from_the_address_asked(tmp_path):
     import socket
     import sys
     import time
-    from labkit.build import responder
+
+    from labkit.plan import responder
+
     ports = []
     for _ in range(2):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -244,13 +253,20 @@ def tun_with(**service):
 
 
 def test_each_tunnel_type_gets_its_decapsulation():
-    ipip, gue, gre = (commands("x", "rs0", lambda _: tun_with(**kind)) for kind in
-                      ({}, {"tunnel": "gue", "tunnel_port": 7000}, {"tunnel": "gre"}))
+    ipip, gue, gre = (
+        commands("x", "rs0", lambda _, kind=kind: tun_with(**kind))
+        for kind in ({}, {"tunnel": "gue", "tunnel_port": 7000}, {"tunnel": "gre"})
+    )
     assert "modprobe ipip" in ipip and "ip link set tunl0 up" in ipip
     assert not [c for c in ipip if "fou" in c or "gre" in c]
     # GUE's payload is IP-in-IP: fou takes it out of UDP and hands it to tunl0
-    assert {"modprobe ipip", "modprobe fou", "ip link set tunl0 up", "ip fou add port 7000 gue",
-            "ip addr replace 192.168.55.100/32 dev tunl0"} <= set(gue)
+    assert {
+        "modprobe ipip",
+        "modprobe fou",
+        "ip link set tunl0 up",
+        "ip fou add port 7000 gue",
+        "ip addr replace 192.168.55.100/32 dev tunl0",
+    } <= set(gue)
     assert {"modprobe ip_gre", "ip link set gre0 up", "ip addr replace 192.168.55.100/32 dev gre0"} <= set(gre)
     assert not [c for c in gre if "ipip" in c or "tunl0" in c]
     assert sysctls(tun_with(tunnel="gre"), "rs0")["net.ipv4.conf.gre0.rp_filter"] == "0"
@@ -261,15 +277,29 @@ def test_each_tunnel_type_gets_its_decapsulation():
 def test_fou_port_check_reads_ip_fou_show(tmp_path):
     (tmp_path / "ip").write_text('#!/bin/sh\necho "port 6080 gue"\n')
     (tmp_path / "ip").chmod(0o755)
-    check = "PATH={}:$PATH; fou_port 6080 && echo yes; fou_port 608 || echo no".format(tmp_path)
+    check = f"PATH={tmp_path}:$PATH; fou_port 6080 && echo yes; fou_port 608 || echo no"
     assert run_prelude(check.replace("export PATH", ""), tmp_path).stdout.split()[-2:] == ["yes", "no"]
 
 
 def test_port_mapping_is_a_dnat_rule_on_each_real_server():
     for node in ("rs0", "rs1"):
         steps = [s for s in plan(lab("tun"), node) if "DNAT" in s.commands[0]]
-        rule = ("-t", "nat", "-A", "PREROUTING", "-d", "192.168.55.104/32", "-p", "tcp", "--dport", "8099",
-                "-j", "DNAT", "--to-destination", "192.168.55.104:80")
+        rule = (
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            "192.168.55.104/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "8099",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            "192.168.55.104:80",
+        )
         assert [s.commands for s in steps] == [(("iptables", *rule),)]
         assert steps[0].unless == ("iptables", *("-C" if w == "-A" else w for w in rule))
         assert "8099" in steps[0].why and "port 80" in steps[0].why

@@ -12,22 +12,38 @@ from pathlib import Path
 import pytest
 
 from labkit.labfile import LABS, load_lab
-from labkit.build.render import Provider, Target, render
+from labkit.render.vagrantfile import Provider, Target, render
 
 GOLDEN = Path(__file__).parent / "golden"
 
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2Uga2V5IGZvciB0aGUgZ29sZGVuIGZpbGVz"
 TARGETS = {
-    "nat-libvirt-qemu": ("nat", Target(driver="qemu", emulator="/usr/local/libexec/labkit-qemu-tcg",
-                                       private_key="/home/user/.local/share/labkit/id_ed25519", public_key=PUBLIC_KEY)),
-    "tun-libvirt-kvm": ("tun", Target(driver="kvm", private_key="/home/user/.local/share/labkit/id_ed25519",
-                                      public_key=PUBLIC_KEY)),
+    "nat-libvirt-qemu": (
+        "nat",
+        Target(
+            driver="qemu",
+            emulator="/usr/local/libexec/labkit-qemu-tcg",
+            private_key="/home/user/.local/share/labkit/id_ed25519",
+            public_key=PUBLIC_KEY,
+        ),
+    ),
+    "tun-libvirt-kvm": (
+        "tun",
+        Target(driver="kvm", private_key="/home/user/.local/share/labkit/id_ed25519", public_key=PUBLIC_KEY),
+    ),
     "dr-libvirt-otherbox": ("dr", Target(box="debian/bookworm64")),
     "nat-virtualbox": ("nat", Target(provider=Provider.virtualbox, box="debian/bookworm64")),
     # a copy on another host: named after the copy, its own management range, no console file there
-    "nat-copy-remote": ("nat", Target(driver="qemu", private_key="/home/user/.local/share/labkit/id_ed25519",
-                                      name="alice", uri="qemu+ssh://teacher@lab-server/system",
-                                      management="192.168.126.0/24")),
+    "nat-copy-remote": (
+        "nat",
+        Target(
+            driver="qemu",
+            private_key="/home/user/.local/share/labkit/id_ed25519",
+            name="alice",
+            uri="qemu+ssh://teacher@lab-server/system",
+            management="192.168.126.0/24",
+        ),
+    ),
 }
 
 
@@ -50,14 +66,15 @@ def test_golden_is_valid_ruby(name):
 
 
 def test_each_interface_has_its_own_mac():
-    from labkit.build.render import interfaces
+    from labkit.render.vagrantfile import interfaces
+
     lab = load_lab(LABS / "tun" / "lab.yaml")
     macs = [i.mac for node in lab.nodes for i in interfaces(lab, node)]
     assert len(macs) == len(set(macs)) == 9
 
 
 def test_the_tcg_wrapper_caps_the_translation_cache_and_passes_the_rest(tmp_path):
-    wrapper = (Path(__file__).resolve().parents[2] / "labkit/build/qemu-tcg").read_text()
+    wrapper = (Path(__file__).resolve().parents[2] / "labkit/render/qemu-tcg").read_text()
     echo = tmp_path / "qemu"
     echo.write_text(wrapper.replace("exec /usr/bin/qemu-system-x86_64", "printf '%s\\n'"))
     args = ["-name", "guest=tcg", "-accel", "tcg", "-cpu", "qemu64", "-m", "512"]

@@ -11,7 +11,7 @@ import pytest
 import testinfra
 
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService, load_lab
-from labkit.run.lab import RunningLab
+from labkit.running import RunningLab
 
 # Schedulers whose choice for a connection held open the checks predict from the counters.
 HELD = ("lc", "wlc", "sed", "nq", "ovf", "lblc", "lblcr")
@@ -39,20 +39,25 @@ def parameters(lab: Lab) -> dict[str, list]:
         "paired_director": lab.directors if lab.ha else [],
         "master": [lab.active_director] if lab.ha else [],  # the director a pair prefers
         "real_server": lab.real_servers,
-        "vip_real_server": [n for n in lab.real_servers
-                            if any(s.forwarding != Forwarding.masq for s in lab.services_of(n))],
+        "vip_real_server": [
+            n for n in lab.real_servers if any(s.forwarding != Forwarding.masq for s in lab.services_of(n))
+        ],
         "service": list(lab.services),
         "http_service": [s for s in lab.services if s.protocol == Protocol.tcp],
         "udp_service": [s for s in lab.services if s.protocol == Protocol.udp],
         "udp_real_server": [n for n in lab.real_servers if any(s.protocol == Protocol.udp for s in lab.services_of(n))],
         # the director whose keepalived checks the real servers' UDP responders
-        "udp_checker": [lab.active_director] if lab.ha and any(
-            s.protocol == Protocol.udp and s.check == Check.udp for s in lab.services) else [],
+        "udp_checker": [lab.active_director]
+        if lab.ha and any(s.protocol == Protocol.udp and s.check == Check.udp for s in lab.services)
+        else [],
         # TUN: the directors list each tunnel type; the client's requests to each TUN web service
         # are seen wrapped on the real servers' network
         "tun_director": lab.directors if any(s.forwarding == Forwarding.tun for s in lab.services) else [],
-        "tunnel_service": [s for s in lab.services if s.forwarding == Forwarding.tun
-                           and s.protocol == Protocol.tcp and s.fwmark is None],
+        "tunnel_service": [
+            s
+            for s in lab.services
+            if s.forwarding == Forwarding.tun and s.protocol == Protocol.tcp and s.fwmark is None
+        ],
         # the scheduler checks (test_schedulers.py): HTTP services whose scheduler they know
         "held_service": [s for s in http if s.scheduler.value in HELD and not s.persistence],
         "fo_service": [s for s in http if s.scheduler.value == "fo" and not s.persistence],
@@ -70,6 +75,7 @@ def once_per_service(compute: Callable[[VirtualService], object]) -> Callable[[V
         if svc.key not in done:
             done[svc.key] = compute(svc)
         return done[svc.key]
+
     return get
 
 
@@ -127,9 +133,11 @@ def running(pytestconfig: pytest.Config):
 @pytest.fixture
 def figure(request: pytest.FixtureRequest, record_property) -> Callable[[str, object], None]:
     """figure(name, value): a measurement, shown in the summary and kept in the JUnit report."""
+
     def note(name: str, value: object) -> None:
         record_property(name, value)
         request.config.stash[FIGURES].append((request.node.name, name, value))
+
     return note
 
 

@@ -16,11 +16,11 @@ from collections import Counter
 
 import pytest
 
-from labkit.build import ipvs
-from labkit.build.plan import RESPONDER_UNIT, real_ports
-from labkit.checks import scheduling
-from labkit.checks.plugin import once_per_service
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService
+from labkit.plan import ipvs
+from labkit.plan.steps import RESPONDER_UNIT, real_ports
+from labkit.verify.checks import scheduling
+from labkit.verify.checks.plugin import once_per_service
 
 # Runs on the client with the box's python3; prints one JSON: for each datagram, the name that
 # answered (None if nothing did) and the address:port the answer came from (or the error).
@@ -82,8 +82,9 @@ def director_view(hosts, lab: Lab, svc: VirtualService) -> str:
     host = hosts(lab.active_director)
     which = f"-f {svc.fwmark}" if svc.fwmark else f"-u {svc.vip}:{svc.port}"
     listing = host.run(f"sudo -n ipvsadm -L -n {which}").stdout.strip()
-    entries = [e for e in host.run("sudo -n ipvsadm -L -n -c").stdout.splitlines()
-               if f" {svc.addresses[0]}:{svc.port} " in e]
+    entries = [
+        e for e in host.run("sudo -n ipvsadm -L -n -c").stdout.splitlines() if f" {svc.addresses[0]}:{svc.port} " in e
+    ]
     return "\n".join([f"{lab.active_director}:", listing, "its entries for the service:", *entries[-20:]])
 
 
@@ -98,32 +99,38 @@ def answered_from(lab: Lab, svc: VirtualService, answers) -> None:
             continue
         rs = next(rs for rs in svc.real_servers if lab.node_at(rs.address) == name)
         want = f"{rs.address}:{svc.real_port(rs)}" if unrewritten else f"{svc.addresses[0]}:{svc.port}"
-        assert source == want, (f"{svc.key}: {name}'s answer came from {source}, expected {want} "
-                                f"({'not rewritten: NAT with one-packet scheduling' if unrewritten else 'the VIP'})")
+        assert source == want, (
+            f"{svc.key}: {name}'s answer came from {source}, expected {want} "
+            f"({'not rewritten: NAT with one-packet scheduling' if unrewritten else 'the VIP'})"
+        )
 
 
 def test_udp_responder(hosts, lab: Lab, udp_real_server):
     """The responder runs under systemd and answers a datagram on each UDP port with the name."""
     ports = real_ports(lab, udp_real_server, Protocol.udp)
-    program = ("import socket, sys\nfor port in sys.argv[1:]:\n"
-               "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
-               "    s.sendto(b'labkit', ('127.0.0.1', int(port))); print(port, s.recv(2048).decode())\n")
-    command = (f"systemctl is-active {RESPONDER_UNIT}; "
-               f"python3 -c {shlex.quote(program)} {' '.join(map(str, ports))}")
+    program = (
+        "import socket, sys\nfor port in sys.argv[1:]:\n"
+        "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+        "    s.sendto(b'labkit', ('127.0.0.1', int(port))); print(port, s.recv(2048).decode())\n"
+    )
+    command = f"systemctl is-active {RESPONDER_UNIT}; python3 -c {shlex.quote(program)} {' '.join(map(str, ports))}"
     out = hosts(udp_real_server).run(command)
     state, *answers = out.stdout.splitlines()
     assert state == "active", f"expected {RESPONDER_UNIT} active on {udp_real_server}, systemctl says {state}"
     assert answers == [f"{port} {udp_real_server}" for port in ports], (
-        f"{udp_real_server}: expected each UDP port to answer its name, saw {answers}\n{out.stderr}")
+        f"{udp_real_server}: expected each UDP port to answer its name, saw {answers}\n{out.stderr}"
+    )
 
 
 @pytest.fixture(scope="session")
 def udp_answers(hosts, lab: Lab):
     """udp_answers(svc) -> the answers to 2N datagrams from new client ports, then to 2N from one
     port: one run of the client's program per service serves both checks below."""
+
     def exchange(svc: VirtualService) -> list:
         count = scheduling.split_count(lab, svc)
         return ask(hosts, lab, svc, new=count, same=count)
+
     return once_per_service(exchange)
 
 
@@ -136,8 +143,10 @@ def test_udp_split(hosts, lab: Lab, udp_service: VirtualService, udp_answers):
     answers = udp_answers(svc)[:count]
     seen = Counter(name or "no answer" for name, _ in answers)
     if want is not None:
-        assert dict(seen) == want, (f"{svc.key} {svc.scheduler}: expected {want} from {count} client ports, "
-                                    f"saw {dict(seen)}\n{director_view(hosts, lab, svc)}")
+        assert dict(seen) == want, (
+            f"{svc.key} {svc.scheduler}: expected {want} from {count} client ports, "
+            f"saw {dict(seen)}\n{director_view(hosts, lab, svc)}"
+        )
     else:
         assert set(seen) <= live, f"{svc.key}: answers from {dict(seen)}, expected only {sorted(live)}"
     answered_from(lab, svc, answers)
@@ -155,10 +164,13 @@ def test_udp_one_client_port(hosts, lab: Lab, udp_service: VirtualService, udp_a
     if not svc.one_packet:
         assert len(seen) == 1 and set(seen) <= live, (
             f"{svc.key}: {count} datagrams from one client port must reach one real server, saw {dict(seen)}\n"
-            f"{director_view(hosts, lab, svc)}")
+            f"{director_view(hosts, lab, svc)}"
+        )
     elif want is not None:
-        assert dict(seen) == want, (f"{svc.key} {svc.scheduler} with one-packet scheduling: expected {want} from "
-                                    f"{count} datagrams of one client port, saw {dict(seen)}\n{director_view(hosts, lab, svc)}")
+        assert dict(seen) == want, (
+            f"{svc.key} {svc.scheduler} with one-packet scheduling: expected {want} from "
+            f"{count} datagrams of one client port, saw {dict(seen)}\n{director_view(hosts, lab, svc)}"
+        )
     else:
         assert set(seen) <= live, f"{svc.key}: answers from {dict(seen)}, expected only {sorted(live)}"
     answered_from(lab, svc, answers)
@@ -167,8 +179,9 @@ def test_udp_one_client_port(hosts, lab: Lab, udp_service: VirtualService, udp_a
 def members(hosts, director: str, services: list[VirtualService]) -> dict[str, set[str]]:
     listing = hosts(director).check_output("sudo -n ipvsadm -L -n")
     table = {s.key: s for s in ipvs.parse_list(listing)}
-    return {svc.key: {d.address for d in table[svc.key].destinations} if svc.key in table else set()
-            for svc in services}
+    return {
+        svc.key: {d.address for d in table[svc.key].destinations} if svc.key in table else set() for svc in services
+    }
 
 
 def wait_until(what: str, condition, seconds: float = 20) -> float:
@@ -193,16 +206,21 @@ def test_udp_check_takes_a_silent_server_out(hosts, lab: Lab, udp_checker, figur
     stop, start = (f"sudo -n systemctl kill -s {signal} {RESPONDER_UNIT}" for signal in ("STOP", "CONT"))
     try:
         hosts(victim).check_output(stop)
-        out = wait_until(f"{udp_checker} taking {victim} out of {', '.join(s.key for s in checked)}",
-                         lambda: not any(address in m for m in members(hosts, udp_checker, checked).values()))
+        out = wait_until(
+            f"{udp_checker} taking {victim} out of {', '.join(s.key for s in checked)}",
+            lambda: not any(address in m for m in members(hosts, udp_checker, checked).values()),
+        )
         figure("udp_seconds_until_taken_out", out)
         svc = checked[0]
         answers = ask(hosts, lab, svc, new=4)
         others = scheduling.live(lab, svc) - {victim}
         assert {name for name, _ in answers} <= others, (
-            f"with {victim} out, {svc.key} must be answered by {sorted(others)} alone, saw {answers}")
+            f"with {victim} out, {svc.key} must be answered by {sorted(others)} alone, saw {answers}"
+        )
     finally:
         hosts(victim).check_output(start)
-    back = wait_until(f"{udp_checker} putting {victim} back",
-                      lambda: all(address in m for m in members(hosts, udp_checker, checked).values()))
+    back = wait_until(
+        f"{udp_checker} putting {victim} back",
+        lambda: all(address in m for m in members(hosts, udp_checker, checked).values()),
+    )
     figure("udp_seconds_until_back", back)

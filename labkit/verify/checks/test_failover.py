@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from labkit.build import keepalived
-from labkit.operate import failover
 from labkit.labfile import Lab
-from labkit.build.plan import BIG_FILE
+from labkit.operate import failover
+from labkit.plan import keepalived
+from labkit.plan.steps import BIG_FILE
 
 pytestmark = pytest.mark.failover
 
@@ -56,12 +56,17 @@ def test_real_server_dies(lab: Lab, running, master, figure, whole_again):
     print("\n".join(report.lines()))
     figure("failed_requests_until_checked", report.load.failed)
     figure("seconds_until_checked", report.noticed)
-    survivors = {lab.node_at(rs.address) for rs in failover.service_for(lab, report.target).real_servers
-                 if rs.weight > 0} - {victim}
+    survivors = {
+        lab.node_at(rs.address) for rs in failover.service_for(lab, report.target).real_servers if rs.weight > 0
+    } - {victim}
     assert report.after.failed == 0, f"{report.after.failed} requests failed after the checker took {victim} out"
-    assert set(report.after.served()) == survivors, f"expected answers only from {survivors}, saw {report.after.served()}"
+    assert set(report.after.served()) == survivors, (
+        f"expected answers only from {survivors}, saw {report.after.served()}"
+    )
     load = whole_again()
-    assert load.failed == 0 and victim in load.served(), f"{victim} did not rejoin: {load.served()}, {load.failed} failed"
+    assert load.failed == 0 and victim in load.served(), (
+        f"{victim} did not rejoin: {load.served()}, {load.failed} failed"
+    )
 
 
 def test_director_stops(lab: Lab, running, hosts, master, figure, whole_again):

@@ -169,8 +169,7 @@ def lblcr(dests: list[Dest], state: dict) -> Dest | None:
     return chosen
 
 
-SCHEDULERS = {"rr": rr, "lc": lc, "wlc": wlc, "sed": sed, "nq": nq, "fo": fo, "ovf": ovf,
-              "lblc": lblc, "lblcr": lblcr}
+SCHEDULERS = {"rr": rr, "lc": lc, "wlc": wlc, "sed": sed, "nq": nq, "fo": fo, "ovf": ovf, "lblc": lblc, "lblcr": lblcr}
 
 
 @dataclass
@@ -214,7 +213,7 @@ def buckets(dests: list[Dest], weighted: bool) -> list[Dest]:
     while dests and len(table) < 1 << TABLE_BITS:
         for d in dests:
             table += [d] * (max(d.weight, 1) if weighted else 1)
-    return table[:1 << TABLE_BITS]
+    return table[: 1 << TABLE_BITS]
 
 
 def _hashed(dests: list[Dest], address: str, weighted: bool) -> Dest | None:

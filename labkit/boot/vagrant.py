@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from enum import Enum
 from collections.abc import Callable, Iterator
+from enum import Enum
 from pathlib import Path
 
 import vagrant
 
-from labkit.build.render import Provider
+from labkit.boot import libvirt
 from labkit.errors import LabkitError
-from labkit.run import libvirt
+from labkit.render.vagrantfile import Provider
 
 
 class BootError(LabkitError):
@@ -62,8 +62,9 @@ def machine(lab_dir: Path) -> vagrant.Vagrant:
     env = dict(os.environ)
     env.setdefault("VAGRANT_CHECKPOINT_DISABLE", "1")  # no update check on every call
     log = lab_dir / "vagrant.log"
-    return vagrant.Vagrant(root=str(lab_dir), env=env, quiet_stdout=True,
-                           out_cm=lambda: log.open("a"), err_cm=lambda: log.open("a"))
+    return vagrant.Vagrant(
+        root=str(lab_dir), env=env, quiet_stdout=True, out_cm=lambda: log.open("a"), err_cm=lambda: log.open("a")
+    )
 
 
 NODE_LINE = re.compile(r"^==> (\S+): (.*)$")
@@ -116,8 +117,9 @@ def _vagrant(lab_dir: Path, action: str, node: str | None = None):
     try:
         return getattr(machine(lab_dir), action)(vm_name=node)
     except (subprocess.CalledProcessError, OSError):
-        raise BootError(f"vagrant {action.replace('_', '-')} {node or ''} failed in {lab_dir}:\n"
-                        f"{_tail(lab_dir / 'vagrant.log')}") from None
+        raise BootError(
+            f"vagrant {action.replace('_', '-')} {node or ''} failed in {lab_dir}:\n{_tail(lab_dir / 'vagrant.log')}"
+        ) from None
 
 
 def ssh_config(lab_dir: Path, refresh: bool = False) -> Path:

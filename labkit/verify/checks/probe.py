@@ -85,8 +85,10 @@ def main(args):
         addresses("replace", sources, args["dev"])
         if mode == "ask":
             return [once(vip, port, args["source"]) for vip, port in args["targets"]]
-        return {source: [once(args["vip"], args["port"], source) for _ in range(args.get("rounds", 1))]
-                for source in sources}
+        return {
+            source: [once(args["vip"], args["port"], source) for _ in range(args.get("rounds", 1))]
+            for source in sources
+        }
     finally:
         addresses("del", sources, args["dev"])
 

@@ -6,7 +6,9 @@ This is the one place that knows ipvsadm's text formats. Pure: no SSH, no subpro
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from labkit.errors import LabkitError
 from labkit.labfile import Forwarding, Lab, Protocol, Tunnel, VirtualService
@@ -32,8 +34,9 @@ def service_rules(svc: VirtualService) -> str:
     tunnel = "".join(f" {word}" for word in tunnel_options(svc))
     for rs in svc.real_servers:
         # As ipvsadm-save prints it: a TUN or DR real server gets the VIP's port (listed_port).
-        lines.append(f"-a {name} -r {host_port(rs.address, svc.listed_port(rs))} {svc.forwarding.flag} "
-                     f"-w {rs.weight}{tunnel}")
+        lines.append(
+            f"-a {name} -r {host_port(rs.address, svc.listed_port(rs))} {svc.forwarding.flag} -w {rs.weight}{tunnel}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -117,14 +120,20 @@ def _protocol(listed: str) -> Protocol:
     try:
         return Protocol(listed.lower())
     except ValueError:
-        raise LabkitError(f"ipvsadm lists a {listed} service, which no labkit lab makes: remove it with ipvsadm -D") from None
+        raise LabkitError(
+            f"ipvsadm lists a {listed} service, which no labkit lab makes: remove it with ipvsadm -D"
+        ) from None
 
 
 def _forward(listed: str) -> Forwarding:
     if listed not in LISTED:
-        raise LabkitError(f"ipvsadm lists a real server forwarded as {listed!r}, which no labkit lab makes "
-                          f"(known: {', '.join(LISTED)})")
+        raise LabkitError(
+            f"ipvsadm lists a real server forwarded as {listed!r}, which no labkit lab makes "
+            f"(known: {', '.join(LISTED)})"
+        )
     return LISTED[listed]
+
+
 # print_service_entry: "  -> %-28s %-7s %-6d %-10u %-10u" (address:port, forward, weight, active,
 # inactive); with --tun-info a TunnelInfo column after the forward method ("n/a" when not a tunnel).
 DEST = re.compile(r"^\s+->\s+(\S+)\s+(\w+)\s+(?:(\S*[a-z/]\S*)\s+)?(\d+)\s+(\d+)\s+(\d+)")
@@ -137,13 +146,30 @@ def parse_list(text: str) -> list[Service]:
         if m := SERVICE.match(line):
             addr, port = _addr_port(m[2]) if m[1] else (None, None)
             persistent = re.search(r"\bpersistent (\d+)", m[5])
-            services.append(Service(
-                _protocol(m[1]) if m[1] else None, addr, port, m[4], int(persistent[1]) if persistent else None,
-                fwmark=int(m[3]) if m[3] else None, ops=re.search(r"\bops\b", m[5]) is not None))
+            services.append(
+                Service(
+                    _protocol(m[1]) if m[1] else None,
+                    addr,
+                    port,
+                    m[4],
+                    int(persistent[1]) if persistent else None,
+                    fwmark=int(m[3]) if m[3] else None,
+                    ops=re.search(r"\bops\b", m[5]) is not None,
+                )
+            )
         elif (m := DEST.match(line)) and services:
             addr, port = _addr_port(m[1])
-            services[-1].destinations.append(Destination(
-                addr, port, _forward(m[2]), int(m[4]), int(m[5]), int(m[6]), m[3] if m[3] not in (None, "n/a") else None))
+            services[-1].destinations.append(
+                Destination(
+                    addr,
+                    port,
+                    _forward(m[2]),
+                    int(m[4]),
+                    int(m[5]),
+                    int(m[6]),
+                    m[3] if m[3] not in (None, "n/a") else None,
+                )
+            )
     return services
 
 
@@ -163,13 +189,16 @@ def parse_stats(text: str) -> dict[str, Stats]:
 
 def expected(svc: VirtualService) -> Service:
     """What `ipvsadm -L -n` should list for a service of the lab."""
-    destinations = [Destination(str(rs.address), svc.listed_port(rs), svc.forwarding, rs.weight)
-                    for rs in svc.real_servers]
+    destinations = [
+        Destination(str(rs.address), svc.listed_port(rs), svc.forwarding, rs.weight) for rs in svc.real_servers
+    ]
     if svc.fwmark:
-        return Service(None, None, None, str(svc.scheduler), svc.persistence, destinations, fwmark=svc.fwmark,
-                       ops=svc.one_packet)
-    return Service(svc.protocol, str(svc.vip), svc.port, str(svc.scheduler), svc.persistence, destinations,
-                   ops=svc.one_packet)
+        return Service(
+            None, None, None, str(svc.scheduler), svc.persistence, destinations, fwmark=svc.fwmark, ops=svc.one_packet
+        )
+    return Service(
+        svc.protocol, str(svc.vip), svc.port, str(svc.scheduler), svc.persistence, destinations, ops=svc.one_packet
+    )
 
 
 # ---- the listings behind `labkit show` ----------------------------------------------------
@@ -261,7 +290,8 @@ def parse_connections(text: str) -> list[Connection]:
     """Parse `ipvsadm -L -n -c`."""
     return [
         Connection(m[1], int(m[2]) * 60 + int(m[3]), m[4], m[5], m[6], m[7])
-        for line in text.splitlines() if (m := CONNECTION.match(line))
+        for line in text.splitlines()
+        if (m := CONNECTION.match(line))
     ]
 
 
@@ -289,3 +319,34 @@ def parse_daemons(text: str) -> list[SyncDaemon]:
             options = dict(part.split("=", 1) for part in m[2].split(", "))
             daemons.append(SyncDaemon(m[1], options.pop("mcast"), int(options.pop("syncid")), options))
     return daemons
+
+
+# ---- what a director is asked, and which VIPs it holds
+
+# What labkit show (and failover, and a running lab) runs on each director, as words for shlex.join. --exact because without it ipvsadm
+# rounds large numbers to K, M, G; -n because name lookups in an isolated lab only time out.
+ADDRESSES = ["ip", "-o", "addr", "show"]  # which VIPs a director holds, IPv4 and IPv6
+COMMANDS: dict[str, list[str]] = {
+    "list": ["sudo", "-n", "ipvsadm", "-L", "-n"],
+    "stats": ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"],
+    "rate": ["sudo", "-n", "ipvsadm", "-L", "-n", "--rate", "--exact"],
+    "daemon": ["sudo", "-n", "ipvsadm", "-L", "--daemon"],
+    "addresses": ADDRESSES,
+}
+
+INET = re.compile(r"\binet6? ([0-9a-f.:]+)/\d+")
+
+
+def holds_vip(addr_text: str, vip: IPv4Address | IPv6Address | str) -> bool:
+    """Whether `ip -o addr show` lists the VIP among the node's addresses."""
+    return ip_address(str(vip)) in {ip_address(a) for a in INET.findall(addr_text)}
+
+
+def held_vips(lab: Lab, addr_text: str) -> list[str]:
+    """The lab's VIPs that `ip -o addr show` lists."""
+    return [vip for vip in [str(vip) for vip in lab.vips] if holds_vip(addr_text, vip)]
+
+
+def holders(lab: Lab, addresses: Mapping[str, str]) -> list[str]:
+    """The directors whose `ip -o addr show` (director -> output) lists the first VIP."""
+    return [d for d, text in addresses.items() if holds_vip(text, lab.vips[0])]

@@ -11,10 +11,10 @@ import subprocess
 import xml.etree.ElementTree as ET
 from ipaddress import IPv4Network, ip_network
 
-from labkit.build.render import Target
+from labkit.boot import libvirt
 from labkit.errors import LabkitError
 from labkit.labfile import Lab
-from labkit.run import libvirt
+from labkit.render.vagrantfile import Target
 
 # Each lab's management network (Vagrant's DHCP and SSH) takes the first free /24 of these.
 MANAGEMENT_RANGES = [IPv4Network(f"192.168.{i}.0/24") for i in range(124, 255)]
@@ -46,25 +46,32 @@ def memory_problem(lab: Lab, target: Target, available_mib: int, others: list[st
     if need <= available_mib:
         return None
     running = f" (labs up: {', '.join(others)})" if others else ""
-    return (f"memory: the lab's {len(lab.nodes)} VMs need about {need} MiB ({lab.memory} MiB each plus "
-            f"{overhead(target)} MiB for QEMU), the host has {max(0, available_mib)} MiB available{running}: "
-            f"room for {copies_that_fit(lab, target, available_mib)} copies of it. "
-            "Take a running lab down (labkit down LAB), or lower memory: in the lab file")
+    return (
+        f"memory: the lab's {len(lab.nodes)} VMs need about {need} MiB ({lab.memory} MiB each plus "
+        f"{overhead(target)} MiB for QEMU), the host has {max(0, available_mib)} MiB available{running}: "
+        f"room for {copies_that_fit(lab, target, available_mib)} copies of it. "
+        "Take a running lab down (labkit down LAB), or lower memory: in the lab file"
+    )
 
 
 def disk_problem(lab: Lab, available_mib: int) -> str | None:
     need = len(lab.nodes) * DISK_MIB_PER_VM
     if need <= available_mib:
         return None
-    return (f"disk: the lab's volumes need about {need} MiB, libvirt's storage pool has {available_mib} MiB "
-            "available. Free space in the pool (virsh vol-list default), or take a lab down")
+    return (
+        f"disk: the lab's volumes need about {need} MiB, libvirt's storage pool has {available_mib} MiB "
+        "available. Free space in the pool (virsh vol-list default), or take a lab down"
+    )
 
 
 def network_problems(lab: Lab, taken: dict[str, IPv4Network]) -> list[str]:
     """The lab's networks that overlap a network the host or libvirt already has (what -> range)."""
-    return [f"networks.{net}: {cidr} overlaps {what} ({other}). Give the lab a range the host does not use"
-            for net, cidr in lab.networks.items()
-            for what, other in taken.items() if cidr.overlaps(other)]
+    return [
+        f"networks.{net}: {cidr} overlaps {what} ({other}). Give the lab a range the host does not use"
+        for net, cidr in lab.networks.items()
+        for what, other in taken.items()
+        if cidr.overlaps(other)
+    ]
 
 
 def problems(lab: Lab, target: Target, fresh: bool, reserved_mib: int = 0, others: list[str] = ()) -> list[str]:
@@ -79,8 +86,13 @@ def problems(lab: Lab, target: Target, fresh: bool, reserved_mib: int = 0, other
     if target.provider.value == "libvirt":
         found.append(disk_problem(lab, pool_available_mib(uri)) if fresh else None)
         taken = {f"the host's route via {dev}": net for dev, net in host_routes()} if libvirt.is_local(uri) else {}
-        taken.update({f"libvirt network {net}": cidr for net, cidr in libvirt_networks(uri).items()
-                      if not net.startswith(f"labkit-{name}-")})
+        taken.update(
+            {
+                f"libvirt network {net}": cidr
+                for net, cidr in libvirt_networks(uri).items()
+                if not net.startswith(f"labkit-{name}-")
+            }
+        )
         found += network_problems(lab, taken)
     return [p for p in found if p]
 
@@ -90,8 +102,10 @@ def free_management_range(taken: list[IPv4Network]) -> IPv4Network:
     for cidr in MANAGEMENT_RANGES:
         if not any(cidr.overlaps(other) for other in taken):
             return cidr
-    raise LabkitError(f"no free management network left in {MANAGEMENT_RANGES[0]}-{MANAGEMENT_RANGES[-1]}: "
-                      "take labs down (labkit list shows them)")
+    raise LabkitError(
+        f"no free management network left in {MANAGEMENT_RANGES[0]}-{MANAGEMENT_RANGES[-1]}: "
+        "take labs down (labkit list shows them)"
+    )
 
 
 def management_range(uri: str, refused: list[IPv4Network]) -> IPv4Network:
@@ -154,5 +168,6 @@ def host_routes() -> list[tuple[str, IPv4Network]]:
     """(device, range) of the host's IPv4 routes, the default route left out."""
     result = subprocess.run(["ip", "-j", "-4", "route", "show"], capture_output=True, text=True)
     routes = json.loads(result.stdout or "[]") if result.returncode == 0 else []
-    return [(r.get("dev", "?"), ip_network(r["dst"], strict=False)) for r in routes
-            if r.get("dst") not in (None, "default")]
+    return [
+        (r.get("dev", "?"), ip_network(r["dst"], strict=False)) for r in routes if r.get("dst") not in (None, "default")
+    ]

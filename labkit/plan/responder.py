@@ -32,8 +32,14 @@ def serve(name: bytes, ports: list[int]) -> None:
             sock = key.fileobj
             try:
                 _, ancillary, _, peer = sock.recvmsg(2048, socket.CMSG_SPACE(PKTINFO.size))
-                sent_to = next((PKTINFO.unpack(data[:PKTINFO.size])[2] for level, kind, data in ancillary
-                                if (level, kind) == (socket.IPPROTO_IP, IP_PKTINFO)), bytes(4))
+                sent_to = next(
+                    (
+                        PKTINFO.unpack(data[: PKTINFO.size])[2]
+                        for level, kind, data in ancillary
+                        if (level, kind) == (socket.IPPROTO_IP, IP_PKTINFO)
+                    ),
+                    bytes(4),
+                )
                 sock.sendmsg([name], [(socket.IPPROTO_IP, IP_PKTINFO, PKTINFO.pack(0, sent_to, bytes(4)))], 0, peer)
             except OSError:  # a client gone away (ICMP unreachable) must not stop the service
                 continue

@@ -14,13 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from labkit.build import ipvs, keepalived
-from labkit.build.render import interfaces
-from labkit.checks import scheduling
-from labkit.checks.plugin import once_per_service
 from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
 from labkit.labfile.model import host_cidr, host_port
 from labkit.operate.trace import read_capture, start_capture
+from labkit.plan import ipvs, keepalived
+from labkit.render.vagrantfile import interfaces
+from labkit.verify.checks import scheduling
+from labkit.verify.checks.plugin import once_per_service
 
 # ---- every node ----------------------------------------------------------------------------
 
@@ -33,11 +33,15 @@ def node_state(hosts, lab: Lab) -> dict[str, dict[str, str]]:
     package's version (empty if it is not installed) and 'addresses' (ip -o addr show), all set
     before verify starts. Asked of every node at once, in one command each: under emulation
     every command costs a tenth of a second or more."""
+
     def read(node: str) -> dict[str, str]:
         packages = DIRECTOR_PACKAGES if node in lab.directors else ()
-        commands = {"hostname": "hostname", "kernel": "uname -r",
-                    **{p: f"dpkg-query -W -f '${{Version}}\\n' {p} 2>/dev/null" for p in packages},
-                    "addresses": "ip -o addr show"}
+        commands = {
+            "hostname": "hostname",
+            "kernel": "uname -r",
+            **{p: f"dpkg-query -W -f '${{Version}}\\n' {p} 2>/dev/null" for p in packages},
+            "addresses": "ip -o addr show",
+        }
         out = hosts(node).run("; ".join(f"echo '== {name}'; {command}" for name, command in commands.items())).stdout
         parts = re.split(r"^== (\S+)\n", out, flags=re.M)[1:]
         return {name: text.strip() for name, text in zip(parts[::2], parts[1::2])}
@@ -89,7 +93,9 @@ def test_real_server_sysctls(hosts, lab: Lab, vip_real_server):
     host = hosts(vip_real_server)
     # The VIP is configured locally, but only the director may answer ARP for it.
     arp_ignore = sysctl(host, "net.ipv4.conf.all.arp_ignore")
-    assert arp_ignore == 1, f"expected arp_ignore 1 (answer ARP only for the asking interface's addresses), saw {arp_ignore}"
+    assert arp_ignore == 1, (
+        f"expected arp_ignore 1 (answer ARP only for the asking interface's addresses), saw {arp_ignore}"
+    )
     arp_announce = sysctl(host, "net.ipv4.conf.all.arp_announce")
     assert arp_announce == 2, f"expected arp_announce 2 (never the VIP as ARP source), saw {arp_announce}"
     for dev in sorted({s.tunnel_type.device for s in lab.services_of(vip_real_server) if s.tunnel_type}):
@@ -108,7 +114,9 @@ def test_vip_on_real_server(hosts, lab: Lab, vip_real_server):
         if dev:
             seen = host.check_output(f"ip -o addr show dev {dev}")
             for vip in svc.addresses:
-                assert f" {host_cidr(vip)} " in seen, f"{vip_real_server}: expected VIP {host_cidr(vip)} on {dev}, saw: {seen}"
+                assert f" {host_cidr(vip)} " in seen, (
+                    f"{vip_real_server}: expected VIP {host_cidr(vip)} on {dev}, saw: {seen}"
+                )
         if svc.tunnel_type:
             tunnels.add(dev)
     for dev in sorted(tunnels):
@@ -135,7 +143,9 @@ def test_route_to_client(hosts, lab: Lab, real_server):
                 seen = host.check_output(f"ip -{6 if ipv6 else 4} route get {addr}")
                 if Forwarding.masq in used:
                     via = re.search(r" via (\S+)", seen)
-                    assert via and via[1] == str(gateway), f"NAT: expected the route to {addr} via the director ({gateway}), saw: {seen}"
+                    assert via and via[1] == str(gateway), (
+                        f"NAT: expected the route to {addr} via the director ({gateway}), saw: {seen}"
+                    )
                 else:
                     assert " via " not in seen, f"expected {addr} to be reached directly, saw: {seen}"
 
@@ -145,16 +155,24 @@ def test_nginx(hosts, lab: Lab, real_server):
     state = host.run("systemctl is-active nginx").stdout.strip()
     assert state == "active", f"expected nginx active, systemctl says {state}"
     # the port of an IPv6 service must answer on IPv6 too: nginx's `listen 80` is IPv4 only
-    ports = {(svc.real_port(rs), local) for svc in lab.services_of(real_server) if svc.protocol == Protocol.tcp
-             for rs in svc.real_servers for local in (["::1"] if svc.ipv6 else ["127.0.0.1"])
-             if lab.node_at(rs.address) == real_server}
+    ports = {
+        (svc.real_port(rs), local)
+        for svc in lab.services_of(real_server)
+        if svc.protocol == Protocol.tcp
+        for rs in svc.real_servers
+        for local in (["::1"] if svc.ipv6 else ["127.0.0.1"])
+        if lab.node_at(rs.address) == real_server
+    }
     # One command for every port: a lab may give a real server many.
     ports = sorted(ports)
-    loop = "; ".join(f"echo $(curl -sS -g -m 5 http://{host_port(local, port)}/ || echo FAILED)" for port, local in ports)
+    loop = "; ".join(
+        f"echo $(curl -sS -g -m 5 http://{host_port(local, port)}/ || echo FAILED)" for port, local in ports
+    )
     pages = dict(zip(ports, host.check_output(f"sh -c {shlex.quote(loop)}").splitlines()))
     wrong = {f"http://{host_port(local, port)}/": page for (port, local), page in pages.items() if page != real_server}
     assert len(pages) == len(ports) and not wrong, (
-        f"expected each port of {real_server} to answer {real_server}, saw: {wrong or pages}")
+        f"expected each port of {real_server} to answer {real_server}, saw: {wrong or pages}"
+    )
 
 
 # ---- directors ----------------------------------------------------------------------------
@@ -202,11 +220,12 @@ def test_only_the_active_director_answers_for_the_vips(hosts, lab: Lab):
                 vips.setdefault(vip, svc)
     assert vips, f"no VIP is on a network of the client {client}: it could not reach the lab's services"
     devices = sorted({lab.network_of(vip) for vip in vips})
-    ask = "; ".join(f"ip neigh flush to {vip}; curl -sS -g -m 2 -o /dev/null {shlex.quote(url(svc, vip=vip))}"
-                    for vip, svc in vips.items())
+    ask = "; ".join(
+        f"ip neigh flush to {vip}; curl -sS -g -m 2 -o /dev/null {shlex.quote(url(svc, vip=vip))}"
+        for vip, svc in vips.items()
+    )
     # a second answer would come within milliseconds of the first: half a second is plenty
-    script = (f"{start_capture(devices, 'arp or icmp6', 'neigh')}; {ask}; sleep 0.5; "
-              f"{read_capture(devices, 'neigh')}")
+    script = f"{start_capture(devices, 'arp or icmp6', 'neigh')}; {ask}; sleep 0.5; {read_capture(devices, 'neigh')}"
     seen = hosts(client).run(f"sudo -n sh -c {shlex.quote(script)}").stdout
     answers: dict[str, set[str]] = {}
     for m in NEIGHBOUR_ANSWER.finditer(seen):
@@ -215,14 +234,17 @@ def test_only_the_active_director_answers_for_the_vips(hosts, lab: Lab):
         want = {mac[lab.network_of(vip)]}
         assert answers.get(str(vip)) == want, (
             f"{vip}: expected one answer, from {lab.active_director} ({want.pop()}), saw from "
-            f"{answers.get(str(vip)) or 'no one'}:\n{seen}")
+            f"{answers.get(str(vip)) or 'no one'}:\n{seen}"
+        )
 
 
 def test_vrrp_state(hosts, lab: Lab, paired_director):
     """keepalived's own view: the preferred director is MASTER of every VRRP instance, the other BACKUP."""
-    dump = ("rm -f /tmp/keepalived.data; kill -USR1 $(cat /run/keepalived.pid);"
-            " for i in $(seq 20); do grep -q 'VRRP Instance' /tmp/keepalived.data 2>/dev/null && break; sleep 0.2; done;"
-            " sleep 0.2; cat /tmp/keepalived.data")
+    dump = (
+        "rm -f /tmp/keepalived.data; kill -USR1 $(cat /run/keepalived.pid);"
+        " for i in $(seq 20); do grep -q 'VRRP Instance' /tmp/keepalived.data 2>/dev/null && break; sleep 0.2; done;"
+        " sleep 0.2; cat /tmp/keepalived.data"
+    )
     states = keepalived.vrrp_states(hosts(paired_director).check_output(f"sudo -n sh -c {shlex.quote(dump)}"))
     want = "MASTER" if paired_director == lab.active_director else "BACKUP"
     expected = {i.name: want for i in keepalived.instances(lab)}
@@ -233,8 +255,14 @@ def test_connection_sync_daemon(hosts, lab: Lab, paired_director):
     """The active director sends its connections to the standby, which keeps them ready."""
     seen = hosts(paired_director).check_output("sudo -n ipvsadm -L -n --daemon")
     daemons = [(d.role, d.interface, d.syncid) for d in ipvs.parse_daemons(seen)]
-    want = ("master" if paired_director == lab.active_director else "backup", keepalived.sync_interface(lab), keepalived.SYNC_ID)
-    assert daemons == [want], f"{paired_director}: expected the sync daemon (role, interface, syncid) {want}, ipvsadm says: {seen or 'none'}"
+    want = (
+        "master" if paired_director == lab.active_director else "backup",
+        keepalived.sync_interface(lab),
+        keepalived.SYNC_ID,
+    )
+    assert daemons == [want], (
+        f"{paired_director}: expected the sync daemon (role, interface, syncid) {want}, ipvsadm says: {seen or 'none'}"
+    )
 
 
 def test_ipvs_table(hosts, lab: Lab, director):
@@ -249,10 +277,12 @@ def test_ipvs_table(hosts, lab: Lab, director):
         got = seen.pop(want.key)
         assert (got.scheduler, got.persistence, got.ops) == (want.scheduler, want.persistence, want.ops), (
             f"{want.key}: expected scheduler {want.scheduler} persistence {want.persistence} one-packet {want.ops}, "
-            f"saw {got.scheduler} {got.persistence} {got.ops}")
+            f"saw {got.scheduler} {got.persistence} {got.ops}"
+        )
         as_table = lambda s: sorted((d.address, d.port, d.forward, d.weight) for d in s.destinations)  # noqa: E731
         assert as_table(got) == as_table(want), (
-            f"{want.key}: expected real servers (address, port, forward, weight) {as_table(want)}, saw {as_table(got)}")
+            f"{want.key}: expected real servers (address, port, forward, weight) {as_table(want)}, saw {as_table(got)}"
+        )
     assert not seen, f"{director}: services not in the lab file: {', '.join(seen)}"
 
 
@@ -267,8 +297,10 @@ def ask(hosts, lab: Lab, svc: VirtualService, count: int) -> list[str]:
     """`count` requests in a row from the client, taking the service's VIPs in turn; the names
     of the real servers that answered."""
     urls = " ".join(shlex.quote(url(svc, vip=vip)) for vip in svc.addresses)
-    loop = (f"set -- {urls}; for i in $(seq {count}); do u=$1; shift; set -- \"$@\" $u; "
-            "curl -sS -g -m 5 $u || echo FAILED; done")
+    loop = (
+        f'set -- {urls}; for i in $(seq {count}); do u=$1; shift; set -- "$@" $u; '
+        "curl -sS -g -m 5 $u || echo FAILED; done"
+    )
     return hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(loop)}").split()
 
 
@@ -299,9 +331,11 @@ def exchanged(hosts, lab: Lab):
     """exchanged(svc) -> (the active director's counters for svc before, the real servers that
     answered): 2N requests from the client, asked once per service. test_split reads who
     answered, test_reply_path how the counters moved: one batch of requests serves both."""
+
     def exchange(svc: VirtualService) -> tuple[ipvs.Stats, list[str]]:
         before = counters(hosts, lab, svc)
         return before, ask(hosts, lab, svc, scheduling.split_count(lab, svc))
+
     return once_per_service(exchange)
 
 
@@ -315,8 +349,10 @@ def test_split(hosts, lab: Lab, http_service: VirtualService, exchanged):
     count = len(answers)
     seen = Counter(answers)
     if want is not None:
-        assert dict(seen) == want, (f"{service.key} {service.scheduler}: expected {want} from {count} requests, "
-                                    f"saw {dict(seen)}\n{paths(hosts, lab, service)}")
+        assert dict(seen) == want, (
+            f"{service.key} {service.scheduler}: expected {want} from {count} requests, "
+            f"saw {dict(seen)}\n{paths(hosts, lab, service)}"
+        )
     else:
         assert set(seen) <= set(live), f"{service.key}: answers from {dict(seen)}, expected only {sorted(live)}"
         if service.persistence:
@@ -326,8 +362,10 @@ def test_split(hosts, lab: Lab, http_service: VirtualService, exchanged):
 def test_big_file_arrives_whole(hosts, lab: Lab, http_service: VirtualService):
     service = http_service
     client = hosts(lab.clients[0])
-    fetch = (f"d=$(mktemp -d) && curl -sS -g -m 60 -D $d/headers -o $d/body {shlex.quote(url(service, '/1m.bin'))}"
-             " && sha256sum $d/body && cat $d/headers; rm -rf $d")
+    fetch = (
+        f"d=$(mktemp -d) && curl -sS -g -m 60 -D $d/headers -o $d/body {shlex.quote(url(service, '/1m.bin'))}"
+        " && sha256sum $d/body && cat $d/headers; rm -rf $d"
+    )
     out = client.check_output(f"sh -c {shlex.quote(fetch)}")
     digest = out.split()[0]
     server = re.search(r"^X-Real-Server: (\S+)", out, re.M | re.I)
@@ -348,9 +386,14 @@ def test_reply_path(hosts, lab: Lab, http_service: VirtualService, exchanged):
     while after.in_packets == before.in_packets and time.monotonic() < deadline:
         time.sleep(0.5)
         after = counters(hosts, lab, service)
-    assert after.in_packets > before.in_packets, f"{service.key}: the director saw no incoming packets ({before} -> {after})"
+    assert after.in_packets > before.in_packets, (
+        f"{service.key}: the director saw no incoming packets ({before} -> {after})"
+    )
     if service.forwarding == Forwarding.masq:
-        assert after.out_packets > before.out_packets, f"NAT: replies must pass the director, outgoing stayed {after.out_packets}"
+        assert after.out_packets > before.out_packets, (
+            f"NAT: replies must pass the director, outgoing stayed {after.out_packets}"
+        )
     else:
         assert after.out_packets == 0, (
-            f"{service.forwarding.value}: replies must bypass the director, but it sent {after.out_packets} packets")
+            f"{service.forwarding.value}: replies must bypass the director, but it sent {after.out_packets} packets"
+        )

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from importlib.resources import files
 from ipaddress import IPv4Address, IPv6Address
 
-from labkit.build import ipvs, keepalived
-from labkit.build.guest import PRELUDE
 from labkit.labfile import Forwarding, Lab, PortMapping, Protocol, Role, Tunnel
 from labkit.labfile.model import host_cidr, host_port
-from labkit.build.render import interfaces
+from labkit.plan import ipvs, keepalived
+from labkit.plan.guest import PRELUDE
+from labkit.render.vagrantfile import interfaces
 
 Words = tuple[str, ...]
 
@@ -118,8 +118,10 @@ def gateway_routes(lab: Lab, node: str) -> dict[str, str]:
     gateway, or the single director's DIP), so that replies go back through the director that
     rewrote the request. IPv6 NAT likewise, via the director's IPv6 address."""
     out: dict[str, str] = {}
-    for via, networks, mine in ((lab.reply_gateway(node), lab.networks, lab.nodes[node].addresses),
-                                (lab.reply_gateway6(node), lab.networks6, lab.nodes[node].addresses6)):
+    for via, networks, mine in (
+        (lab.reply_gateway(node), lab.networks, lab.nodes[node].addresses),
+        (lab.reply_gateway6(node), lab.networks6, lab.nodes[node].addresses6),
+    ):
         if via is not None:
             out.update({str(cidr): str(via) for net, cidr in networks.items() if net not in mine})
     return out
@@ -138,8 +140,15 @@ def vip_devices(lab: Lab, real_server: str) -> dict[IPv4Address | IPv6Address, s
 
 def real_ports(lab: Lab, node: str, protocol: Protocol) -> list[int]:
     """The ports a real server serves the lab's services of one protocol on."""
-    return sorted({svc.real_port(rs) for svc in lab.services_of(node) if svc.protocol == protocol
-                   for rs in svc.real_servers if lab.node_at(rs.address) == node})
+    return sorted(
+        {
+            svc.real_port(rs)
+            for svc in lab.services_of(node)
+            if svc.protocol == protocol
+            for rs in svc.real_servers
+            if lab.node_at(rs.address) == node
+        }
+    )
 
 
 def responder_unit(lab: Lab, node: str) -> str:
@@ -167,8 +176,13 @@ def tunnels(lab: Lab, real_server: str) -> set[Tunnel]:
 
 
 def gue_ports(lab: Lab, real_server: str) -> list[int]:
-    return sorted({svc.tunnel_port for svc in lab.services_of(real_server)
-                   if svc.tunnel_type == Tunnel.gue and svc.tunnel_port is not None})
+    return sorted(
+        {
+            svc.tunnel_port
+            for svc in lab.services_of(real_server)
+            if svc.tunnel_type == Tunnel.gue and svc.tunnel_port is not None
+        }
+    )
 
 
 def port_maps(lab: Lab, real_server: str) -> list[tuple[str, Words]]:
@@ -184,9 +198,27 @@ def port_maps(lab: Lab, real_server: str) -> list[tuple[str, Words]]:
         if real == svc.port:
             continue
         for vip in svc.addresses:
-            out.append((f"port_mapping: dnat: requests to {vip}:{svc.port} go to this real server's port {real}",
-                        ("-t", "nat", "-A", "PREROUTING", "-d", f"{vip}/32", "-p", svc.protocol.value,
-                         "--dport", str(svc.port), "-j", "DNAT", "--to-destination", f"{vip}:{real}")))
+            out.append(
+                (
+                    f"port_mapping: dnat: requests to {vip}:{svc.port} go to this real server's port {real}",
+                    (
+                        "-t",
+                        "nat",
+                        "-A",
+                        "PREROUTING",
+                        "-d",
+                        f"{vip}/32",
+                        "-p",
+                        svc.protocol.value,
+                        "--dport",
+                        str(svc.port),
+                        "-j",
+                        "DNAT",
+                        "--to-destination",
+                        f"{vip}:{real}",
+                    ),
+                )
+            )
     return out
 
 
@@ -197,8 +229,15 @@ def _rule(why: str, rule: Words) -> Step:
 
 
 def nginx_site(lab: Lab, node: str) -> str:
-    ports = sorted({(svc.real_port(rs), svc.ipv6) for svc in lab.services_of(node) if svc.protocol == Protocol.tcp
-                    for rs in svc.real_servers if lab.node_at(rs.address) == node})
+    ports = sorted(
+        {
+            (svc.real_port(rs), svc.ipv6)
+            for svc in lab.services_of(node)
+            if svc.protocol == Protocol.tcp
+            for rs in svc.real_servers
+            if lab.node_at(rs.address) == node
+        }
+    )
     # `listen 80` is IPv4 only; an IPv6 service's port gets `listen [::]:80` too.
     listen = "".join(f"    listen {host_port('::', port) if ipv6 else port};\n" for port, ipv6 in ports)
     # The headers name the server that answered, so a client can tell who served a download,
@@ -216,33 +255,66 @@ def nginx_site(lab: Lab, node: str) -> str:
 def firewall_marks(lab: Lab) -> list[tuple[str, Words]]:
     """Why, and the iptables rule, for each VIP of a fwmark service, as Docker swarm marks its
     VIPs (seed 004). Marked in PREROUTING, before IPVS looks for a service on the way in."""
-    return [(f"fwmark: packets for {vip} port {svc.port} get mark {svc.fwmark}, which one IPVS service matches",
-             ("-t", "mangle", "-A", "PREROUTING", "-d", f"{vip}/32", "-p", svc.protocol.value,
-              "--dport", str(svc.port), "-j", "MARK", "--set-mark", str(svc.fwmark)))
-            for svc in lab.services if svc.fwmark for vip in svc.addresses]
+    return [
+        (
+            f"fwmark: packets for {vip} port {svc.port} get mark {svc.fwmark}, which one IPVS service matches",
+            (
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-d",
+                f"{vip}/32",
+                "-p",
+                svc.protocol.value,
+                "--dport",
+                str(svc.port),
+                "-j",
+                "MARK",
+                "--set-mark",
+                str(svc.fwmark),
+            ),
+        )
+        for svc in lab.services
+        if svc.fwmark
+        for vip in svc.addresses
+    ]
 
 
 def director_steps(lab: Lab, node: str) -> list[Step]:
     steps = [_rule(why, rule) for why, rule in firewall_marks(lab)]
     if lab.ha:
         return steps + [
-            _file("keepalived leaves the IPVS table in place when it stops: connections that still reach this "
-                  "director while the VIP moves are forwarded, not reset", keepalived.DEFAULTS,
-                  'DAEMON_ARGS="--dont-release-ipvs"\n'),
-            _file("keepalived: VRRP for the VIPs (and the NAT gateway), the IPVS services with health checks, "
-                  "connection sync", keepalived.CONFIG, keepalived.config(lab, node)),
-            Step("keepalived runs with this configuration (a reload keeps VRRP state and connections)",
-                 ("applied", "keepalived", keepalived.CONFIG),
-                 (("apply_config", "keepalived"),)),
+            _file(
+                "keepalived leaves the IPVS table in place when it stops: connections that still reach this "
+                "director while the VIP moves are forwarded, not reset",
+                keepalived.DEFAULTS,
+                'DAEMON_ARGS="--dont-release-ipvs"\n',
+            ),
+            _file(
+                "keepalived: VRRP for the VIPs (and the NAT gateway), the IPVS services with health checks, "
+                "connection sync",
+                keepalived.CONFIG,
+                keepalived.config(lab, node),
+            ),
+            Step(
+                "keepalived runs with this configuration (a reload keeps VRRP state and connections)",
+                ("applied", "keepalived", keepalived.CONFIG),
+                (("apply_config", "keepalived"),),
+            ),
         ]
     if node == lab.active_director:
         for vip in lab.vips:
             dev = lab.network_of(vip)
             steps.append(_address(dev, host_cidr(vip), f"the active director answers for the VIP {vip} on {dev}"))
     steps.append(_file("the virtual services of the lab, in ipvsadm-save format", RULES_FILE, ipvs.rules(lab)))
-    steps.append(Step("load the IPVS table: edit it in place when only weights or schedulers changed, "
-                      "else replace it as a whole",
-                      ("ipvs_matches", RULES_FILE), (("ipvs_load", RULES_FILE),)))
+    steps.append(
+        Step(
+            "load the IPVS table: edit it in place when only weights or schedulers changed, else replace it as a whole",
+            ("ipvs_matches", RULES_FILE),
+            (("ipvs_load", RULES_FILE),),
+        )
+    )
     return steps
 
 
@@ -255,75 +327,134 @@ def plan(lab: Lab, node: str) -> list[Step]:
     if role == Role.real_server and port_maps(lab, node):
         needed["iptables"] = "iptables"
     steps = [
-        Step("the box may lack the lab's tools: install them",
-             ("has_commands", *needed),
-             (("apt_install", *sorted(set(needed.values()))),)),
+        Step(
+            "the box may lack the lab's tools: install them",
+            ("has_commands", *needed),
+            (("apt_install", *sorted(set(needed.values()))),),
+        ),
         Step(f"the node is called {node}", ("hostname_is", node), (("set_hostname", node),)),
     ]
     for iface in interfaces(lab, node):
         net, cidr = iface.network, iface.cidr
-        steps.append(Step(f"the NIC on network {net} is named {net}, so every command can name it",
-                          ("link_named", net, iface.mac), (("name_link", net, iface.mac),)))
+        steps.append(
+            Step(
+                f"the NIC on network {net} is named {net}, so every command can name it",
+                ("link_named", net, iface.mac),
+                (("name_link", net, iface.mac),),
+            )
+        )
         steps.append(_address(net, cidr, f"{node}'s address on network {net}"))
         if net in lab.nodes[node].addresses6:
             cidr6 = f"{lab.nodes[node].addresses6[net]}/{lab.networks6[net].prefixlen}"
-            steps.append(_sysctls(f"IPv6 on {net}: the box may boot with it off", {f"net.ipv6.conf.{net}.disable_ipv6": "0"}))
+            steps.append(
+                _sysctls(f"IPv6 on {net}: the box may boot with it off", {f"net.ipv6.conf.{net}.disable_ipv6": "0"})
+            )
             steps.append(_address(net, cidr6, f"{node}'s IPv6 address on network {net}"))
 
     if role == Role.director:
         steps.append(_module("ip_vs", "IPVS is the kernel's load balancer"))
         if settings := sysctls(lab, node):
-            why = {"net.ipv4.ip_forward": "NAT: the director forwards between the client's and the real servers' networks",
-                   "net.ipv6.conf.all.forwarding": "NAT over IPv6: the director forwards IPv6 too",
-                   "net.ipv4.vs.sloppy_tcp": "a pair: the new active director takes over connections it did not see open",
-                   "net.ipv4.vs.conn_reuse_mode": "DR/TUN: a new connection on a source port seen closing is scheduled "
-                                                  "anew, not sent to the old real server"}
+            why = {
+                "net.ipv4.ip_forward": "NAT: the director forwards between the client's and the real servers' networks",
+                "net.ipv6.conf.all.forwarding": "NAT over IPv6: the director forwards IPv6 too",
+                "net.ipv4.vs.sloppy_tcp": "a pair: the new active director takes over connections it did not see open",
+                "net.ipv4.vs.conn_reuse_mode": "DR/TUN: a new connection on a source port seen closing is scheduled "
+                "anew, not sent to the old real server",
+            }
             steps.append(_sysctls("; ".join(why[k] for k in settings), settings))
         steps += director_steps(lab, node)
 
     elif role == Role.real_server:
         kinds = tunnels(lab, node)
         if kinds & {Tunnel.ipip, Tunnel.gue}:
-            steps.append(_module("ipip", "TUN: the ipip module gives tunl0, which unwraps the director's IP-in-IP packets"))
+            steps.append(
+                _module("ipip", "TUN: the ipip module gives tunl0, which unwraps the director's IP-in-IP packets")
+            )
         if Tunnel.gue in kinds:
-            steps.append(_module("fou", "TUN over GUE: the fou module takes the IP-in-IP packets out of their UDP wrapping"))
+            steps.append(
+                _module("fou", "TUN over GUE: the fou module takes the IP-in-IP packets out of their UDP wrapping")
+            )
         if Tunnel.gre in kinds:
-            steps.append(_module("ip_gre", "TUN over GRE: the ip_gre module gives gre0, which unwraps the director's GRE packets"))
+            steps.append(
+                _module(
+                    "ip_gre", "TUN over GRE: the ip_gre module gives gre0, which unwraps the director's GRE packets"
+                )
+            )
         if settings := sysctls(lab, node):
-            steps.append(_sysctls(
-                "the VIP is local here too: never answer ARP for it (arp_ignore=1) nor use it as ARP source "
-                "(arp_announce=2); accept requests that arrive where the route back does not leave (rp_filter=0)",
-                settings))
+            steps.append(
+                _sysctls(
+                    "the VIP is local here too: never answer ARP for it (arp_ignore=1) nor use it as ARP source "
+                    "(arp_announce=2); accept requests that arrive where the route back does not leave (rp_filter=0)",
+                    settings,
+                )
+            )
         for dev in dict.fromkeys(kind.device for kind in sorted(kinds)):
             steps.append(Step(f"TUN: {dev} up", ("link_up", dev), (("ip", "link", "set", dev, "up"),)))
         for port in gue_ports(lab, node):
-            steps.append(Step(f"TUN over GUE: UDP port {port} is unwrapped (fou) and its IP-in-IP handed to tunl0",
-                              ("fou_port", str(port)), (("ip", "fou", "add", "port", str(port), "gue"),)))
+            steps.append(
+                Step(
+                    f"TUN over GUE: UDP port {port} is unwrapped (fou) and its IP-in-IP handed to tunl0",
+                    ("fou_port", str(port)),
+                    (("ip", "fou", "add", "port", str(port), "gue"),),
+                )
+            )
         for vip, dev in vip_devices(lab, node).items():
             steps.append(_address(dev, host_cidr(vip), f"the real server accepts packets for the VIP {vip} on {dev}"))
         steps += [_rule(why, rule) for why, rule in port_maps(lab, node)]
         for net, via in gateway_routes(lab, node).items():
-            steps.append(Step(f"NAT: replies to {net} go back through the director {via}",
-                              ("route_via", net, via), (("ip", "route", "replace", net, "via", via),)))
+            steps.append(
+                Step(
+                    f"NAT: replies to {net} go back through the director {via}",
+                    ("route_via", net, via),
+                    (("ip", "route", "replace", net, "via", via),),
+                )
+            )
         steps.append(_file("a page that names the real server", f"{WEB_ROOT}/index.html", f"{node}\n"))
-        steps.append(Step("a 1 MiB file to check that transfers arrive byte-identical",
-                          ("size_is", BIG_FILE, str(BIG_FILE_SIZE)),
-                          (("random_file", BIG_FILE, str(BIG_FILE_SIZE)),)))
-        steps.append(Step("nginx's own default site would also claim port 80",
-                          ("test", "!", "-e", "/etc/nginx/sites-enabled/default"),
-                          (("rm", "-f", "/etc/nginx/sites-enabled/default"),)))
+        steps.append(
+            Step(
+                "a 1 MiB file to check that transfers arrive byte-identical",
+                ("size_is", BIG_FILE, str(BIG_FILE_SIZE)),
+                (("random_file", BIG_FILE, str(BIG_FILE_SIZE)),),
+            )
+        )
+        steps.append(
+            Step(
+                "nginx's own default site would also claim port 80",
+                ("test", "!", "-e", "/etc/nginx/sites-enabled/default"),
+                (("rm", "-f", "/etc/nginx/sites-enabled/default"),),
+            )
+        )
         steps.append(_file("nginx serves the lab's pages on the real server ports", NGINX_SITE, nginx_site(lab, node)))
-        steps.append(Step("nginx runs with this configuration",
-                          ("started_after", "nginx", NGINX_SITE),
-                          (("enable_unit", "nginx"), ("systemctl", "restart", "nginx"))))
+        steps.append(
+            Step(
+                "nginx runs with this configuration",
+                ("started_after", "nginx", NGINX_SITE),
+                (("enable_unit", "nginx"), ("systemctl", "restart", "nginx")),
+            )
+        )
         if udp_ports:
-            steps.append(_file("the UDP services' server: it answers every datagram with the real server's name",
-                               RESPONDER, files("labkit.build").joinpath("responder.py").read_text(), "0755"))
-            steps.append(_file(f"systemd runs the responder on UDP port(s) {', '.join(map(str, udp_ports))}",
-                               RESPONDER_UNIT_FILE, responder_unit(lab, node)))
-            steps.append(Step("the UDP responder runs this program with this unit",
-                              ("applied", RESPONDER_UNIT, RESPONDER_UNIT_FILE, RESPONDER),
-                              (("systemctl", "daemon-reload"), ("apply_config", RESPONDER_UNIT))))
+            steps.append(
+                _file(
+                    "the UDP services' server: it answers every datagram with the real server's name",
+                    RESPONDER,
+                    files("labkit.plan").joinpath("responder.py").read_text(),
+                    "0755",
+                )
+            )
+            steps.append(
+                _file(
+                    f"systemd runs the responder on UDP port(s) {', '.join(map(str, udp_ports))}",
+                    RESPONDER_UNIT_FILE,
+                    responder_unit(lab, node),
+                )
+            )
+            steps.append(
+                Step(
+                    "the UDP responder runs this program with this unit",
+                    ("applied", RESPONDER_UNIT, RESPONDER_UNIT_FILE, RESPONDER),
+                    (("systemctl", "daemon-reload"), ("apply_config", RESPONDER_UNIT)),
+                )
+            )
     return steps
 
 
@@ -333,5 +464,5 @@ def script(steps: list[Step]) -> str:
     for step in steps:
         why = shlex.quote(step.why)
         body = "".join(f"  {shlex.join(c)}\n" for c in step.commands)
-        parts.append(f"current={why}\nif ! {shlex.join(step.unless)}; then\n{body}  changed \"$current\"\nfi\n")
+        parts.append(f'current={why}\nif ! {shlex.join(step.unless)}; then\n{body}  changed "$current"\nfi\n')
     return "\n".join(parts)

@@ -32,8 +32,10 @@ class Instance:
 
 def instances(lab: Lab) -> list[Instance]:
     # An IPv6 VIP gets an instance of its own too: keepalived then speaks VRRP over IPv6 for it.
-    out = [Instance(f"VIP_{str(vip).replace('.', '_').replace(':', '_')}", lab.network_of(vip) or "", i + 1, vip)
-           for i, vip in enumerate(lab.vips)]
+    out = [
+        Instance(f"VIP_{str(vip).replace('.', '_').replace(':', '_')}", lab.network_of(vip) or "", i + 1, vip)
+        for i, vip in enumerate(lab.vips)
+    ]
     if lab.gateway is not None:
         out.append(Instance("GATEWAY", lab.network_of(lab.gateway) or "", len(out) + 1, lab.gateway))
     return out
@@ -82,8 +84,15 @@ def _check(kind: Check, real_server: str, connect_port: int | None = None) -> li
         # frozen server never sends: require the server's own name, exactly (keepalived's
         # reply and probe are hex strings).
         name = real_server.encode()
-        return ["UDP_CHECK {", *timing, f"    payload {UDP_PROBE.hex()}", f"    require_reply {name.hex()}",
-                f"    min_reply_length {len(name)}", f"    max_reply_length {len(name)}", "}"]
+        return [
+            "UDP_CHECK {",
+            *timing,
+            f"    payload {UDP_PROBE.hex()}",
+            f"    require_reply {name.hex()}",
+            f"    min_reply_length {len(name)}",
+            f"    max_reply_length {len(name)}",
+            "}",
+        ]
     return []
 
 

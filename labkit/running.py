@@ -14,25 +14,22 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from ipaddress import IPv4Network
 from pathlib import Path
 
 import yaml
 from fabric import Connection
 from invoke.watchers import StreamWatcher
 
-from labkit import box, home
-from labkit.build.plan import plan
-from labkit.build.render import Provider, Target, render
+from labkit import home
+from labkit.apply import ssh
+from labkit.boot import leftovers, libvirt, vagrant
 from labkit.errors import LabkitError
-from labkit.labfile import Lab, known_labs, lab_file, load_lab
-from labkit.operate.show import ADDRESSES, holders
-from labkit.run import doctor, host, libvirt, lock, ssh, vagrant
-
+from labkit.labfile import Lab, lab_file, load_lab, read_lab
+from labkit.plan.ipvs import ADDRESSES, holders
+from labkit.plan.steps import plan
+from labkit.render.vagrantfile import Provider
 
 SNAPSHOT_LAB = "lab.snapshot.yaml"  # the lab file as it was when the snapshot was taken
 RENDERED = {  # what a lab was made with, as its Vagrantfile says it
@@ -80,14 +77,18 @@ class RunningLab:
             name = up[0]
         elif name not in up:
             if not lab_file(name).exists():
-                raise LabkitError(f"no lab or copy {name!r} is up (up: {', '.join(up) or 'none'}). "
-                                  f"Start one with: labkit up LAB --as {name}")
-            name = read(name).name  # a lab file's path, or a known lab that is not up
+                raise LabkitError(
+                    f"no lab or copy {name!r} is up (up: {', '.join(up) or 'none'}). "
+                    f"Start one with: labkit up LAB --as {name}"
+                )
+            name = read_lab(name).name  # a lab file's path, or a known lab that is not up
         if name not in up:
             copies = [r.name for r in cls.all() if r.lab.name == name]
             if copies:
-                raise LabkitError(f"the lab {name} is not up, but copies of it are: {', '.join(copies)}. "
-                                  f"Name one, e.g. labkit status {copies[0]}")
+                raise LabkitError(
+                    f"the lab {name} is not up, but copies of it are: {', '.join(copies)}. "
+                    f"Name one, e.g. labkit status {copies[0]}"
+                )
             raise LabkitError(f"the lab {name} is not up. Start it with: labkit up {name}")
         return cls(home.lab_dir(name))
 
@@ -111,8 +112,10 @@ class RunningLab:
         """Run from this lab file from now on (an edited file, or the original after `weight`)."""
         edited = load_lab(source)
         if edited.failover != self.lab.failover:
-            raise LabkitError(f"failover changed from {self.lab.failover.value} to {edited.failover.value}: the "
-                              f"directors cannot be converted in place. Run: labkit down {self.name} && labkit up {source}")
+            raise LabkitError(
+                f"failover changed from {self.lab.failover.value} to {edited.failover.value}: the "
+                f"directors cannot be converted in place. Run: labkit down {self.name} && labkit up {source}"
+            )
         shutil.copyfile(source, self.folder / "lab.yaml")
         self._lab = edited
         return edited
@@ -120,7 +123,9 @@ class RunningLab:
     def record(self, lab: Lab, why: str) -> None:
         """Keep `lab` as the lab that runs now: verify checks it, `labkit provision LAB` undoes it."""
         data = lab.model_dump(mode="json", exclude_defaults=True)
-        (self.folder / "lab.yaml").write_text(f"# {self.name} as it runs: {why}\n" + yaml.safe_dump(data, sort_keys=False))
+        (self.folder / "lab.yaml").write_text(
+            f"# {self.name} as it runs: {why}\n" + yaml.safe_dump(data, sort_keys=False)
+        )
         self._lab = lab
 
     # ---- its VMs --------------------------------------------------------------------------
@@ -170,12 +175,17 @@ class RunningLab:
         """Every VM back to the snapshot, running; nothing is provisioned again."""
         self._need_libvirt("reset")
         if not libvirt.has_snapshot(self.uri, self.domains):
-            raise LabkitError(f"the lab {self.name} has no snapshot to go back to. Take one with: labkit snapshot {self.name}")
+            raise LabkitError(
+                f"the lab {self.name} has no snapshot to go back to. Take one with: labkit snapshot {self.name}"
+            )
         self.close()  # the connections belong to the VMs' present, which is discarded
         failed = libvirt.revert(self.uri, self.domains)
         if failed:
-            raise LabkitError("the reset failed:\n" + "\n".join(f"  {f}" for f in failed)
-                              + f"\nTry again, or bring the lab back with: labkit heal {self.name}")
+            raise LabkitError(
+                "the reset failed:\n"
+                + "\n".join(f"  {f}" for f in failed)
+                + f"\nTry again, or bring the lab back with: labkit heal {self.name}"
+            )
         if (self.folder / SNAPSHOT_LAB).exists():  # a weight changed since runs no more
             shutil.copyfile(self.folder / SNAPSHOT_LAB, self.folder / "lab.yaml")
             self._lab = None
@@ -196,10 +206,14 @@ class RunningLab:
             refused = exc
         else:
             refused = None
-        left = remove_leftovers(self.name, self.lab, self.uri)
+        left = leftovers.remove_all(self.name, self.lab, self.uri)
         if left:
-            raise LabkitError(f"{self.name}: these could not be removed:\n" + "\n".join(f"  {f}" for f in left)
-                              + (f"\n{refused}" if refused else "") + f"\nFix the cause, then run: labkit down {self.name}")
+            raise LabkitError(
+                f"{self.name}: these could not be removed:\n"
+                + "\n".join(f"  {f}" for f in left)
+                + (f"\n{refused}" if refused else "")
+                + f"\nFix the cause, then run: labkit down {self.name}"
+            )
         shutil.rmtree(self.folder, ignore_errors=True)
 
     # ---- its nodes over SSH ---------------------------------------------------------------
@@ -239,8 +253,12 @@ class RunningLab:
         with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
             return dict(zip(nodes, pool.map(lambda node: self.run_all(node, commands), nodes)))
 
-    def provision(self, lab: Lab | None = None, nodes: list[str] | None = None,
-                  on_done: Callable[[ssh.NodeResult], None] = lambda result: None) -> list[ssh.NodeResult]:
+    def provision(
+        self,
+        lab: Lab | None = None,
+        nodes: list[str] | None = None,
+        on_done: Callable[[ssh.NodeResult], None] = lambda result: None,
+    ) -> list[ssh.NodeResult]:
         """Push each node's plan, all nodes at once; on_done(result) as each finishes, in order.
         A node that failed makes it an error naming every failed node and its step."""
         lab = lab or self.lab
@@ -259,8 +277,11 @@ class RunningLab:
                 on_done(results[-1])
         failed = [r for r in results if r.error]
         if failed:
-            raise LabkitError("provisioning failed:\n" + "\n".join(f"  {r.node}: {r.error}" for r in failed)
-                              + f"\nFix the cause, then run: labkit provision {self.name}")
+            raise LabkitError(
+                "provisioning failed:\n"
+                + "\n".join(f"  {r.node}: {r.error}" for r in failed)
+                + f"\nFix the cause, then run: labkit provision {self.name}"
+            )
         return results
 
     def holders(self, paused: set[str] = frozenset()) -> list[str]:
@@ -285,162 +306,3 @@ class RunningLab:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str], None]) -> RunningLab:
-    """Render the lab's (or copy's, target.name) Vagrantfile and boot every node at once;
-    provision() comes next."""
-    name = target.name or lab.name
-    folder = home.lab_dir(name)
-    uri = target.uri or libvirt.LOCAL
-    fresh = not (folder / "Vagrantfile").exists()
-    if not fresh:
-        _same_lab(RunningLab(folder), lab, target.box, uri)
-    doctor.preflight(target.provider, target.box, uri)
-    with lock.exclusive("booking.hosts"):  # labs made at once each count the memory the others will take
-        on_host = [o for o in RunningLab.all() if o.name != name and o.uri == uri]
-        shortfalls = host.problems(lab, target, fresh, _yet_to_take(on_host, target, uri),
-                                   [o.name for o in on_host])
-        if shortfalls:
-            raise LabkitError(f"{libvirt.shown(uri)} cannot hold the lab {name}:\n" + "\n".join(f"  - {p}" for p in shortfalls))
-        management = _claim_management(name, lab, uri, nat=not target.private_key) if fresh else \
-            rendered(folder, "management") or target.management
-        running = RunningLab.create(name, source, render(lab, replace(target, management=management)))
-    try:
-        running.boot(target.provider, on_progress)
-    except vagrant.BootError as exc:
-        raise LabkitError(f"{exc}\nRemove what was made with: labkit down {name}") from None
-    return running
-
-
-def _claim_management(name: str, lab: Lab, uri: str, nat: bool) -> str:
-    """The first free management range, claimed in libvirt for the lab (or copy) `name`."""
-    network = f"labkit-{name}-{libvirt.MANAGEMENT}"
-    if libvirt.has_network(uri, network):
-        raise LabkitError(f"libvirt already has the network {network}: another installation's lab of the same "
-                          f"name (choose another with --as), or a leftover (remove it with: {_leftovers(name, lab)})")
-    refused: list[IPv4Network] = []
-    for _ in range(8):
-        cidr = host.management_range(uri, refused)
-        why = libvirt.claim_network(uri, network, cidr, nat)
-        if why is None:
-            return str(cidr)
-        refused.append(cidr)  # taken meanwhile, by a lab being made elsewhere
-    raise LabkitError(f"libvirt refused the management ranges {', '.join(map(str, refused))} for {network}: {why}")
-
-
-def _leftovers(name: str, lab: Lab) -> str:
-    """The command that removes what libvirt holds of a lab (or copy) this installation has no folder for."""
-    return f"labkit down {lab.name}" + (f" --as {name}" if name != lab.name else "") + " --leftovers"
-
-
-def _same_lab(made: RunningLab, lab: Lab, box: str, uri: str) -> None:
-    """A lab being continued must be continued as it was begun: the same lab, box and host."""
-    name = made.name
-    if (made.folder / "lab.yaml").exists() and made.lab.name != lab.name:
-        raise LabkitError(f"{name} is a copy of the lab {made.lab.name}, not {lab.name}: choose another name "
-                          f"(--as), or remove it first: labkit down {name}")
-    made_from = rendered(made.folder, "box")
-    if made_from and made_from != box:  # its VMs would boot from two boxes, two kernels
-        raise LabkitError(f"{name} is (partly) up from box {made_from}, not {box}: continue it with "
-                          f"the same --kernel or --box, or remove it first: labkit down {name}")
-    if made.uri != uri:
-        raise LabkitError(f"{name} is (partly) up on {made.uri}, not {uri}: continue it with "
-                          f"--connect {made.uri}, or remove it first: labkit down {name}")
-
-
-def _yet_to_take(labs: list[RunningLab], target: Target, uri: str) -> int:
-    """MiB the labs on the host may take beyond what they hold now: a lab being booted holds little
-    of its memory yet, and a guest touches its memory as it goes."""
-    held = libvirt.domains(uri) or {}
-    need = 0
-    for other in labs:
-        rss = sum(held[d].rss_mib for d in other.domains if d in held)
-        need += max(0, host.memory_needed(other.lab, target) - rss)
-    return need
-
-
-def remove_leftovers(name: str, lab: Lab, uri: str) -> list[str]:
-    """Remove whatever libvirt still holds of the lab; what could not be removed, and why."""
-    return libvirt.remove(uri, libvirt.of(name, lab, libvirt.present(uri)))
-
-
-def remove_lost(name: str, lab: Lab, uri: str, really: bool) -> list[str]:
-    """A lab (or copy) this installation has no folder for: what libvirt still holds of it, removed
-    when `really` (it may be another installation's lab of the same name)."""
-    left = libvirt.of(name, lab, libvirt.present(uri))
-    if not left:
-        raise LabkitError(f"the lab {name} is not up. Start it with: labkit up {lab.name}"
-                          + (f" --as {name}" if name != lab.name else ""))
-    if not really:
-        raise LabkitError(f"the lab {name} is not up here, but libvirt holds {len(left.names())} of its objects "
-                          f"({', '.join(left.names()[:3])}, ...): left by a lab whose folder is gone, or another "
-                          f"installation's. If they are leftovers, remove them with: {_leftovers(name, lab)}")
-    failed = libvirt.remove(uri, left)
-    if failed:
-        raise LabkitError("could not remove:\n" + "\n".join(f"  {f}" for f in failed))
-    return left.names()
-
-
-def read(name_or_path: str) -> Lab:
-    """A lab file by name (a shipped lab), folder or path; an unknown name lists the known ones."""
-    path = lab_file(name_or_path)
-    if not path.exists():
-        raise LabkitError(f"no lab {name_or_path!r}: {path} does not exist. Known labs: {', '.join(known_labs())}; "
-                       "or give the path of a lab.yaml")
-    return load_lab(path)
-
-
-@dataclass
-class Listed:
-    """One lab or copy as `labkit list` shows it."""
-
-    host: str
-    lab: str
-    name: str
-    state: str
-    kernel: str
-    memory_mib: int
-    age_s: float | None  # None: not made by this installation
-
-
-def inventory(known: list[str]) -> list[Listed]:
-    """Every lab and copy this installation has up, and every other labkit VM on the hosts it
-    knows (this one, those its labs run on, and `known`), with state, kernel, memory and age."""
-    labs = RunningLab.all()
-    uris = list(dict.fromkeys([libvirt.LOCAL, *(r.uri for r in labs), *known]))
-    with ThreadPoolExecutor(max_workers=len(uris)) as pool:
-        held = dict(zip(uris, pool.map(libvirt.domains, uris)))
-        hosts = dict(zip(uris, pool.map(libvirt.host_uuid, uris)))
-    kernels = {b.name: b.kernel for b in box.labkit_boxes()}
-    rows = []
-    for running in labs:
-        on_host = held[running.uri]
-        made = rendered(running.folder, "box") or "?"
-        vms = [on_host[d] for d in running.domains if d in on_host] if on_host is not None else []
-        rows.append(Listed(running.uri, running.lab.name, running.name,
-                           _state(vms, len(running.domains)) if on_host is not None else "host does not answer",
-                           kernels.get(made) or made, sum(vm.rss_mib for vm in vms),
-                           time.time() - (running.folder / "Vagrantfile").stat().st_mtime))
-    ours = {d for r in labs for d in r.domains}
-    seen_hosts = set()
-    for uri, on_host in held.items():
-        if hosts[uri] in seen_hosts:  # the same host by another URI: its VMs are listed already
-            continue
-        seen_hosts.add(hosts[uri])
-        others: dict[str, list[libvirt.Domain]] = {}
-        for domain, vm in (on_host or {}).items():
-            if domain not in ours:  # labkit-<name>-<node>: another installation's, or lost
-                others.setdefault(domain.removeprefix("labkit-").rsplit("-", 1)[0], []).append(vm)
-        for name, vms in sorted(others.items()):
-            rows.append(Listed(uri, "?", name, _state(vms, len(vms)), "?", sum(vm.rss_mib for vm in vms), None))
-    return rows
-
-
-def _state(vms: list[libvirt.Domain], expected: int) -> str:
-    states = sorted({vm.state for vm in vms})
-    if not vms:
-        return "not created"
-    if len(vms) == expected and len(states) == 1:
-        return states[0]
-    return ", ".join(f"{state} {sum(vm.state == state for vm in vms)}/{expected}" for state in states)

@@ -7,13 +7,12 @@ from enum import Enum
 
 import jinja2
 
-TEMPLATE = "Vagrantfile.j2"
-# Where scripts/setup installs build/qemu-tcg: libvirt's QEMU user must be able to run it.
-TCG_EMULATOR = "/usr/local/libexec/labkit-qemu-tcg"
-
 from labkit.box.guest_key import OEM_KEY_PREFIX
 from labkit.labfile import Lab
 
+TEMPLATE = "Vagrantfile.j2"
+# Where scripts/setup installs render/qemu-tcg: libvirt's QEMU user must be able to run it.
+TCG_EMULATOR = "/usr/local/libexec/labkit-qemu-tcg"
 
 
 class Provider(str, Enum):
@@ -61,20 +60,26 @@ class Interface:
 def interfaces(lab: Lab, node: str) -> list[Interface]:
     node_index = list(lab.nodes).index(node)
     return [
-        Interface(net, str(addr), lab.networks[net].prefixlen, str(lab.networks[net].netmask),
-                  mac(list(lab.networks).index(net), node_index))
+        Interface(
+            net,
+            str(addr),
+            lab.networks[net].prefixlen,
+            str(lab.networks[net].netmask),
+            mac(list(lab.networks).index(net), node_index),
+        )
         for net, addr in lab.nodes[node].addresses.items()
     ]
 
 
 def render(lab: Lab, target: Target) -> str:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("labkit.build", ""),
+        loader=jinja2.PackageLoader("labkit.render", ""),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
     nodes = [{"name": name, "interfaces": interfaces(lab, name)} for name in lab.nodes]
-    return env.get_template(TEMPLATE).render(lab=lab, nodes=nodes, target=target, name=target.name or lab.name,
-                                             oem_key_prefix=OEM_KEY_PREFIX)
+    return env.get_template(TEMPLATE).render(
+        lab=lab, nodes=nodes, target=target, name=target.name or lab.name, oem_key_prefix=OEM_KEY_PREFIX
+    )

@@ -42,8 +42,10 @@ def writing(lab: str, command: str, then: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(fd)
-            raise Busy(f"the lab {lab} is busy: `labkit {holder.get('command', '?')}` (process {holder.get('pid', '?')}) "
-                       f"is changing it. Wait for it to finish, or stop it (kill {holder.get('pid', 'PID')})") from None
+            raise Busy(
+                f"the lab {lab} is busy: `labkit {holder.get('command', '?')}` (process {holder.get('pid', '?')}) "
+                f"is changing it. Wait for it to finish, or stop it (kill {holder.get('pid', 'PID')})"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"command": command, "pid": os.getpid()}).encode(), 0)
 
@@ -85,7 +87,7 @@ def children(pid: int) -> list[int]:
             text = stat.read_text()
         except OSError:
             continue
-        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
         parents.setdefault(ppid, []).append(int(stat.parent.name))
     found, todo = [], [pid]
     while todo:

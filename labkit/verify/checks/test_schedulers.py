@@ -16,13 +16,12 @@ import json
 import shlex
 import time
 from ipaddress import IPv4Address
-
 from pathlib import Path
 
-from labkit.build import ipvs
-from labkit.checks import scheduling
-from labkit.checks.scheduling import Dest
 from labkit.labfile import Lab, VirtualService
+from labkit.plan import ipvs
+from labkit.verify.checks import scheduling
+from labkit.verify.checks.scheduling import Dest
 
 PROBE = base64.b64encode((Path(__file__).parent / "probe.py").read_bytes()).decode()
 
@@ -33,7 +32,7 @@ SOURCES = 24  # client addresses for the hashing schedulers
 def probe(hosts, lab: Lab, args: dict, root: bool = False):
     """Run the client program on the client with these arguments; its JSON answer."""
     sudo = "sudo -n " if root else ""
-    command = (f'{sudo}python3 -c "$(echo {PROBE} | base64 -d)" {shlex.quote(json.dumps(args))}')
+    command = f'{sudo}python3 -c "$(echo {PROBE} | base64 -d)" {shlex.quote(json.dumps(args))}'
     return json.loads(hosts(lab.clients[0]).check_output(command))
 
 
@@ -97,8 +96,10 @@ def client_dev(lab: Lab) -> str:
 
 
 def described(lab: Lab, dests: list[Dest]) -> str:
-    return ", ".join(f"{n} (weight {d.weight}, active {d.active}, inactive {d.inactive})"
-                     for n, d in zip(names(lab, [d.key for d in dests]), dests))
+    return ", ".join(
+        f"{n} (weight {d.weight}, active {d.active}, inactive {d.inactive})"
+        for n, d in zip(names(lab, [d.key for d in dests]), dests)
+    )
 
 
 # ---- lc, wlc, sed, nq, ovf, lblc, lblcr: connections held open ------------------------------
@@ -121,7 +122,8 @@ def test_held_connections_go_where_the_scheduler_says(hosts, lab: Lab, held_serv
     assert seen == want, (
         f"{svc.key} {svc.scheduler}: {HELD} connections held open, starting from {described(lab, start)}:\n"
         f"  the scheduler's formula: {' '.join(names(lab, want))}\n"
-        f"  the kernel sent them to: {' '.join(names(lab, seen))}")
+        f"  the kernel sent them to: {' '.join(names(lab, seen))}"
+    )
 
 
 # ---- fo: the highest weight until it is drained ---------------------------------------------
@@ -137,7 +139,8 @@ def test_fo_fills_the_highest_weight_until_it_is_drained(hosts, lab: Lab, fo_ser
     seen = probe(hosts, lab, {"mode": "hold", "vip": str(svc.vip), "port": svc.port, "count": 3})
     assert seen == want == [top.key] * 3, (
         f"{svc.key} fo: expected every connection on the highest weight, {' '.join(names(lab, want))}; "
-        f"saw {' '.join(names(lab, seen))} ({described(lab, start)})")
+        f"saw {' '.join(names(lab, seen))} ({described(lab, start)})"
+    )
     director.check_output(f"sudo -n ipvsadm -e {ipvs.service_name(svc)} -r {top.key} {svc.forwarding.flag} -w 0")
     try:
         drained = counters(director, svc)
@@ -148,7 +151,8 @@ def test_fo_fills_the_highest_weight_until_it_is_drained(hosts, lab: Lab, fo_ser
     figure("fo_after_drain", " ".join(names(lab, seen)))
     assert seen == want and top.key not in seen, (
         f"{svc.key} fo: with {names(lab, [top.key])[0]} drained, expected {' '.join(names(lab, want))}, "
-        f"saw {' '.join(names(lab, seen))}")
+        f"saw {' '.join(names(lab, seen))}"
+    )
 
 
 # ---- sh, mh, dh: hashing ------------------------------------------------------------------
@@ -159,13 +163,21 @@ def predicted(lab: Lab, svc: VirtualService, table: list[Dest], seen: dict, when
     modelled)."""
     if svc.scheduler.value not in ("sh", "dh"):
         return
-    pick = (lambda source: scheduling.sh(table, source)) if svc.scheduler.value == "sh" else (
-        lambda source: scheduling.dh(table, str(svc.vip)))
+    pick = (
+        (lambda source: scheduling.sh(table, source))
+        if svc.scheduler.value == "sh"
+        else (lambda source: scheduling.dh(table, str(svc.vip)))
+    )
     want = {source: getattr(pick(source), "key", None) for source in seen}
-    wrong = {source: f"{names(lab, [seen[source]])[0]}, hashed to {names(lab, [want[source]])[0]}"
-             for source in seen if seen[source] != want[source]}
-    assert not wrong, (f"{svc.key} {svc.scheduler}{when}: sources answered elsewhere than the hash table says "
-                       f"(destinations in the kernel's order: {described(lab, table)}): {wrong}")
+    wrong = {
+        source: f"{names(lab, [seen[source]])[0]}, hashed to {names(lab, [want[source]])[0]}"
+        for source in seen
+        if seen[source] != want[source]
+    }
+    assert not wrong, (
+        f"{svc.key} {svc.scheduler}{when}: sources answered elsewhere than the hash table says "
+        f"(destinations in the kernel's order: {described(lab, table)}): {wrong}"
+    )
 
 
 def test_hash_keeps_each_source_on_one_server(hosts, lab: Lab, hash_service: VirtualService, figure):
@@ -176,8 +188,14 @@ def test_hash_keeps_each_source_on_one_server(hosts, lab: Lab, hash_service: Vir
     svc = hash_service
     director = hosts(lab.active_director)
     recreate(director, svc)
-    args = {"mode": "sources", "vip": str(svc.vip), "port": svc.port, "dev": client_dev(lab),
-            "sources": free_addresses(lab, SOURCES), "rounds": 2}
+    args = {
+        "mode": "sources",
+        "vip": str(svc.vip),
+        "port": svc.port,
+        "dev": client_dev(lab),
+        "sources": free_addresses(lab, SOURCES),
+        "rounds": 2,
+    }
     answers = probe(hosts, lab, args, root=True)
     first, second = ({s: a[i] for s, a in answers.items()} for i in (0, 1))
     table = counters(director, svc)
@@ -206,14 +224,17 @@ def test_hash_keeps_each_source_on_one_server(hosts, lab: Lab, hash_service: Vir
     assert not stranded, f"{svc.key}: sources of the removed {names(lab, [gone])[0]} not moved to a server: {stranded}"
     others = [s for s in first if first[s] != gone]
     moved = [s for s in others if third[s] != first[s]]
-    figure(f"{svc.scheduler}_sources_moved", f"{len(orphans) + len(moved)} of {len(first)} "
-                                             f"({len(moved)} of {len(others)} not on the removed server)")
+    figure(
+        f"{svc.scheduler}_sources_moved",
+        f"{len(orphans) + len(moved)} of {len(first)} ({len(moved)} of {len(others)} not on the removed server)",
+    )
     if svc.scheduler.value == "mh":
         # Maglev's table is rebuilt from each server's own preference list: a remaining server
         # keeps almost all its slots. At most one source in 8 of the others may move.
         assert len(moved) * 8 <= len(others), (
             f"{svc.key} mh: removing {names(lab, [gone])[0]} moved {len(moved)} of the {len(others)} sources "
-            f"on other servers: {moved}")
+            f"on other servers: {moved}"
+        )
 
 
 # ---- persistence ----------------------------------------------------------------------------
@@ -240,13 +261,18 @@ def test_persistence_sticks_until_the_template_expires(hosts, lab: Lab, persiste
     # other checks, and another service's template would not expire while this one runs.
     persistent = [s for s in lab.services if s.persistence]
     source = free_addresses(lab, SOURCES + len(persistent))[persistent.index(svc)]
-    args = {"mode": "ask", "targets": [[str(v), svc.port] for v in svc.addresses] * 2,
-            "source": source, "dev": client_dev(lab)}
+    args = {
+        "mode": "ask",
+        "targets": [[str(v), svc.port] for v in svc.addresses] * 2,
+        "source": source,
+        "dev": client_dev(lab),
+    }
     wait_template_gone(director, source, 30)
     first = probe(hosts, lab, args, root=True)
     assert None not in first and len(set(first)) == 1, (
         f"{svc.key} persistent: expected one server for {source} through {[str(v) for v in svc.addresses]}, "
-        f"saw {names(lab, first)}")
+        f"saw {names(lab, first)}"
+    )
     # The template expires `persistence` seconds after the last connection began, once the
     # connections it controls are gone (reset: 10 s in CLOSE); a template that still controls
     # one when its time comes is kept another 60 s.
@@ -258,4 +284,5 @@ def test_persistence_sticks_until_the_template_expires(hosts, lab: Lab, persiste
     second = probe(hosts, lab, args, root=True)
     assert second == [want] * len(second), (
         f"{svc.key}: after the template expired, expected rr's next server {names(lab, [want])[0]} "
-        f"for every request, saw {names(lab, second)}")
+        f"for every request, saw {names(lab, second)}"
+    )

@@ -15,8 +15,8 @@ from fabric import Config, Connection
 from invoke.watchers import StreamWatcher
 from paramiko.ssh_exception import SSHException
 
-from labkit.build.plan import Step, script
 from labkit.errors import LabkitError
+from labkit.plan.steps import Step, script
 
 # What a connection that broke or never opened raises.
 UNREACHABLE = (OSError, EOFError, SSHException)
@@ -59,7 +59,9 @@ def run(conn: Connection, words: list[str], watchers: list[StreamWatcher] = (), 
     except UNREACHABLE as exc:
         raise Unreachable(f"cannot reach {conn.original_host} over SSH: {exc}") from None
     if out.exited != 0:
-        raise LabkitError(f"{conn.original_host}: {shlex.join(words)[:200]} failed: {(out.stderr or out.stdout).strip()[-300:]}")
+        raise LabkitError(
+            f"{conn.original_host}: {shlex.join(words)[:200]} failed: {(out.stderr or out.stdout).strip()[-300:]}"
+        )
     return out.stdout
 
 
@@ -71,11 +73,15 @@ def apply(node: str, conn: Connection, steps: list[Step]) -> NodeResult:
     except UNREACHABLE as exc:  # unreachable or refused: name the node and the cause
         result.error = f"cannot reach {node} over SSH: {exc}"
         return result
-    result.changed = [line.removeprefix("labkit-changed: ")
-                      for line in out.stdout.splitlines() if line.startswith("labkit-changed: ")]
+    result.changed = [
+        line.removeprefix("labkit-changed: ") for line in out.stdout.splitlines() if line.startswith("labkit-changed: ")
+    ]
     if out.exited != 0:
-        failed = [line.removeprefix("labkit-failed: ")
-                  for line in out.stderr.splitlines() if line.startswith("labkit-failed: ")]
+        failed = [
+            line.removeprefix("labkit-failed: ")
+            for line in out.stderr.splitlines()
+            if line.startswith("labkit-failed: ")
+        ]
         detail = "\n".join(line for line in out.stderr.splitlines()[-8:] if not line.startswith("labkit-failed: "))
         result.error = f"step failed: {failed[0] if failed else '?'}\n{detail}".rstrip()
     return result

@@ -60,8 +60,11 @@ def present(uri: str) -> Objects:
         domains=[n for n in virsh(uri, "list", "--all", "--name").stdout.split() if n.startswith("labkit-")],
         # the boxes' base images are named after the box (labkit-VAGRANTSLASH-...): not a lab's
         volumes=[n for n in volumes if n.startswith("labkit-") and "_vagrant_box_image_" not in n],
-        networks=[n for n in virsh(uri, "net-list", "--all", "--name").stdout.split()
-                  if n.startswith("labkit-") and n not in (OLD_SHARED, OLD_SHARED + "-nat")],
+        networks=[
+            n
+            for n in virsh(uri, "net-list", "--all", "--name").stdout.split()
+            if n.startswith("labkit-") and n not in (OLD_SHARED, OLD_SHARED + "-nat")
+        ],
     )
 
 
@@ -91,8 +94,10 @@ def claim_network(uri: str, name: str, cidr: IPv4Network, nat: bool) -> str | No
     installations, cannot end up on one range."""
     hosts = list(cidr.hosts())
     forward = "<forward mode='nat'/>" if nat else ""
-    xml = (f"<network><name>{name}</name>{forward}<ip address='{hosts[0]}' netmask='{cidr.netmask}'>"
-           f"<dhcp><range start='{hosts[1]}' end='{hosts[-1]}'/></dhcp></ip></network>")
+    xml = (
+        f"<network><name>{name}</name>{forward}<ip address='{hosts[0]}' netmask='{cidr.netmask}'>"
+        f"<dhcp><range start='{hosts[1]}' end='{hosts[-1]}'/></dhcp></ip></network>"
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".xml") as definition:
         definition.write(xml)
         definition.flush()
@@ -161,8 +166,15 @@ def remove(uri: str, objects: Objects) -> list[str]:
 
 # ---- a libvirt host: what it runs, and what it can run -----------------------------------------
 
-STATES = {"1": "running", "2": "blocked", "3": "paused", "4": "shutdown", "5": "shutoff", "6": "crashed",
-          "7": "pmsuspended"}
+STATES = {
+    "1": "running",
+    "2": "blocked",
+    "3": "paused",
+    "4": "shutdown",
+    "5": "shutoff",
+    "6": "crashed",
+    "7": "pmsuspended",
+}
 
 
 @dataclass
@@ -228,9 +240,13 @@ def uri_for(connect: str, hosts: dict[str, str]) -> str:
     uri = connect if "://" in connect else hosts.get(connect)
     if uri is None:
         known = f" (it names: {', '.join(hosts)})" if hosts else ""
-        raise LabkitError(f"--connect {connect}: no such host in labkit's config file{known}. Give a libvirt URI "
-                          "such as qemu+ssh://user@host/system, or add the host under hosts: in LABKIT_HOME/config.yaml")
+        raise LabkitError(
+            f"--connect {connect}: no such host in labkit's config file{known}. Give a libvirt URI "
+            "such as qemu+ssh://user@host/system, or add the host under hosts: in LABKIT_HOME/config.yaml"
+        )
     if not SYSTEM_URI.match(uri):
-        raise LabkitError(f"--connect {connect}: {uri} is not the URI of a host's system libvirt. "
-                          "Use qemu+ssh://user@host/system (qemu:///system is this host)")
+        raise LabkitError(
+            f"--connect {connect}: {uri} is not the URI of a host's system libvirt. "
+            "Use qemu+ssh://user@host/system (qemu:///system is this host)"
+        )
     return uri

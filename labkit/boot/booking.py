@@ -1,0 +1,97 @@
+"""Booking and booting a lab (or copy): the checks before anything is made, its management
+range claimed in libvirt, its folder and Vagrantfile, then every node booted at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from labkit import home
+from labkit.boot import doctor, host, leftovers, libvirt, vagrant
+from labkit.errors import LabkitError
+from labkit.labfile import Lab
+from labkit.lock import exclusive
+from labkit.render.vagrantfile import Target, render
+from labkit.running import RunningLab, rendered
+
+
+def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str], None]) -> RunningLab:
+    """Render the lab's (or copy's, target.name) Vagrantfile and boot every node at once;
+    provision() comes next."""
+    name = target.name or lab.name
+    folder = home.lab_dir(name)
+    uri = target.uri or libvirt.LOCAL
+    fresh = not (folder / "Vagrantfile").exists()
+    if not fresh:
+        _same_lab(RunningLab(folder), lab, target.box, uri)
+    doctor.preflight(target.provider, target.box, uri)
+    with exclusive("booking.hosts"):  # labs made at once each count the memory the others will take
+        on_host = [o for o in RunningLab.all() if o.name != name and o.uri == uri]
+        shortfalls = host.problems(lab, target, fresh, _yet_to_take(on_host, target, uri), [o.name for o in on_host])
+        if shortfalls:
+            raise LabkitError(
+                f"{libvirt.shown(uri)} cannot hold the lab {name}:\n" + "\n".join(f"  - {p}" for p in shortfalls)
+            )
+        management = (
+            _claim_management(name, lab, uri, nat=not target.private_key)
+            if fresh
+            else rendered(folder, "management") or target.management
+        )
+        running = RunningLab.create(name, source, render(lab, replace(target, management=management)))
+    try:
+        running.boot(target.provider, on_progress)
+    except vagrant.BootError as exc:
+        raise LabkitError(f"{exc}\nRemove what was made with: labkit down {name}") from None
+    return running
+
+
+def _claim_management(name: str, lab: Lab, uri: str, nat: bool) -> str:
+    """The first free management range, claimed in libvirt for the lab (or copy) `name`."""
+    network = f"labkit-{name}-{libvirt.MANAGEMENT}"
+    if libvirt.has_network(uri, network):
+        raise LabkitError(
+            f"libvirt already has the network {network}: another installation's lab of the same "
+            f"name (choose another with --as), or a leftover (remove it with: {leftovers.command(name, lab)})"
+        )
+    refused: list[IPv4Network] = []
+    for _ in range(8):
+        cidr = host.management_range(uri, refused)
+        why = libvirt.claim_network(uri, network, cidr, nat)
+        if why is None:
+            return str(cidr)
+        refused.append(cidr)  # taken meanwhile, by a lab being made elsewhere
+    raise LabkitError(f"libvirt refused the management ranges {', '.join(map(str, refused))} for {network}: {why}")
+
+
+def _same_lab(made: RunningLab, lab: Lab, box: str, uri: str) -> None:
+    """A lab being continued must be continued as it was begun: the same lab, box and host."""
+    name = made.name
+    if (made.folder / "lab.yaml").exists() and made.lab.name != lab.name:
+        raise LabkitError(
+            f"{name} is a copy of the lab {made.lab.name}, not {lab.name}: choose another name "
+            f"(--as), or remove it first: labkit down {name}"
+        )
+    made_from = rendered(made.folder, "box")
+    if made_from and made_from != box:  # its VMs would boot from two boxes, two kernels
+        raise LabkitError(
+            f"{name} is (partly) up from box {made_from}, not {box}: continue it with "
+            f"the same --kernel or --box, or remove it first: labkit down {name}"
+        )
+    if made.uri != uri:
+        raise LabkitError(
+            f"{name} is (partly) up on {made.uri}, not {uri}: continue it with "
+            f"--connect {made.uri}, or remove it first: labkit down {name}"
+        )
+
+
+def _yet_to_take(labs: list[RunningLab], target: Target, uri: str) -> int:
+    """MiB the labs on the host may take beyond what they hold now: a lab being booted holds little
+    of its memory yet, and a guest touches its memory as it goes."""
+    held = libvirt.domains(uri) or {}
+    need = 0
+    for other in labs:
+        rss = sum(held[d].rss_mib for d in other.domains if d in held)
+        need += max(0, host.memory_needed(other.lab, target) - rss)
+    return need

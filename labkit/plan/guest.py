@@ -1,0 +1,146 @@
+"""The shell helpers a node's steps call, in one place: each has the POSIX sh it runs in the guest
+(the box's /bin/sh is dash) and, for those that change something, the commands a person would
+type for it, which `labkit explain` prints. The script sent to a node starts with PRELUDE."""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Helper:
+    name: str
+    body: str  # the sh function's body
+    # The commands it stands for, shown by `labkit explain`; None for a check (a step's `unless`).
+    shown: Callable[..., list[str]] | None = None
+
+
+def _file(path: str, mode: str, data: str) -> list[str]:
+    content = base64.b64decode(data)
+    try:
+        text = content.decode()
+    except UnicodeDecodeError:
+        return [f"write {path} ({len(content)} bytes, mode {mode})"]
+    return [f"cat > {path} <<'EOF'", *text.splitlines(), "EOF"]
+
+
+# The checks run on every provision, most of them with nothing to do: under emulation each
+# process they start costs tens of milliseconds, so they start as few as they can.
+CHECKS = [
+    Helper("has_commands", 'for c in "$@"; do command -v "$c" >/dev/null || return 1; done'),
+    Helper(
+        "hostname_is",
+        'read -r h < /proc/sys/kernel/hostname && [ "$h" = "$1" ] '
+        '&& read -r h < /etc/hostname && [ "$h" = "$1" ] && grep -q "^127.0.1.1 $1\\$" /etc/hosts',
+    ),
+    Helper("same", '[ -f "$1" ] && [ "$(base64 -w0 < "$1")" = "$2" ]'),
+    Helper("link_named", 'link_up "$1" && read -r mac < "/sys/class/net/$1/address" && [ "$mac" = "$2" ]'),
+    Helper(
+        "link_up",
+        '[ -r "/sys/class/net/$1/flags" ] && read -r flags < "/sys/class/net/$1/flags" && [ $((flags & 1)) -eq 1 ]',
+    ),  # IFF_UP
+    Helper("has_addr", 'case " $(ip -o addr show dev "$1" 2>/dev/null) " in *" $2 "*) ;; *) return 1 ;; esac'),
+    Helper("fou_port", 'ip fou show 2>/dev/null | grep -q "^port $1 gue"'),
+    Helper(
+        "route_via",
+        'case "$1" in *:*) family=-6;; *) family=-4;; esac\n'
+        '[ "$(ip $family route show exact "$1" | awk \'{print $3}\')" = "$2" ]',
+    ),
+    # One sysctl for all the keys. (Not `read` from /proc/sys: dash reads a byte at a time, and
+    # a numeric setting gives only its first byte to such reads.)
+    Helper(
+        "sysctls_are",
+        'keys=; want=; for kv in "$@"; do keys="$keys ${kv%%=*}"; want="$want ${kv#*=}"; done\n'
+        '[ "$(echo $(sysctl -n $keys 2>/dev/null))" = "$(echo $want)" ]',
+    ),
+    Helper("ipvs_matches", '[ "$(ipvsadm-save -n | sort)" = "$(sort "$1")" ]'),
+    Helper(
+        "applied",
+        'unit=$1; shift; systemctl is-active -q "$unit" || return 1\n'
+        'for f in "$@"; do [ -n "$(find "/run/labkit-$unit.applied" -newer "$f" 2>/dev/null)" ] || return 1; done',
+    ),
+    Helper("size_is", '[ "$(stat -c %s "$1" 2>/dev/null)" = "$2" ]'),
+    Helper("started_after", 'systemctl is-active -q "$1" && [ -n "$(find "/run/$1.pid" -newer "$2" 2>/dev/null)" ]'),
+]
+
+COMMANDS = [
+    Helper(
+        "apt_install",
+        'DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"',
+        lambda *pkgs: [shlex.join(["apt-get", "install", "-y", *pkgs])],
+    ),
+    Helper(
+        "set_hostname",
+        'hostname "$1"; echo "$1" > /etc/hostname\n'
+        "sed -i '/^127.0.1.1 /d' /etc/hosts; echo \"127.0.1.1 $1\" >> /etc/hosts",
+        lambda name: [f"hostname {name}", f"echo {name} > /etc/hostname"],
+    ),
+    Helper(
+        "put",
+        'mkdir -p "$(dirname "$1")"\n'
+        'echo "$3" | base64 -d > "$1.labkit-new"; chmod "$2" "$1.labkit-new"; mv "$1.labkit-new" "$1"',
+        _file,
+    ),
+    Helper(
+        "name_link",
+        'dev=$(ip -br link | awk -v mac="$2" \'$3 == mac {sub("@.*", "", $1); print $1}\')\n'
+        '[ -n "$dev" ] || { echo "no network interface has the MAC address $2" >&2; return 1; }\n'
+        'if [ "$dev" != "$1" ]; then ip link set dev "$dev" down; ip link set dev "$dev" name "$1"; fi\n'
+        'ip link set dev "$1" up',
+        lambda name, mac: [f"ip link set dev <the NIC with MAC {mac}> name {name}", f"ip link set dev {name} up"],
+    ),
+    Helper(
+        "ipvs_load",
+        "# -E/-e edit a service or server in place (connections stay); they fail for new ones.\n"
+        "sed -e 's/^-A /-E /' -e 's/^-a /-e /' \"$1\" | ipvsadm-restore 2>/dev/null || true\n"
+        'ipvs_matches "$1" || { ipvsadm -C; ipvsadm-restore < "$1"; }',
+        lambda path: [f"ipvsadm-restore < {path}"],
+    ),
+    Helper(
+        "random_file",
+        'mkdir -p "$(dirname "$1")"; head -c "$2" /dev/urandom > "$1"',
+        lambda path, size: [f"head -c {size} /dev/urandom > {path}"],
+    ),
+    # `systemctl enable` runs update-rc.d for a unit with an init script (nginx, keepalived): 8 s
+    # under emulation, so only when the unit is not enabled yet.
+    Helper(
+        "enable_unit",
+        'systemctl is-enabled -q "$1" || systemctl enable -q "$1"',
+        lambda unit: [f"systemctl enable {unit}"],
+    ),
+    Helper(
+        "apply_config",
+        'enable_unit "$1"; systemctl reload-or-restart "$1"; touch "/run/labkit-$1.applied"',
+        lambda unit: [f"systemctl reload-or-restart {unit}"],
+    ),
+]
+
+HELPERS = {h.name: h for h in CHECKS + COMMANDS}
+
+# Programs a step may call directly, besides the helpers.
+PROGRAMS = {"ip", "sysctl", "modprobe", "iptables", "systemctl", "rm", "test"}
+
+
+def _function(helper: Helper) -> str:
+    body = "".join(f"  {line}\n" for line in helper.body.splitlines())
+    return f"{helper.name}() {{\n{body}}}\n"
+
+
+PRELUDE = (
+    "set -eu\n"
+    "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    "current=start\n"
+    "trap '[ $? -eq 0 ] || echo \"labkit-failed: $current\" >&2' EXIT\n"
+    'changed() { echo "labkit-changed: $1"; }\n' + "".join(_function(h) for h in CHECKS + COMMANDS)
+)
+
+
+def shown(words: tuple[str, ...]) -> list[str]:
+    """A step's command as a person would type it: a helper's own commands, else the words."""
+    helper = HELPERS.get(words[0])
+    if helper is not None and helper.shown is not None:
+        return helper.shown(*words[1:])
+    return [shlex.join(words)]

@@ -1,1 +1,0 @@
-"""Running a lab: its VMs (Vagrant), its nodes (SSH), its checks (pytest)."""

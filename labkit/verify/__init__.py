@@ -1,0 +1,1 @@
+"""The verify suite (pytest + testinfra) and the command that runs it."""

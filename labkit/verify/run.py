@@ -1,0 +1,30 @@
+"""Run the verify suite with pytest. pytest's exit code is labkit's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+CHECKS = Path(str(resources.files("labkit.verify.checks")))
+
+
+def verify(lab_dir: Path, ssh_config: Path, pytest_args: list[str]) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(CHECKS),
+        "-p",
+        "labkit.verify.checks.plugin",
+        f"--lab-dir={lab_dir}",
+        f"--ssh-config={ssh_config}",
+        f"--rootdir={CHECKS}",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "junit_family=xunit1",  # keeps the measured figures as <properties> in JUnit XML
+        *pytest_args,
+    ]
+    return subprocess.run(command).returncode
