@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import pinned
 
 from labkit.home import lab_dir
 from labkit.labfile import LABS, load_lab
+from labkit.operate.matrix_report import read_junit
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
@@ -113,6 +115,12 @@ def test_verify(lab):
     result = labkit("verify", name, f"--junitxml={REPORTS / f'{name}.xml'}", *scenarios)
     assert result.returncode == 0, result.stdout[-3000:]
     assert re.search(r"\d+ passed", result.stdout) and not re.search(r"\d+ failed", result.stdout)
+    # every pinned check ran and passed, and no other: a check that vanished cannot pass unseen
+    ran = read_junit(REPORTS / f"{name}.xml").checks
+    expected = {check for check, failover in pinned(name).items() if name in FAILOVER_LABS or not failover}
+    assert sorted(set(expected) - set(ran)) == [], "pinned checks that did not run"
+    assert sorted(set(ran) - set(expected)) == [], f"checks not pinned in tests/pinned/{name}.txt"
+    assert {check: outcome for check, outcome in ran.items() if outcome != "passed"} == {}
     if name in FAILOVER_LABS:
         assert "test_director_dies" in result.stdout and "outage_seconds" in result.stdout
 
