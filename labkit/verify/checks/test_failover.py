@@ -14,6 +14,9 @@ from labkit.labfile import Lab
 from labkit.operate import failover
 from labkit.plan import keepalived
 from labkit.plan.steps import BIG_FILE
+from labkit.verify.checks import promise
+
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 
 pytestmark = pytest.mark.failover
 
@@ -47,7 +50,7 @@ def check_transfer(hosts, report: failover.Report, figure) -> None:
     assert t["sha256"] == original_sha256(hosts, t["server"]), f"the long transfer from {t['server']} arrived changed"
 
 
-def test_real_server_dies(lab: Lab, running, master, figure, whole_again):
+def test_real_server_dies(lab: Lab, running, hosts, master, figure, whole_again):
     """nginx stops on a real server: requests fail only until the checker takes it out; then
     every request is served by the others. Healed, it serves again. (Only where keepalived
     checks the real servers: `master` exists in a pair.)"""
@@ -56,6 +59,11 @@ def test_real_server_dies(lab: Lab, running, master, figure, whole_again):
     print("\n".join(report.lines()))
     figure("failed_requests_until_checked", report.load.failed)
     figure("seconds_until_checked", report.noticed)
+    bound = promise.takeout_bound(hosts(master).check_output(f"sudo -n cat {KEEPALIVED_CONF}"))
+    assert report.noticed is not None and report.noticed <= bound + promise.MARGIN_SECONDS, (
+        f"requests failed for {report.noticed} s: the checker's settings promise {bound} s "
+        f"(+ {promise.MARGIN_SECONDS} s for the client and emulation)"
+    )
     survivors = {
         lab.node_at(rs.address) for rs in failover.service_for(lab, report.target).real_servers if rs.weight > 0
     } - {victim}

@@ -19,7 +19,7 @@ import pytest
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService
 from labkit.plan import ipvs
 from labkit.plan.steps import RESPONDER_UNIT, real_ports
-from labkit.verify.checks import scheduling
+from labkit.verify.checks import promise, scheduling
 from labkit.verify.checks.plugin import once_per_service
 
 # Runs on the client with the box's python3; prints one JSON: for each datagram, the name that
@@ -211,6 +211,11 @@ def test_udp_check_takes_a_silent_server_out(hosts, lab: Lab, udp_checker, figur
             lambda: not any(address in m for m in members(hosts, udp_checker, checked).values()),
         )
         figure("udp_seconds_until_taken_out", out)
+        bound = promise.takeout_bound(hosts(udp_checker).check_output("sudo -n cat /etc/keepalived/keepalived.conf"))
+        assert out <= bound + promise.MARGIN_SECONDS, (
+            f"{victim} was taken out after {out} s: the checker's settings promise {bound} s "
+            f"(+ {promise.MARGIN_SECONDS} s for emulation)"
+        )
         svc = checked[0]
         answers = ask(hosts, lab, svc, new=4)
         others = scheduling.live(lab, svc) - {victim}
