@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import pinned
 
 from labkit.home import lab_dir
@@ -185,14 +186,38 @@ def test_trace(lab):
             assert said in result.stdout and "unwrapped on" in result.stdout, result.stdout
 
 
+def expected_split(name: str, requests: int) -> dict[str, tuple[int, int]]:
+    """Node -> the fewest and most of `requests` new connections the lab's first TCP service
+    gives it, read from the lab file: rr splits exactly, wrr within one request of its weights."""
+    data = yaml.safe_load((LABS / name / "lab.yaml").read_text())
+    svc = next(s for s in data["services"] if s.get("protocol", "tcp") == "tcp")
+    at = {str(addr): node for node, spec in data["nodes"].items() for addr in spec["addresses"].values()}
+    weights = {at[str(rs["address"])]: rs.get("weight", 1) for rs in svc["real_servers"]}
+    assert svc["scheduler"] in ("rr", "wrr"), f"{name}: no exact split to expect of {svc['scheduler']}"
+    if svc["scheduler"] == "rr":
+        weights = dict.fromkeys(weights, 1)
+    share = {node: requests * w / sum(weights.values()) for node, w in weights.items()}
+    return {node: (int(s), int(s) + (s != int(s))) for node, s in share.items()}
+
+
+def bench_split(name: str, requests: int) -> dict[str, int]:
+    result = labkit("bench", name, "--requests", str(requests), "--concurrency", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (seen["complete"], seen["failed"]) == (requests, 0), seen
+    return seen["split"]
+
+
 @pytest.mark.parametrize("lab", OPERATED, indirect=True)
 def test_bench(lab):
     name, *_ = lab
     result = labkit("bench", name, "--requests", "400", "--concurrency", "4")
     assert result.returncode == 0, result.stderr
     assert re.search(r"completed 400, failed 0", result.stdout), result.stdout
-    split = dict(re.findall(r"(rs\d) (\d+) \(", result.stdout))
-    assert set(split) == {"rs0", "rs1"} and all(int(n) > 0 for n in split.values()), result.stdout
+    # the split IPVS counted, as the first service's scheduler and weights say
+    split = bench_split(name, 300)
+    for node, (low, high) in expected_split(name, 300).items():
+        assert low <= split.get(node, 0) <= high, f"{node}: {split.get(node, 0)} of 300, expected {low}-{high}: {split}"
 
 
 @pytest.mark.parametrize("lab", OPERATED, indirect=True)
@@ -200,11 +225,16 @@ def test_weight_zero_drains_a_real_server(lab):
     name, *_ = lab
     result = labkit("weight", name, "rs1", "0")
     assert result.returncode == 0, result.stderr
+    # the client sees it: not one new connection reaches rs1
+    split = bench_split(name, 40)
+    assert split.get("rs1", 0) == 0 and split.get("rs0") == 40, split
     # verify reads the lab as it now runs: rs1 at weight 0 gets no request
     result = labkit("verify", name, "-k", "split or ipvs_table", "-m", "not failover")
     assert result.returncode == 0, result.stdout[-3000:]
     restored = labkit("provision", name)  # back to the lab file's weights
     assert restored.returncode == 0, restored.stderr
+    split = bench_split(name, 30)
+    assert split.get("rs1", 0) > 0, f"rs1 took no request once its weight was restored: {split}"
 
 
 @pytest.mark.parametrize("lab", OPERATED, indirect=True)
