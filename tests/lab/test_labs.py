@@ -7,6 +7,7 @@ vagrant-libvirt, libvirtd and the labkit box): without them these tests fail, th
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from conftest import pinned
 
 from labkit.home import lab_dir
 from labkit.labfile import LABS, load_lab
+from labkit.operate import faults
 from labkit.operate.matrix_report import read_junit
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
@@ -206,6 +208,48 @@ def bench_split(name: str, requests: int) -> dict[str, int]:
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert (seen["complete"], seen["failed"]) == (requests, 0), seen
     return seen["split"]
+
+
+# Faults a real mistake causes, injected over SSH as a person would; verify must name each. CI
+# injects each fault of the catalogue once; the full suite every fault on every lab it fits.
+CAUGHT = {
+    "nat": ["nat-route-around", "weight-behind-the-back", "sync-stopped"],
+    "tun": ["tun-rp-filter", "wrong-scheduler"],
+    "dr": ["dr-arp", "dr-vip-on-ext"],
+}
+
+
+def caught_here(name: str) -> list[faults.Fault]:
+    if os.environ.get("LABKIT_FULL"):
+        return faults.applying_to(load_lab(LABS / name / "lab.yaml"))
+    return [faults.by_name(fault) for fault in CAUGHT.get(name, [])]
+
+
+def only(checks: tuple[str, ...]) -> str:
+    """A -k expression selecting these checks ("test_lab.py::test_x[rs0]" -> "test_x and rs0")."""
+    return " or ".join(
+        "(" + " and ".join(filter(None, [c.split("::")[-1].split("[")[0], c.partition("[")[2].rstrip("]")])) + ")"
+        for c in checks
+    )
+
+
+@pytest.mark.parametrize("lab", sorted(CAUGHT), indirect=True)
+def test_verify_names_each_fault_and_the_repair_undoes_it(lab):
+    name, *_ = lab
+    assert caught_here(name), f"no fault to inject on {name}"
+    for fault in caught_here(name):
+        ssh = ["ssh", "-F", str(lab_dir(name) / "ssh_config"), fault.node]
+        for words in fault.commands:
+            injected = subprocess.run([*ssh, "sudo", "-n", shlex.join(words)], capture_output=True, text=True)
+            assert injected.returncode == 0, f"{fault.name}: {shlex.join(words)}: {injected.stderr}"
+        found = labkit("verify", name, "-m", "not failover", "-k", only(fault.catches))
+        assert found.returncode == 1, f"{fault.name} went unnoticed:\n{found.stdout[-2000:]}"
+        for check in fault.catches:
+            assert f"FAILED {check}" in found.stdout, f"{fault.name}: {check} did not fail:\n{found.stdout[-2000:]}"
+        repaired = labkit(fault.repair.value, name)
+        assert repaired.returncode == 0, repaired.stderr
+        again = labkit("verify", name, "-m", "not failover", "-k", only(fault.catches))
+        assert again.returncode == 0, f"{fault.name} not undone by labkit {fault.repair.value}:\n{again.stdout[-2000:]}"
 
 
 @pytest.mark.parametrize("lab", OPERATED, indirect=True)

@@ -1,0 +1,144 @@
+"""Faults a real mistake causes in an LVS lab, one catalogue for the tests that prove verify
+catches them and for exercises where students find them.
+
+Each fault is injected by commands on one node, as a person with root there would type them, never
+through labkit's own configuration, so only verify's view of the running lab can see it. Each
+names the checks it must break (as `test_file.py::test_name[param]`) and what brings the lab back:
+`labkit provision` where the plan re-applies what the fault changed, `labkit reset` where it does
+not (a kernel table keepalived does not rewrite until it reloads, a daemon it started once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from labkit.labfile import Forwarding, Lab
+
+
+class Repair(str, Enum):
+    provision = "provision"
+    reset = "reset"
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    node: str  # where it is injected: a node name every lab it applies to has
+    commands: tuple[tuple[str, ...], ...]  # run with sudo, in order
+    catches: tuple[str, ...]  # checks that must fail while it is in place
+    repair: Repair
+    applies: Callable[[Lab], bool]
+    symptom: str  # what a user sees
+    hint: str
+    explanation: str
+
+
+def _uses(forwarding: Forwarding) -> Callable[[Lab], bool]:
+    return lambda lab: any(s.forwarding == forwarding for s in lab.services)
+
+
+def _paired(lab: Lab) -> bool:
+    return lab.ha
+
+
+VIP = "192.168.55.100"
+RIP = "192.168.66.111"
+
+FAULTS = (
+    Fault(
+        "dr-arp",
+        "rs0",
+        (("sysctl", "-q", "-w", "net.ipv4.conf.all.arp_ignore=0", "net.ipv4.conf.all.arp_announce=0"),),
+        ("test_lab.py::test_real_server_sysctls[rs0]",),
+        Repair.provision,
+        _uses(Forwarding.route),
+        "some clients reach rs0 directly, bypassing the director, and the split is uneven",
+        "who answers ARP for the VIP on the client's network? (ip neigh on the client)",
+        "A DR real server holds the VIP too. With arp_ignore=0 it answers ARP requests for it, so a "
+        "client may learn rs0's MAC for the VIP. arp_ignore=1 (only answer for addresses of the asking "
+        "interface) and arp_announce=2 (never use the VIP as ARP source) leave the VIP to the director.",
+    ),
+    Fault(
+        "dr-vip-on-ext",
+        "rs0",
+        (("ip", "addr", "del", f"{VIP}/32", "dev", "lo"), ("ip", "addr", "add", f"{VIP}/32", "dev", "ext")),
+        ("test_lab.py::test_vip_on_real_server[rs0]",),
+        Repair.reset,  # provision puts the VIP back on lo but leaves the one on ext
+        _uses(Forwarding.route),
+        "the VIP sometimes answers from rs0 alone, and the director's counters stop growing",
+        "on which interface does rs0 hold the VIP? (ip -o addr on rs0)",
+        "On lo the VIP lets rs0 accept the packets the director sends it; on ext, the client's network, "
+        "rs0 owns it there and answers ARP for it even with arp_ignore=1, competing with the director.",
+    ),
+    Fault(
+        "tun-rp-filter",
+        "rs0",
+        (("sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.tunl0.rp_filter=1"),),
+        ("test_lab.py::test_real_server_sysctls[rs0]",),
+        Repair.provision,
+        _uses(Forwarding.tun),
+        "every request the director sends to rs0 goes unanswered; rs1's are fine",
+        "where does the unwrapped request arrive on rs0, and where would the route back leave?",
+        "The request arrives on tunl0 from the client's address, but the route to the client leaves by "
+        "ext: strict reverse-path filtering (rp_filter=1) drops it as spoofed. TUN real servers need it off.",
+    ),
+    Fault(
+        "nat-route-around",
+        "rs0",
+        (("ip", "route", "del", "192.168.55.0/24"),),
+        ("test_lab.py::test_route_to_client[rs0]",),
+        Repair.provision,
+        _uses(Forwarding.masq),
+        "requests that the director sends to rs0 time out; rs1 answers its share",
+        "from rs0, which way does a packet to the client go? (ip route get 192.168.55.200)",
+        "In NAT the reply must pass the director, which rewrites its source back to the VIP. Without "
+        "the route via the director (or the pair's floating gateway), rs0 answers by its default route, "
+        "from its own address: the client drops an answer it never asked that address for.",
+    ),
+    Fault(
+        "weight-behind-the-back",
+        "lb0",
+        (("ipvsadm", "-e", "-t", f"{VIP}:80", "-r", f"{RIP}:80", "-m", "-w", "7"),),
+        ("test_lab.py::test_ipvs_table[lb0]",),
+        Repair.reset,
+        lambda lab: _uses(Forwarding.masq)(lab) and lab.ha,
+        "the split is no longer what the lab file says",
+        "compare ipvsadm -L -n on lb0 with the lab file's weights",
+        "keepalived set the table from its file once; an ipvsadm -e by hand changes the kernel's table "
+        "until keepalived reloads, and nothing in the file says so.",
+    ),
+    Fault(
+        "sync-stopped",
+        "lb0",
+        (("ipvsadm", "--stop-daemon", "master"),),
+        ("test_lab.py::test_connection_sync_daemon[lb0]",),
+        Repair.reset,
+        _paired,
+        "a failover breaks connections that were open, though new ones work",
+        "which sync daemons run on each director? (ipvsadm -L --daemon)",
+        "Without the master sync daemon on lb0, lb1 learns none of lb0's connections: when lb1 takes "
+        "over, it has no entry for them, and their packets are scheduled anew or dropped.",
+    ),
+    Fault(
+        "wrong-scheduler",
+        "lb0",
+        (("ipvsadm", "-E", "-t", f"{VIP}:80", "-s", "lc"),),
+        ("test_lab.py::test_ipvs_table[lb0]",),
+        Repair.reset,
+        lambda lab: lab.ha and any(s.key == f"tcp {VIP}:80" for s in lab.services),
+        "the split no longer alternates as rr or wrr would",
+        "which scheduler does ipvsadm -L -n show for the service?",
+        "The service was edited by hand to least-connection; the lab file says otherwise, and short "
+        "requests under lc pile onto whichever server was idle.",
+    ),
+)
+
+
+def applying_to(lab: Lab) -> list[Fault]:
+    return [f for f in FAULTS if f.applies(lab) and f.node in lab.nodes]
+
+
+def by_name(name: str) -> Fault:
+    return next(f for f in FAULTS if f.name == name)
