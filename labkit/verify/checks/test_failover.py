@@ -31,6 +31,14 @@ def whole_again(running, figure):
         seconds, load = failover.heal(running)
         figure("heal_seconds", round(seconds, 1))
         healed.append(load)
+        # healed means every request of the load after it answered, by every real server in use
+        lab = running.lab
+        svc = next(s for s in lab.services if s.protocol.value == "tcp")
+        serving = {lab.node_at(rs.address) for rs in svc.real_servers if rs.weight > 0}
+        assert load.failed == 0 and set(load.served()) == serving, (
+            f"after healing, {load.failed} of {len(load.requests)} requests failed and {load.served()} answered; "
+            f"expected every request answered, by {sorted(serving)}"
+        )
         return load
 
     yield heal

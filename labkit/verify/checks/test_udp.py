@@ -18,7 +18,7 @@ import pytest
 
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService
 from labkit.plan import ipvs
-from labkit.plan.steps import RESPONDER_UNIT, real_ports
+from labkit.plan.steps import RESPONDER_UNIT
 from labkit.verify.checks import promise, scheduling
 from labkit.verify.checks.plugin import once_per_service
 
@@ -107,7 +107,16 @@ def answered_from(lab: Lab, svc: VirtualService, answers) -> None:
 
 def test_udp_responder(hosts, lab: Lab, udp_real_server):
     """The responder runs under systemd and answers a datagram on each UDP port with the name."""
-    ports = real_ports(lab, udp_real_server, Protocol.udp)
+    # a real server's port, or the service's where the lab file gives none
+    ports = sorted(
+        {
+            rs.port or svc.port
+            for svc in lab.services
+            if svc.protocol == Protocol.udp
+            for rs in svc.real_servers
+            if lab.node_at(rs.address) == udp_real_server
+        }
+    )
     program = (
         "import socket, sys\nfor port in sys.argv[1:]:\n"
         "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
