@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 
 from labkit import home
@@ -62,6 +62,26 @@ def writing(lab: str, command: str, then: str) -> Iterator[None]:
                 signal.signal(sig, handler)
     finally:
         os.close(fd)  # releases the flock
+
+
+# What an interrupted command leaves a lab in, and the command that goes on from there.
+LEFT = {
+    "up": "{name} is partly up. Continue with: {up}; or remove what was made: labkit down {name}",
+    "provision": "{name}'s nodes may be partly configured. Finish with: labkit provision {name}",
+    "weight": "{name}'s directors may be partly reconfigured. Finish with: labkit provision {name}",
+    "verify": "a failure scenario may have left {name} broken. Bring it back with: labkit heal {name}",
+    "fail": "{name} may be broken (the load on the client stopped with labkit). Bring it back with: labkit heal {name}",
+    "heal": "{name} may be partly healed. Finish with: labkit heal {name}",
+    "down": "{name} is partly removed. Finish with: labkit down {name}",
+    "snapshot": "{name}'s snapshot may be partial. Take it again with: labkit snapshot {name}",
+    "reset": "{name} may be partly reset. Reset it again with: labkit reset {name}",
+}
+
+
+def changing(lab: str, command: str, **words: str) -> AbstractContextManager[None]:
+    """writing() for one of labkit's commands, saying what LEFT says it leaves when interrupted;
+    `words` fill LEFT's other blanks (up's: the command that continues it)."""
+    return writing(lab, command, LEFT[command].format(name=lab, **words))
 
 
 @contextmanager

@@ -4,14 +4,12 @@ Every command that acts on a lab that is up goes through a RunningLab: the CLI, 
 suite, failover, bench, trace and weight. Its folder under LABKIT_HOME holds the lab file as the
 lab runs, the rendered Vagrantfile and Vagrant's `.vagrant/`, the only record of the machines.
 A running lab is named after its lab, or, for a copy (`labkit up nat --as alice`), the copy's
-name: the folder, the VMs, the networks and the lock all carry that name. The rendered
-Vagrantfile says the rest: the box, the libvirt host (this one unless it names another) and the
-management network.
+name: the folder, the VMs, the networks and the lock all carry that name. Its record (record.py)
+says the rest: the box and kernel, the libvirt host and the management network.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -24,25 +22,15 @@ from invoke.watchers import StreamWatcher
 
 from labkit import home
 from labkit.apply import ssh
-from labkit.boot import leftovers, libvirt, vagrant
+from labkit.boot import leftovers, libvirt, names, vagrant
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, lab_file, load_lab, read_lab
 from labkit.plan.ipvs import ADDRESSES, holders
 from labkit.plan.steps import plan
+from labkit.record import Record
 from labkit.render.vagrantfile import Provider
 
 SNAPSHOT_LAB = "lab.snapshot.yaml"  # the lab file as it was when the snapshot was taken
-RENDERED = {  # what a lab was made with, as its Vagrantfile says it
-    "box": r'config\.vm\.box = "([^"]+)"',
-    "uri": r'libvirt\.uri = "([^"]+)"',
-    "management": r'management_network_address = "([^"]+)"',
-}
-
-
-def rendered(folder: Path, setting: str) -> str | None:
-    path = folder / "Vagrantfile"
-    found = re.search(RENDERED[setting], path.read_text()) if path.exists() else None
-    return found[1] if found else None
 
 
 class RunningLab:
@@ -50,6 +38,7 @@ class RunningLab:
         self.folder = folder
         self.name = folder.name
         self._lab: Lab | None = None
+        self._booked: Record | None = None
         self._connections: dict[str, Connection] = {}
         self._connecting = threading.Lock()
 
@@ -93,13 +82,23 @@ class RunningLab:
         return cls(home.lab_dir(name))
 
     @classmethod
-    def create(cls, name: str, source: Path, vagrantfile: str) -> RunningLab:
-        """The folder of a lab (or copy) about to boot: its Vagrantfile and its lab file."""
+    def create(cls, name: str, source: Path, vagrantfile: str, booked: Record | None = None) -> RunningLab:
+        """The folder of a lab (or copy) about to boot: its record (given for a new lab, kept for
+        one being continued), its Vagrantfile and its lab file."""
         folder = home.lab_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
+        if booked is not None:
+            booked.write(folder)  # before the Vagrantfile: a folder that is up has both
         (folder / "Vagrantfile").write_text(vagrantfile)
         shutil.copyfile(source, folder / "lab.yaml")
         return cls(folder)
+
+    @property
+    def booked(self) -> Record:
+        """What labkit decided when it booked the lab: box, kernel, host, management range."""
+        if self._booked is None:
+            self._booked = Record.read(self.folder)
+        return self._booked
 
     @property
     def lab(self) -> Lab:
@@ -151,17 +150,17 @@ class RunningLab:
 
     @property
     def domains(self) -> list[str]:
-        """The libvirt domains of the lab's nodes (the Vagrantfile's default_prefix + node)."""
-        return [f"labkit-{self.name}-{node}" for node in self.lab.nodes]
+        """The libvirt domains of the lab's nodes."""
+        return names.domains(self.name, self.lab.nodes)
 
     @property
     def on_libvirt(self) -> bool:
-        return ":libvirt do" in (self.folder / "Vagrantfile").read_text()
+        return self.booked.provider == Provider.libvirt
 
     @property
     def uri(self) -> str:
         """The libvirt its VMs run under."""
-        return rendered(self.folder, "uri") or libvirt.LOCAL
+        return self.booked.uri
 
     def snapshot(self) -> None:
         """Keep the lab's state (every VM's memory and disks) for reset()."""

@@ -1,5 +1,6 @@
 """Booking and booting a lab (or copy): the checks before anything is made, its management
-range claimed in libvirt, its folder and Vagrantfile, then every node booted at once."""
+range claimed in libvirt, its folder with its record and Vagrantfile, then every node booted at
+once."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from labkit import home
-from labkit.boot import doctor, host, leftovers, libvirt, vagrant
+from labkit.boot import doctor, host, leftovers, libvirt, names, vagrant
 from labkit.errors import LabkitError
 from labkit.labfile import Lab
 from labkit.lock import exclusive
+from labkit.record import Record
 from labkit.render.vagrantfile import Target, render
-from labkit.running import RunningLab, rendered
+from labkit.running import RunningLab
 
 
 def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str], None]) -> RunningLab:
@@ -23,23 +25,26 @@ def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str
     name = target.name or lab.name
     folder = home.lab_dir(name)
     uri = target.uri or libvirt.LOCAL
-    fresh = not (folder / "Vagrantfile").exists()
-    if not fresh:
-        _same_lab(RunningLab(folder), lab, target.box, uri)
+    made = RunningLab(folder) if (folder / "Vagrantfile").exists() else None  # a lab being continued
+    if made is not None:
+        _same_lab(made, lab, target.box, uri)
     doctor.preflight(target.provider, target.box, uri)
     with exclusive("booking.hosts"):  # labs made at once each count the memory the others will take
         on_host = [o for o in RunningLab.all() if o.name != name and o.uri == uri]
-        shortfalls = host.problems(lab, target, fresh, _yet_to_take(on_host, target, uri), [o.name for o in on_host])
+        shortfalls = host.problems(
+            lab, target, made is None, _yet_to_take(on_host, target, uri), [o.name for o in on_host]
+        )
         if shortfalls:
             raise LabkitError(
                 f"{libvirt.shown(uri)} cannot hold the lab {name}:\n" + "\n".join(f"  - {p}" for p in shortfalls)
             )
-        management = (
-            _claim_management(name, lab, uri, nat=not target.private_key)
-            if fresh
-            else rendered(folder, "management") or target.management
-        )
-        running = RunningLab.create(name, source, render(lab, replace(target, management=management)))
+        if made is None:
+            target = replace(target, management=_claim_management(name, lab, uri, nat=not target.private_key))
+            booked = Record.booked(lab, target)
+        else:  # continued as it was booked, its record kept
+            target = replace(target, management=made.booked.management or target.management)
+            booked = None
+        running = RunningLab.create(name, source, render(lab, target), booked)
     try:
         running.boot(target.provider, on_progress)
     except vagrant.BootError as exc:
@@ -49,7 +54,7 @@ def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str
 
 def _claim_management(name: str, lab: Lab, uri: str, nat: bool) -> str:
     """The first free management range, claimed in libvirt for the lab (or copy) `name`."""
-    network = f"labkit-{name}-{libvirt.MANAGEMENT}"
+    network = names.management(name)
     if libvirt.has_network(uri, network):
         raise LabkitError(
             f"libvirt already has the network {network}: another installation's lab of the same "
@@ -73,10 +78,9 @@ def _same_lab(made: RunningLab, lab: Lab, box: str, uri: str) -> None:
             f"{name} is a copy of the lab {made.lab.name}, not {lab.name}: choose another name "
             f"(--as), or remove it first: labkit down {name}"
         )
-    made_from = rendered(made.folder, "box")
-    if made_from and made_from != box:  # its VMs would boot from two boxes, two kernels
+    if made.booked.box != box:  # its VMs would boot from two boxes, two kernels
         raise LabkitError(
-            f"{name} is (partly) up from box {made_from}, not {box}: continue it with "
+            f"{name} is (partly) up from box {made.booked.box}, not {box}: continue it with "
             f"the same --kernel or --box, or remove it first: labkit down {name}"
         )
     if made.uri != uri:

@@ -11,7 +11,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from ipaddress import IPv4Network, ip_network
 
-from labkit.boot import libvirt
+from labkit.boot import libvirt, names
 from labkit.errors import LabkitError
 from labkit.labfile import Lab
 from labkit.render.vagrantfile import Target
@@ -86,15 +86,16 @@ def problems(lab: Lab, target: Target, fresh: bool, reserved_mib: int = 0, other
     if target.provider.value == "libvirt":
         found.append(disk_problem(lab, pool_available_mib(uri)) if fresh else None)
         taken = {f"the host's route via {dev}": net for dev, net in host_routes()} if libvirt.is_local(uri) else {}
-        taken.update(
-            {
-                f"libvirt network {net}": cidr
-                for net, cidr in libvirt_networks(uri).items()
-                if not net.startswith(f"labkit-{name}-")
-            }
-        )
+        taken.update(others_networks(name, lab, libvirt_networks(uri)))
         found += network_problems(lab, taken)
     return [p for p in found if p]
+
+
+def others_networks(name: str, lab: Lab, networks: dict[str, IPv4Network]) -> dict[str, IPv4Network]:
+    """The libvirt networks (name -> range) that are not the lab's (or copy's) own, by their whole
+    names: a lab being continued overlaps only itself, and nat's networks are not nat-2's."""
+    own = set(names.networks(name, lab.networks))
+    return {f"libvirt network {net}": cidr for net, cidr in networks.items() if net not in own}
 
 
 def free_management_range(taken: list[IPv4Network]) -> IPv4Network:

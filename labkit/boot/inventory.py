@@ -6,9 +6,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from labkit import box
-from labkit.boot import libvirt
-from labkit.running import RunningLab, rendered
+from labkit.boot import libvirt, names
+from labkit.running import RunningLab
 
 
 @dataclass
@@ -32,11 +31,10 @@ def inventory(known: list[str]) -> list[Listed]:
     with ThreadPoolExecutor(max_workers=len(uris)) as pool:
         held = dict(zip(uris, pool.map(libvirt.domains, uris)))
         hosts = dict(zip(uris, pool.map(libvirt.host_uuid, uris)))
-    kernels = {b.name: b.kernel for b in box.labkit_boxes()}
     rows = []
     for running in labs:
         on_host = held[running.uri]
-        made = rendered(running.folder, "box") or "?"
+        booked = running.booked
         vms = [on_host[d] for d in running.domains if d in on_host] if on_host is not None else []
         rows.append(
             Listed(
@@ -44,9 +42,9 @@ def inventory(known: list[str]) -> list[Listed]:
                 running.lab.name,
                 running.name,
                 _state(vms, len(running.domains)) if on_host is not None else "host does not answer",
-                kernels.get(made) or made,
+                booked.release or booked.box,
                 sum(vm.rss_mib for vm in vms),
-                time.time() - (running.folder / "Vagrantfile").stat().st_mtime,
+                time.time() - booked.created_at.timestamp(),
             )
         )
     ours = {d for r in labs for d in r.domains}
@@ -55,11 +53,9 @@ def inventory(known: list[str]) -> list[Listed]:
         if hosts[uri] in seen_hosts:  # the same host by another URI: its VMs are listed already
             continue
         seen_hosts.add(hosts[uri])
-        others: dict[str, list[libvirt.Domain]] = {}
-        for domain, vm in (on_host or {}).items():
-            if domain not in ours:  # labkit-<name>-<node>: another installation's, or lost
-                others.setdefault(domain.removeprefix("labkit-").rsplit("-", 1)[0], []).append(vm)
-        for name, vms in sorted(others.items()):
+        others = [d for d in on_host or {} if d not in ours]  # another installation's, or lost
+        for name, domains in sorted(names.by_owner(others, libvirt.descriptions(uri, others)).items()):
+            vms = [on_host[d] for d in domains]
             rows.append(Listed(uri, "?", name, _state(vms, len(vms)), "?", sum(vm.rss_mib for vm in vms), None))
     return rows
 

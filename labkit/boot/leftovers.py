@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from labkit.boot import libvirt
+from labkit import lock
+from labkit.boot import libvirt, target
 from labkit.errors import LabkitError
-from labkit.labfile import Lab
+from labkit.labfile import Lab, read_lab
 
 
 def command(name: str, lab: Lab) -> str:
@@ -36,3 +37,20 @@ def remove_lost(name: str, lab: Lab, uri: str, really: bool) -> list[str]:
     if failed:
         raise LabkitError("could not remove:\n" + "\n".join(f"  {f}" for f in failed))
     return left.names()
+
+
+def down(
+    lab: str | None, copy: str | None, up_here: list[str], connect: str | None, really: bool
+) -> tuple[str, list[str]]:
+    """`labkit down` of a lab (or its copy `copy`) that is not among `up_here`, the labs this
+    installation has a folder for: its name, and what libvirt held of it, now removed. libvirt
+    may hold what a lost lab made, or another installation's lab of the same name: only
+    `really` (--leftovers) removes it."""
+    if lab is None:
+        raise LabkitError("name the lab whose copy it is: labkit down LAB --as NAME --leftovers")
+    model = read_lab(lab)
+    name = target.copy_name(copy) or model.name
+    if name in up_here:
+        raise LabkitError(f"{name} is up here: remove it with labkit down {name}")
+    with lock.changing(name, "down"):
+        return name, remove_lost(name, model, target.uri_for(connect), really)

@@ -1,8 +1,7 @@
 """What libvirt holds for a lab, found by name: every domain, volume and network a lab makes is
-called labkit-<name>-<node or network> (the Vagrantfile's default_prefix and network names; the
-name is the lab's, or its copy's), so a lab can be removed, and strays found, without Vagrant's
-`.vagrant/` state. Every call names the libvirt it asks: this host's, or another through
-qemu+ssh://."""
+named after the lab (or its copy) and its node or network, as boot/names.py builds them, so a lab
+can be removed, and strays found, without Vagrant's `.vagrant/` state. Every call names the
+libvirt it asks: this host's, or another through qemu+ssh://."""
 
 from __future__ import annotations
 
@@ -14,13 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
+from labkit.boot import names
 from labkit.errors import LabkitError
 from labkit.labfile import Lab
 
 LOCAL = "qemu:///system"
 POOL = "default"
-MANAGEMENT = "mgmt"  # labkit-<name>-mgmt: each lab's own management network, Vagrant's SSH path
-OLD_SHARED = "labkit-mgmt"  # the management networks every lab shared before each had its own
 
 
 @dataclass
@@ -54,28 +52,28 @@ def virsh(uri: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def present(uri: str) -> Objects:
-    """Every domain, volume and network in libvirt whose name starts with labkit-."""
+    """Every domain, volume and network in libvirt named as a lab's are (labkit-...)."""
     volumes = [line.split()[0] for line in virsh(uri, "vol-list", POOL).stdout.splitlines()[2:] if line.strip()]
     return Objects(
-        domains=[n for n in virsh(uri, "list", "--all", "--name").stdout.split() if n.startswith("labkit-")],
+        domains=[n for n in virsh(uri, "list", "--all", "--name").stdout.split() if names.is_labkit(n)],
         # the boxes' base images are named after the box (labkit-VAGRANTSLASH-...): not a lab's
-        volumes=[n for n in volumes if n.startswith("labkit-") and "_vagrant_box_image_" not in n],
+        volumes=[n for n in volumes if names.is_labkit(n) and "_vagrant_box_image_" not in n],
         networks=[
             n
             for n in virsh(uri, "net-list", "--all", "--name").stdout.split()
-            if n.startswith("labkit-") and n not in (OLD_SHARED, OLD_SHARED + "-nat")
+            if names.is_labkit(n) and n not in names.OLD_SHARED
         ],
     )
 
 
 def of(name: str, lab: Lab, seen: Objects) -> Objects:
-    """The objects of `seen` that belong to the lab (or copy) called `name`, by their exact names."""
-    prefix = f"labkit-{name}-"
-    domains = {prefix + node for node in lab.nodes}
+    """The objects of `seen` that belong to the lab (or copy) called `name`, by their whole names."""
+    domains = set(names.domains(name, lab.nodes))
+    networks = set(names.networks(name, lab.networks))
     return Objects(
         domains=[n for n in seen.domains if n in domains],
-        volumes=[n for n in seen.volumes if n.rsplit(".", 1)[0] in domains],
-        networks=[n for n in seen.networks if n in {prefix + net for net in [*lab.networks, MANAGEMENT]}],
+        volumes=[n for n in seen.volumes if names.volume_domain(n) in domains],
+        networks=[n for n in seen.networks if n in networks],
     )
 
 
@@ -194,7 +192,7 @@ def domains(uri: str) -> dict[str, Domain] | None:
     for line in stats.stdout.splitlines():
         if line.startswith("Domain: "):
             name = line.split("'")[1]
-            if name.startswith("labkit-"):
+            if names.is_labkit(name):
                 found[name] = Domain("?", 0)
         elif name in found and "=" in line:
             key, value = line.strip().split("=", 1)
@@ -203,6 +201,15 @@ def domains(uri: str) -> dict[str, Domain] | None:
             elif key == "balloon.rss":
                 found[name].rss_mib = int(value) // 1024
     return found
+
+
+def descriptions(uri: str, domains: list[str]) -> dict[str, str]:
+    """Each domain's description, all asked at once (vagrant-libvirt's names the lab's folder)."""
+    if not domains:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(len(domains), 8)) as pool:
+        said = list(pool.map(lambda d: virsh(uri, "desc", d), domains))
+    return {d: r.stdout.strip() for d, r in zip(domains, said) if r.returncode == 0}
 
 
 def host_uuid(uri: str) -> str | None:

@@ -357,6 +357,18 @@ class Lab(Strict):
     def services_of(self, real_server: str) -> list[VirtualService]:
         return [s for s in self.services if any(self.node_at(rs.address) == real_server for rs in s.real_servers)]
 
+    def service(self, key: str | None, udp: bool = False) -> VirtualService:
+        """The service named by its key (as `labkit status` lists it), or the first TCP one;
+        UDP services only where `udp` (a load or a page needs TCP)."""
+        usable = (Protocol.tcp, Protocol.udp) if udp and key is not None else (Protocol.tcp,)
+        svc = next((s for s in self.services if key in (None, s.key) and s.protocol in usable), None)
+        if svc is None:
+            raise LabkitError(
+                f"the lab {self.name} has no {' or '.join(p.value.upper() for p in usable)} service {key!r}. "
+                f"Its services: {', '.join(s.key for s in self.services)}"
+            )
+        return svc
+
 
 def with_weight(lab: Lab, real_server: str, weight: int, service: str | None = None) -> Lab:
     """The lab with a real server's weight changed in every service (or the one named by its

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from labkit.errors import LabkitError
 from labkit.labfile import VirtualService
 from labkit.labfile.model import host_port
+from labkit.operate.show import packed
 from labkit.plan import ipvs
 from labkit.running import RunningLab
 
@@ -71,6 +72,28 @@ def split(svc_key: str, before: str, after: str, names: dict[str, str]) -> dict[
         for (key, dest), stats in now.items()
         if key == svc_key and dest is not None
     }
+
+
+def report(
+    svc: VirtualService, director: str, client: str, requests: int, concurrency: int, result: Result, width: int
+) -> list[str]:
+    """What `labkit bench` prints, in lines of at most `width` (a service key, a node and its count
+    are never split)."""
+    lines = packed(
+        f"{svc.key} ({svc.scheduler}, {svc.forwarding.value}) via {director}:",
+        [f"{requests} requests,", f"{concurrency} at a time,", f"from {client}"],
+        width,
+    )
+    lines += packed(
+        f"  {result.per_second:.1f} requests/s,",
+        [f"mean {result.mean_ms:.1f} ms;", f"completed {result.complete},", f"failed {result.failed}"],
+        width,
+    )
+    latency = [f"p{p} {ms}" for p, ms in result.percentiles.items() if p in (50, 90, 99, 100)]
+    lines += packed("  latency ms:", latency, width, joint=",")
+    total = sum(result.split.values()) or 1
+    split = [f"{name} {n} ({100 * n / total:.0f}%)" for name, n in sorted(result.split.items())]
+    return lines + packed("  split:", split, width, joint=",")
 
 
 STATS = ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"]

@@ -133,18 +133,25 @@ def _wait(child: subprocess.Popen) -> None:
         child.wait()
 
 
-def figure(pattern: str, text: str) -> float | None:
-    m = re.search(pattern, text, re.M)
-    return float(m[1]) if m else None
+UP_FIGURES = ("boot_seconds", "provision_seconds")  # of `labkit up --json`, compared across kernels
 
 
-def up_figures(text: str) -> dict[str, float]:
-    """Boot and provision seconds as `labkit up` prints them."""
-    found = {
-        "boot_seconds": figure(r"^booted \d+ nodes in (\d+) s", text),
-        "provision_seconds": figure(r"^provisioned \S+: \d+ changes? in ([\d.]+) s", text),
-    }
-    return {k: v for k, v in found.items() if v is not None}
+def last_json(text: str) -> dict:
+    """The last line of a command's output that is a JSON object: what `--json` prints last on
+    stdout, found in output that has the command's stderr merged in. Empty when there is none."""
+    for line in reversed(text.splitlines()):
+        try:
+            found = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(found, dict):
+            return found
+    return {}
+
+
+def up_figures(result: dict) -> dict[str, float]:
+    """Boot and provision seconds from `labkit up --json`'s result."""
+    return {k: float(result[k]) for k in UP_FIGURES if isinstance(result.get(k), int | float)}
 
 
 def bench_figures(text: str) -> dict[str, float]:
@@ -177,6 +184,7 @@ def new_record(cell: Cell, box_name: str | None, error: str | None = None) -> di
         "lab": cell.name,
         "kernel": cell.kernel,
         "box": box_name,
+        "release": None,
         "status": "error",
         "error": error,
         "seconds": 0,
@@ -194,14 +202,16 @@ def run_cell(cell: Cell, box_name: str, runner: Runner, say: Callable[[str], Non
     started = time.monotonic()
     try:
         say("up")
-        code, text = runner.labkit(["up", cell.lab, "--kernel", cell.kernel], log)
+        code, text = runner.labkit(["up", cell.lab, "--kernel", cell.kernel, "--json"], log)
         if code != 0:
             console = console_tail(home.lab_dir(cell.name))
             record["error"] = f"labkit up failed (exit {code}):\n{last_lines(text)}" + (
                 f"\n{console}" if console else ""
             )
             return record
-        record["figures"].update(up_figures(text))
+        up = last_json(text)
+        record["release"] = up.get("release")  # the box's kernel, as labkit booked it
+        record["figures"].update(up_figures(up))
         say("verify")
         junit = cell.folder / "verify.xml"
         verified, _ = runner.labkit(["verify", cell.name, "--junitxml", str(junit)], log)

@@ -1,6 +1,6 @@
 """`labkit show`: both directors' IPVS tables side by side, with counters and rates.
 
-Pure: the CLI runs COMMANDS on each director and hands the outputs to director_state(); this
+Pure: the CLI runs ipvs.COMMANDS on each director and hands the outputs to director_state(); this
 module parses them (through ipvs.py) and builds what is printed or dumped as JSON.
 """
 
@@ -42,7 +42,7 @@ class DirectorState:
 
 
 def director_state(lab: Lab, name: str, outputs: Mapping[str, str]) -> DirectorState:
-    """One director from the outputs of COMMANDS (same keys), plus "connections" if it ran
+    """One director from the outputs of ipvs.COMMANDS (same keys), plus "connections" if it ran
     CONNECTIONS_COMMAND."""
     return DirectorState(
         name,
@@ -117,8 +117,33 @@ HEADINGS = (
 )
 
 
-def services_table(lab: Lab, d: DirectorState) -> Table:
-    """One director's IPVS table: a row per service, then one per real server, as ipvsadm lists them."""
+# How many of HEADINGS a narrower table keeps: first without the rates, then without packets
+# and bytes. A table with fewer columns reads better than one whose addresses are cut.
+FULL, WITHOUT_RATES, FEWEST = len(HEADINGS), 5, 3
+
+
+def left_out(headings: list[str] | tuple[str, ...], json: bool = True) -> str:
+    """The note under a table that left columns out to fit the terminal."""
+    names = ", ".join(h.split("\n")[0] for h in headings)
+    return f"Left out at this width: {names}. A wider terminal shows them" + (", and so does --json." if json else ".")
+
+
+def packed(first: str, items: list[str], width: int, joint: str = "", indent: str = "    ") -> list[str]:
+    """`first`, then the items separated by `joint` and a space, on as few lines of at most `width`
+    as hold each item whole (an address with its port, a node with its count); later lines start
+    with `indent`."""
+    lines = [first]
+    for item in [item + joint for item in items[:-1]] + items[-1:]:
+        if len(lines[-1]) + 1 + len(item) > width and lines[-1].strip():
+            lines.append(indent + item)
+        else:
+            lines[-1] += " " + item
+    return lines
+
+
+def services_table(lab: Lab, d: DirectorState, columns: int = FULL) -> Table:
+    """One director's IPVS table: a row per service, then one per real server, as ipvsadm lists them;
+    the first `columns` of HEADINGS."""
     table = Table(
         title=_title(d),
         caption=_sync(d),
@@ -128,25 +153,21 @@ def services_table(lab: Lab, d: DirectorState) -> Table:
         title_justify="left",
         caption_justify="left",
     )
-    # On a terminal narrower than the table, cells fold onto a second line rather than end in "…":
-    # a cut number reads as another number.
+    # On a terminal narrower than even the fewest columns, cells fold onto a second line rather
+    # than end in "…": a cut number reads as another number.
     table.add_column("virtual service\n  real server", overflow="fold")
     table.add_column("sched\nfwd", overflow="fold")
-    for heading in HEADINGS:
+    for heading in HEADINGS[:columns]:
         table.add_column(heading, justify="right", overflow="fold")
     if not d.services:
         table.add_row("(no virtual service)")
     for svc in d.services:
+        numbers = ["", "", *_numbers(svc.stats, svc.rates)][:columns]
         # Text, not markup: `[fd00:55::100]:80` would read as a style tag
-        table.add_row(Text(_name(svc)), svc.scheduler, "", "", *_numbers(svc.stats, svc.rates), style="bold")
+        table.add_row(Text(_name(svc)), svc.scheduler, *numbers, style="bold")
         for dest in svc.destinations:
-            table.add_row(
-                Text(_real_server(lab, dest)),
-                dest.forward.listed_as,
-                str(dest.weight),
-                _pair(dest.active, dest.inactive),
-                *_numbers(dest.stats, dest.rates),
-            )
+            numbers = [str(dest.weight), _pair(dest.active, dest.inactive), *_numbers(dest.stats, dest.rates)]
+            table.add_row(Text(_real_server(lab, dest)), dest.forward.listed_as, *numbers[:columns])
     return table
 
 
@@ -162,30 +183,46 @@ def _vip_warnings(lab: Lab, directors: list[DirectorState]) -> list[Text]:
     return out
 
 
-class SideBySide:
-    """Tables next to each other when all fit whole, one under the other otherwise: two squeezed
-    tables are harder to read than two stacked."""
+class Widest:
+    """The first of these renderings that fits the console whole, or else the last (the narrowest),
+    each followed by its notes (unmeasured: a note wraps, a table must not)."""
 
-    def __init__(self, tables: list[Table], gap: int = 3):
-        self.tables, self.gap = tables, gap
+    def __init__(self, *choices: tuple[RenderableType, list[RenderableType]]):
+        self.choices = choices
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        # The natural width: a cell's minimum is its longest word, which would let numbers fold.
-        whole = sum(Measurement.get(console, options, t).maximum for t in self.tables)
-        if whole + self.gap * (len(self.tables) - 1) > options.max_width:
-            yield Group(*self.tables)
-            return
-        grid = Table.grid(padding=(0, self.gap))
-        for _ in self.tables:
-            grid.add_column(vertical="top")
-        grid.add_row(*self.tables)
-        yield grid
+        # The natural width, unbounded: a cell's minimum is its longest word, which would let numbers fold.
+        unbounded = options.update_width(1_000_000)
+        fits = (c for c in self.choices if Measurement.get(console, unbounded, c[0]).maximum <= options.max_width)
+        renderable, notes = next(fits, self.choices[-1])
+        yield renderable
+        yield from notes
+
+
+def side_by_side(tables: list[Table], gap: int = 3) -> Table:
+    grid = Table.grid(padding=(0, gap))
+    for _ in tables:
+        grid.add_column(vertical="top")
+    grid.add_row(*tables)
+    return grid
 
 
 def view(lab: Lab, directors: list[DirectorState]) -> RenderableType:
-    """Both directors' tables side by side, the active one marked, then what looks wrong."""
+    """Both directors' tables side by side, the active one marked, then what looks wrong. On a
+    narrower console one under the other (two squeezed tables are harder to read than two
+    stacked), then with fewer columns."""
+    full = [services_table(lab, d) for d in directors]
+    fewer = [
+        (
+            Group(*[services_table(lab, d, columns) for d in directors]),
+            [Text(left_out(HEADINGS[columns:]), style="dim")],
+        )
+        for columns in (WITHOUT_RATES, FEWEST)
+    ]
     return Group(
-        SideBySide([services_table(lab, d) for d in directors]), *_vip_warnings(lab, directors), Text(NOTE, style="dim")
+        Widest((side_by_side(full), []), (Group(*full), []), *fewer),
+        *_vip_warnings(lab, directors),
+        Text(NOTE, style="dim"),
     )
 
 
@@ -193,28 +230,47 @@ def _expire(seconds: int) -> str:
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
 
 
-def connections_table(lab: Lab, d: DirectorState) -> Table:
-    """One director's connection table, as `ipvsadm -L -n -c` lists it."""
+# The columns of `ipvsadm -L -n -c`. A narrow console leaves out expire, then state: what went
+# where matters most.
+CONNECTION_HEADINGS = ("pro", "expire", "state", "source", "virtual", "destination")
+
+
+def connections_table(
+    lab: Lab, d: DirectorState, compact: bool = False, headings: tuple[str, ...] = CONNECTION_HEADINGS
+) -> Table:
+    """One director's connection table, as `ipvsadm -L -n -c` lists it; `compact`: one space
+    between columns; `headings`: which of its columns."""
     conns = d.connections or []
     caption = f"{len(conns)} entr{'y' if len(conns) == 1 else 'ies'}"
     table = Table(
         title=_title(d),
         caption=caption,
         box=box.SIMPLE_HEAD,
+        padding=(0, 0) if compact else (0, 1),
         show_edge=False,
         title_justify="left",
         caption_justify="left",
     )
-    for heading in ("pro", "expire", "state", "source", "virtual", "destination"):
-        table.add_column(heading, no_wrap=True)
+    for heading in headings:
+        table.add_column(heading, overflow="fold")
     for c in conns:
-        table.add_row(c.protocol, _expire(c.expire), c.state, c.source, c.virtual, c.destination)
+        cells = dict(
+            zip(CONNECTION_HEADINGS, (c.protocol, _expire(c.expire), c.state, c.source, c.virtual, c.destination))
+        )
+        table.add_row(*(cells[h] for h in headings))
     return table
 
 
 def connections_view(lab: Lab, directors: list[DirectorState]) -> RenderableType:
-    """`labkit show --connections`: each director's connection table, side by side."""
-    return SideBySide([connections_table(lab, d) for d in directors])
+    """`labkit show --connections`: each director's connection table, side by side when they fit;
+    on a narrower console one under the other, then without expire, then without state."""
+    full = [connections_table(lab, d) for d in directors]
+    choices: list[tuple[RenderableType, list[RenderableType]]] = [(side_by_side(full), []), (Group(*full), [])]
+    for dropped in ((), ("expire",), ("expire", "state")):
+        headings = tuple(h for h in CONNECTION_HEADINGS if h not in dropped)
+        tables = Group(*[connections_table(lab, d, compact=True, headings=headings) for d in directors])
+        choices.append((tables, [Text(left_out(dropped), style="dim")] if dropped else []))
+    return Widest(*choices)
 
 
 # ---- JSON -------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from enum import Enum
 
 import jinja2
 
+from labkit.boot import names
 from labkit.box.guest_key import OEM_KEY_PREFIX
 from labkit.labfile import Lab
 
@@ -34,6 +35,7 @@ class Target:
     name: str | None = None  # the copy's name (labkit up --as): its VMs and networks are named after it
     uri: str | None = None  # another host's libvirt (qemu+ssh://...); None: this host's
     management: str = "192.168.124.0/24"  # the lab's own management network (Vagrant's DHCP and SSH)
+    kernel: str | None = None  # the --kernel the box was chosen for: kept in the lab's record, not rendered
 
 
 def mac(net_index: int, node_index: int) -> str:
@@ -80,6 +82,14 @@ def render(lab: Lab, target: Target) -> str:
         lstrip_blocks=True,
     )
     nodes = [{"name": name, "interfaces": interfaces(lab, name)} for name in lab.nodes]
+    name = target.name or lab.name
     return env.get_template(TEMPLATE).render(
-        lab=lab, nodes=nodes, target=target, name=target.name or lab.name, oem_key_prefix=OEM_KEY_PREFIX
+        lab=lab,
+        nodes=nodes,
+        target=target,
+        name=name,
+        prefix=names.prefix(name),
+        management_network=names.management(name),
+        networks={net: names.network(name, net) for net in lab.networks},
+        oem_key_prefix=OEM_KEY_PREFIX,
     )

@@ -1,5 +1,7 @@
 """The CLI's answers that need no VM: rendering, and one clear error for bad input."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -163,15 +165,14 @@ def test_a_lab_partly_up_from_another_kernel_is_not_mixed(home):
 
 
 def test_trace_takes_a_udp_service_bench_does_not():
-    from labkit.cli import pick_service
     from labkit.errors import LabkitError
     from labkit.labfile import load_lab
 
     nat = load_lab(LABS / "nat" / "lab.yaml")
-    assert pick_service(nat, "udp 192.168.55.100:9000", udp=True).key == "udp 192.168.55.100:9000"
-    assert pick_service(nat, None, udp=True).key == "tcp 192.168.55.100:80"
+    assert nat.service("udp 192.168.55.100:9000", udp=True).key == "udp 192.168.55.100:9000"
+    assert nat.service(None, udp=True).key == "tcp 192.168.55.100:80"
     with pytest.raises(LabkitError, match=r"the lab nat has no TCP service 'udp 192.168.55.100:9000'"):
-        pick_service(nat, "udp 192.168.55.100:9000")
+        nat.service("udp 192.168.55.100:9000")
 
 
 def test_a_copy_is_rendered_under_its_own_name():
@@ -229,3 +230,55 @@ def test_copies_that_are_not_up_are_named(home):
     assert result.stderr.strip() == (
         "error: no lab or copy 'bob' is up (up: alice). Start one with: labkit up LAB --as bob"
     )
+
+
+def schema_problems(schema: dict, data, root: dict, at: str = "") -> list[str]:
+    """What in `data` the schema refuses: a small reading of JSON Schema (objects, arrays, enums,
+    references, anyOf), enough for the lab file's structure."""
+    if "$ref" in schema:
+        return schema_problems(root["$defs"][schema["$ref"].rsplit("/", 1)[1]], data, root, at)
+    if "anyOf" in schema:
+        tried = [schema_problems(s, data, root, at) for s in schema["anyOf"]]
+        return [] if [] in tried else tried[0]
+    if "enum" in schema and data not in schema["enum"]:
+        return [f"{at}: {data!r} is none of {schema['enum']}"]
+    if schema.get("type") == "array":
+        return [p for i, item in enumerate(data) for p in schema_problems(schema["items"], item, root, f"{at}[{i}]")]
+    if schema.get("type") != "object":
+        return []
+    problems = [f"{at}: {key} is missing" for key in schema.get("required", []) if key not in data]
+    for key, value in data.items():
+        sub = schema.get("properties", {}).get(key, schema.get("additionalProperties", True))
+        if sub is False:
+            problems.append(f"{at}: {key} is not a field")
+        elif isinstance(sub, dict):
+            problems += schema_problems(sub, value, root, f"{at}.{key}")
+    return problems
+
+
+@pytest.mark.parametrize("lab", ["nat", "tun", "dr", "fwmark", "schedulers"])
+def test_schema_prints_the_lab_files_json_schema(lab):
+    import yaml
+
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "Lab" and set(schema["required"]) == {"name", "networks", "nodes", "services"}
+    data = yaml.safe_load((LABS / lab / "lab.yaml").read_text())
+    assert schema_problems(schema, data, schema) == []
+    data["services"][0]["weight"] = 3  # a real server's field, not a service's
+    data["nodes"]["lb0"]["role"] = "router"
+    assert schema_problems(schema, data, schema) == [
+        ".nodes.lb0.role: 'router' is none of ['director', 'real_server', 'client']",
+        ".services[0]: weight is not a field",
+    ]
+
+
+def test_an_interrupted_up_names_the_command_that_continues_it():
+    from labkit.boot.target import up_command
+
+    assert up_command("nat", "labkit/bookworm", None, None, None) == "labkit up nat"
+    assert up_command("labs/my lab", "labkit/bookworm", "trixie", "alice", "big") == (
+        "labkit up 'labs/my lab' --kernel trixie --as alice --connect big"
+    )
+    assert up_command("nat", "debian/bookworm64", None, None, None) == "labkit up nat --box debian/bookworm64"

@@ -4,32 +4,52 @@ commands it runs."""
 import json
 
 import pytest
+from typer.testing import CliRunner
 
+import labkit.cli.lab
+from labkit.cli import app
 from labkit.errors import LabkitError
 from labkit.operate import matrix
+from labkit.record import Record
 
-UP = """\
-    12s lb0: Starting domain.
-booted 5 nodes in 131 s
-provisioned nat: 52 changes in 41.3 s
-snapshot taken in 1 s (labkit reset nat comes back to it)
-"""
+UP = {
+    "name": "nat",
+    "lab": "nat",
+    "uri": "qemu:///system",
+    "box": "labkit/linux-7.2",
+    "kernel": "sid",
+    "release": "7.2.13-amd64",
+    "boot_seconds": 131,
+    "provision_seconds": 41.3,
+    "changes": 52,
+    "snapshot_seconds": 1.2,
+}
 
 
-def test_up_and_bench_figures_are_read_from_what_the_commands_print():
-    assert matrix.up_figures(UP) == {"boot_seconds": 131.0, "provision_seconds": 41.3}
-    assert matrix.up_figures("nothing booted\n") == {}
-    bench = {
-        "service": "tcp 192.168.55.100:80",
-        "director": "lb0",
-        "complete": 2000,
-        "failed": 0,
-        "per_second": 212.4,
-        "mean_ms": 18.8,
-        "percentiles": {"50": 17, "99": 41},
-        "split": {},
-    }
-    assert matrix.bench_figures("warming up\n" + json.dumps(bench) + "\n") == {
+def test_up_figures_are_read_from_its_json_result_in_the_merged_output():
+    # stderr merged into stdout: progress lines, some of them braces, around the result
+    output = "    12s lb0: Starting domain.\n{ not json\n" + json.dumps(UP) + "\n[1, 2]\nsnapshot taken\n"
+    assert matrix.last_json(output) == UP
+    assert matrix.up_figures(matrix.last_json(output)) == {"boot_seconds": 131.0, "provision_seconds": 41.3}
+    assert matrix.last_json("booted 5 nodes in 131 s\nerror: no box\n") == {}
+    assert matrix.up_figures({}) == {}
+    assert matrix.up_figures({"boot_seconds": 131, "provision_seconds": None}) == {"boot_seconds": 131.0}
+
+
+BENCH = {
+    "service": "tcp 192.168.55.100:80",
+    "director": "lb0",
+    "complete": 2000,
+    "failed": 0,
+    "per_second": 212.4,
+    "mean_ms": 18.8,
+    "percentiles": {"50": 17, "99": 41},
+    "split": {},
+}
+
+
+def test_bench_figures_are_read_from_its_json_result():
+    assert matrix.bench_figures("warming up\n" + json.dumps(BENCH) + "\n") == {
         "bench_requests_per_second": 212.4,
         "bench_p99_ms": 41,
         "bench_failed_requests": 0,
@@ -111,3 +131,77 @@ def test_a_box_with_a_key_built_in_is_built_again(tmp_path, monkeypatch):
     runner = Builds()
     found, missing = matrix.boxes(["sid"], tmp_path, runner=runner, say=print)
     assert (found, missing, runner.calls) == ({"sid": "labkit/linux-7.2"}, {}, [["box", "build", "--kernel", "sid"]])
+
+
+def test_a_cell_boots_with_json_and_keeps_ups_figures_and_kernel_release(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "home"))
+
+    class Commands:
+        calls = []
+
+        def labkit(self, args, log):
+            self.calls.append(args)
+            said = {"up": "booted 5 nodes in 131 s\n" + json.dumps(UP), "bench": json.dumps(BENCH)}
+            return 0, said.get(args[0], "") + "\n"
+
+        def quietly(self, args, log):
+            self.calls.append(args)
+            return 0
+
+    (cell,) = matrix.plan(["nat"], ["sid"], tmp_path / "report")
+    runner = Commands()
+    record = matrix.run_cell(cell, "labkit/linux-7.2", runner, say=lambda step: None)
+    assert runner.calls[0] == ["up", "nat", "--kernel", "sid", "--json"]
+    assert (record["status"], record["release"]) == ("passed", "7.2.13-amd64")
+    assert record["figures"] == {
+        "boot_seconds": 131.0,
+        "provision_seconds": 41.3,
+        "bench_requests_per_second": 212.4,
+        "bench_p99_ms": 41,
+        "bench_failed_requests": 0,
+    }
+
+
+def test_up_json_is_the_one_line_on_stdout_that_the_matrix_reads(tmp_path, monkeypatch):
+    """`labkit up --json` with the boot itself left out (no VMs here): progress on stderr, the
+    result alone on stdout, and the matrix finds it in the two merged."""
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "vagrant"))
+
+    class Booted:
+        on_libvirt = False  # no snapshot
+
+        def __init__(self, booked):
+            self.booked, self.name = booked, booked.name
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def provision(self, on_done):
+            return []
+
+    def boot(lab, source, target, progress):
+        progress("lb0", "Starting domain.")
+        return Booted(Record.booked(lab, target))
+
+    monkeypatch.setattr(labkit.cli.lab.booking, "boot", boot)
+    result = CliRunner().invoke(app, ["up", "nat", "--as", "nat-2", "--accel", "tcg", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "booted 5 nodes in 0 s" in result.stderr and "nat-2 is up (a copy of nat)" in result.stderr
+    (line,) = result.stdout.splitlines()
+    up = json.loads(line)
+    assert {k: up[k] for k in ("name", "lab", "uri", "box", "kernel", "release", "changes", "snapshot_seconds")} == {
+        "name": "nat-2",
+        "lab": "nat",
+        "uri": "qemu:///system",
+        "box": "labkit/bookworm",
+        "kernel": None,
+        "release": None,
+        "changes": 0,
+        "snapshot_seconds": None,
+    }
+    assert matrix.last_json(result.stderr + result.stdout) == up
+    assert set(matrix.up_figures(up)) == {"boot_seconds", "provision_seconds"}

@@ -1,0 +1,161 @@
+"""Looking at a running lab, loading it, breaking and healing it: show, bench, trace, weight, fail, heal."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from labkit import lock
+from labkit.cli.common import JsonOpt, RunningArg, ServiceOpt, handled, out, say
+from labkit.errors import LabkitError
+from labkit.labfile import with_weight
+from labkit.operate import bench, failover, show, trace
+from labkit.plan import ipvs
+from labkit.running import RunningLab
+
+app = typer.Typer()
+
+
+@app.command("show")
+@handled
+def show_cmd(
+    lab: RunningArg = None,
+    connections: Annotated[bool, typer.Option("--connections", help="The connection tables instead.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Both directors' IPVS tables side by side: services, real servers, weights, connections, counters and rates; which director is active.
+
+    Example: labkit show nat --connections"""
+    with RunningLab.find(lab) as running:
+        model = running.lab
+        commands = dict(ipvs.COMMANDS)
+        if connections:
+            commands["connections"] = show.CONNECTIONS_COMMAND
+        outputs = running.run_on(model.directors, commands)
+    states = [show.director_state(model, name, outputs[name]) for name in model.directors]
+    if as_json:
+        sys.stdout.write(json.dumps(show.as_json(model, states), indent=2) + "\n")
+    elif connections:
+        out.print(show.connections_view(model, states))
+    else:
+        out.print(show.view(model, states))
+
+
+@app.command("bench")
+@handled
+def bench_cmd(
+    lab: RunningArg = None,
+    service: ServiceOpt = None,
+    requests: Annotated[int, typer.Option(min=1, max=bench.MAX_REQUESTS, help="How many requests.")] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1, max=bench.MAX_CONCURRENCY, help="How many at once.")] = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """A bounded load from the client against the VIP (ApacheBench): requests per second, latency percentiles, errors, and the split per real server as IPVS counted it.
+
+    Example: labkit bench nat --requests 5000"""
+    with RunningLab.find(lab) as running:
+        model = running.lab
+        svc = model.service(service)
+        director, result = bench.bench(running, svc, requests, concurrency)
+    if as_json:
+        sys.stdout.write(json.dumps({"service": svc.key, "director": director, **dataclasses.asdict(result)}) + "\n")
+        return
+    for line in bench.report(svc, director, model.clients[0], requests, concurrency, result, out.width):
+        say(line)
+
+
+@app.command("trace")
+@handled
+def trace_cmd(lab: RunningArg = None, service: ServiceOpt = None) -> None:
+    """Send one request from the client while tcpdump listens on the director and the real servers; print the packet's path hop by hop.
+
+    Example: labkit trace tun --service 'tcp 192.168.55.102:80'"""
+    with RunningLab.find(lab) as running:
+        model = running.lab
+        svc = model.service(service, udp=True)
+        seen = trace.trace(running, svc)
+    out.print(
+        f"{model.clients[0]} asked {seen.url} from port {seen.client_port}; {seen.answer} answered "
+        f"({svc.forwarding.value}).\n",
+        highlight=False,
+        markup=False,
+    )
+    for title, path in (("request", seen.request), ("reply", seen.reply)):
+        out.print(f"[bold]{title}[/]")
+        for hop in path:
+            out.print(f"  {hop.node + ' ' + hop.interface:10} {trace.describe(model, hop.packet)}", highlight=False)
+            if hop.note:
+                out.print(f"  {'':10} [dim]{hop.note}[/]", highlight=False)
+    if not seen.request or not seen.reply:
+        raise LabkitError("the capture missed the request or the reply: run labkit trace again")
+
+
+@app.command()
+@handled
+def weight(
+    lab: Annotated[str, typer.Argument(help="The running lab.")],
+    real_server: Annotated[str, typer.Argument(help="A real server node, e.g. rs0.")],
+    new_weight: Annotated[int, typer.Argument(metavar="WEIGHT", help="0 drains it: no new connections.")],
+    service: Annotated[str | None, typer.Option(help="Only this service, e.g. 'tcp 192.168.55.100:80'.")] = None,
+) -> None:
+    """Change a real server's weight on the running directors, without restarting anything.
+
+    Example: labkit weight nat rs1 0"""
+    with RunningLab.find(lab) as running, lock.changing(running.name, "weight"):
+        changed = with_weight(running.lab, real_server, new_weight, service)
+        running.provision(changed, nodes=changed.directors)
+        # The lab as it now runs: verify checks this split, `labkit provision <lab>` restores the file's.
+        running.record(changed, f"labkit weight {real_server} {new_weight}")
+    for svc in changed.services_of(real_server):
+        weights = ", ".join(f"{changed.node_at(rs.address)} {rs.weight}" for rs in svc.real_servers)
+        out.print(f"{svc.key} {svc.scheduler}: {weights}", highlight=False, markup=False)
+    how = "keepalived reloaded" if changed.ha else "ipvsadm -e"
+    out.print(f"applied on {', '.join(changed.directors)} ({how}). labkit verify {changed.name} checks the new split.")
+
+
+@app.command()
+@handled
+def fail(
+    lab: Annotated[str, typer.Argument(help="The running lab.")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="NODE (freeze its VM), NODE:SERVICE (stop keepalived or nginx), NODE:NETWORK (take that link down)."
+        ),
+    ],
+    seconds: Annotated[float, typer.Option(min=6, max=120, help="How long the client's load runs.")] = 16,
+) -> None:
+    """Break part of a running lab under a bounded load from the client, and show what the client saw.
+
+    Example: labkit fail nat lb0:keepalived"""
+    with RunningLab.find(lab) as running, lock.changing(running.name, "fail"):
+        broken = failover.parse_target(running.lab, target)
+        out.print(
+            f"load from {running.lab.clients[0]} for {seconds:.0f} s; {broken.what} "
+            f"{failover.LEAD_SECONDS} s after it starts ...",
+            highlight=False,
+        )
+        result = failover.fail(running, broken, seconds)
+    for line in result.lines():
+        out.print(line, highlight=False)
+    out.print(f"\nStill broken. Bring it back with: [bold]labkit heal {running.name}[/]")
+
+
+@app.command()
+@handled
+def heal(lab: RunningArg = None) -> None:
+    """Undo every failure: resume frozen nodes, restart services, raise links; wait until the lab is whole.
+
+    Example: labkit heal nat"""
+    with RunningLab.find(lab) as running, lock.changing(running.name, "heal"):
+        seconds, load = failover.heal(running)
+    served = ", ".join(f"{k} {v}" for k, v in sorted(load.served().items()))
+    out.print(
+        f"{running.name} healed in {seconds:.0f} s: {len(load.requests)} requests, failed {load.failed}, "
+        f"served by {served or 'nobody'}",
+        highlight=False,
+    )
