@@ -20,9 +20,9 @@ import yaml
 from fabric import Connection
 from invoke.watchers import StreamWatcher
 
-from labkit import home
+from labkit import box, home
 from labkit.apply import ssh
-from labkit.boot import leftovers, libvirt, names, vagrant
+from labkit.boot import health, leftovers, libvirt, names, vagrant
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, lab_file, load_lab, read_lab
 from labkit.plan.ipvs import ADDRESSES, holders
@@ -134,8 +134,26 @@ class RunningLab:
         vagrant.ssh_config(self.folder, refresh=True)
 
     def status(self) -> dict[str, str]:
-        """Node -> Vagrant's state ("running", "paused", "not_created", ...)."""
-        return vagrant.status(self.folder)
+        """Node -> its VM's state ("running", "paused", "shutoff", "missing", ...): libvirt's,
+        asked directly (Vagrant takes seconds of Ruby to say it), or Vagrant's elsewhere."""
+        return self.health().vms if self.on_libvirt else vagrant.status(self.folder)
+
+    def health(self) -> health.Health:
+        """The lab's VMs, networks, NICs and disks as libvirt has them (libvirt labs only)."""
+        return health.read(self.name, self.lab, self.uri)
+
+    def problems(self, seen: health.Health | None = None) -> list[str]:
+        """What keeps the lab from being whole, one line each with its repair: its parts in
+        libvirt, and the box a VM made again would need."""
+        found = (seen or self.health()).problems() if self.on_libvirt else []
+        made = self.booked.box
+        if box.is_labkit_box(made) and made not in {b.name for b in box.labkit_boxes()}:
+            again = f"labkit box build --kernel {self.booked.kernel}" if self.booked.kernel else "labkit box build"
+            found.append(
+                f"the box {made} is gone from Vagrant: no VM of {self.name} can be made again until it is back: "
+                f"{again} (or labkit box import FILE)"
+            )
+        return found
 
     def freeze(self, node: str) -> None:
         self._forget(node)
@@ -178,6 +196,10 @@ class RunningLab:
                 f"the lab {self.name} has no snapshot to go back to. Take one with: labkit snapshot {self.name}"
             )
         self.close()  # the connections belong to the VMs' present, which is discarded
+        # a network stopped under the lab (a libvirt or host restart) must run for the VMs' NICs
+        for net, state in self.health().networks.items():
+            if state == "inactive":
+                libvirt.virsh(self.uri, "net-start", net)
         failed = libvirt.revert(self.uri, self.domains)
         if failed:
             raise LabkitError(
@@ -185,6 +207,8 @@ class RunningLab:
                 + "\n".join(f"  {f}" for f in failed)
                 + f"\nTry again, or bring the lab back with: labkit heal {self.name}"
             )
+        if libvirt.is_local(self.uri):  # a VM reverted in place keeps its taps, off a restarted network's bridge
+            health.reattach(self.uri, self.health())
         if (self.folder / SNAPSHOT_LAB).exists():  # a weight changed since runs no more
             shutil.copyfile(self.folder / SNAPSHOT_LAB, self.folder / "lab.yaml")
             self._lab = None

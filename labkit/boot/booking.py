@@ -10,18 +10,25 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from labkit import home
-from labkit.boot import doctor, host, leftovers, libvirt, names, vagrant
+from labkit.boot import doctor, health, host, leftovers, libvirt, names, vagrant
 from labkit.errors import LabkitError
 from labkit.labfile import Lab
 from labkit.lock import exclusive
 from labkit.record import Record
-from labkit.render.vagrantfile import Target, render
+from labkit.render.vagrantfile import Provider, Target, render
 from labkit.running import RunningLab
 
 
-def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str], None]) -> RunningLab:
+def boot(
+    lab: Lab,
+    source: Path,
+    target: Target,
+    on_progress: Callable[[str, str], None],
+    on_repair: Callable[[str], None] = lambda line: None,
+) -> RunningLab:
     """Render the lab's (or copy's, target.name) Vagrantfile and boot every node at once;
-    provision() comes next."""
+    provision() comes next. A lab being continued is repaired first (health.repair), each
+    repair told to on_repair."""
     name = target.name or lab.name
     folder = home.lab_dir(name)
     uri = target.uri or libvirt.LOCAL
@@ -45,6 +52,9 @@ def boot(lab: Lab, source: Path, target: Target, on_progress: Callable[[str, str
             target = replace(target, management=made.booked.management or target.management)
             booked = None
         running = RunningLab.create(name, source, render(lab, target), booked)
+    if made is not None and target.provider == Provider.libvirt:
+        for line in health.repair(name, lab, uri):
+            on_repair(line)
     try:
         running.boot(target.provider, on_progress)
     except vagrant.BootError as exc:

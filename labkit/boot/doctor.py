@@ -14,6 +14,7 @@ from labkit.boot.vagrant import kvm_usable
 from labkit.errors import LabkitError
 from labkit.labfile import load_lab
 from labkit.render.vagrantfile import TCG_EMULATOR, Provider
+from labkit.running import RunningLab
 
 
 @dataclass
@@ -122,7 +123,18 @@ def probes(
                 fatal=False,
             )
         )
+        found += [_whole(running) for running in RunningLab.all() if running.uri == uri and running.on_libvirt]
     return found
+
+
+def _whole(running: RunningLab) -> Probe:
+    problems = running.problems()
+    return Probe(
+        f"the lab {running.name} is whole (its VMs, networks, NICs, disks and box)",
+        not problems,
+        "; ".join(problems),
+        fatal=False,
+    )
 
 
 def remote_probes(uri: str, thorough: bool) -> list[Probe]:

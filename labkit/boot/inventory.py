@@ -65,5 +65,6 @@ def _state(vms: list[libvirt.Domain], expected: int) -> str:
     if not vms:
         return "not created"
     if len(vms) == expected and len(states) == 1:
-        return states[0]
+        # every VM off, as after the host restarted: the lab is there, `labkit up` starts it
+        return "stopped" if states == ["shutoff"] else states[0]
     return ", ".join(f"{state} {sum(vm.state == state for vm in vms)}/{expected}" for state in states)

@@ -146,7 +146,7 @@ def up(
         again = target.up_command(lab, box_name, kernel, as_name, connect)
         with lock.changing(name, "up", up=again):
             with Progress(list(model.nodes)) as progress:
-                running = booking.boot(model, source, booked, progress)
+                running = booking.boot(model, source, booked, progress, lambda line: say(f"repaired: {line}"))
             boot_seconds = round(time.monotonic() - progress.started, 1)
             out.print(f"booted {len(model.nodes)} nodes in {boot_seconds:.0f} s")
             with running:
@@ -224,7 +224,13 @@ def status(lab: RunningArg = None) -> None:
     Example: labkit status nat"""
     running = RunningLab.find(lab)
     where = "" if libvirt.is_local(running.uri) else libvirt.shown(running.uri)
-    out.print(status_view(running.lab, running.name, where, running.status(), out.width))
+    if running.on_libvirt:
+        seen = running.health()
+        out.print(status_view(running.lab, running.name, where, seen.vms, out.width))
+        for line in running.problems(seen):
+            warn(line)
+    else:
+        out.print(status_view(running.lab, running.name, where, running.status(), out.width))
 
 
 def status_view(lab: Lab, name: str, where: str, states: dict[str, str], width: int) -> RenderableType:

@@ -348,6 +348,92 @@ def test_fail_reports_what_the_client_saw_then_heal(lab):
     assert re.search(r"failed 0, served by rs0 \d+, rs1 \d+", healed.stdout), healed.stdout
 
 
+def virsh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True)
+
+
+def verify_outcomes(name: str, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    report = REPORTS / f"{name}-faults.xml"
+    result = labkit("verify", name, "-m", "not failover", f"--junitxml={report}", *args)
+    return result, read_junit(report).checks
+
+
+def wait_for_state(domain: str, state: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while virsh("domstate", domain).stdout.strip() != state:
+        assert time.monotonic() < deadline, f"{domain} is not {state}: {virsh('domstate', domain).stdout}"
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("lab", ["fwmark"], indirect=True)
+def test_host_faults_are_named_and_repaired(lab):
+    """The host's faults under a running lab, one after the other: a VM's QEMU killed, a lab network
+    destroyed, the host restarted (every VM and network stopped), a disk volume and the box gone.
+    Each is named in one line by status, doctor or verify, and repaired by `labkit up`."""
+    name, *_ = lab
+    rs1 = f"labkit-{name}-rs1"
+
+    # a VM killed, as the OOM killer would: verify says so once and runs the other nodes' checks
+    qemu = subprocess.run(["pgrep", "-f", f"guest={rs1},"], capture_output=True, text=True).stdout.split()
+    assert len(qemu) == 1, f"expected one QEMU for {rs1}, found {qemu}"
+    os.kill(int(qemu[0]), signal.SIGKILL)
+    wait_for_state(rs1, "shut off")
+    status = labkit("status", name)
+    assert f"rs1: its VM is shutoff: labkit up {name} repairs it" in status.stderr, status.stderr
+    result, seen = verify_outcomes(name)
+    assert result.returncode == 1 and "TimeoutError" not in result.stdout, result.stdout[-3000:]
+    assert f"rs1 is not there: its VM is shutoff. labkit up {name} repairs it" in result.stdout
+    assert seen["test_lab.py::test_node_is_there[rs1]"] == "failed"
+    assert seen["test_lab.py::test_hostname[rs1]"] == "skipped"
+    assert seen["test_lab.py::test_hostname[lb0]"] == seen["test_lab.py::test_addresses[rs0]"] == "passed"
+    assert "error" not in seen.values(), seen
+    repaired = labkit("up", name)
+    assert repaired.returncode == 0 and "repaired: rs1 started again (it was shutoff)" in repaired.stdout
+    assert labkit("verify", name, "-m", "not failover").returncode == 0
+
+    # a lab network destroyed under the running lab: doctor names it, up starts it and puts the NICs back
+    assert virsh("net-destroy", f"labkit-{name}-int").returncode == 0
+    doctor = labkit("doctor")
+    assert f"network labkit-{name}-int is inactive: labkit up {name} repairs it" in doctor.stdout, doctor.stdout
+    result, seen = verify_outcomes(name, "-k", "node_is_there")
+    assert result.returncode == 1 and "are cut off (the network was stopped under it)" in result.stdout
+    repaired = labkit("up", name)
+    assert f"repaired: network labkit-{name}-int started again" in repaired.stdout, repaired.stdout
+    assert "put back on its bridge" in repaired.stdout, repaired.stdout
+    assert labkit("verify", name, "-m", "not failover").returncode == 0
+
+    # the host restarted: every VM off, every network inactive; the lab is stopped, not gone
+    domains = [f"labkit-{name}-{node}" for node in load_lab(LABS / name / "lab.yaml").nodes]
+    for domain in domains:
+        virsh("destroy", domain)
+    for net in ("ext", "int", "mgmt"):
+        virsh("net-destroy", f"labkit-{name}-{net}")
+    listed = labkit("list", "--json")
+    assert [r["state"] for r in json.loads(listed.stdout) if r["name"] == name] == ["stopped"], listed.stdout
+    repaired = labkit("up", name)
+    assert repaired.returncode == 0, repaired.stderr
+    assert repaired.stdout.count("repaired: ") == 3 + len(domains), repaired.stdout
+    assert labkit("verify", name, "-m", "not failover").returncode == 0
+    assert labkit("reset", name).returncode == 0  # the snapshot the repairing up took
+    assert labkit("verify", name, "-m", "not failover", "-k", "split").returncode == 0
+
+    # a VM's disk volume deleted, and the box gone from Vagrant: both named; up makes the VM again
+    assert virsh("vol-delete", "--pool", "default", f"{rs1}.img").returncode == 0
+    box = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d")) / "boxes" / "labkit-VAGRANTSLASH-bookworm"
+    aside = box.with_name(box.name + ".aside")
+    box.rename(aside)
+    try:
+        status = labkit("status", name)
+        assert "the box labkit/bookworm is gone from Vagrant" in status.stderr, status.stderr
+    finally:
+        aside.rename(box)
+    status = labkit("status", name)
+    assert f"rs1: its disk volume is gone: labkit up {name} makes the VM again from the box" in status.stderr
+    repaired = labkit("up", name)
+    assert "repaired: rs1's VM removed, its disk gone: made again from the box" in repaired.stdout, repaired.stdout
+    assert labkit("verify", name, "-m", "not failover").returncode == 0
+
+
 def test_second_provision_changes_nothing(lab):
     name, *_ = lab
     result = labkit("provision", name)

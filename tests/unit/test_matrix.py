@@ -183,7 +183,7 @@ def test_up_json_is_the_one_line_on_stdout_that_the_matrix_reads(tmp_path, monke
         def provision(self, on_done):
             return []
 
-    def boot(lab, source, target, progress):
+    def boot(lab, source, target, progress, on_repair):
         progress("lb0", "Starting domain.")
         return Booted(Record.booked(lab, target))
 

@@ -3,10 +3,12 @@ parametrisation of checks by the lab's own nodes and services."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import paramiko
 import pytest
 import testinfra
 
@@ -104,6 +106,78 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    if config.option.collectonly:
+        return
+    # A node that is not there fails its own check (test_node_is_there) with the reason; the
+    # checks that need it are not run, rather than each timing out on it.
+    lab = _lab(config)
+    absent = config.stash[ABSENT] = nodes_absent(RunningLab(Path(config.getoption("--lab-dir"))), lab)
+    for item in items:
+        if item.originalname == "test_node_is_there":
+            continue
+        missing = sorted(needs(item, lab) & absent.keys())
+        if missing:
+            why = "; ".join(f"{node} {absent[node]}" for node in missing)
+            item.add_marker(pytest.mark.skip(reason=f"not run: {why}"))
+
+
+ABSENT = pytest.StashKey[dict]()
+
+
+def needs(item: pytest.Item, lab: Lab) -> set[str]:
+    """The nodes a check needs: those it is run for, the client, the active director and the real
+    servers of the service it is run for, or, for a check of the whole lab or a failure scenario,
+    every node."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    nodes = {v for v in params.values() if isinstance(v, str) and v in lab.nodes}
+    for svc in (v for v in params.values() if isinstance(v, VirtualService)):
+        nodes |= {*lab.clients, lab.active_director, *(lab.node_at(rs.address) for rs in svc.real_servers)}
+    if not nodes or item.get_closest_marker("failover"):
+        return set(lab.nodes)
+    return nodes
+
+
+def nodes_absent(running: RunningLab, lab: Lab) -> dict[str, str]:
+    """Node -> why it cannot take part now ("is shutoff: labkit up nat repairs it"): its VM not
+    running or cut off from a network (libvirt labs), or its SSH port not answering."""
+    absent = {}
+    if running.on_libvirt:
+        repair = f"labkit up {running.name} repairs it"
+        for node, why in running.health().down().items():
+            absent[node] = f"is not there: {why}. {'labkit heal ' + running.name if 'paused' in why else repair}"
+    reachable = ssh_answers(running.ssh_config, [n for n in lab.nodes if n not in absent])
+    absent |= {
+        node: f"does not answer SSH: labkit up {running.name} repairs it" for node, ok in reachable.items() if not ok
+    }
+    return absent
+
+
+def ssh_answers(ssh_config: Path, nodes: list[str], seconds: float = 5) -> dict[str, bool]:
+    """Whether each node's SSH port gives its greeting, asked of every node at once. A node reached
+    through another host (a ProxyCommand) is taken as answering: the checks will say."""
+    config = paramiko.SSHConfig.from_path(str(ssh_config))
+
+    def greets(node: str) -> bool:
+        found = config.lookup(node)
+        if "proxycommand" in found:
+            return True
+        try:
+            with socket.create_connection((found["hostname"], int(found.get("port", 22))), timeout=seconds) as s:
+                s.settimeout(seconds)
+                return s.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    if not nodes:
+        return {}
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        return dict(zip(nodes, pool.map(greets, nodes)))
+
+
+@pytest.fixture(scope="session")
+def absent(pytestconfig: pytest.Config) -> dict[str, str]:
+    """Node -> why it is not there, as found before the checks ran."""
+    return pytestconfig.stash.get(ABSENT, {})
 
 
 @pytest.fixture(scope="session")
@@ -118,8 +192,10 @@ def hosts(pytestconfig: pytest.Config, lab: Lab):
     under software emulation each sudo costs a noticeable fraction of a second."""
     ssh_config = pytestconfig.getoption("ssh_config")
     cache = {name: testinfra.get_host(f"paramiko://{name}", ssh_config=ssh_config) for name in lab.nodes}
-    with ThreadPoolExecutor(len(cache)) as pool:
-        list(pool.map(lambda host: host.run("true"), cache.values()))
+    there = [host for name, host in cache.items() if name not in pytestconfig.stash.get(ABSENT, {})]
+    if there:
+        with ThreadPoolExecutor(len(there)) as pool:
+            list(pool.map(lambda host: host.run("true"), there))
     return cache.__getitem__
 
 

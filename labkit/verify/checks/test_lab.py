@@ -27,8 +27,14 @@ from labkit.verify.checks.plugin import once_per_service
 DIRECTOR_PACKAGES = ("ipvsadm", "keepalived")
 
 
+def test_node_is_there(node, absent):
+    """The node's VM runs, its NICs are on their networks and its SSH answers. A node that is not
+    there fails here, once, with the reason and the repair; the checks that need it are not run."""
+    assert node not in absent, f"{node} {absent[node]}"
+
+
 @pytest.fixture(scope="session")
-def node_state(hosts, lab: Lab) -> dict[str, dict[str, str]]:
+def node_state(hosts, lab: Lab, absent) -> dict[str, dict[str, str]]:
     """node -> what the checks below read of it: 'hostname', 'kernel' (uname -r), each director
     package's version (empty if it is not installed) and 'addresses' (ip -o addr show), all set
     before verify starts. Asked of every node at once, in one command each: under emulation
@@ -46,8 +52,9 @@ def node_state(hosts, lab: Lab) -> dict[str, dict[str, str]]:
         parts = re.split(r"^== (\S+)\n", out, flags=re.M)[1:]
         return {name: text.strip() for name, text in zip(parts[::2], parts[1::2])}
 
-    with ThreadPoolExecutor(len(lab.nodes)) as pool:
-        return dict(zip(lab.nodes, pool.map(read, lab.nodes)))
+    there = [node for node in lab.nodes if node not in absent]
+    with ThreadPoolExecutor(len(there)) as pool:
+        return dict(zip(there, pool.map(read, there)))
 
 
 def test_hostname(node_state, node):
