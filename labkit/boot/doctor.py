@@ -102,7 +102,7 @@ def probes(
         found.append(
             Probe(
                 f"the box {box_name} is in Vagrant, takes the SSH key at boot and has the packages the labs use",
-                box.box_takes_key_at_boot(box_name) and box.box_has_packages(box_name),
+                box.why_outdated(box_name) is None,
                 "labkit box build, with --kernel SPEC for a kernel's box (it also rebuilds a box with "
                 "a key built in or an older package list), or labkit box import FILE",
             )

@@ -8,6 +8,7 @@ from labkit.box.mirror import debian_mirror, mirror_from_sources
 from labkit.box.share import Shared, export_box, import_box
 from labkit.box.store import (
     Box,
+    box_boots_lean,
     box_exists,
     box_for,
     box_for_kernel,
@@ -15,6 +16,7 @@ from labkit.box.store import (
     box_takes_key_at_boot,
     is_labkit_box,
     labkit_boxes,
+    why_outdated,
 )
 from labkit.box.system import BoxError
 
@@ -26,6 +28,7 @@ __all__ = [
     "BoxError",
     "Kernel",
     "Shared",
+    "box_boots_lean",
     "box_exists",
     "box_for",
     "box_for_kernel",
@@ -40,4 +43,5 @@ __all__ = [
     "mirror_from_sources",
     "package_list",
     "parse_kernel",
+    "why_outdated",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from labkit.box.guest_key import KEY_SOURCE
 from labkit.box.image import (
+    BOX_FORMAT,
     DEFAULT_BOX,
     DISK_GIB,
     META_FILE,
@@ -30,10 +31,9 @@ from labkit.box.store import (
     box_add,
     box_exists,
     box_for,
-    box_has_packages,
-    box_takes_key_at_boot,
     old_base_volumes,
     remove_box,
+    why_outdated,
 )
 from labkit.box.system import remove_tree, run
 
@@ -58,13 +58,11 @@ def build_box(
     check_host()
     existing = name if name and box_exists(name) else (None if name else box_for(kernel))
     if not force and existing:
-        if not box_takes_key_at_boot(existing):
-            log(f"box {existing} has an SSH key built in (an older labkit): building it again")
-        elif not box_has_packages(existing):
-            log(f"box {existing} lacks packages labkit now uses: building it again")
-        else:
+        outdated = why_outdated(existing)
+        if outdated is None:
             log(f"box {existing} for kernel {kernel.spec} already exists; nothing to do")
             return None
+        log(f"box {existing} {outdated}: building it again")
     check_package(kernel)
     if existing:
         old_base_volumes(existing)  # fail before the slow part, not after it
@@ -83,7 +81,7 @@ def build_box(
             install(tree, kernel, mirror, log)
         check_modules(tree, kernel, kernel_version(tree))  # before the initramfs and the disk are made
         root_uuid = str(uuid.uuid4())
-        release = customise(tree, root_uuid, log)
+        release = customise(tree, log)
         name = name or (DEFAULT_BOX if kernel.is_default else box_name(release))
         now = datetime.now(UTC)
         meta = {
@@ -94,6 +92,7 @@ def build_box(
             "keepalived": package_version(tree, "keepalived"),
             "built": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "ssh_key": KEY_SOURCE,
+            "box_format": BOX_FORMAT,
         }
         raw = work / "disk.raw"
         make_disk(tree, raw, root_uuid, log)

@@ -5,7 +5,6 @@ partitioned by sfdisk."""
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import os
 import re
 import shutil
@@ -14,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from labkit.box import guest_key
 from labkit.box.system import TOOLS, BoxError, chroot_mounts, remove_tree, run, run_out, wait_for, write
 
 DEFAULT_BOX = "labkit/bookworm"
@@ -52,7 +52,20 @@ PACKAGES = (
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4")
 # no_timer_check: under software emulation on a busy host the kernel's check of the IO-APIC timer
 # can time out and panic the boot ("IO-APIC + timer doesn't work"); the VM's timer is fine.
-KERNEL_CMDLINE = "ro net.ifnames=0 biosdevname=0 console=ttyS0 console=tty0 no_timer_check"
+# root=/dev/vda1 rw: the initramfs finds the disk by its name, and the root is mounted writable
+# at once, so systemd neither waits for udev to announce the disk by UUID (the slowest unit
+# under emulation) nor checks and remounts it.
+# Only the serial console: the VMs have no video device. quiet: every line printed on the serial
+# port is slow under emulation; errors still are (loglevel=3).
+# mitigations=off: with the plain CPU model the kernel isolates page tables (PTI) and more, and
+# under emulation each system call then flushes the emulated TLB; a lab VM runs only the lab.
+KERNEL_CMDLINE = (
+    "root=/dev/vda1 rw quiet loglevel=3 net.ifnames=0 biosdevname=0 console=ttyS0 no_timer_check mitigations=off"
+)
+# How the box boots, recorded in its metadata (box_format): a box of an older format is rebuilt by
+# labkit box build and labkit matrix. Raise it whenever customise() changes what a VM does at boot.
+# 2: the lean boot (root by device, units no lab uses masked, the SSH key read by a sh script).
+BOX_FORMAT = 2
 
 MBR_CODE = (Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin"))
 
@@ -114,7 +127,7 @@ def cached_rootfs(cache_dir: Path, mirror: str, log: Callable[[str], None]) -> P
     return tree
 
 
-def customise(tree: Path, root_uuid: str, log: Callable[[str], None]) -> str:
+def customise(tree: Path, log: Callable[[str], None]) -> str:
     """Make the tree a VM that labkit can reach; the release of the kernel it boots."""
     log("configuring the image")
     etc = tree / "etc"
@@ -128,25 +141,30 @@ def customise(tree: Path, root_uuid: str, log: Callable[[str], None]) -> str:
     dbus_id = tree / "var/lib/dbus/machine-id"
     if dbus_id.exists() and not dbus_id.is_symlink():
         dbus_id.unlink()
-    write(etc / "fstab", f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n")
+    # No line for the root: the kernel mounts it writable (KERNEL_CMDLINE), and a line would make
+    # systemd wait for the disk's device unit, check it and remount it.
+    write(etc / "fstab", "# the root is mounted by the kernel: root=/dev/vda1 rw\n")
 
-    # DHCP on the first NIC only; labkit sets up the others itself.
-    write(etc / "systemd/network/10-eth0.network", "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n")
-    # No RSA host key: generating one at first boot takes half a minute under TCG.
+    # DHCP on the first NIC only; labkit sets up the others itself, and names the VM itself (a
+    # DHCP host name would start systemd-hostnamed and D-Bus while the VM boots).
     write(
-        etc / "ssh/sshd_config.d/labkit.conf",
-        ("UseDNS no\nHostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n"),
+        etc / "systemd/network/10-eth0.network",
+        "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n\n[DHCPv4]\nUseHostname=no\n",
     )
+    # The journal in memory: a lab VM lives for hours, and no flush to disk at boot.
+    write(etc / "systemd/journald.conf.d/labkit.conf", "[Journal]\nStorage=volatile\n")
+    # One host key, ed25519, made at first boot (ssh-host-keys.service): RSA takes half a minute
+    # under TCG, and each further key type costs more boot.
+    write(etc / "ssh/sshd_config.d/labkit.conf", "UseDNS no\nHostKey /etc/ssh/ssh_host_ed25519_key\n")
+    # sshd checks its configuration before it starts (ExecStartPre=sshd -t): a second sshd started
+    # under emulation at every boot, for a configuration the box ships.
+    write(etc / "systemd/system/ssh.service.d/labkit.conf", "[Service]\nExecStartPre=\n")
     # Every VM must get its own host keys, so none ship in the image.
     for host_key in (etc / "ssh").glob("ssh_host_*"):
         host_key.unlink()
     write(etc / "systemd/system/ssh-host-keys.service", HOST_KEYS_UNIT)
     # No key is baked in: each boot trusts the key the host passes (guest_key.py).
-    write(
-        tree / GUEST_KEY_SCRIPT.lstrip("/"),
-        importlib.resources.files("labkit.box").joinpath("guest_key.py").read_text(),
-        mode=0o755,
-    )
+    write(tree / GUEST_KEY_SCRIPT.lstrip("/"), guest_key.SCRIPT, mode=0o755)
     write(etc / "systemd/system/labkit-ssh-key.service", GUEST_KEY_UNIT)
 
     write(etc / "sudoers.d/vagrant", "vagrant ALL=(ALL) NOPASSWD: ALL\n", mode=0o440)
@@ -162,7 +180,7 @@ def customise(tree: Path, root_uuid: str, log: Callable[[str], None]) -> str:
             "LABEL debian\n"
             f"  LINUX /boot/vmlinuz-{kernel}\n"
             f"  INITRD /boot/initrd.img-{kernel}\n"
-            f"  APPEND root=UUID={root_uuid} {KERNEL_CMDLINE}\n"
+            f"  APPEND {KERNEL_CMDLINE}\n"
         ),
     )
 
@@ -170,22 +188,84 @@ def customise(tree: Path, root_uuid: str, log: Callable[[str], None]) -> str:
         chroot = ["chroot", str(tree)]
         run(chroot + ["useradd", "--create-home", "--shell", "/bin/bash", "vagrant"])
         run(chroot + ["systemctl", "enable", "systemd-networkd", "ssh-host-keys.service", "labkit-ssh-key.service"])
-        # labkit starts keepalived when a lab needs it. The others only eat the CPU of
-        # short-lived lab VMs (apt's timers would also look for a network they lack).
-        run(
-            chroot
-            + [
-                "systemctl",
-                "disable",
-                "keepalived",
-                "e2scrub_reap.service",
-                "e2scrub_all.timer",
-                "apt-daily.timer",
-                "apt-daily-upgrade.timer",
-            ]
-        )
+        # These have systemd units of their own: without the init scripts beside them, `systemctl
+        # enable` (which labkit runs for keepalived and nginx) makes a link instead of running
+        # update-rc.d, seconds under emulation.
+        for script in SYSV_DUPLICATES:
+            run(chroot + ["update-rc.d", "-f", script, "remove"])
+            (etc / "init.d" / script).unlink()
+        # labkit starts keepalived and nginx on the nodes whose role needs them, and loads the IPVS
+        # rules itself; at boot they would only take CPU from what SSH waits for. Each can still
+        # be started, inspected and restarted as a systemd service.
+        run(chroot + ["systemctl", "disable", "--quiet", *BOOT_DISABLED])
+        run(chroot + ["systemctl", "mask", "--quiet", *UNUSED_UNITS])
+        # The initramfs without udev: it loads its few modules by name (MODULES=list) and finds
+        # the root by its device name. udev there started, probed every device of the VM and
+        # loaded modules for them first: seconds under emulation, done again by the root's udev.
+        off = tree / "usr/share/labkit-initramfs-off"
+        off.mkdir(parents=True, exist_ok=True)
+        for path in UDEV_IN_INITRAMFS:
+            divert = f"/{off.relative_to(tree)}/{path.replace('/', '_')}"
+            run(chroot + ["dpkg-divert", "--local", "--rename", "--divert", divert, "--add", path])
         run(chroot + ["update-initramfs", "-u", "-k", kernel])
     return kernel
+
+
+UDEV_IN_INITRAMFS = (
+    "/usr/share/initramfs-tools/hooks/udev",
+    "/usr/share/initramfs-tools/scripts/init-top/udev",
+    "/usr/share/initramfs-tools/scripts/init-bottom/udev",
+)
+
+
+SYSV_DUPLICATES = ("keepalived", "nginx", "ssh")
+BOOT_DISABLED = ("keepalived", "nginx", "ipvsadm")
+# Units a lab VM has no use for. Under emulation the guest boots on one slow CPU, and each of
+# these took seconds of it before SSH answered.
+UNUSED_UNITS = (
+    # Seats and logins at a console: labs are reached over SSH, and the box has no pam_systemd.
+    "systemd-logind.service",
+    # The VMs have no video device; the serial console keeps its getty.
+    "getty@tty1.service",
+    # Kernel debug and tracing file systems, configfs, POSIX queues, huge pages, FUSE, binfmt.
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "dev-mqueue.mount",
+    "dev-hugepages.mount",
+    "sys-fs-fuse-connections.mount",
+    "proc-sys-fs-binfmt_misc.automount",
+    "systemd-binfmt.service",
+    # Modules loaded early "in case": the labs load what they use (ip_vs, ipip, ...) themselves.
+    "modprobe@configfs.service",
+    "modprobe@dm_mod.service",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@fuse.service",
+    "modprobe@loop.service",
+    # Device nodes for modules not loaded yet (fuse, loop, tun...); devtmpfs makes a node when
+    # its module loads.
+    "kmod-static-nodes.service",
+    # A crash store and a random seed carried across boots: a lab VM is thrown away, and the
+    # kernel seeds its generator by itself.
+    "systemd-pstore.service",
+    "systemd-random-seed.service",
+    # The journal stays in memory (journald.conf.d), nothing to flush; no utmp records.
+    "systemd-journal-flush.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    # Nothing waits for the network to be "online" (sshd, nginx, keepalived bind the wildcard
+    # address); no network settings on the kernel command line.
+    "systemd-networkd-wait-online.service",
+    "systemd-network-generator.service",
+    # Periodic chores of a long-lived machine (apt's would also look for a network they lack).
+    "e2scrub_reap.service",
+    "e2scrub_all.timer",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "fstrim.timer",
+)
 
 
 HOST_KEYS_UNIT = """\
@@ -197,14 +277,13 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 [Service]
 Type=oneshot
 ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
-ExecStart=/usr/bin/ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key
 
 [Install]
 WantedBy=ssh.service
 """
 
 
-GUEST_KEY_SCRIPT = "/usr/local/sbin/labkit-ssh-key"
+GUEST_KEY_SCRIPT = "/usr/local/sbin/labkit-ssh-key"  # guest_key.SCRIPT
 GUEST_KEY_UNIT = f"""\
 [Unit]
 Description=Trust the SSH key the host passes as an SMBIOS OEM string

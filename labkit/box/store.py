@@ -16,7 +16,7 @@ from pathlib import Path
 import vagrant
 
 from labkit.box.guest_key import KEY_SOURCE
-from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE, package_list
+from labkit.box.image import BOX_FORMAT, DEFAULT_BOX, META_FILE, PACKAGES_FILE, package_list
 from labkit.box.kernel import Kernel, parse
 from labkit.box.system import BoxError, run
 
@@ -157,6 +157,24 @@ def box_has_packages(name: str) -> bool:
     """Whether the installed box holds every package labkit's labs now use: a box built
     before a package joined the list would fail offline, where apt cannot reach a mirror."""
     return any(f.read_text() == package_list() for f in box_files(name, PACKAGES_FILE))
+
+
+def box_boots_lean(name: str) -> bool:
+    """Whether the installed box was customised the way this labkit does (BOX_FORMAT): a box
+    built before boots every unit Debian enables, and is far slower to answer SSH under emulation."""
+    return any(read_meta(f).get("box_format") == BOX_FORMAT for f in box_files(name, META_FILE))
+
+
+def why_outdated(name: str) -> str | None:
+    """Why labkit must build the installed box again, or None if it is current: the same
+    checks for labkit's default box and for kernel boxes."""
+    if not box_takes_key_at_boot(name):
+        return "has an SSH key built in (an older labkit)"
+    if not box_has_packages(name):
+        return "lacks packages labkit now uses"
+    if not box_boots_lean(name):
+        return "was built by an older labkit, to boot every unit Debian enables"
+    return None
 
 
 def base_volume_prefix(box_name: str) -> str:

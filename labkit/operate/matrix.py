@@ -265,7 +265,7 @@ def boxes(
     found, missing = {}, {}
     for kernel in kernels:
         name = box.box_for(box.parse_kernel(kernel))
-        if name is None or not box.box_takes_key_at_boot(name):  # an older labkit's box with a key inside
+        if name is None or box.why_outdated(name):  # an older labkit's box: a key inside, or not lean
             say(f"building the box for kernel {kernel}")
             log = report / f"box-{cell_folder(report, 'kernel', kernel).name}.log"
             code, text = runner.labkit(["box", "build", "--kernel", kernel], log)

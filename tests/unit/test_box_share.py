@@ -2,10 +2,9 @@
 the guest's reading of SMBIOS OEM strings, export and import of a small fake box."""
 
 import json
-import os
-import re
 import shutil
 import struct
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -33,15 +32,40 @@ def oem_entry(strings: list[str]) -> bytes:
 
 
 # ------------------------------------------------------------------ the guest's side
+# The guest's script is run here as the guest runs it: sh (dash where there is one), od and awk.
+
+SH = shutil.which("dash") or "sh"
 
 
-def test_the_key_is_read_from_an_oem_strings_entry():
+def guest_reads(tmp_path: Path, entries: dict[str, bytes] | None = None, table: bytes | None = None) -> str:
+    """What the guest script writes to authorized_keys, given the kernel's DMI files."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    script = tmp_path / "labkit-ssh-key"
+    script.write_text(guest_key.SCRIPT)
+    folder, whole = tmp_path / "entries", tmp_path / "DMI"
+    for name, blob in (entries or {}).items():
+        (folder / name).mkdir(parents=True)
+        (folder / name / "raw").write_bytes(blob)
+    if table is not None:
+        whole.write_bytes(table)
+    keys = tmp_path / "home/vagrant/.ssh/authorized_keys"
+    keys.parent.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([SH, str(script), str(folder), str(whole), str(keys)], check=True, capture_output=True)
+    return keys.read_text()
+
+
+def test_the_key_is_read_from_an_oem_strings_entry(tmp_path: Path):
     blob = oem_entry(["something else", guest_key.OEM_KEY_PREFIX + KEY])
-    assert guest_key.oem_strings(blob) == ["something else", "labkit-ssh-key: " + KEY]
-    assert guest_key.keys(guest_key.oem_strings(blob)) == [KEY]
+    assert guest_reads(tmp_path, {"11-0": blob}) == KEY + "\n"
 
 
-def test_the_key_is_found_in_a_whole_table():
+def test_every_labkit_key_of_every_entry_is_trusted(tmp_path: Path):
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE90aGVyIGtleQ=="
+    entries = {"11-0": oem_entry([guest_key.OEM_KEY_PREFIX + KEY]), "11-1": oem_entry(["labkit-ssh-key:  " + other])}
+    assert guest_reads(tmp_path, entries) == KEY + "\n" + other + "\n"
+
+
+def test_the_key_is_found_in_a_whole_table(tmp_path: Path):
     table = (
         structure(0, b"\x01\x02\x00\xf0\x00\x00", ["SeaBIOS", "1.16"])
         + structure(1, bytes(23), [])  # no strings: the structure ends in two NULs
@@ -49,7 +73,7 @@ def test_the_key_is_found_in_a_whole_table():
         + structure(127, b"", [])
         + oem_entry([guest_key.OEM_KEY_PREFIX + "ssh-ed25519 AFTERTHEEND"])
     )
-    assert guest_key.keys(guest_key.oem_strings(table)) == [KEY]
+    assert guest_reads(tmp_path, table=table) == KEY + "\n"
 
 
 @pytest.mark.parametrize(
@@ -59,43 +83,42 @@ def test_the_key_is_found_in_a_whole_table():
         oem_entry([]),
         oem_entry(["labkit-ssh-key: not a key"]),
         oem_entry(["labkit-ssh-key: ssh-ed25519 AAAA\nssh-rsa BBBB"]),
+        oem_entry(["labkit-ssh-key: ssh-ed25519 AAAA; rm -rf /"]),
         oem_entry(["ssh-key: " + KEY]),
+        oem_entry(["x labkit-ssh-key: " + KEY]),
         oem_entry([guest_key.OEM_KEY_PREFIX + KEY])[:-6],  # cut short
         b"\x0b\x00\x00\x00",  # a length below the header's: not SMBIOS
     ],
 )
-def test_no_key_or_a_malformed_one_gives_no_key(blob):
-    assert guest_key.keys(guest_key.oem_strings(blob)) == []
+def test_no_key_or_a_malformed_one_gives_no_key(tmp_path: Path, blob):
+    assert guest_reads(tmp_path, {"11-0": blob}) == ""
 
 
 def test_the_entries_are_read_and_the_table_only_without_them(tmp_path: Path):
-    entries, table = tmp_path / "entries", tmp_path / "DMI"
-    (entries / "11-0").mkdir(parents=True)
-    (entries / "11-0/raw").write_bytes(oem_entry(["a"]))
-    (entries / "1-0").mkdir()
-    (entries / "1-0/raw").write_bytes(structure(1, bytes(23), []))
-    table.write_bytes(oem_entry(["b"]))
-    assert guest_key.firmware_blobs(entries, table) == [oem_entry(["a"])]
-    assert guest_key.firmware_blobs(tmp_path / "none", table) == [oem_entry(["b"])]
-    assert guest_key.firmware_blobs(tmp_path / "none", tmp_path / "none") == []
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRhYmxlIGtleQ=="
+    table = oem_entry([guest_key.OEM_KEY_PREFIX + other])
+    entries = {"11-0": oem_entry([guest_key.OEM_KEY_PREFIX + KEY]), "1-0": structure(1, bytes(23), [])}
+    assert guest_reads(tmp_path / "a", entries, table) == KEY + "\n"
+    assert guest_reads(tmp_path / "b", {"1-0": structure(1, bytes(23), [])}, table) == other + "\n"
+    assert guest_reads(tmp_path / "c") == ""
 
 
 def test_authorized_keys_is_replaced_whole_and_private(tmp_path: Path):
-    path = tmp_path / ".ssh/authorized_keys"
-    guest_key.write_authorized_keys(path, [KEY], os.getuid(), os.getgid())
-    assert path.read_text() == KEY + "\n"
+    path = tmp_path / "home/vagrant/.ssh/authorized_keys"
+    path.parent.mkdir(parents=True)
+    path.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE9sZCBrZXk= an old key\n")
+    assert guest_reads(tmp_path, {"11-0": oem_entry([guest_key.OEM_KEY_PREFIX + KEY])}) == KEY + "\n"
     assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
-    guest_key.write_authorized_keys(path, [], os.getuid(), os.getgid())  # a boot without a key
-    assert path.read_text() == ""
+    (tmp_path / "entries").rename(tmp_path / "before")
+    assert guest_reads(tmp_path) == ""  # a boot without a key trusts none
     assert [p.name for p in path.parent.iterdir()] == ["authorized_keys"]
 
 
 def test_the_image_runs_the_script_before_sshd():
     assert "Before=ssh.service" in image.GUEST_KEY_UNIT
     assert f"ExecStart={image.GUEST_KEY_SCRIPT}" in image.GUEST_KEY_UNIT
-    # it is copied into the image as it is, so it must not need labkit
-    source = Path(guest_key.__file__).read_text()
-    assert source.startswith("#!/usr/bin/python3\n") and not re.search(r"^(from|import) labkit", source, re.M)
+    # no python3 at boot: under emulation its start-up alone took seconds
+    assert guest_key.SCRIPT.startswith("#!/bin/sh\n") and "python" not in guest_key.SCRIPT
 
 
 def test_the_vagrantfile_gives_each_vm_the_key_as_an_oem_string():
@@ -129,7 +152,12 @@ def installed_box(vagrant_home: Path, name: str, version: str, meta: dict, img: 
     return folder
 
 
-CURRENT = {"kernel": "6.1.0-50-amd64", "spec": "bookworm", "ssh_key": guest_key.KEY_SOURCE}
+CURRENT = {
+    "kernel": "6.1.0-50-amd64",
+    "spec": "bookworm",
+    "ssh_key": guest_key.KEY_SOURCE,
+    "box_format": image.BOX_FORMAT,
+}
 
 
 def test_a_box_with_a_key_built_in_is_outdated(tmp_path: Path, monkeypatch):
@@ -140,6 +168,32 @@ def test_a_box_with_a_key_built_in_is_outdated(tmp_path: Path, monkeypatch):
     installed_box(tmp_path, "labkit/sid", "1", CURRENT)
     assert box.box_takes_key_at_boot("labkit/sid")
     assert not box.box_takes_key_at_boot("labkit/none")
+
+
+@pytest.mark.parametrize(
+    "meta, packages, why",
+    [
+        (CURRENT, None, None),
+        ({**CURRENT, "box_format": image.BOX_FORMAT + 1}, None, "built by an older labkit"),  # a newer one's
+        ({k: v for k, v in CURRENT.items() if k != "box_format"}, None, "built by an older labkit, to boot every"),
+        ({**CURRENT, "box_format": 1}, None, "built by an older labkit"),
+        ({**CURRENT, "box_format": "2"}, None, "built by an older labkit"),
+        ({"kernel": "6.1.0-50-amd64"}, None, "has an SSH key built in"),
+        (CURRENT, "curl ipvsadm\n", "lacks packages labkit now uses"),
+    ],
+)
+def test_which_installed_box_is_built_again(tmp_path: Path, monkeypatch, meta, packages, why):
+    """labkit box build (and so scripts/setup and CI, where boxes persist) builds again a box
+    an older labkit made; the same for a kernel's box."""
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    for name in ("labkit/bookworm", "labkit/linux-6.12.57-deb12-amd64"):
+        folder = installed_box(tmp_path, name, "1", meta)
+        if packages is not None:
+            (folder / image.PACKAGES_FILE).write_text(packages)
+        found = box.why_outdated(name)
+        assert found == why if why is None else why in found
+        assert box.box_boots_lean(name) == (meta.get("box_format") == image.BOX_FORMAT)
+    assert box.why_outdated("labkit/none") == "has an SSH key built in (an older labkit)"
 
 
 # ------------------------------------------------------------------ export and import

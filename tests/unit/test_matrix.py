@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import labkit.cli.lab
+from labkit.box.image import BOX_FORMAT, PACKAGES_FILE, package_list
 from labkit.cli import app
 from labkit.errors import LabkitError
 from labkit.operate import matrix
@@ -100,21 +101,24 @@ def test_a_vm_that_did_not_boot_shows_its_last_console_lines(tmp_path):
     assert tail[16:] == ["rs0's console, last lines:", "(nothing: it never wrote to it)"]
 
 
+CURRENT = {"ssh_key": "smbios-oem-string", "box_format": BOX_FORMAT}  # what this labkit's boxes say
+
+
 def test_each_kernel_is_matched_to_its_box_once(tmp_path, monkeypatch):
     monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
-    current = {"ssh_key": "smbios-oem-string"}
     for name, meta in (
-        ("labkit-VAGRANTSLASH-bookworm", current),
-        ("labkit-VAGRANTSLASH-linux-7.2", {"spec": "sid", **current}),
+        ("labkit-VAGRANTSLASH-bookworm", CURRENT),
+        ("labkit-VAGRANTSLASH-linux-7.2", {"spec": "sid", **CURRENT}),
     ):
         folder = tmp_path / "boxes" / name / "1" / "libvirt"
         folder.mkdir(parents=True)
         (folder / "labkit-box.json").write_text(json.dumps(meta))
+        (folder / PACKAGES_FILE).write_text(package_list())
     found, missing = matrix.boxes(["bookworm", "sid"], tmp_path, runner=None, say=print)  # nothing to build
     assert (found, missing) == ({"bookworm": "labkit/bookworm", "sid": "labkit/linux-7.2"}, {})
 
 
-def test_a_box_with_a_key_built_in_is_built_again(tmp_path, monkeypatch):
+def test_an_older_box_is_built_again(tmp_path, monkeypatch):
     monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
     meta = tmp_path / "boxes" / "labkit-VAGRANTSLASH-linux-7.2" / "1" / "libvirt" / "labkit-box.json"
     meta.parent.mkdir(parents=True)
@@ -125,7 +129,8 @@ def test_a_box_with_a_key_built_in_is_built_again(tmp_path, monkeypatch):
 
         def labkit(self, args, log):
             self.calls.append(args)
-            meta.write_text(json.dumps({"spec": "sid", "ssh_key": "smbios-oem-string"}))
+            meta.write_text(json.dumps({"spec": "sid", **CURRENT}))
+            (meta.parent / PACKAGES_FILE).write_text(package_list())
             return 0, ""
 
     runner = Builds()
