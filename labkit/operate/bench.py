@@ -104,7 +104,7 @@ def bench(running: RunningLab, svc: VirtualService, requests: int, concurrency: 
     with the split per real server from its counters."""
     lab = running.lab
     director = running.holder() or lab.active_director
-    before = running.run(director, STATS)
+    before = settled(running, director)
     result = parse_ab(running.run(lab.clients[0], command(svc, requests, concurrency)))
     names = {host_port(rs.address, svc.real_port(rs)): lab.node_at(rs.address) for rs in svc.real_servers}
     deadline = time.monotonic() + 6  # the kernel's counters lag up to about 2 s
@@ -113,3 +113,19 @@ def bench(running: RunningLab, svc: VirtualService, requests: int, concurrency: 
         if sum(result.split.values()) >= result.complete or time.monotonic() > deadline:
             return director, result
         time.sleep(0.5)
+
+
+def settled(running: RunningLab, director: str, seconds: float = 8) -> str:
+    """The director's counters once they hold every connection made so far: the kernel adds each
+    CPU's counts to what ipvsadm reads only every 2 s, so a reading right after other traffic
+    (another bench, a check) would count part of it in this bench's split. Two readings 2.2 s
+    apart that agree are settled."""
+    deadline = time.monotonic() + seconds
+    last = running.run(director, STATS)
+    while time.monotonic() < deadline:
+        time.sleep(2.2)
+        now = running.run(director, STATS)
+        if ipvs.parse_counters(now) == ipvs.parse_counters(last):
+            return now
+        last = now
+    return last

@@ -239,14 +239,20 @@ def test_verify_names_each_fault_and_the_repair_undoes_it(lab):
     assert caught_here(name), f"no fault to inject on {name}"
     for fault in caught_here(name):
         ssh = ["ssh", "-F", str(lab_dir(name) / "ssh_config"), fault.node]
-        for words in fault.commands:
-            injected = subprocess.run([*ssh, "sudo", "-n", shlex.join(words)], capture_output=True, text=True)
-            assert injected.returncode == 0, f"{fault.name}: {shlex.join(words)}: {injected.stderr}"
-        found = labkit("verify", name, "-m", "not failover", "-k", only(fault.catches))
-        assert found.returncode == 1, f"{fault.name} went unnoticed:\n{found.stdout[-2000:]}"
-        for check in fault.catches:
-            assert f"FAILED {check}" in found.stdout, f"{fault.name}: {check} did not fail:\n{found.stdout[-2000:]}"
-        repaired = labkit(fault.repair.value, name)
+        try:
+            for words in fault.commands:
+                injected = subprocess.run([*ssh, "sudo", "-n", shlex.join(words)], capture_output=True, text=True)
+                assert injected.returncode == 0, f"{fault.name}: {shlex.join(words)}: {injected.stderr}"
+            found = labkit("verify", name, "-m", "not failover", "-k", only(fault.catches))
+            assert found.returncode == 1, f"{fault.name} went unnoticed:\n{found.stdout[-2000:]}"
+            # pytest names a failed check by its path from where it runs: ".../test_lab.py::test_x[rs0]"
+            failed = re.findall(r"^FAILED (\S+)", found.stdout, re.M)
+            for check in fault.catches:
+                assert any(f == check or f.endswith("/" + check) for f in failed), (
+                    f"{fault.name}: {check} did not fail:\n{found.stdout[-2000:]}"
+                )
+        finally:  # the lab goes on to the next test whole, whatever happened here
+            repaired = labkit(fault.repair.value, name)
         assert repaired.returncode == 0, repaired.stderr
         again = labkit("verify", name, "-m", "not failover", "-k", only(fault.catches))
         assert again.returncode == 0, f"{fault.name} not undone by labkit {fault.repair.value}:\n{again.stdout[-2000:]}"

@@ -152,9 +152,11 @@ def nodes_absent(running: RunningLab, lab: Lab) -> dict[str, str]:
     return absent
 
 
-def ssh_answers(ssh_config: Path, nodes: list[str], seconds: float = 5) -> dict[str, bool]:
+def ssh_answers(ssh_config: Path, nodes: list[str], seconds: float = 30) -> dict[str, bool]:
     """Whether each node's SSH port gives its greeting, asked of every node at once. A node reached
-    through another host (a ProxyCommand) is taken as answering: the checks will say."""
+    through another host (a ProxyCommand) is taken as answering: the checks will say. The wait is
+    long: an emulated guest under load can take seconds to greet (sshd starts itself anew for each
+    connection), while one that is gone is refused or unreachable at once."""
     config = paramiko.SSHConfig.from_path(str(ssh_config))
 
     def greets(node: str) -> bool:
