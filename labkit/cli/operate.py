@@ -12,8 +12,7 @@ import typer
 from labkit import lock
 from labkit.cli.common import JsonOpt, RunningArg, ServiceOpt, handled, out, say
 from labkit.errors import LabkitError
-from labkit.labfile import with_weight
-from labkit.operate import bench, failover, show, trace
+from labkit.operate import bench, failover, show, trace, weight
 from labkit.plan import ipvs
 from labkit.running import RunningLab
 
@@ -94,9 +93,9 @@ def trace_cmd(lab: RunningArg = None, service: ServiceOpt = None) -> None:
         raise LabkitError("the capture missed the request or the reply: run labkit trace again")
 
 
-@app.command()
+@app.command("weight")
 @handled
-def weight(
+def weight_cmd(
     lab: Annotated[str, typer.Argument(help="The running lab.")],
     real_server: Annotated[str, typer.Argument(help="A real server node, e.g. rs0.")],
     new_weight: Annotated[int, typer.Argument(metavar="WEIGHT", help="0 drains it: no new connections.")],
@@ -106,10 +105,7 @@ def weight(
 
     Example: labkit weight nat rs1 0"""
     with RunningLab.find(lab) as running, lock.changing(running.name, "weight"):
-        changed = with_weight(running.lab, real_server, new_weight, service)
-        running.provision(changed, nodes=changed.directors)
-        # The lab as it now runs: verify checks this split, `labkit provision <lab>` restores the file's.
-        running.record(changed, f"labkit weight {real_server} {new_weight}")
+        changed = weight.change(running, real_server, new_weight, service)
     for svc in changed.services_of(real_server):
         weights = ", ".join(f"{changed.node_at(rs.address)} {rs.weight}" for rs in svc.real_servers)
         out.print(f"{svc.key} {svc.scheduler}: {weights}", highlight=False, markup=False)
