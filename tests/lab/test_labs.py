@@ -188,9 +188,10 @@ def test_trace(lab):
             assert said in result.stdout and "unwrapped on" in result.stdout, result.stdout
 
 
-def expected_split(name: str, requests: int) -> dict[str, tuple[int, int]]:
-    """Node -> the fewest and most of `requests` new connections the lab's first TCP service
-    gives it, read from the lab file: rr splits exactly, wrr within one request of its weights."""
+def expected_split(name: str, total: int) -> dict[str, tuple[int, int]]:
+    """Node -> the fewest and most of `total` new connections the lab's first TCP service gives
+    it, read from the lab file: rr and wrr split exactly, to within the one connection that the
+    place in their turn decides."""
     data = yaml.safe_load((LABS / name / "lab.yaml").read_text())
     svc = next(s for s in data["services"] if s.get("protocol", "tcp") == "tcp")
     at = {str(addr): node for node, spec in data["nodes"].items() for addr in spec["addresses"].values()}
@@ -198,7 +199,7 @@ def expected_split(name: str, requests: int) -> dict[str, tuple[int, int]]:
     assert svc["scheduler"] in ("rr", "wrr"), f"{name}: no exact split to expect of {svc['scheduler']}"
     if svc["scheduler"] == "rr":
         weights = dict.fromkeys(weights, 1)
-    share = {node: requests * w / sum(weights.values()) for node, w in weights.items()}
+    share = {node: total * w / sum(weights.values()) for node, w in weights.items()}
     return {node: (int(s), int(s) + (s != int(s))) for node, s in share.items()}
 
 
@@ -264,10 +265,13 @@ def test_bench(lab):
     result = labkit("bench", name, "--requests", "400", "--concurrency", "4")
     assert result.returncode == 0, result.stderr
     assert re.search(r"completed 400, failed 0", result.stdout), result.stdout
-    # the split IPVS counted, as the first service's scheduler and weights say
+    # the split IPVS counted, as the first service's scheduler and weights say. ab may open a
+    # connection or two beyond its requests, and IPVS schedules those too: the split is of them all.
     split = bench_split(name, 300)
-    for node, (low, high) in expected_split(name, 300).items():
-        assert low <= split.get(node, 0) <= high, f"{node}: {split.get(node, 0)} of 300, expected {low}-{high}: {split}"
+    total = sum(split.values())
+    assert 300 <= total <= 304, f"IPVS counted {total} new connections for 300 requests: {split}"
+    for node, (low, high) in expected_split(name, total).items():
+        assert low <= split.get(node, 0) <= high, f"{node}: {split.get(node, 0)} of {total}, expected {low}-{high}"
 
 
 @pytest.mark.parametrize("lab", OPERATED, indirect=True)
@@ -278,7 +282,7 @@ def test_weight_zero_drains_a_real_server(lab):
     try:
         # the client sees it: not one new connection reaches rs1
         split = bench_split(name, 40)
-        assert split.get("rs1", 0) == 0 and split.get("rs0") == 40, split
+        assert split.get("rs1", 0) == 0 and split.get("rs0", 0) >= 40, split
         # verify reads the lab as it now runs: rs1 at weight 0 gets no request
         result = labkit("verify", name, "-k", "split or ipvs_table", "-m", "not failover")
         assert result.returncode == 0, result.stdout[-3000:]
