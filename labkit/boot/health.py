@@ -49,25 +49,25 @@ class Health:
                 found[node] = f"its NICs on {nets} are cut off (the network was stopped under it)"
         return found
 
+    def repair(self, node: str | None = None) -> str:
+        """The command that brings back a node (or, with none, the lab's other parts): a paused VM
+        is resumed by heal, which also restarts what its pause broke; the rest is up's to repair."""
+        if node is not None and self.vms.get(node) == "paused":
+            return f"labkit heal {self.name} resumes it"
+        return f"labkit up {self.name} repairs it"
+
     def problems(self) -> list[str]:
         """One line per fault, each naming the part and the command that repairs it."""
-        repair = f"labkit up {self.name} repairs it"
-        lines = [f"network {net} is {state}: {repair}" for net, state in self.networks.items() if state != "active"]
-        lines += [
-            f"{node}: {why}: " + (f"labkit heal {self.name} resumes it" if self.vms[node] == "paused" else repair)
-            for node, why in self.down().items()
+        lines = [
+            f"network {net} is {state}: {self.repair()}" for net, state in self.networks.items() if state != "active"
         ]
+        lines += [f"{node}: {why}: {self.repair(node)}" for node, why in self.down().items()]
         lines += [
             f"{node}: its disk volume is gone: labkit up {self.name} makes the VM again from the box"
             for node, there in self.disks.items()
             if not there
         ]
         return lines
-
-    @property
-    def stopped(self) -> bool:
-        """Every VM off and no network active: the host was restarted under the lab."""
-        return all(s == "shutoff" for s in self.vms.values()) and "active" not in self.networks.values()
 
 
 def read(name: str, lab: Lab, uri: str) -> Health:
@@ -79,7 +79,7 @@ def read(name: str, lab: Lab, uri: str) -> Health:
         health.vms[node] = vm.state if vm else MISSING
     listed = network_states(libvirt.virsh(uri, "net-list", "--all").stdout)
     health.networks = {net: listed.get(net, MISSING) for net in names.networks(name, lab.networks)}
-    volumes = {names.volume_domain(v) for v in libvirt.present(uri).volumes}
+    volumes = {names.volume_domain(v) for v in libvirt.volumes(uri)}
     health.disks = {node: names.domain(name, node) in volumes for node, state in health.vms.items() if state != MISSING}
     running = [node for node, state in health.vms.items() if state == "running"]
     if running and libvirt.is_local(uri):  # the bridges are this host's to look at

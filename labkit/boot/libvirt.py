@@ -51,13 +51,18 @@ def virsh(uri: str, *args: str) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(args, 1, "", str(exc))
 
 
+def volumes(uri: str) -> list[str]:
+    """The volumes of the pool named as a lab's are; the boxes' base images, named after the box
+    (labkit-VAGRANTSLASH-...), are no lab's."""
+    listed = [line.split()[0] for line in virsh(uri, "vol-list", POOL).stdout.splitlines()[2:] if line.strip()]
+    return [n for n in listed if names.is_labkit(n) and "_vagrant_box_image_" not in n]
+
+
 def present(uri: str) -> Objects:
     """Every domain, volume and network in libvirt named as a lab's are (labkit-...)."""
-    volumes = [line.split()[0] for line in virsh(uri, "vol-list", POOL).stdout.splitlines()[2:] if line.strip()]
     return Objects(
         domains=[n for n in virsh(uri, "list", "--all", "--name").stdout.split() if names.is_labkit(n)],
-        # the boxes' base images are named after the box (labkit-VAGRANTSLASH-...): not a lab's
-        volumes=[n for n in volumes if names.is_labkit(n) and "_vagrant_box_image_" not in n],
+        volumes=volumes(uri),
         networks=[
             n
             for n in virsh(uri, "net-list", "--all", "--name").stdout.split()

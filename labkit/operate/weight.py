@@ -4,6 +4,7 @@ as it now runs."""
 from __future__ import annotations
 
 from labkit.labfile import Lab, with_weight
+from labkit.labfile.model import host_port
 from labkit.operate.failover import wait_for
 from labkit.plan import ipvs
 from labkit.running import RunningLab
@@ -29,7 +30,7 @@ def change(running: RunningLab, real_server: str, new_weight: int, service: str 
 def listed(running: RunningLab, lab: Lab, real_server: str) -> bool:
     """Whether each director's `ipvsadm -L -n` gives the real server the lab's weights."""
     want = {
-        (svc.key, ipvs.Destination(str(rs.address), svc.listed_port(rs), svc.forwarding, rs.weight).key): rs.weight
+        (svc.key, host_port(rs.address, svc.listed_port(rs))): rs.weight
         for svc in lab.services_of(real_server)
         for rs in svc.real_servers
         if lab.node_at(rs.address) == real_server

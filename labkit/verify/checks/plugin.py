@@ -142,9 +142,9 @@ def nodes_absent(running: RunningLab, lab: Lab) -> dict[str, str]:
     running or cut off from a network (libvirt labs), or its SSH port not answering."""
     absent = {}
     if running.on_libvirt:
-        repair = f"labkit up {running.name} repairs it"
-        for node, why in running.health().down().items():
-            absent[node] = f"is not there: {why}. {'labkit heal ' + running.name if 'paused' in why else repair}"
+        health = running.health()
+        for node, why in health.down().items():
+            absent[node] = f"is not there: {why}. {health.repair(node)}"
     reachable = ssh_answers(running.ssh_config, [n for n in lab.nodes if n not in absent])
     absent |= {
         node: f"does not answer SSH: labkit up {running.name} repairs it" for node, ok in reachable.items() if not ok
