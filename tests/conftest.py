@@ -19,3 +19,18 @@ def pinned(lab: str) -> dict[str, bool]:
             failover, _, check = line.rpartition(" ")
             checks[check] = failover == "failover"
     return checks
+
+
+@pytest.fixture
+def browser():
+    """A real browser (Debian's chromium, driven by playwright) and the list of every request a
+    page made to anything but a file: a page labkit writes must load nothing from outside."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium")
+        page = chromium.new_page()
+        outside: list[str] = []
+        page.on("request", lambda request: None if request.url.startswith("file:") else outside.append(request.url))
+        yield page, outside
+        chromium.close()
