@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,57 +31,6 @@ def labkit(*args: str, env: dict | None = None, timeout: int = 1500) -> subproce
     )
     print(f"$ labkit {' '.join(args)}  -> exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def remote(tmp_path_factory) -> str:
-    """This host's libvirt as another host: an sshd on 127.0.0.1 that trusts a key made for the
-    test, and that host key in the user's known_hosts (taken out again afterwards). The URI."""
-    work = tmp_path_factory.mktemp("sshd")
-    for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / key)], check=True)
-    (work / "authorized_keys").write_text((work / "client_key.pub").read_text())
-    port = free_port()
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    subprocess.run(
-        [
-            "/usr/sbin/sshd",
-            "-f",
-            "/dev/null",
-            "-o",
-            "ListenAddress=127.0.0.1",
-            "-o",
-            f"Port={port}",
-            "-o",
-            f"HostKey={work / 'host_key'}",
-            "-o",
-            f"AuthorizedKeysFile={work / 'authorized_keys'}",
-            "-o",
-            "StrictModes=no",
-            "-o",
-            "PermitRootLogin=prohibit-password",
-            "-o",
-            "UsePAM=no",
-            "-o",
-            f"PidFile={work / 'sshd.pid'}",
-        ],
-        check=True,
-    )
-    known_hosts = Path.home() / ".ssh" / "known_hosts"
-    known_hosts.parent.mkdir(mode=0o700, exist_ok=True)
-    before = known_hosts.read_text() if known_hosts.exists() else ""
-    host_key = " ".join((work / "host_key.pub").read_text().split()[:2])
-    known_hosts.write_text(before + f"[127.0.0.1]:{port} {host_key}\n")
-    user = os.environ.get("USER") or "root"
-    yield f"qemu+ssh://{user}@127.0.0.1:{port}/system?keyfile={work / 'client_key'}"
-    known_hosts.write_text(before)
-    subprocess.run(["kill", (work / "sshd.pid").read_text().strip()])
 
 
 @pytest.fixture(scope="module")
