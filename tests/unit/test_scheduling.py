@@ -3,7 +3,7 @@ kernel's sources (net/netfilter/ipvs/ip_vs_*.c)."""
 
 import pytest
 
-from labkit.verify.checks.scheduling import Dest, buckets, dh, fo, hash_32, hold, rr, sh
+from labkit.verify.checks.scheduling import Dest, buckets, dh, fo, hash_32, hold, in_a_row, rr, sh
 
 A, B = "192.168.66.111:80", "192.168.66.112:80"
 
@@ -50,6 +50,34 @@ def test_hold_counts_each_connection_and_leaves_the_input_alone():
     placed = hold("wlc", start, 6)
     assert [(d.active, d.inactive) for d in placed.dests] == [(4, 0), (2, 0)]
     assert [d.active for d in start] == [0, 0]
+
+
+@pytest.mark.parametrize(
+    "scheduler, dests, want",
+    [
+        # each closed connection is one more inactive one: lc alternates from the fewest
+        ("lc", two(1, 1, inactive=(3, 1)), [B, B, A, B]),
+        # wlc 3:1 counts inactive ones per weight: rs1's turn comes when rs0 has three
+        ("wlc", two(3, 1), [A, B, A, A]),
+        # sed, nq, fo and ovf count active connections only: one server takes every request
+        ("sed", two(1, 3, inactive=(0, 9)), [B] * 4),
+        ("nq", two(3, 1, inactive=(9, 0)), [A] * 4),
+        ("fo", two(1, 2), [B] * 4),
+        ("ovf", two(2, 1), [A] * 4),
+        # lblc and lblcr made anew: the VIP keeps the server wlc first gives it
+        ("lblc", two(1, 1, inactive=(2, 0)), [B] * 4),
+        ("lblcr", two(1, 1), [A] * 4),
+    ],
+)
+def test_requests_in_a_row(scheduler, dests, want):
+    assert in_a_row(scheduler, dests, len(want), "192.168.55.200", "192.168.55.100") == want
+
+
+def test_requests_in_a_row_hash_one_address():
+    dests = two(1, 1)
+    assert in_a_row("sh", dests, 3, "192.168.55.200", "192.168.55.100") == [sh(dests, "192.168.55.200").key] * 3
+    assert in_a_row("dh", dests, 2, "192.168.55.200", "192.168.55.100") == [dh(dests, "192.168.55.100").key] * 2
+    assert [in_a_row(s, dests, 2, "a", "b") for s in ("mh", "rr")] == [None] * 2
 
 
 def test_lblc_keeps_a_server_it_was_given():

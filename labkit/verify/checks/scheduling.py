@@ -195,6 +195,29 @@ def hold(scheduler: str, dests: list[Dest], count: int, state: dict | None = Non
     return Placement(chosen, dests)
 
 
+def in_a_row(scheduler: str, dests: list[Dest], count: int, source: str, destination: str) -> list[str | None] | None:
+    """Where `count` connections opened one after the other go when each is closed before the next
+    (a request and its answer, as the split check sends them). A closed connection waits in FIN_WAIT
+    or TIME_WAIT and counts as inactive on its server: lc and wlc, which count inactive ones, move
+    on; sed, nq, fo and ovf count active ones only and stay on one server; lblc and lblcr, from a
+    service made anew (no server kept for the VIP yet), keep the first they choose. sh and dh hash
+    the client's and the VIP's address. None for mh, which is not modelled."""
+    if scheduler in ("sh", "dh"):
+        pick = sh(dests, source) if scheduler == "sh" else dh(dests, destination)
+        return [pick.key if pick else None] * count
+    if scheduler not in SCHEDULERS or scheduler == "rr":
+        return None
+    dests = [replace(d) for d in dests]
+    state: dict = {}
+    chosen: list[str | None] = []
+    for _ in range(count):
+        d = SCHEDULERS[scheduler](dests, state)
+        chosen.append(d.key if d else None)
+        if d is not None:
+            d.inactive += 1
+    return chosen
+
+
 # ---- sh and dh: a table of 256 buckets --------------------------------------------------------
 
 TABLE_BITS = 8  # CONFIG_IP_VS_SH_TAB_BITS and CONFIG_IP_VS_DH_TAB_BITS, 8 by default

@@ -11,6 +11,7 @@ import shlex
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import ip_address
 
 import pytest
 
@@ -21,6 +22,8 @@ from labkit.plan import ipvs, keepalived
 from labkit.render.vagrantfile import interfaces
 from labkit.verify.checks import scheduling
 from labkit.verify.checks.plugin import once_per_service
+from labkit.verify.checks.table import counters as held_counters
+from labkit.verify.checks.table import recreate, settle
 
 # ---- every node ----------------------------------------------------------------------------
 
@@ -359,23 +362,33 @@ def counters(hosts, lab: Lab, svc: VirtualService) -> ipvs.Stats:
 @pytest.fixture(scope="session")
 def exchanged(hosts, lab: Lab):
     """exchanged(svc) -> (the active director's counters for svc before, the real servers that
-    answered): 2N requests from the client, asked once per service. test_split reads who
+    answered, and for a scheduler that counts connections or hashes, its destinations with their
+    counters before): 2N requests from the client, asked once per service. test_split reads who
     answered, test_reply_path how the counters moved: one batch of requests serves both."""
 
-    def exchange(svc: VirtualService) -> tuple[ipvs.Stats, list[str]]:
+    def exchange(svc: VirtualService) -> tuple[ipvs.Stats, list[str], list[scheduling.Dest] | None]:
+        table = None
+        if svc.scheduler.value not in ("rr", "wrr") and not svc.persistence:
+            director = hosts(lab.active_director)
+            if svc.scheduler.value in ("lblc", "lblcr"):
+                recreate(director, svc)  # the server they keep for the VIP is chosen anew
+            settle(director, svc)  # no old connection may expire mid-batch and change the counts
+            table = held_counters(director, svc)
         before = counters(hosts, lab, svc)
-        return before, ask(hosts, lab, svc, scheduling.split_count(lab, svc))
+        return before, ask(hosts, lab, svc, scheduling.split_count(lab, svc)), table
 
     return once_per_service(exchange)
 
 
 def test_split(hosts, lab: Lab, http_service: VirtualService, exchanged):
-    """2N requests in a row split exactly as rr or wrr say; others only reach live servers. A
-    fwmark service's VIPs take turns: one scheduler counts across both."""
+    """2N requests in a row split exactly as rr or wrr say; as the scheduler model says, from the
+    director's counters before them, for lc, wlc, sed, nq, fo, ovf, lblc, lblcr, sh and dh; on one
+    server for a persistent service and for mh. A fwmark service's VIPs take turns: one
+    scheduler counts across both."""
     service = http_service
     live = scheduling.live(lab, service)
     want = scheduling.exact_split(lab, service)
-    answers = exchanged(service)[1]
+    _, answers, table = exchanged(service)
     count = len(answers)
     seen = Counter(answers)
     if want is not None:
@@ -383,10 +396,25 @@ def test_split(hosts, lab: Lab, http_service: VirtualService, exchanged):
             f"{service.key} {service.scheduler}: expected {want} from {count} requests, "
             f"saw {dict(seen)}\n{paths(hosts, lab, service)}"
         )
+        return
+    assert set(seen) <= set(live), f"{service.key}: answers from {dict(seen)}, expected only {sorted(live)}"
+    order = None
+    if table:
+        vip = service.addresses[0]
+        client = lab.nodes[lab.clients[0]].addresses.get(lab.network_of(vip))
+        order = scheduling.in_a_row(service.scheduler.value, table, count, str(client), str(vip))
+    if order:
+        predicted = [lab.node_at(ip_address(key.rsplit(":", 1)[0].strip("[]"))) if key else "refused" for key in order]
+        assert answers == predicted, (
+            f"{service.key} {service.scheduler}: {count} requests in a row, each closed before the next, "
+            f"starting from {', '.join(f'{d.key} weight {d.weight} active {d.active} inactive {d.inactive}' for d in table)}:\n"
+            f"  the scheduler's formula: {' '.join(map(str, predicted))}\n"
+            f"  the kernel sent them to: {' '.join(answers)}"
+        )
     else:
-        assert set(seen) <= set(live), f"{service.key}: answers from {dict(seen)}, expected only {sorted(live)}"
-        if service.persistence:
-            assert len(seen) == 1, f"{service.key} is persistent: expected one real server, saw {dict(seen)}"
+        assert len(seen) == 1, (
+            f"{service.key} {service.scheduler}: expected one real server for the client, saw {dict(seen)}"
+        )
 
 
 def test_big_file_arrives_whole(hosts, lab: Lab, http_service: VirtualService):
@@ -409,7 +437,7 @@ def test_reply_path(hosts, lab: Lab, http_service: VirtualService, exchanged):
     straight to the client (the director never sends a packet for the service). The requests
     are test_split's."""
     service = http_service
-    before, _ = exchanged(service)
+    before = exchanged(service)[0]
     # The counters lag the traffic by up to 2 s (see ipvs.py): wait for them.
     deadline = time.monotonic() + 6
     after = counters(hosts, lab, service)
