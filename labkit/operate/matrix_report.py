@@ -304,9 +304,10 @@ class Regression:
     reason: str
     lines: list[str] = field(default_factory=list)  # a splat's first lines
     against: str = "baseline"  # or "earlier report"
+    shown: str = ""  # how the report names the kernel: a package by its release
 
     def __str__(self) -> str:
-        return f"{self.lab} on {self.kernel}: {self.reason}"
+        return f"{self.lab} on {self.shown or self.kernel}: {self.reason}"
 
 
 Fix = Regression  # the same facts, the other way: what failed before and passes now
@@ -318,10 +319,11 @@ class Flake:
     kernel: str
     check: str
     outcomes: list[str]  # in each run
+    shown: str = ""  # how the report names the kernel
 
     def __str__(self) -> str:
         passed = self.outcomes.count("passed")
-        return f"{self.lab} on {self.kernel}: {self.check} passed in {passed} of {len(self.outcomes)} runs ({', '.join(self.outcomes)})"
+        return f"{self.lab} on {self.shown or self.kernel}: {self.check} passed in {passed} of {len(self.outcomes)} runs ({', '.join(self.outcomes)})"
 
 
 @dataclass
@@ -606,9 +608,13 @@ def compare(cells: list[Cell], kernels: list[str], old: dict | None = None) -> C
         tables.append(table)
     # the kernel's own complaints first: they name the fault where a failed check only shows it
     regressions.sort(key=lambda r: r.what not in ("splat", "taint"))
-    return Comparison(
-        kernels, tables, regressions, fixes, flaky, kernel_names(cells, kernels), old.get("generated") if old else None
-    )
+    names = kernel_names(cells, kernels)
+    for found in (*regressions, *fixes, *flaky):  # a package's path said once, in the kernels table
+        found.shown = names[found.kernel]
+        if isinstance(found, Regression):
+            for kernel, name in names.items():
+                found.reason = found.reason.replace(kernel, name)
+    return Comparison(kernels, tables, regressions, fixes, flaky, names, old.get("generated") if old else None)
 
 
 # ---- the tables, shared by Markdown and HTML -----------------------------------------------
