@@ -33,7 +33,7 @@ from labkit.boot.target import target_for
 from labkit.boot.vagrant import Accel
 from labkit.errors import LabkitError
 from labkit.labfile import read_lab as read
-from labkit.operate import splats
+from labkit.operate import failover, splats
 from labkit.render.vagrantfile import Provider
 from labkit.running import RunningLab
 
@@ -303,7 +303,12 @@ def run_cell(
         up = last_json(text)
         record["release"] = up.get("release")  # the box's kernel, as labkit booked it
         record["figures"].update(up_figures(up))
-        nodes = list(read(cell.lab).nodes)
+        lab = read(cell.lab)
+        nodes = list(lab.nodes)
+        if lab.impair:  # the lab under its link impairment, for verify and bench alike
+            with RunningLab(home.lab_dir(cell.copy)) as running:
+                record["impaired"] = failover.impair_lab(running)
+            say("; ".join(record["impaired"]))
         at_verify = clock(cell.copy, nodes)
         say("verify")
         junit = cell.folder / "verify.xml"

@@ -37,8 +37,8 @@ COPIES = [f"{LAB}-{kernel}-{run}" for kernel in KERNELS for run in range(1, REPE
 HURT = "dr-bookworm-backports-1"  # the cell whose kernel the test makes complain
 # the kernel's hung-task detector, and a taint flag userspace may set (Documentation/admin-guide/tainted-kernels.rst)
 COMPLAIN = (
-    "sysctl -q kernel.hung_task_timeout_secs=1; fsfreeze -f /; (touch /var/tmp/matrix-hung-task &); "
-    "sleep 6; fsfreeze -u /; sysctl -q kernel.hung_task_timeout_secs=120; sysctl -q kernel.tainted=64"
+    "echo 1 > /proc/sys/kernel/hung_task_timeout_secs; fsfreeze -f /; (touch /var/tmp/matrix-hung-task &); "
+    "sleep 6; fsfreeze -u /; echo 120 > /proc/sys/kernel/hung_task_timeout_secs; echo 64 > /proc/sys/kernel/tainted"
 )
 
 
