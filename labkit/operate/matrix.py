@@ -337,7 +337,7 @@ def run_cell(
             record["kernel_log"] = {"splats": [], "taints": {}, "unread": [f"{type(exc).__name__}: {exc}"]}
         return record
     finally:
-        if booted:
+        if booted and home.lab_dir(cell.copy).exists():  # an up refused before it made anything leaves nothing
             _copy_consoles(cell)
             say("down")
             if runner.quietly(["down", cell.copy], log) != 0:
