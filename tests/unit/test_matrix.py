@@ -183,6 +183,9 @@ def test_a_cell_boots_with_json_and_keeps_ups_figures_and_kernel_release(tmp_pat
 
     (cell,) = matrix.plan(["nat"], ["sid"], tmp_path / "report")
     runner = Commands()
+    from labkit.home import lab_dir
+
+    lab_dir("nat-sid-1").mkdir(parents=True)  # what up made, which down removes
     clock = iter([{"lb0": 100.0}, {"lb0": 400.0}])  # lb0's uptime as verify, then bench, begin
     (cell.folder).mkdir(parents=True)
     (cell.folder / "verify.xml").write_text(
@@ -260,3 +263,24 @@ def test_up_json_is_the_one_line_on_stdout_that_the_matrix_reads(tmp_path, monke
     }
     assert matrix.last_json(result.stderr + result.stdout) == up
     assert set(matrix.up_figures(up)) == {"boot_seconds", "provision_seconds"}
+
+
+def test_an_up_refused_before_it_made_anything_is_not_taken_down(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "home"))
+
+    class Refused:
+        calls = []
+
+        def labkit(self, args, log):
+            self.calls.append(args)
+            return 1, "error: the host cannot hold the lab\n"
+
+        def quietly(self, args, log):
+            self.calls.append(args)
+            return 0
+
+    (cell,) = matrix.plan(["nat"], ["sid"], tmp_path / "report")
+    runner = Refused()
+    record = matrix.run_cell(cell, "labkit/linux-7.2", runner, say=lambda step: None)
+    assert [c[0] for c in runner.calls] == ["up"]
+    assert record["status"] == "error" and "the host cannot hold the lab" in record["error"]
