@@ -205,6 +205,10 @@ def test_the_report_has_its_sections_and_both_kernels_side_by_side(matrix):
     for check, seen in data["labs"][LAB]["checks"].items():
         assert set(seen.values()) <= {"passed", "flaky", "skipped"}, (check, seen)
         assert ("flaky" in seen.values()) == (check in flaky)
+    # nothing but the test's own splat and taint, and figures beyond their band, may regress:
+    # a check that failed in every run on backports would be one
+    figures = set(data["labs"][LAB]["figures"])
+    assert [r["text"] for r in data["regressions"] if r["what"] not in figures | {"splat", "taint"}] == []
     # each figure is the median of the runs, with their range
     assert re.search(r"\| bench_requests_per_second \| [\d.]+ \[[\d.]+–[\d.]+\]", markdown), markdown
 
