@@ -253,9 +253,10 @@ def together(runs: list[Cell]) -> Cell:
         kinds = set(seen)
         if len(kinds) == 1:
             return seen[0]
-        return (
-            "flaky" if "passed" in kinds else next(k for k in ("failed", "error", "not run", "skipped") if k in kinds)
-        )
+        if "passed" in kinds and kinds & {"failed", "error"}:
+            return "flaky"
+        # otherwise the worst: a check not run in one run did not run there; skipped and passed passed
+        return next(k for k in ("failed", "error", "not run", "passed", "skipped") if k in kinds)
 
     values: dict[str, list[float]] = {}
     for c in ran:

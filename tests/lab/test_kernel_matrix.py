@@ -168,27 +168,29 @@ def test_a_splat_and_a_taint_on_one_kernel_are_regressions_with_their_lines(matr
     assert result.returncode == 1, result.stderr
     data = json.loads((report / "matrix.json").read_text())
     first = data["regressions"][0]
-    assert (first["lab"], first["kernel"], first["what"]) == (LAB, "bookworm-backports", "splat"), data["regressions"]
+    assert (first["lab"], first["what"]) == (LAB, "splat"), data["regressions"]
     # the writer, and any other task that wrote to the frozen disk meanwhile (journald, a kworker)
-    hung = [r for r in data["regressions"] if r["what"] == "splat"]
+    hung = [r for r in data["regressions"] if r["what"] == "splat" and ": hung task on " in r["text"]]
     assert all(
         r["text"].startswith(f"{LAB} on bookworm-backports: hung task on lb1 (run 1), during verify") for r in hung
     )
     touch = [r for r in hung if re.search(r"INFO: task touch:\d+ blocked for more than \d+ seconds", r["text"])]
-    assert touch, hung
+    assert touch, data["regressions"]
     assert any("hung_task_timeout_secs" in line for line in touch[0]["lines"]), touch[0]["lines"]
-    taints = [r["text"] for r in data["regressions"] if r["what"] == "taint"]
-    assert taints == [
-        f"{LAB} on bookworm-backports: lb1's kernel is tainted, not on bookworm: U: taint requested by a userspace application"
-    ]
+    # Under software emulation a starved vCPU may also make any kernel report an RCU stall
+    # (bookworm's lb0 did, 30 s into its boot, in a run here): the only other splat allowed.
+    others = [r["text"] for r in data["regressions"] if r["what"] == "splat" and r not in hung]
+    assert all(": RCU stall on " in text for text in others), others
     assert f"regression: {first['text']}" in result.stdout
     markdown = (report / "matrix.md").read_text()
     assert markdown.index("## Regressions") < markdown.index("hung task on lb1") < markdown.index("## Kernel log")
-    # the baseline's kernels stayed clean; the splat came from the one guest the test hurt
-    hurt = cells(report)
-    assert all(not c["kernel_log"]["splats"] for copy, c in hurt.items() if copy != HURT), hurt
-    assert {s["node"] for s in hurt[HURT]["kernel_log"]["splats"]} == {"lb1"}
-    assert all(flags == [] for copy, c in hurt.items() if copy != HURT for flags in c["kernel_log"]["taints"].values())
+    # no hung task and no taint anywhere else: they came from the one guest the test hurt
+    found = cells(report)
+    for copy, cell in found.items():
+        kinds = {s["kind"] for s in cell["kernel_log"]["splats"] if s["node"] != "lb1" or copy != HURT}
+        assert kinds <= {"RCU stall"}, (copy, cell["kernel_log"]["splats"])
+        flags = {node: f for node, f in cell["kernel_log"]["taints"].items() if f}
+        assert flags == ({"lb1": ["U"]} if copy == HURT else {}), (copy, flags)
 
 
 def test_the_report_has_its_sections_and_both_kernels_side_by_side(matrix):

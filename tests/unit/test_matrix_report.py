@@ -531,3 +531,9 @@ def test_the_report_has_its_sections_even_when_they_are_empty(tmp_path: Path):
     for section in ("## Regressions (0)", "## Kernel log (0 splats)", "## Flakes (0)", "## Fixes (0)"):
         assert section in md
     assert "| nat | trixie | none | none |" in md
+
+
+def test_a_check_skipped_in_one_run_and_passed_in_another_is_not_flaky():
+    cells = [run("bookworm", 1, {"a": "passed"}), run("bookworm", 2, {"a": "skipped"})]
+    found = compare(cells, KERNELS[:1])
+    assert found.flakes == [] and found.labs[0].checks["a"] == {"bookworm": "passed"}
