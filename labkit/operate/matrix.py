@@ -288,12 +288,10 @@ def run_cell(
     host = target_uri(connect)
     record = new_record(cell, box_name, host=host)
     started = time.monotonic()
-    booted = False
     try:
         say("up" + ("" if libvirt.is_local(host) else f" on {libvirt.shown(host)}"))
         where = ["--connect", connect] if connect else []
         code, text = runner.labkit(["up", cell.lab, "--kernel", cell.kernel, "--as", cell.copy, *where, "--json"], log)
-        booted = True
         if code != 0:
             console = console_tail(home.lab_dir(cell.copy))
             record["error"] = f"labkit up failed (exit {code}):\n{last_lines(text)}" + (
@@ -337,7 +335,7 @@ def run_cell(
             record["kernel_log"] = {"splats": [], "taints": {}, "unread": [f"{type(exc).__name__}: {exc}"]}
         return record
     finally:
-        if booted and home.lab_dir(cell.copy).exists():  # an up refused before it made anything leaves nothing
+        if home.lab_dir(cell.copy).exists():  # an up refused before it made anything leaves nothing
             _copy_consoles(cell)
             say("down")
             if runner.quietly(["down", cell.copy], log) != 0:

@@ -284,3 +284,26 @@ def test_an_up_refused_before_it_made_anything_is_not_taken_down(tmp_path, monke
     record = matrix.run_cell(cell, "labkit/linux-7.2", runner, say=lambda step: None)
     assert [c[0] for c in runner.calls] == ["up"]
     assert record["status"] == "error" and "the host cannot hold the lab" in record["error"]
+
+
+def test_a_cell_interrupted_while_it_boots_is_taken_down(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "home"))
+    from labkit.home import lab_dir
+
+    class Interrupting:
+        calls = []
+
+        def labkit(self, args, log):
+            self.calls.append(args)
+            lab_dir("nat-sid-1").mkdir(parents=True)  # up made the copy, then the signal came
+            raise matrix.Interrupted(2)
+
+        def quietly(self, args, log):
+            self.calls.append(args)
+            return 0
+
+    (cell,) = matrix.plan(["nat"], ["sid"], tmp_path / "report")
+    runner = Interrupting()
+    with pytest.raises(matrix.Interrupted):
+        matrix.run_cell(cell, "labkit/linux-7.2", runner, say=lambda step: None)
+    assert runner.calls[-1] == ["down", "nat-sid-1"]
