@@ -757,6 +757,19 @@ def splat_rows(comparison: Comparison) -> tuple[list[str], list[Row]]:
     return ["lab", "kernel", "splats", "taint flags"], rows
 
 
+def splat_list(comparison: Comparison) -> list[str]:
+    """Every splat, one line each: where, when, and its first line."""
+    return [
+        f"{table.lab} on {_label(comparison, kernel)}"
+        + (f", run {s['run']}" if cell.runs > 1 else "")
+        + f", {s['node']}, {s['moment']}: {s['kind']}: {s['title']}"
+        for table in comparison.labs
+        for kernel, cell in table.cells.items()
+        if cell is not None
+        for s in cell.splats
+    ]
+
+
 def band_rows() -> tuple[list[str], list[Row]]:
     return (
         ["figure", "worse when", "band", "why"],
@@ -814,6 +827,7 @@ def markdown(comparison: Comparison) -> str:
         "",
     ]
     lines += [*md_table(*splat_rows(comparison)), ""]
+    lines += [f"- {_md_text(line)}" for line in splat_list(comparison)] + ([""] if splat_list(comparison) else [])
     lines += [f"## Flakes ({len(comparison.flakes)})", ""]
     lines += [f"- {_md_text(str(f))}" for f in comparison.flakes] or [
         "None: every check gave the same outcome in every run."
@@ -939,6 +953,8 @@ def html_page(comparison: Comparison) -> str:
     out.append("</ul>" + ("" if comparison.regressions else "<p>None.</p>"))
     count = sum(len(c.splats) for t in comparison.labs for c in t.cells.values() if c)
     out += [f'<h2 id="kernel-log">Kernel log ({count} splats)</h2>', html_table(*splat_rows(comparison))]
+    if splat_list(comparison):
+        out.append("<ul>" + "".join(f"<li>{escape(line)}</li>" for line in splat_list(comparison)) + "</ul>")
     out.append(f'<h2 id="flakes">Flakes ({len(comparison.flakes)})</h2><ul>')
     out += [f"<li>{escape(str(f))}</li>" for f in comparison.flakes]
     out.append("</ul>" + ("" if comparison.flakes else "<p>None: every check gave the same outcome in every run.</p>"))
