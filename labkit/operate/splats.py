@@ -39,7 +39,8 @@ KINDS: list[tuple[str, re.Pattern]] = [
 # "[  236.278671] ", "[ 1502.520319][T14140] ", a syslog or journal prefix up to "kernel: "
 PREFIX = re.compile(r"^(?:.*?kernel: )?(?:\[[A-Z][a-z]{2} [^\]]*\] )?(?:\[\s*(\d+\.\d+)\])?(?:\[\s*[TC]\d+\])?\s?")
 # what changes from boot to boot in a splat's first line: addresses, CPU, PID, a task's pid, seconds
-VARIES = re.compile(r"0x[0-9a-f]+|(?<=CPU: )\d+|(?<=PID: )\d+|(?<=CPU#)\d+|:\d+(?= blocked)|\d+s!")
+# (the hung-task detector reports the same task again as it stays blocked: "more than 2 seconds")
+VARIES = re.compile(r"0x[0-9a-f]+|(?<=CPU: )\d+|(?<=PID: )\d+|(?<=CPU#)\d+|:\d+(?= blocked)|(?<=more than )\d+|\d+s!")
 END = re.compile(r"---\[ end trace|^=+$")
 
 # Documentation/admin-guide/tainted-kernels.rst: bit, letter, what it means

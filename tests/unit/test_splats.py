@@ -154,3 +154,12 @@ def test_a_splat_is_placed_in_the_step_it_came_in():
     assert moment(320.0, marks) == "during bench, 20 s in"
     assert moment(40.0, marks) == "during boot, 40 s after it began"
     assert moment(None, marks) == "when is unknown (no timestamp)"
+
+
+def test_a_task_reported_again_as_it_stays_blocked_is_the_same_splat():
+    # a bookworm-backports guest here (6.12.95), its root frozen under a writer for 6 s
+    again = [
+        parse(f"[  312.{n}00000] INFO: task touch:416 blocked for more than {n} seconds.\n", "lb1")[0]
+        for n in (1, 2, 3)
+    ]
+    assert len({s.key() for s in again}) == 1
