@@ -106,6 +106,9 @@ def _yet_to_take(labs: list[RunningLab], target: Target, uri: str) -> int:
     held = libvirt.domains(uri) or {}
     need = 0
     for other in labs:
-        rss = sum(held[d].rss_mib for d in other.domains if d in held)
-        need += max(0, host.memory_needed(other.lab, target) - rss)
+        try:
+            rss = sum(held[d].rss_mib for d in other.domains if d in held)
+            need += max(0, host.memory_needed(other.lab, target) - rss)
+        except LabkitError:  # a lab file another labkit version wrote: what its VMs hold is counted already
+            continue
     return need

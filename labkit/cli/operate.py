@@ -120,16 +120,23 @@ def fail(
     target: Annotated[
         str,
         typer.Argument(
-            help="NODE (freeze its VM), NODE:SERVICE (stop keepalived or nginx), NODE:NETWORK (take that link down)."
+            help="NODE (freeze its VM), NODE:SERVICE (stop keepalived or nginx), NODE:NETWORK (take that link down), "
+            "or NETWORK with --delay, --loss or --rate (impair its links)."
         ),
     ],
     seconds: Annotated[float, typer.Option(min=6, max=120, help="How long the client's load runs.")] = 16,
+    delay: Annotated[str | None, typer.Option(help="NETWORK: delay each way, e.g. 20ms (netem).")] = None,
+    loss: Annotated[str | None, typer.Option(help="NETWORK: packets lost, e.g. 1% (netem).")] = None,
+    rate: Annotated[str | None, typer.Option(help="NETWORK: the links' rate, e.g. 10mbit (netem).")] = None,
 ) -> None:
     """Break part of a running lab under a bounded load from the client, and show what the client saw.
 
-    Example: labkit fail nat lb0:keepalived"""
+    Example: labkit fail nat lb0:keepalived; labkit fail dr int --delay 20ms --loss 1%"""
     with RunningLab.find(lab) as running, lock.changing(running.name, "fail"):
-        broken = failover.parse_target(running.lab, target)
+        if delay is not None or loss is not None or rate is not None or target in running.lab.networks:
+            broken = failover.impairment_for(running.lab, target, delay, loss, rate)
+        else:
+            broken = failover.parse_target(running.lab, target)
         out.print(
             f"load from {running.lab.clients[0]} for {seconds:.0f} s; {broken.what} "
             f"{failover.LEAD_SECONDS} s after it starts ...",

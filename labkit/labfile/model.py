@@ -265,6 +265,43 @@ class Node(Strict):
         return [*self.addresses.values(), *self.addresses6.values()]
 
 
+NETEM_DELAY = re.compile(r"^(\d+(\.\d+)?)(us|ms|s)$")
+NETEM_LOSS = re.compile(r"^(\d+(\.\d+)?)%$")
+NETEM_RATE = re.compile(r"^(\d+(\.\d+)?)(bit|kbit|mbit|gbit)$")
+
+
+class Impairment(Strict):
+    """netem on one network's links (tc qdisc ... netem), as tc writes its values."""
+
+    delay: str | None = None  # each way: "20ms"
+    loss: str | None = None  # "1%"
+    rate: str | None = None  # "10mbit"
+
+    @field_validator("delay", "loss", "rate", mode="before")
+    @classmethod
+    def _netem_value(cls, value: object, info) -> object:
+        text = str(value).strip() if value is not None else None
+        if text is None:
+            return None
+        how = {
+            "delay": (NETEM_DELAY, "a time of 0 or more, such as 20ms (us, ms or s)"),
+            "loss": (NETEM_LOSS, "a share from 0% to 100%, such as 1%"),
+            "rate": (NETEM_RATE, "a rate such as 10mbit (bit, kbit, mbit or gbit)"),
+        }[info.field_name]
+        found = how[0].match(text)
+        if not found or (info.field_name == "loss" and float(found[1]) > 100):
+            raise ValueError(f"{info.field_name} {text!r}: give {how[1]}")
+        return text
+
+    def netem(self) -> list[str]:
+        """The words after `netem` in tc."""
+        words = []
+        for name in ("delay", "loss", "rate"):
+            if getattr(self, name) is not None:
+                words += [name, getattr(self, name)]
+        return words
+
+
 class Lab(Strict):
     name: str
     description: str = ""
@@ -279,6 +316,17 @@ class Lab(Strict):
     networks6: dict[str, IPv6Network] = {}
     nodes: dict[str, Node]
     services: list[VirtualService] = Field(min_length=1)
+    # netem on a network's links (each node's interface on it): delay, loss, rate
+    impair: dict[str, Impairment] = {}
+
+    @model_validator(mode="after")
+    def _impaired_networks_exist(self) -> Lab:
+        unknown = [net for net in self.impair if net not in self.networks]
+        if unknown:
+            raise ValueError(
+                f"impair: there is no network {unknown[0]!r}. Impair one of the lab's networks ({', '.join(self.networks)})"
+            )
+        return self
 
     # Derived views. Order follows the lab file, so lb0 (the first director) is the active one.
 

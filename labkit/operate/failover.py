@@ -8,14 +8,17 @@ lab's own VIP; every figure comes from the client's clock, as a user would notic
 from __future__ import annotations
 
 import json
+import shlex
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from labkit.apply.ssh import Said
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, Protocol, Role, VirtualService
+from labkit.labfile.model import Impairment
 from labkit.plan import ipvs
 from labkit.running import RunningLab
 
@@ -62,7 +65,50 @@ class LinkDown:
         return f"{self.node}'s link to network {self.network} down"
 
 
-Target = Freeze | StopService | LinkDown
+@dataclass(frozen=True)
+class Impair:
+    """One network's links made worse (netem on each node's interface on it), not cut."""
+
+    network: str
+    impairment: Impairment
+    node: str = ""  # none: a network, not a node
+
+    def __str__(self) -> str:
+        return self.network
+
+    @property
+    def what(self) -> str:
+        return f"network {self.network} impaired ({' '.join(self.impairment.netem())})"
+
+
+Target = Freeze | StopService | LinkDown | Impair
+
+
+def impair_commands(lab: Lab, network: str, impairment: Impairment) -> dict[str, list[str]]:
+    """node -> the tc command that puts netem on its interface on `network` (named as the
+    network: labkit names each NIC so). netem shapes what leaves an interface: on every node
+    of the network, each way is delayed once."""
+    return {
+        node: ["sudo", "-n", "tc", "qdisc", "replace", "dev", network, "root", "netem", *impairment.netem()]
+        for node, spec in lab.nodes.items()
+        if network in spec.addresses
+    }
+
+
+def impairment_for(lab: Lab, network: str, delay: str | None, loss: str | None, rate: str | None) -> Impair:
+    """`labkit fail LAB NETWORK --delay ...`: the target, or one line saying what is wrong."""
+    if network not in lab.networks:
+        raise LabkitError(
+            f"the lab {lab.name} has no network {network!r}. Networks: {', '.join(lab.networks)}. "
+            "Give a network with --delay, --loss or --rate"
+        )
+    if delay is None and loss is None and rate is None:
+        raise LabkitError(f"{network}: say how to impair it: --delay 20ms, --loss 1% or --rate 10mbit")
+    try:
+        return Impair(network, Impairment(delay=delay, loss=loss, rate=rate))
+    except ValueError as exc:
+        why = exc.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(exc, "errors") else str(exc)
+        raise LabkitError(f"{why} (--{why.split()[0]})") from None
 
 
 def parse_target(lab: Lab, text: str) -> Target:
@@ -249,7 +295,7 @@ def service_for(lab: Lab, target: Target) -> VirtualService:
     tcp = [s for s in lab.services if s.protocol == Protocol.tcp]
     if not tcp:
         raise LabkitError(f"the lab {lab.name} has no TCP service to load")
-    if lab.nodes[target.node].role == Role.real_server:
+    if target.node and lab.nodes[target.node].role == Role.real_server:
         return next((s for s in tcp if s in lab.services_of(target.node)), tcp[0])
     return tcp[0]
 
@@ -265,6 +311,33 @@ def inject(running: RunningLab, target: Target) -> None:
             running.run(node, ["sudo", "-n", "ip", "link", "set", "dev", network, "down"])
         case Freeze(node):
             running.freeze(node)
+        case Impair(network, impairment):
+            commands = impair_commands(running.lab, network, impairment)
+            for node, words in commands.items():
+                running.run(node, words)
+
+
+def impair_lab(running: RunningLab) -> list[str]:
+    """The lab file's `impair:` put on its networks; what was done, one line a network."""
+    done = []
+    for network, impairment in running.lab.impair.items():
+        inject(running, Impair(network, impairment))
+        done.append(Impair(network, impairment).what)
+    return done
+
+
+def unimpair(running: RunningLab) -> None:
+    """netem off every node's lab interfaces (a link without it says so: not an error); one
+    command a node, all nodes at once."""
+    script = {
+        node: "; ".join(
+            shlex.join(["tc", "qdisc", "del", "dev", net, "root"]) + " 2>/dev/null" for net in spec.addresses
+        )
+        + "; true"
+        for node, spec in running.lab.nodes.items()
+    }
+    with ThreadPoolExecutor(max_workers=len(script)) as pool:
+        list(pool.map(lambda node: running.run(node, ["sudo", "-n", "sh", "-c", script[node]]), script))
 
 
 def table(running: RunningLab, director: str) -> dict[str, ipvs.Service]:
@@ -310,6 +383,12 @@ class Report:
                 out.append(
                     f"  long transfer: {t['bytes']} of {t['length']} bytes from {t['server']}, sha256 {t['sha256'][:16]}"
                 )
+        answered = sorted(r.done - r.sent for r in load.requests if r.server is not None)
+        if isinstance(self.target, Impair) and answered:
+            slowest = answered[min(len(answered) - 1, int(len(answered) * 0.99))]
+            out.append(
+                f"  answer time: median {answered[len(answered) // 2] * 1000:.0f} ms, 99th percentile {slowest * 1000:.0f} ms"
+            )
         if self.holder:
             out.append(f"  VIP held by: {self.holder}")
         if self.noticed is not None:
@@ -324,7 +403,7 @@ def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
     """Break the target 3 s into a bounded load, and measure what the client saw."""
     lab = running.lab
     svc = service_for(lab, target)
-    director = lab.nodes[target.node].role == Role.director
+    director = bool(target.node) and lab.nodes[target.node].role == Role.director
     result: dict[str, Load | Exception] = {}
 
     started = threading.Event()
@@ -349,7 +428,7 @@ def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
         raise result["load"]
     report = Report(target, svc.key, result["load"])
     report.holder = running.holder(paused={target.node} if isinstance(target, Freeze) else set())
-    if lab.nodes[target.node].role == Role.real_server and lab.ha:
+    if target.node and lab.nodes[target.node].role == Role.real_server and lab.ha:
         addresses = {str(a) for a in lab.nodes[target.node].addresses.values()}
         active = report.holder or lab.active_director
         wait_for(
@@ -381,7 +460,9 @@ def heal(running: RunningLab, on_done=lambda result: None) -> tuple[float, Load]
     started = time.monotonic()
     for node in running.paused():
         running.thaw(node)
+    unimpair(running)
     running.provision(on_done=on_done)
+    impair_lab(running)  # the lab file's own impairment stays: it is part of the lab
     lab = running.lab
     if lab.ha:
         wait_for(

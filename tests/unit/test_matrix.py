@@ -65,9 +65,37 @@ def test_cells_are_lab_by_lab_in_the_kernels_order(tmp_path):
         ("fwmark", "bookworm"),
         ("fwmark", "sid"),
     ]
-    assert cells[1].folder == tmp_path / "nat-sid"
+    assert cells[1].folder == tmp_path / "nat-sid-1"
+    assert cells[1].copy == "nat-sid-1" and str(cells[1]) == "nat on sid"
     deb = matrix.cell_folder(tmp_path, "nat", "/src/linux-image-6.18.0-rc1+_6.18.0-rc1-1_amd64.deb")
-    assert deb == tmp_path / "nat-linux-image-6.18.0-rc1+_6.18.0-rc1-1_amd64"
+    assert deb == tmp_path / "nat-linux-image-6.18.0-rc1+_6.18.0-rc1-1_amd64-1"
+    assert matrix.copy_name(deb.name) == "nat-linux-image-6-18-0-rc1-6-18-0-rc1-1-amd64-1"
+
+
+def test_repeated_cells_each_boot_a_copy_of_their_own(tmp_path):
+    cells = matrix.plan(["dr"], ["bookworm", "bookworm-backports"], tmp_path, repeat=2)
+    assert [c.copy for c in cells] == [
+        "dr-bookworm-1",
+        "dr-bookworm-2",
+        "dr-bookworm-backports-1",
+        "dr-bookworm-backports-2",
+    ]
+    assert str(cells[3]) == "dr on bookworm-backports (run 2 of 2)"
+    with pytest.raises(LabkitError, match="--repeat 0: give the number of runs"):
+        matrix.plan(["dr"], ["bookworm"], tmp_path, repeat=0)
+
+
+def test_hosts_are_this_one_and_each_connect_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path))
+    (tmp_path / "config.yaml").write_text("hosts: {far: 'qemu+ssh://lab@far/system'}\n")
+    assert matrix.hosts_for([]) == [None]
+    assert matrix.hosts_for(["qemu:///system", "qemu+ssh://root@127.0.0.1:2222/system"]) == [
+        None,
+        "qemu+ssh://root@127.0.0.1:2222/system",
+    ]
+    assert matrix.hosts_for(["all"]) == [None, "far"]
+    with pytest.raises(LabkitError, match="--connect near: no such host"):
+        matrix.hosts_for(["near"])
 
 
 @pytest.mark.parametrize(
@@ -155,8 +183,33 @@ def test_a_cell_boots_with_json_and_keeps_ups_figures_and_kernel_release(tmp_pat
 
     (cell,) = matrix.plan(["nat"], ["sid"], tmp_path / "report")
     runner = Commands()
-    record = matrix.run_cell(cell, "labkit/linux-7.2", runner, say=lambda step: None)
-    assert runner.calls[0] == ["up", "nat", "--kernel", "sid", "--json"]
+    from labkit.home import lab_dir
+
+    lab_dir("nat-sid-1").mkdir(parents=True)  # what up made, which down removes
+    clock = iter([{"lb0": 100.0}, {"lb0": 400.0}])  # lb0's uptime as verify, then bench, begin
+    (cell.folder).mkdir(parents=True)
+    (cell.folder / "verify.xml").write_text(
+        '<testsuite><testcase name="test_vip" time="10.5"/><testcase name="test_director_dies" time="60"/></testsuite>'
+    )
+    seen = {}
+
+    def kernel_log(copy, folder, marks):
+        seen.update(marks)
+        return {"splats": [], "taints": {"lb0": []}, "unread": []}
+
+    record = matrix.run_cell(
+        cell, "labkit/linux-7.2", runner, say=lambda step: None, kernel_log=kernel_log, clock=lambda c, n: next(clock)
+    )
+    assert seen["lb0"] == [
+        ("up", 0.0),
+        ("verify (test_vip)", 100.0),
+        ("verify (test_director_dies)", 110.5),
+        ("bench", 400.0),
+    ]
+    assert record["kernel_log"] == {"splats": [], "taints": {"lb0": []}, "unread": []}
+    assert runner.calls[0] == ["up", "nat", "--kernel", "sid", "--as", "nat-sid-1", "--json"]
+    assert runner.calls[-1] == ["down", "nat-sid-1"]
+    assert record["host"] == "this host" and record["copy"] == "nat-sid-1"
     assert (record["status"], record["release"]) == ("passed", "7.2.13-amd64")
     assert record["figures"] == {
         "boot_seconds": 131.0,
@@ -210,3 +263,47 @@ def test_up_json_is_the_one_line_on_stdout_that_the_matrix_reads(tmp_path, monke
     }
     assert matrix.last_json(result.stderr + result.stdout) == up
     assert set(matrix.up_figures(up)) == {"boot_seconds", "provision_seconds"}
+
+
+def test_an_up_refused_before_it_made_anything_is_not_taken_down(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "home"))
+
+    class Refused:
+        calls = []
+
+        def labkit(self, args, log):
+            self.calls.append(args)
+            return 1, "error: the host cannot hold the lab\n"
+
+        def quietly(self, args, log):
+            self.calls.append(args)
+            return 0
+
+    (cell,) = matrix.plan(["nat"], ["sid"], tmp_path / "report")
+    runner = Refused()
+    record = matrix.run_cell(cell, "labkit/linux-7.2", runner, say=lambda step: None)
+    assert [c[0] for c in runner.calls] == ["up"]
+    assert record["status"] == "error" and "the host cannot hold the lab" in record["error"]
+
+
+def test_a_cell_interrupted_while_it_boots_is_taken_down(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "home"))
+    from labkit.home import lab_dir
+
+    class Interrupting:
+        calls = []
+
+        def labkit(self, args, log):
+            self.calls.append(args)
+            lab_dir("nat-sid-1").mkdir(parents=True)  # up made the copy, then the signal came
+            raise matrix.Interrupted(2)
+
+        def quietly(self, args, log):
+            self.calls.append(args)
+            return 0
+
+    (cell,) = matrix.plan(["nat"], ["sid"], tmp_path / "report")
+    runner = Interrupting()
+    with pytest.raises(matrix.Interrupted):
+        matrix.run_cell(cell, "labkit/linux-7.2", runner, say=lambda step: None)
+    assert runner.calls[-1] == ["down", "nat-sid-1"]

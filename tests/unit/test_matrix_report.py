@@ -322,7 +322,7 @@ def test_markdown_says_when_every_check_passes(tmp_path: Path):
         shutil.copy(SAMPLES / "verify-bookworm.xml", folder / "verify.xml")
     write(tmp_path, records, KERNELS)
     md = (tmp_path / "matrix.md").read_text()
-    assert "No regressions." in md
+    assert "## Regressions (0)\n\nNone." in md
     assert "9 of 10 checks pass on every kernel." in md  # one is skipped on both
     assert "| test_failover.py::test_tun_only | skipped | skipped |" in md
 
@@ -360,4 +360,180 @@ def test_json_round_trips(report: Path):
     assert data["labs"]["nat"]["figures"]["bench_p99_ms"] == {"bookworm": 45, "trixie": 60}
     assert data["labs"]["dr"]["figures"]["boot_seconds"] == {"bookworm": 150.0, "trixie": None}
     assert {b["figure"]: b["text"] for b in data["bands"]}["bench_requests_per_second"] == "-25 %"
-    assert sorted((Cell(**c) for c in data["cells"]), key=lambda c: (c.lab, c.kernel)) == load(report)
+    cells = sorted((Cell(**c) for c in data["cells"]), key=lambda c: (c.lab, c.kernel))
+    assert [(c.lab, c.kernel, c.status, c.figures, c.checks) for c in cells] == [
+        (c.lab, c.kernel, c.status, c.figures, c.checks) for c in load(report)
+    ]
+
+
+# ---- runs taken together, the kernel's log, fixes, an earlier report, JUnit ---------------
+
+HUNG = {
+    "node": "lb1",
+    "kind": "hung task",
+    "title": "INFO: task touch:1204 blocked for more than 1 seconds.",
+    "lines": [
+        "INFO: task touch:1204 blocked for more than 1 seconds.",
+        '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.',
+    ],
+    "seconds": 312.5,
+    "moment": "during verify (test_director_dies), 40 s in",
+}
+
+
+def run(kernel: str, n: int, checks=None, figures=None, splats=(), taints=None, release=None) -> Cell:
+    found = cell(kernel, figures, checks)
+    found.run, found.release = n, release
+    found.host = "this host" if n % 2 else "qemu+ssh://lab@far/system"
+    found.splats = [s | {"run": n} for s in splats]
+    found.taints = taints if taints is not None else {"lb0": [], "lb1": []}
+    return found
+
+
+def test_a_check_that_passes_and_fails_on_one_kernel_is_flaky_not_a_regression():
+    cells = [
+        run("bookworm", 1, {"test_vip": "passed"}),
+        run("bookworm", 2, {"test_vip": "passed"}),
+        run("trixie", 1, {"test_vip": "failed"}),
+        run("trixie", 2, {"test_vip": "passed"}),
+    ]
+    found = compare(cells, KERNELS)
+    assert found.regressions == []
+    assert [str(f) for f in found.flakes] == ["nat on trixie: test_vip passed in 1 of 2 runs (failed, passed)"]
+    assert found.labs[0].checks["test_vip"] == {"bookworm": "passed", "trixie": "flaky"}
+
+
+def test_a_check_that_fails_in_every_run_is_a_regression():
+    cells = [run("bookworm", n, {"test_vip": "passed"}) for n in (1, 2)]
+    cells += [run("trixie", n, {"test_vip": "failed"}) for n in (1, 2)]
+    assert [str(r) for r in compare(cells, KERNELS).regressions] == [
+        "nat on trixie: test_vip passed on bookworm, failed on trixie"
+    ]
+
+
+def test_figures_of_repeated_runs_are_their_median_with_their_range():
+    cells = [run("bookworm", n, figures={"boot_seconds": v}) for n, v in ((1, 150), (2, 170), (3, 160))]
+    table = compare(cells, KERNELS[:1]).labs[0]
+    assert table.figures["boot_seconds"] == {"bookworm": 160}
+    assert table.cells["bookworm"].spread["boot_seconds"] == (150, 170)
+    assert table.cells["bookworm"].host == "this host, qemu+ssh://lab@far/system"  # where the runs ran
+
+
+def test_with_three_runs_the_baselines_own_spread_widens_a_narrow_band():
+    # bench_failed_requests has a band of +2; the baseline itself went from 0 to 9
+    base = [run("bookworm", n, figures={"bench_failed_requests": v}) for n, v in ((1, 0), (2, 9), (3, 4))]
+    other = [run("trixie", n, figures={"bench_failed_requests": 12}) for n in (1, 2, 3)]
+    assert compare(base + other, KERNELS).regressions == []  # 12 - 4 = 8, within the spread of 9
+    worse = [run("trixie", n, figures={"bench_failed_requests": 14}) for n in (1, 2, 3)]
+    (found,) = compare(base + worse, KERNELS).regressions
+    assert "widened to 9 by its spread" in str(found)
+    two = [c for c in base if c.run < 3] + other[:2]  # with two runs the fixed band holds
+    assert [r.what for r in compare(two, KERNELS).regressions] == ["bench_failed_requests"]
+
+
+def test_a_splat_the_baseline_did_not_have_is_a_regression_first_with_its_lines():
+    cells = [run("bookworm", 1, {"test_vip": "passed"}), run("trixie", 1, {"test_vip": "failed"}, splats=[HUNG])]
+    found = compare(cells, KERNELS).regressions
+    assert [r.what for r in found] == ["splat", "test_vip"]
+    assert str(found[0]) == (
+        "nat on trixie: hung task on lb1, during verify (test_director_dies), 40 s in, not on bookworm: "
+        "INFO: task touch:1204 blocked for more than 1 seconds."
+    )
+    assert found[0].lines == HUNG["lines"]
+
+
+def test_a_splat_the_baseline_had_too_is_no_regression():
+    other = dict(HUNG, title="INFO: task touch:977 blocked for more than 1 seconds.")  # another pid, same place
+    cells = [run("bookworm", 1, splats=[HUNG]), run("trixie", 1, splats=[other])]
+    assert compare(cells, KERNELS).regressions == []
+
+
+def test_a_taint_flag_the_baseline_did_not_have_is_a_regression():
+    cells = [run("bookworm", 1, taints={"lb0": ["E"]}), run("trixie", 1, taints={"lb0": ["E"], "rs0": ["W"]})]
+    assert [str(r) for r in compare(cells, KERNELS).regressions] == [
+        "nat on trixie: rs0's kernel is tainted, not on bookworm: W: kernel issued a warning"
+    ]
+
+
+def test_a_check_that_failed_on_the_baseline_and_passes_is_a_fix():
+    cells = [run("bookworm", 1, {"test_vip": "failed"}), run("trixie", 1, {"test_vip": "passed"})]
+    found = compare(cells, KERNELS)
+    assert [str(f) for f in found.fixes] == ["nat on trixie: test_vip failed on bookworm, passes on trixie"]
+    assert found.regressions == []
+
+
+def earlier(tmp_path: Path, cells: list[Cell]) -> dict:
+    from labkit.operate.matrix_report import to_json
+
+    return json.loads(json.dumps(to_json(compare(cells, KERNELS))))
+
+
+def test_against_an_earlier_report_the_same_kernel_is_compared(tmp_path: Path):
+    old = earlier(
+        tmp_path, [run("bookworm", 1, {"a": "passed", "b": "failed"}), run("trixie", 1, {"a": "passed", "b": "failed"})]
+    )
+    now = [
+        run("bookworm", 1, {"a": "passed", "b": "failed"}),
+        run("trixie", 1, {"a": "failed", "b": "passed"}, splats=[HUNG]),
+    ]
+    found = compare(now, KERNELS, old)
+    against = [(r.what, r.against) for r in found.regressions]
+    assert ("a", "earlier report") in against and ("splat", "earlier report") in against
+    assert [str(f) for f in found.fixes if f.against == "earlier report"] == [
+        "nat on trixie: b failed in the earlier report, passes now"
+    ]
+
+
+def test_an_earlier_report_that_cannot_be_read_is_one_line(tmp_path: Path):
+    from labkit.errors import LabkitError
+    from labkit.operate.matrix_report import read_earlier
+
+    (tmp_path / "bad.json").write_text("[1]")
+    with pytest.raises(LabkitError, match=r"--compare .*bad.json: not a matrix.json"):
+        read_earlier(tmp_path / "bad.json")
+    with pytest.raises(LabkitError, match="cannot read it"):
+        read_earlier(tmp_path / "none.json")
+
+
+def test_a_kernel_package_is_named_by_its_release_with_its_path_once():
+    deb = "/src/linux-image-6.18.0-rc1_6.18.0-rc1-1_amd64.deb"
+    cells = [run("bookworm", 1, {"a": "passed"}), run(deb, 1, {"a": "failed"}, release="6.18.0-rc1-amd64")]
+    cells[1].box = "labkit/linux-6.18.0-rc1-amd64"
+    comparison = compare(cells, ["bookworm", deb])
+    md = markdown(comparison)
+    assert md.count(deb) == 1  # in the kernels table
+    assert "| 6.18.0-rc1-amd64 | 6.18.0-rc1-amd64 |" in md
+    assert "| a | passed | **failed** ⚠ |" in md
+
+
+def test_one_junit_file_a_suite_per_lab_and_kernel_flakes_marked(tmp_path: Path):
+    from labkit.operate.matrix_report import junit
+
+    cells = [run("bookworm", n, {"a": "passed", "b": "passed"}) for n in (1, 2)]
+    cells += [
+        run("trixie", 1, {"a": "failed", "b": "failed"}, splats=[HUNG]),
+        run("trixie", 2, {"a": "passed", "b": "failed"}),
+    ]
+    root = ET.fromstring(junit(compare(cells, KERNELS)).split("\n", 1)[1])
+    assert [s.get("name") for s in root] == ["nat on bookworm (baseline)", "nat on trixie"]
+    cases = {c.get("name"): c for c in root[1]}
+    assert [e.tag for e in cases["a"]] == ["flakyFailure"] and cases["a"].find("flakyFailure").get(
+        "message"
+    ) == "run 1: failed"
+    assert cases["b"].find("failure").get("message") == "failed in every run"
+    assert "INFO: task touch:1204" in cases["kernel log"].find("failure").text
+    assert (root[1].get("tests"), root[1].get("failures")) == ("3", "2")
+    assert root[0].get("failures") == "0"
+
+
+def test_the_report_has_its_sections_even_when_they_are_empty(tmp_path: Path):
+    md = markdown(compare([run("bookworm", 1, {"a": "passed"}), run("trixie", 1, {"a": "passed"})], KERNELS))
+    for section in ("## Regressions (0)", "## Kernel log (0 splats)", "## Flakes (0)", "## Fixes (0)"):
+        assert section in md
+    assert "| nat | trixie | none | none |" in md
+
+
+def test_a_check_skipped_in_one_run_and_passed_in_another_is_not_flaky():
+    cells = [run("bookworm", 1, {"a": "passed"}), run("bookworm", 2, {"a": "skipped"})]
+    found = compare(cells, KERNELS[:1])
+    assert found.flakes == [] and found.labs[0].checks["a"] == {"bookworm": "passed"}
