@@ -128,7 +128,7 @@ def up(
                 "ports": classroom.ports(record, model),
             }
     classroom.save(record)
-    todo = [s for s in names if record["seats"][s]["state"] != "up" or not record["seats"][s].get("relay")]
+    todo = names  # a seat that is up is left alone but for its way in, started again if it stopped
     started = time.monotonic()
     by_host = {r.uri: [s for s in todo if record["seats"][s]["host"] == r.uri] for r in rooms}
     cores = {r.uri: r.cores for r in rooms}

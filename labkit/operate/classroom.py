@@ -301,7 +301,8 @@ def vm_addresses(ssh_config: Path) -> dict[str, str]:
 def relay_alive(uri: str, pid: int | None) -> bool:
     if not pid:
         return False
-    return on_host(uri, ["kill", "-0", str(pid)], check=False).returncode == 0
+    state = on_host(uri, ["ps", "-o", "stat=", "-p", str(pid)], check=False).stdout.strip()
+    return bool(state) and not state.startswith("Z")  # a zombie has let go of its ports
 
 
 def start_relay(uri: str, listen: str, ports_of: dict[str, int], addresses: dict[str, str]) -> int:
@@ -321,6 +322,10 @@ def start_relay(uri: str, listen: str, ports_of: dict[str, int], addresses: dict
 def stop_relay(uri: str, pid: int | None) -> None:
     if relay_alive(uri, pid):
         on_host(uri, ["kill", str(pid)], check=False)
+        for _ in range(20):
+            if not relay_alive(uri, pid):
+                return
+            time.sleep(0.25)
 
 
 # ---- a student's key and bundle ----------------------------------------------------------------

@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def test_the_vms_reach_nothing_of_the_host_nor_other_copies(bundles, teacher):
             "ben": f"timeout 5 bash -c 'echo > /dev/tcp/{ben_lb0}/22'",
         }
         for what, command in tries.items():
-            reached = ssh(bundles["ana"], "lb0", "sudo", "sh", "-c", command)
+            reached = ssh(bundles["ana"], "lb0", shlex.join(["sudo", "sh", "-c", command]))
             assert reached.returncode != 0 and "host service" not in reached.stdout, (what, reached)
     finally:
         server.shutdown()
