@@ -127,7 +127,10 @@ def seat(record: dict, student: str) -> dict:
 
 def chosen(record: dict, student: str | None) -> list[str]:
     """The seats a command acts on: one student's, or every seat."""
-    return list(record["seats"]) if student is None else [student] if seat(record, student) else []
+    if student is None:
+        return list(record["seats"])
+    seat(record, student)  # one line when there is no such student
+    return [student]
 
 
 def now() -> str:
