@@ -29,6 +29,7 @@ import shlex
 import subprocess
 import textwrap
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
@@ -411,6 +412,15 @@ def rows(record: dict, states: dict[str, str]) -> list[tuple[str, ...]]:
             )
         )
     return found
+
+
+def grade(junit_xml: str, checks: tuple[str, ...]) -> tuple[int, int]:
+    """(passed, total) of exactly these checks in a JUnit XML report: a -k selection may have run
+    a few more (test_split[...:80] also selects ...:8080)."""
+    wanted = {c.split("::")[-1] for c in checks}
+    found = [case for case in ET.fromstring(junit_xml).iter("testcase") if case.get("name") in wanted]
+    failed = [case for case in found if case.find("failure") is not None or case.find("error") is not None]
+    return len(found) - len(failed), len(wanted)
 
 
 def state_of(student: str, record_seat: dict, lab: Lab, domains: dict | None) -> str:

@@ -137,3 +137,14 @@ def test_class_commands_without_a_class_say_so(tmp_path, monkeypatch):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1
         assert "no class is up" in result.output
+
+
+def test_the_grade_counts_exactly_the_faults_checks():
+    report = """<testsuites><testsuite tests="3">
+      <testcase classname="test_lab" name="test_ipvs_table[lb0]"><failure message="x"/></testcase>
+      <testcase classname="test_lab" name="test_split[tcp-192.168.55.100:80]"/>
+      <testcase classname="test_lab" name="test_split[tcp-192.168.55.100:8080]"/>
+    </testsuite></testsuites>"""
+    checks = ("test_lab.py::test_ipvs_table[lb0]", "test_lab.py::test_split[tcp-192.168.55.100:80]")
+    assert classroom.grade(report, checks) == (1, 2)
+    assert classroom.grade("<testsuites/>", checks) == (0, 2)  # a check that did not run did not pass
