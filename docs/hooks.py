@@ -327,8 +327,21 @@ def faults() -> str:
     return "\n".join(lines)
 
 
+def exercises() -> str:
+    from labkit.labfile import known_labs, lab_file, load_lab
+    from labkit.operate.faults import FAULTS, applying_to
+
+    labs = {name: load_lab(lab_file(name)) for name in known_labs()}
+    lines = ["| exercise | labs | what the student sees | the hint |", "|---|---|---|---|"]
+    for fault in FAULTS:
+        where = ", ".join(name for name, lab in labs.items() if fault in applying_to(lab))
+        lines.append(f"| `{fault.name}` | {where} | {_cell(fault.symptom)} | {_cell(fault.hint)} |")
+    return "\n".join(lines)
+
+
 GENERATORS = {
     "faults": faults,
+    "exercises": exercises,
     "commands": commands_reference,
     "lab-file": labfile_reference,
     "schema": lab_schema,

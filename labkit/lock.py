@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -54,7 +55,9 @@ def writing(lab: str, command: str, then: str) -> Iterator[None]:
             sys.stderr.write(f"interrupted ({signal.Signals(signum).name}): {then}\n")
             os._exit(128 + signum)  # the lock and the SSH connections close with the process
 
-        previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
+        # only the main thread may set handlers; a class boots its seats in threads under its own
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, stop) for sig in SIGNALS} if main else {}
         try:
             yield
         finally:

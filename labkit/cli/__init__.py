@@ -4,7 +4,7 @@ verify, operate, describe, box)."""
 
 import typer
 
-from labkit.cli import box, describe, lab, matrix, operate
+from labkit.cli import box, classroom, describe, lab, matrix, operate
 
 app = typer.Typer(
     help="Linux Virtual Server labs on real virtual machines.\n\nExample: labkit up nat",
@@ -14,5 +14,7 @@ app = typer.Typer(
 for commands in (lab.app, operate.app, describe.app, matrix.app, box.app):
     app.add_typer(commands)
 app.add_typer(box.boxes, name="box")
+app.add_typer(classroom.app, name="class")
+app.add_typer(classroom.exercises, name="exercise")
 
 __all__ = ["app"]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from labkit.errors import LabkitError
 from labkit.labfile import Forwarding, Lab
 
 
@@ -136,9 +137,85 @@ FAULTS = (
 )
 
 
+def _persistent(port: int) -> Callable[[Lab], bool]:
+    return lambda lab: any(s.key == f"tcp {VIP}:{port}" and s.persistence for s in lab.services)
+
+
+# Faults for a class's exercises (labkit exercise start): the same shape, the same catalogue.
+FAULTS += (
+    Fault(
+        "weight-starves",
+        "lb0",
+        (("ipvsadm", "-e", "-t", f"{VIP}:80", "-r", f"{RIP}:80", "-m", "-w", "0"),),
+        ("test_lab.py::test_ipvs_table[lb0]", "test_lab.py::test_split[tcp-192.168.55.100:80]"),
+        Repair.reset,
+        lambda lab: _uses(Forwarding.masq)(lab) and lab.ha,
+        "every request to port 80 lands on rs1; rs0 is up and idle",
+        "what weight does ipvsadm -L -n give rs0 for port 80?",
+        "Weight 0 is how a real server is drained: IPVS keeps its established connections but sends "
+        "it no new ones. Left at 0 by mistake, a healthy server starves while its peer takes all the load.",
+    ),
+    Fault(
+        "persistence-lost",
+        "lb0",
+        (("ipvsadm", "-E", "-t", f"{VIP}:8013", "-s", "rr"),),
+        ("test_lab.py::test_ipvs_table[lb0]",),
+        Repair.reset,
+        _persistent(8013),
+        "a client's requests to port 8013 alternate between servers, and its session is lost",
+        "does ipvsadm -L -n show 'persistent' on the service?",
+        "Persistence (ipvsadm -p SECONDS) keeps a client on the real server it first reached, through a "
+        "template connection that outlives each TCP connection. Edited without -p, the service forgets "
+        "it: every new connection is scheduled anew.",
+    ),
+    Fault(
+        "priority-never-fails-back",
+        "lb1",
+        (
+            ("sed", "-i", "-E", r"s/^(\s*priority )[0-9]+/\1254/", "/etc/keepalived/keepalived.conf"),
+            ("systemctl", "reload", "keepalived"),
+        ),
+        ("test_lab.py::test_vrrp_state[lb0]", "test_lab.py::test_vrrp_state[lb1]"),
+        Repair.reset,
+        _paired,
+        "lb1 holds the VIP although lb0 is healthy, and lb0 never takes it back",
+        "compare the priority lines of keepalived.conf on lb0 and lb1",
+        "VRRP elects the director with the highest priority. With the standby's priority above the "
+        "preferred director's, the standby takes the VIP and keeps it: the pair fails over the wrong way "
+        "and never back.",
+    ),
+    Fault(
+        "link-loss",
+        "rs0",
+        (("tc", "qdisc", "replace", "dev", "int", "root", "netem", "loss", "100%"),),
+        ("test_lab.py::test_split[tcp-192.168.55.100:80]",),
+        Repair.reset,
+        lambda lab: _uses(Forwarding.masq)(lab) and lab.ha,
+        "requests scheduled to rs0 hang until they time out, then rs0 leaves the table",
+        "is anything queued on rs0's interfaces? (tc qdisc show on rs0, ping rs0 from lb0)",
+        "netem on rs0's link to the directors drops the packets: the director's health check fails and "
+        "keepalived takes rs0 out; until it does, the connections sent there hang.",
+    ),
+)
+
+
 def applying_to(lab: Lab) -> list[Fault]:
     return [f for f in FAULTS if f.applies(lab) and f.node in lab.nodes]
 
 
 def by_name(name: str) -> Fault:
     return next(f for f in FAULTS if f.name == name)
+
+
+def exercise(name: str, lab: Lab) -> Fault:
+    """The fault `name` as an exercise on `lab`; one line when it is unknown or does not fit the lab."""
+    known = [f.name for f in FAULTS]
+    if name not in known:
+        raise LabkitError(f"no exercise {name!r}. The exercises: {', '.join(known)} (labkit exercise list)")
+    fault = by_name(name)
+    if fault not in applying_to(lab):
+        fits = [f.name for f in applying_to(lab)]
+        raise LabkitError(
+            f"the exercise {name} does not apply to the lab {lab.name}. Those that do: {', '.join(fits) or 'none'}"
+        )
+    return fault

@@ -31,6 +31,7 @@ class Target:
     emulator: str | None = None  # libvirt: a QEMU wrapper that caps TCG's translation cache
     private_key: str | None = None  # set for a labkit box, which takes labkit's own key at boot
     public_key: str | None = None  # its public half ("ssh-ed25519 AAAA..."), given to each VM
+    student_key: str | None = None  # a class seat's student's public key, trusted beside it (labkit class)
     source: str = ""  # the lab file, named in the header
     name: str | None = None  # the copy's name (labkit up --as): its VMs and networks are named after it
     uri: str | None = None  # another host's libvirt (qemu+ssh://...); None: this host's

@@ -87,7 +87,7 @@ def test_the_check_finds_a_docstring_line_break():
 @pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
 def test_every_command_shows_an_example_as_its_own_paragraph(path):
     lines = help_text(app, path, 200).splitlines()
-    if path == ("box",):
+    if path in (("box",), ("class",), ("exercise",)):
         return  # a group: its commands have the examples
     at = next((i for i, line in enumerate(lines) if line.strip().startswith("Example: ")), None)
     assert at is not None, "\n".join(lines)
