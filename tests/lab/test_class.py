@@ -52,11 +52,33 @@ def ssh(folder: Path, node: str, *words: str, config: str = "ssh_config") -> sub
 
 
 @pytest.fixture(scope="module")
-def teacher(remote, tmp_path_factory) -> dict:
-    """The teacher's installation: its own LABKIT_HOME naming the second host, Vagrant's boxes shared."""
-    labkit_home = tmp_path_factory.mktemp("teacher")
-    (labkit_home / "config.yaml").write_text(f"hosts:\n  other: {json.dumps(remote)}\n")
-    return {**os.environ, "LABKIT_HOME": str(labkit_home)}
+def handed(tmp_path_factory) -> tuple[dict, list[subprocess.CompletedProcess]]:
+    """A second installation (its own LABKIT_HOME and Vagrant) given labkit's box as a file, as a
+    teacher hands it around on a USB stick: its environment, and what export and import said."""
+    home = tmp_path_factory.mktemp("teacher")
+    env = {**os.environ, "LABKIT_HOME": str(home / "labkit"), "VAGRANT_HOME": str(home / "vagrant.d")}
+    exported = tmp_path_factory.mktemp("usb") / "labkit.box"
+    said = [labkit(dict(os.environ), "box", "export", str(exported)), labkit(env, "box", "import", str(exported))]
+    exported.unlink(missing_ok=True)
+    yield env, said
+    shutil.rmtree(env["VAGRANT_HOME"])  # the imported box; its image in libvirt's pool is this installation's too
+
+
+@pytest.fixture(scope="module")
+def teacher(remote, handed) -> dict:
+    """The teacher's installation, booting from the box it was handed, naming the second host."""
+    env = handed[0]
+    Path(env["LABKIT_HOME"]).mkdir(parents=True, exist_ok=True)
+    (Path(env["LABKIT_HOME"]) / "config.yaml").write_text(f"hosts:\n  other: {json.dumps(remote)}\n")
+    return env
+
+
+def test_the_box_is_handed_over(handed):
+    env, (exported, imported) = handed
+    assert exported.returncode == 0, exported.stderr
+    assert imported.returncode == 0, imported.stderr
+    listed = subprocess.run(["vagrant", "box", "list"], capture_output=True, text=True, env=env).stdout
+    assert "labkit/bookworm" in listed, f"the imported box is not in the second installation's Vagrant:\n{listed}"
 
 
 @pytest.fixture(scope="module")
