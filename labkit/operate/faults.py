@@ -40,7 +40,7 @@ def _uses(forwarding: Forwarding) -> Callable[[Lab], bool]:
 
 
 def _paired(lab: Lab) -> bool:
-    return lab.ha
+    return lab.ha and len(lab.directors) > 1
 
 
 VIP = "192.168.55.100"
