@@ -4,12 +4,15 @@ published port, a second provision that changes nothing, and `labkit down` leavi
 """
 
 import json
+import shlex
+import subprocess
 
 import pytest
 from conftest import pinned
 from test_labs import REPORTS, labkit, libvirt_names
 
 from labkit.home import lab_dir
+from labkit.operate import faults
 from labkit.operate.matrix_report import read_junit
 
 pytestmark = pytest.mark.lab
@@ -73,6 +76,22 @@ def test_trace_follows_the_request_into_a_container_and_back(up):
     ):
         assert rewrite in told, told
     assert "lb0 docker0" in told and "rs0 docker0" in told, told
+
+
+def test_a_container_without_its_route_is_caught_and_provision_repairs_it(up):
+    """The container fault of the catalogue, injected as a person would: verify names the check
+    it breaks, and `labkit provision` puts the route back."""
+    fault = faults.by_name("container-no-route")
+    ssh = ["ssh", "-F", str(lab_dir(NAME) / "ssh_config"), fault.node]
+    for words in fault.commands:
+        injected = subprocess.run([*ssh, "sudo", "-n", shlex.join(words)], capture_output=True, text=True)
+        assert injected.returncode == 0, injected.stderr
+    found = labkit("verify", NAME, "-m", "not failover", "-k", "test_container and web0")
+    assert found.returncode == 1 and "FAILED" in found.stdout, found.stdout[-2000:]
+    assert "expected the default route via 172.17.0.1" in found.stdout, found.stdout[-2000:]
+    assert labkit(fault.repair.value, NAME).returncode == 0
+    again = labkit("verify", NAME, "-m", "not failover", "-k", "test_container or split")
+    assert again.returncode == 0, again.stdout[-2000:]
 
 
 def test_second_provision_changes_nothing(up):
