@@ -165,6 +165,13 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
             destinations.add(destination)
             director_bridge = lab.nodes[lab.active_director].bridge
             if director_bridge is not None and rs.address in director_bridge.address.network:
+                if svc.forwarding != Forwarding.masq:
+                    yield (
+                        f"{rs_field}.address: {rs.address} is a container behind {lab.active_director}'s bridge, "
+                        f"which only NAT reaches (its replies must come back to be rewritten); "
+                        f"{svc.forwarding.value} would need the VIP inside it. Use forwarding: masq"
+                    )
+                    continue
                 if lab.server_at(rs.address, svc.real_port(rs), svc.protocol) in lab.container_nodes:
                     continue  # a container on the director's own bridge: its route reaches it
                 yield (

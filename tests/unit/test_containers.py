@@ -77,6 +77,11 @@ CASES = [
         "172.17.0.9 is on lb0's bridge docker0, but no container there has it. Use one of: 172.17.0.2, 172.17.0.3",
     ),
     (
+        lambda d: d["services"][0].update(forwarding="route"),
+        "services[0].real_servers[0].address",
+        "172.17.0.2 is a container behind lb0's bridge, which only NAT reaches",
+    ),
+    (
         lambda d: d["nodes"]["lb0"]["containers"].update({"web-with-a-long-name": "172.17.0.9"}),
         "nodes.lb0.containers.web-with-a-long-name",
         "is not a plain container name. Use 1-10 lower-case letters and digits",
