@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from labkit.apply.ssh import Said
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, Protocol, Role, VirtualService
-from labkit.plan import ipvs
+from labkit.plan import containers, ipvs
 from labkit.running import RunningLab
 
 SERVICES = {Role.director: "keepalived", Role.real_server: "nginx"}
@@ -77,11 +77,13 @@ def parse_target(lab: Lab, text: str) -> Target:
         return Freeze(node)
     if part == SERVICES[role]:
         return StopService(node, part)
+    if part in lab.nodes[node].containers:  # a container stopped, as docker stop does
+        return StopService(node, containers.unit(part))
     if part in lab.nodes[node].addresses:
         return LinkDown(node, part)
     raise LabkitError(
         f"{text}: {node} runs no service and has no network called {part!r}. "
-        f"Use {node}:{SERVICES[role]} or {node}:<{'|'.join(lab.nodes[node].addresses)}>"
+        f"Use {node}:{SERVICES[role]} or {node}:<{'|'.join([*lab.nodes[node].containers, *lab.nodes[node].addresses])}>"
     )
 
 

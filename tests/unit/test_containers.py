@@ -9,6 +9,7 @@ import yaml
 from labkit.describe import graph
 from labkit.labfile import LABS, LabError, load_lab, parse_lab
 from labkit.operate import show
+from labkit.operate.failover import StopService, parse_target
 from labkit.operate.trace import capture_points
 from labkit.plan.steps import plan, script
 
@@ -171,3 +172,10 @@ def test_show_names_the_container_behind_each_destination():
 def test_trace_listens_on_the_bridges_too():
     points = capture_points(lab(), lab().services[0])
     assert points == {"lb0": ["ext", "int", "docker0"], "rs0": ["int", "docker0"]}
+
+
+def test_fail_stops_a_container_by_its_name():
+    assert parse_target(lab(), "lb0:web0") == StopService("lb0", "labkit-container@web0")
+    assert parse_target(lab(), "rs0:web2") == StopService("rs0", "labkit-container@web2")
+    with pytest.raises(Exception, match=r"Use lb0:keepalived or lb0:<web0\|web1\|ext\|int>"):
+        parse_target(lab(), "lb0:web9")
