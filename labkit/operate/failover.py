@@ -315,18 +315,40 @@ class Report:
         if self.holder:
             out.append(f"  VIP held by: {self.holder}")
         if self.noticed is not None:
-            out.append(f"  requests failed for {self.noticed:.1f} s, until the checker took {self.target.node} out")
+            out.append(
+                f"  requests failed for {self.noticed:.1f} s, until the checker took {taken_name(self.target)} out"
+            )
         if self.after is not None:
             served = ", ".join(f"{k} {v}" for k, v in sorted(self.after.served().items()))
             out.append(f"  then: {len(self.after.requests)} requests, failed {self.after.failed}, served by {served}")
         return out
 
 
+def taken_name(target: Target) -> str:
+    """What a checker takes out: the node, or the stopped container."""
+    if isinstance(target, StopService) and target.service.startswith(f"{containers.UNIT}@"):
+        return target.service.partition("@")[2]
+    return target.node
+
+
+def taken_away(lab: Lab, target: Target) -> set[str]:
+    """The IPVS destination addresses a broken target takes away: a real server's, or a stopped
+    container's (on the director's bridge, or behind its node's published port)."""
+    node = lab.nodes[target.node]
+    if isinstance(target, StopService) and target.service.startswith(f"{containers.UNIT}@"):
+        name = target.service.partition("@")[2]
+        if target.node == lab.active_director:
+            return {str(node.containers[name])}
+        return {str(a) for a in node.addresses.values()}
+    return {str(a) for a in node.addresses.values()} if node.role == Role.real_server else set()
+
+
 def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
     """Break the target 3 s into a bounded load, and measure what the client saw."""
     lab = running.lab
     svc = service_for(lab, target)
-    director = lab.nodes[target.node].role == Role.director
+    addresses = taken_away(lab, target)
+    director = lab.nodes[target.node].role == Role.director and not addresses
     result: dict[str, Load | Exception] = {}
 
     started = threading.Event()
@@ -351,8 +373,7 @@ def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
         raise result["load"]
     report = Report(target, svc.key, result["load"])
     report.holder = running.holder(paused={target.node} if isinstance(target, Freeze) else set())
-    if lab.nodes[target.node].role == Role.real_server and lab.ha:
-        addresses = {str(a) for a in lab.nodes[target.node].addresses.values()}
+    if addresses and lab.ha:
         active = report.holder or lab.active_director
         wait_for(
             f"the checker on {active} taking {target.node} out of {svc.key}",

@@ -4,6 +4,7 @@ published port, a second provision that changes nothing, and `labkit down` leavi
 """
 
 import json
+import re
 import shlex
 import subprocess
 
@@ -91,6 +92,22 @@ def test_a_container_without_its_route_is_caught_and_provision_repairs_it(up):
     assert "expected the default route via 172.17.0.1" in found.stdout, found.stdout[-2000:]
     assert labkit(fault.repair.value, NAME).returncode == 0
     again = labkit("verify", NAME, "-m", "not failover", "-k", "test_container or split")
+    assert again.returncode == 0, again.stdout[-2000:]
+
+
+def test_fail_stops_a_container_and_the_checker_takes_it_out_then_heal(up):
+    """`labkit fail containers rs0:web2`: the container behind the published port stops under the
+    client's load; requests fail only until the director's check takes rs0's destination out,
+    then the two containers on the director serve. `labkit heal` starts it again."""
+    result = labkit("fail", NAME, "rs0:web2", "--seconds", "10")
+    assert result.returncode == 0, result.stderr
+    assert "labkit-container@web2 stopped on rs0" in result.stdout, result.stdout
+    assert "until the checker took web2 out" in result.stdout, result.stdout
+    then = re.search(r"then: \d+ requests, failed 0, served by (.*)$", result.stdout, re.M)
+    assert then and set(re.findall(r"web\d", then[1])) == {"web0", "web1"}, result.stdout
+    healed = labkit("heal", NAME)
+    assert healed.returncode == 0, healed.stderr
+    again = labkit("verify", NAME, "-m", "not failover", "-k", "split")
     assert again.returncode == 0, again.stdout[-2000:]
 
 

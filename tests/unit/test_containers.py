@@ -9,7 +9,7 @@ import yaml
 from labkit.describe import graph
 from labkit.labfile import LABS, LabError, load_lab, parse_lab
 from labkit.operate import show
-from labkit.operate.failover import StopService, parse_target
+from labkit.operate.failover import StopService, parse_target, taken_away, taken_name
 from labkit.operate.trace import capture_points
 from labkit.plan.steps import plan, script
 
@@ -179,3 +179,10 @@ def test_fail_stops_a_container_by_its_name():
     assert parse_target(lab(), "rs0:web2") == StopService("rs0", "labkit-container@web2")
     with pytest.raises(Exception, match=r"Use lb0:keepalived or lb0:<web0\|web1\|ext\|int>"):
         parse_target(lab(), "lb0:web9")
+
+
+def test_a_stopped_container_takes_its_own_destination_away():
+    assert taken_away(lab(), parse_target(lab(), "lb0:web1")) == {"172.17.0.3"}
+    assert taken_away(lab(), parse_target(lab(), "rs0:web2")) == {"192.168.66.111"}  # behind the published port
+    assert taken_away(lab(), parse_target(lab(), "lb0")) == set()  # a director: no destination of its own
+    assert taken_name(parse_target(lab(), "lb0:web1")) == "web1"
