@@ -137,6 +137,18 @@ def _node_label(lab: Lab, node: str) -> str:
         if lab.ha and lab.gateway:
             # It moves with the VIPs, so it is drawn where they are.
             rows.append(f'<TR><TD BGCOLOR="{VIP_FILL}" ALIGN="LEFT">gateway {lab.gateway}</TD></TR>')
+    bridge = lab.nodes[node].bridge
+    if bridge is not None:
+        # Containers sit behind the node's bridge, reached by its route; published ports are DNATed.
+        rows.append(f'<TR><TD ALIGN="LEFT">{escape(bridge.name)} {bridge.address}</TD></TR>')
+        rows += [
+            f'<TR><TD ALIGN="LEFT">  container <B>{name}</B> {addr}</TD></TR>'
+            for name, addr in lab.nodes[node].containers.items()
+        ]
+        rows += [
+            f'<TR><TD ALIGN="LEFT">  :{p.port} → {p.container}:{p.container_port} (DNAT)</TD></TR>'
+            for p in lab.nodes[node].publish
+        ]
     if lab.nodes[node].role == Role.real_server:
         # TUN and DR real servers hold the VIP themselves: that is why they may answer from it.
         rows += [
@@ -219,6 +231,8 @@ def _paths(lab: Lab, layout: _Layout) -> _Paths:
             for client in lab.clients:
                 paths.hop(client, active, lab.network_of(vip), reply=False, first=f"to {host_port(vip, svc.port)}")
         for rs in svc.real_servers:
+            if lab.node_at(rs.address) is None:
+                continue  # a container on the director's own bridge: drawn inside the director
             paths.hop(
                 active,
                 lab.node_at(rs.address),
@@ -230,6 +244,8 @@ def _paths(lab: Lab, layout: _Layout) -> _Paths:
         vip_net = lab.network_of(svc.addresses[0])
         for rs in svc.real_servers:
             node = lab.node_at(rs.address)
+            if node is None:
+                continue
             for client in lab.clients:
                 if svc.forwarding == Forwarding.masq:
                     paths.hop(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
@@ -255,11 +255,43 @@ class VirtualService(Strict):
         return service_key(self.protocol, self.vip, self.port, self.fwmark)
 
 
+# A container's name also names its network namespace, its systemd unit and, with a prefix, its
+# veth (`veth-web0`): an interface name has at most 15 characters.
+CONTAINER_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
+
+
+class Bridge(Strict):
+    """A node's container bridge, wired as Docker wires docker0: the bridge holds the gateway
+    address, and the kernel's route for its range (`172.17.0.0/16 dev docker0 scope link`) is
+    how the node reaches its containers."""
+
+    name: str = "docker0"
+    address: IPv4Interface = IPv4Interface("172.17.0.1/16")
+
+
+class Published(Strict):
+    """A port the node publishes for one of its containers (`docker run -p 18280:80`): the node's
+    firewall rewrites requests to any of its addresses on `port` to the container's `container_port`."""
+
+    port: Port
+    container: str
+    container_port: Port = 80
+    protocol: Protocol = Protocol.tcp
+
+
 class Node(Strict):
     role: Role
     addresses: dict[str, IPv4Only] = Field(min_length=1)
     # IPv6 addresses on some of the same networks (each also in the lab's networks6).
     addresses6: dict[str, IPv6Address] = {}
+    # Containers (seed 000): each a network namespace with one web server, behind the bridge.
+    bridge: Bridge | None = None
+    containers: dict[str, IPv4Only] = {}
+    publish: list[Published] = []
+
+    def published(self, port: int, protocol: Protocol = Protocol.tcp) -> str | None:
+        """The container behind one of the node's published ports."""
+        return next((p.container for p in self.publish if p.port == port and p.protocol == protocol), None)
 
     def all_addresses(self) -> list[IPv4Address | IPv6Address]:
         return [*self.addresses.values(), *self.addresses6.values()]
@@ -392,6 +424,23 @@ class Lab(Strict):
             if address in node.all_addresses():
                 return name
         return None
+
+    @property
+    def container_nodes(self) -> dict[str, str]:
+        """Container -> the node it runs on."""
+        return {c: name for name, node in self.nodes.items() for c in node.containers}
+
+    def server_at(self, address: IPv4Address | IPv6Address, port: int, protocol: Protocol = Protocol.tcp) -> str | None:
+        """What answers a real server's address and port: a container on the active director's
+        bridge, the container behind a node's published port, or the node itself. Every node
+        has a bridge of its own, as with Docker, so a container address is the director's."""
+        director = self.nodes[self.active_director] if self.directors else None
+        if director is not None and director.bridge is not None and address in director.bridge.address.network:
+            return next((c for c, a in director.containers.items() if a == address), None)
+        node = self.node_at(address)
+        if node is not None and (container := self.nodes[node].published(port, protocol)) is not None:
+            return container
+        return node
 
     def network_of(self, address: IPv4Address | IPv6Address) -> str | None:
         for name, net in (self.networks6 if address.version == 6 else self.networks).items():

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
 
 from labkit.labfile.model import (
+    CONTAINER_NAME,
     HOSTNAME,
     IFNAME,
     RESERVED_IFNAMES,
@@ -93,6 +94,7 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
             if addr in seen:
                 yield f"{field}: {addr} is already used by {seen[addr]}. Give every node its own address"
             seen[addr] = field
+    yield from _container_problems(lab)
     for role in (Role.director, Role.real_server, Role.client):
         if not lab.nodes_with(role):
             yield f"nodes: the lab has no {role.value}. Add a node with role: {role.value}"
@@ -161,6 +163,23 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
                     "List each real server once per port"
                 )
             destinations.add(destination)
+            director_bridge = lab.nodes[lab.active_director].bridge
+            if director_bridge is not None and rs.address in director_bridge.address.network:
+                if svc.forwarding != Forwarding.masq:
+                    yield (
+                        f"{rs_field}.address: {rs.address} is a container behind {lab.active_director}'s bridge, "
+                        f"which only NAT reaches (its replies must come back to be rewritten); "
+                        f"{svc.forwarding.value} would need the VIP inside it. Use forwarding: masq"
+                    )
+                    continue
+                if lab.server_at(rs.address, svc.real_port(rs), svc.protocol) in lab.container_nodes:
+                    continue  # a container on the director's own bridge: its route reaches it
+                yield (
+                    f"{rs_field}.address: {rs.address} is on {lab.active_director}'s bridge "
+                    f"{director_bridge.name}, but no container there has it. Use one of: "
+                    f"{', '.join(str(a) for a in lab.nodes[lab.active_director].containers.values())}"
+                )
+                continue
             node = lab.node_at(rs.address)
             if node is None or lab.nodes[node].role != Role.real_server:
                 yield (
@@ -338,3 +357,67 @@ def _failover_problems(lab: Lab, shared: set[str], seen: dict[IPv4Address, str])
                 f"services[{i}].sorry_server.address: {svc.sorry_server.address} is no node's address. "
                 "Use the address of a node that serves the page"
             )
+
+
+def _container_problems(lab: Lab) -> Iterator[str]:
+    """Containers (seed 000): on a bridge of their node, inside its range, each published port
+    once per node, and the bridge's range clear of the lab's networks."""
+    names: dict[str, str] = {}
+    for name, node in lab.nodes.items():
+        field = f"nodes.{name}"
+        if node.containers and node.bridge is None:
+            yield (
+                f"{field}.containers: {name} has containers but no bridge to put them on. "
+                "Add bridge: {name: docker0, address: 172.17.0.1/16}"
+            )
+        if node.bridge is not None:
+            bridge = node.bridge
+            if (
+                not IFNAME.match(bridge.name.replace("_", ""))
+                or bridge.name in lab.networks
+                or bridge.name in RESERVED_IFNAMES
+            ):
+                yield (
+                    f"{field}.bridge.name: {bridge.name!r} cannot name the bridge: it must be a free interface name "
+                    "of 1-15 letters and digits, not a lab network's. Use e.g. docker0"
+                )
+            for net, cidr in lab.networks.items():
+                if bridge.address.network.overlaps(cidr):
+                    yield (
+                        f"{field}.bridge.address: {bridge.address.network} overlaps networks.{net} ({cidr}). "
+                        "Give the bridge a range of its own, e.g. 172.17.0.1/16"
+                    )
+        for container, address in node.containers.items():
+            c_field = f"{field}.containers.{container}"
+            if not CONTAINER_NAME.match(container):
+                yield f"{c_field}: {container!r} is not a plain container name. Use 1-10 lower-case letters and digits"
+            if container in names or container in lab.nodes:
+                yield f"{c_field}: the name {container} is taken by {names.get(container, 'a node')}. Give each container its own name"
+            names[container] = f"a container on {name}"
+            if node.bridge is not None:
+                bridge = node.bridge
+                if address not in bridge.address.network:
+                    yield f"{c_field}: {address} is not on {bridge.name} ({bridge.address.network}). Use an address inside it"
+                elif address in (
+                    bridge.address.ip,
+                    bridge.address.network.network_address,
+                    bridge.address.network.broadcast_address,
+                ):
+                    yield f"{c_field}: {address} is {bridge.name}'s own, network or broadcast address. Use a free host address"
+            if list(node.containers.values()).count(address) > 1:
+                yield f"{c_field}: {address} is given to two containers on {name}. Give each its own address"
+        seen: set[tuple[int, str]] = set()
+        for k, published in enumerate(node.publish):
+            p_field = f"{field}.publish[{k}]"
+            key = (published.port, published.protocol.value)
+            if key in seen:
+                yield (
+                    f"{p_field}.port: {published.protocol.value} port {published.port} is published twice on {name}. "
+                    "Publish each port once per node"
+                )
+            seen.add(key)
+            if published.container not in node.containers:
+                yield (
+                    f"{p_field}.container: {name} has no container {published.container!r}. "
+                    f"Use one of: {', '.join(node.containers) or 'none yet (add containers:)'}"
+                )

@@ -106,7 +106,10 @@ def bench(running: RunningLab, svc: VirtualService, requests: int, concurrency: 
     director = running.holder() or lab.active_director
     before = settled(running, director)
     result = parse_ab(running.run(lab.clients[0], command(svc, requests, concurrency)))
-    names = {host_port(rs.address, svc.real_port(rs)): lab.node_at(rs.address) for rs in svc.real_servers}
+    names = {
+        host_port(rs.address, svc.real_port(rs)): lab.server_at(rs.address, svc.real_port(rs), svc.protocol)
+        for rs in svc.real_servers
+    }
     deadline = time.monotonic() + 6  # the kernel's counters lag up to about 2 s
     while True:
         result.split = split(svc.key, before, running.run(director, STATS), names)

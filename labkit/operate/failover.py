@@ -19,7 +19,7 @@ from labkit.apply.ssh import Said
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, Protocol, Role, VirtualService
 from labkit.labfile.model import Impairment
-from labkit.plan import ipvs
+from labkit.plan import containers, ipvs
 from labkit.running import RunningLab
 
 SERVICES = {Role.director: "keepalived", Role.real_server: "nginx"}
@@ -123,11 +123,13 @@ def parse_target(lab: Lab, text: str) -> Target:
         return Freeze(node)
     if part == SERVICES[role]:
         return StopService(node, part)
+    if part in lab.nodes[node].containers:  # a container stopped, as docker stop does
+        return StopService(node, containers.unit(part))
     if part in lab.nodes[node].addresses:
         return LinkDown(node, part)
     raise LabkitError(
         f"{text}: {node} runs no service and has no network called {part!r}. "
-        f"Use {node}:{SERVICES[role]} or {node}:<{'|'.join(lab.nodes[node].addresses)}>"
+        f"Use {node}:{SERVICES[role]} or {node}:<{'|'.join([*lab.nodes[node].containers, *lab.nodes[node].addresses])}>"
     )
 
 
@@ -392,18 +394,40 @@ class Report:
         if self.holder:
             out.append(f"  VIP held by: {self.holder}")
         if self.noticed is not None:
-            out.append(f"  requests failed for {self.noticed:.1f} s, until the checker took {self.target.node} out")
+            out.append(
+                f"  requests failed for {self.noticed:.1f} s, until the checker took {taken_name(self.target)} out"
+            )
         if self.after is not None:
             served = ", ".join(f"{k} {v}" for k, v in sorted(self.after.served().items()))
             out.append(f"  then: {len(self.after.requests)} requests, failed {self.after.failed}, served by {served}")
         return out
 
 
+def taken_name(target: Target) -> str:
+    """What a checker takes out: the node, or the stopped container."""
+    if isinstance(target, StopService) and target.service.startswith(f"{containers.UNIT}@"):
+        return target.service.partition("@")[2]
+    return target.node
+
+
+def taken_away(lab: Lab, target: Target) -> set[str]:
+    """The IPVS destination addresses a broken target takes away: a real server's, or a stopped
+    container's (on the director's bridge, or behind its node's published port)."""
+    node = lab.nodes[target.node]
+    if isinstance(target, StopService) and target.service.startswith(f"{containers.UNIT}@"):
+        name = target.service.partition("@")[2]
+        if target.node == lab.active_director:
+            return {str(node.containers[name])}
+        return {str(a) for a in node.addresses.values()}
+    return {str(a) for a in node.addresses.values()} if node.role == Role.real_server else set()
+
+
 def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
     """Break the target 3 s into a bounded load, and measure what the client saw."""
     lab = running.lab
     svc = service_for(lab, target)
-    director = bool(target.node) and lab.nodes[target.node].role == Role.director
+    addresses = taken_away(lab, target) if target.node else set()
+    director = bool(target.node) and lab.nodes[target.node].role == Role.director and not addresses
     result: dict[str, Load | Exception] = {}
 
     started = threading.Event()
@@ -428,8 +452,7 @@ def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
         raise result["load"]
     report = Report(target, svc.key, result["load"])
     report.holder = running.holder(paused={target.node} if isinstance(target, Freeze) else set())
-    if target.node and lab.nodes[target.node].role == Role.real_server and lab.ha:
-        addresses = {str(a) for a in lab.nodes[target.node].addresses.values()}
+    if addresses and lab.ha:
         active = report.holder or lab.active_director
         wait_for(
             f"the checker on {active} taking {target.node} out of {svc.key}",

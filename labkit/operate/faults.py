@@ -41,7 +41,7 @@ def _uses(forwarding: Forwarding) -> Callable[[Lab], bool]:
 
 
 def _paired(lab: Lab) -> bool:
-    return lab.ha
+    return lab.ha and len(lab.directors) > 1
 
 
 VIP = "192.168.55.100"
@@ -104,7 +104,17 @@ FAULTS = (
         (("ipvsadm", "-e", "-t", f"{VIP}:80", "-r", f"{RIP}:80", "-m", "-w", "7"),),
         ("test_lab.py::test_ipvs_table[lb0]",),
         Repair.reset,
-        lambda lab: _uses(Forwarding.masq)(lab) and lab.ha,
+        # the destination it edits must be there: RIP:80 in the service on VIP:80
+        lambda lab: (
+            _uses(Forwarding.masq)(lab)
+            and lab.ha
+            and any(
+                str(rs.address) == RIP and s.real_port(rs) == 80
+                for s in lab.services
+                if s.key == f"tcp {VIP}:80"
+                for rs in s.real_servers
+            )
+        ),
         "the split is no longer what the lab file says",
         "compare ipvsadm -L -n on lb0 with the lab file's weights",
         "keepalived set the table from its file once; an ipvsadm -e by hand changes the kernel's table "
@@ -195,6 +205,31 @@ FAULTS += (
         "is anything queued on rs0's interfaces? (tc qdisc show on rs0, ping rs0 from lb0)",
         "netem on rs0's link to the directors drops the packets: the director's health check fails and "
         "keepalived takes rs0 out; until it does, the connections sent there hang.",
+    ),
+)
+
+
+# Containers (seed 000): the director's first container, as in the containers lab.
+CONTAINER = "web0"
+
+
+def _has_container(lab: Lab) -> bool:
+    return lab.directors != [] and CONTAINER in lab.nodes[lab.active_director].containers
+
+
+FAULTS += (
+    Fault(
+        "container-no-route",
+        "lb0",
+        (("ip", "-n", CONTAINER, "route", "del", "default"),),
+        (f"test_containers.py::test_container[{CONTAINER}]",),
+        Repair.provision,
+        _has_container,
+        f"a third of the requests time out, though {CONTAINER} answers its own node",
+        f"inside {CONTAINER}'s namespace, which way does a packet to the client go? (ip -n {CONTAINER} route)",
+        "A container reaches anything beyond its bridge by its default route via the bridge's address "
+        "(Docker's 172.17.0.1). Without it the container still answers its node, on the bridge's own "
+        "range, but cannot send the client's reply back to the director to be rewritten to the VIP.",
     ),
 )
 

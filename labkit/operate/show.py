@@ -80,7 +80,7 @@ def _name(svc: ipvs.Service) -> str:
 
 def _real_server(lab: Lab, dest: ipvs.Destination) -> str:
     try:
-        node = lab.node_at(ip_address(dest.address))
+        node = lab.server_at(ip_address(dest.address), dest.port)  # a node, or a container
     except ValueError:
         node = None
     return f"  {dest.key}" + (f" {node}" if node else "")

@@ -47,8 +47,18 @@ def capture_points(lab: Lab, svc: VirtualService) -> dict[str, list[str]]:
     the service's real servers, and the device where its tunnel ends (tunl0, gre0)."""
     points = {lab.active_director: list(lab.nodes[lab.active_director].addresses)}
     for rs in svc.real_servers:
-        node = lab.node_at(rs.address)
-        points[node] = list(lab.nodes[node].addresses) + ([svc.tunnel_type.device] if svc.tunnel_type else [])
+        # a container on the director's bridge has no node of its own: its packets cross the director
+        node = lab.node_at(rs.address) or lab.active_director
+        points.setdefault(node, list(lab.nodes[node].addresses))
+        points[node] += [svc.tunnel_type.device] if svc.tunnel_type else []
+    for node, devices in points.items():
+        # a node's containers are reached over its bridge: the DNATed or forwarded request shows there
+        bridge = lab.nodes[node].bridge
+        if bridge is not None and any(
+            lab.server_at(rs.address, svc.real_port(rs)) in lab.nodes[node].containers for rs in svc.real_servers
+        ):
+            devices.append(bridge.name)
+        points[node] = list(dict.fromkeys(devices))
     return points
 
 
@@ -207,17 +217,25 @@ def hops(
     request: list[Hop] = []
     reply: list[Hop] = []
     client_net = next(iter(lab.nodes[lab.clients[0]].addresses))
+
+    def bridge(node: str) -> list[str]:
+        # where a node's containers are reached: the request arrives last there, the reply leaves first
+        return [lab.nodes[node].bridge.name] if lab.nodes[node].bridge is not None else []
+
     order = [(director, client_net)] + [(director, d) for d in lab.nodes[director].addresses if d != client_net]
+    order += [(director, d) for d in bridge(director)]
     if server:
         order += [(server, d) for d in lab.nodes[server].addresses]
         order += [(server, svc.tunnel_type.device)] if svc.tunnel_type else []
+        order += [(server, d) for d in bridge(server)]
     for key in order:
         if key in found:
             request.append(
                 Hop(*key, found[key], _request_note(svc, key[1], request[-1].packet if request else None, found[key]))
             )
     back = (
-        ([(server, d) for d in lab.nodes[server].addresses] if server else [])
+        ([(server, d) for d in bridge(server) + list(lab.nodes[server].addresses)] if server else [])
+        + [(director, d) for d in bridge(director)]
         + [(director, d) for d in lab.nodes[director].addresses if d != client_net]
         + [(director, client_net)]
     )
@@ -260,7 +278,8 @@ def _reply_note(svc: VirtualService, before: Packet | None, p: Packet, to_client
             return "the real server answers the client, through its gateway (the director)"
         return "the real server answers from the VIP straight to the client, bypassing the director"
     if p.src != before.src:
-        return f"source rewritten {before.src} -> {p.src}: the client sees the VIP answer"
+        # a published port's node rewrites it first (conntrack undoes its DNAT), the director last
+        return f"source rewritten {before.src} -> {p.src}" + (": the client sees the VIP answer" if to_client else "")
     if to_client and svc.forwarding == Forwarding.masq and svc.one_packet:
         return (
             "not rewritten: one-packet scheduling dropped the director's entry once the request passed, "

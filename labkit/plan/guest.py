@@ -43,6 +43,11 @@ CHECKS = [
         '[ -r "/sys/class/net/$1/flags" ] && read -r flags < "/sys/class/net/$1/flags" && [ $((flags & 1)) -eq 1 ]',
     ),  # IFF_UP
     Helper("has_addr", 'case " $(ip -o addr show dev "$1" 2>/dev/null) " in *" $2 "*) ;; *) return 1 ;; esac'),
+    # inside a container's network namespace (ip -n NAME)
+    Helper(
+        "netns_has_addr", 'case " $(ip -n "$1" -o addr show dev "$2" 2>/dev/null) " in *" $3 "*) ;; *) return 1 ;; esac'
+    ),
+    Helper("netns_route_via", '[ "$(ip -n "$1" route show default 2>/dev/null | awk \'{print $3}\')" = "$2" ]'),
     Helper("fou_port", 'ip fou show 2>/dev/null | grep -q "^port $1 gue"'),
     Helper(
         "route_via",

@@ -108,7 +108,12 @@ def config(lab: Lab, director: str) -> str:
         f"    router_id {director}",
         "    # start from an empty IPVS table (it is kept when keepalived stops, see DEFAULTS)",
         "    lvs_flush",
-        f"    lvs_sync_daemon {sync_interface(lab)} {found[0].name} id {SYNC_ID}",
+        # a single director (keepalived as its health checker) has no one to sync connections to
+        *(
+            [f"    lvs_sync_daemon {sync_interface(lab)} {found[0].name} id {SYNC_ID}"]
+            if len(lab.directors) > 1
+            else []
+        ),
         "}",
         "",
     ]

@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from labkit.labfile import Forwarding, Lab, PortMapping, Protocol, Role, Tunnel
 from labkit.labfile.model import host_cidr, host_port
-from labkit.plan import ipvs, keepalived
+from labkit.plan import containers, ipvs, keepalived
 from labkit.plan.guest import PRELUDE
 from labkit.render.vagrantfile import interfaces
 
@@ -281,6 +281,93 @@ def firewall_marks(lab: Lab) -> list[tuple[str, Words]]:
     ]
 
 
+def container_steps(lab: Lab, node: str) -> list[Step]:
+    """The node's bridge and containers, as Docker would leave them (plan/containers.py)."""
+    mine = lab.nodes[node]
+    bridge = mine.bridge
+    if bridge is None:
+        return []
+    br, gateway = bridge.name, str(bridge.address.ip)
+    steps = [
+        Step(
+            f"{br}: the bridge the containers' veths hang on, as Docker's",
+            ("test", "-d", f"/sys/class/net/{br}"),
+            (("ip", "link", "add", br, "type", "bridge"),),
+        ),
+        _address(
+            br,
+            str(bridge.address),
+            f"{br} holds the containers' gateway {gateway}; the kernel adds the route "
+            f"{bridge.address.network} dev {br}, which is how this node reaches its containers",
+        ),
+        Step(f"{br} up", ("link_up", br), (("ip", "link", "set", br, "up"),)),
+        _sysctls(
+            "containers: the node forwards between its bridge and its networks, as Docker sets it",
+            {"net.ipv4.ip_forward": "1"},
+        ),
+        _rule(
+            "Docker's rule: what the containers start leaves with the node's address (replies are not new "
+            "connections: IPVS and DNAT replies pass untouched)",
+            containers.masquerade_rule(mine),
+        ),
+        _file(
+            "systemd runs each container's web server in its namespace: systemctl status labkit-container@NAME",
+            containers.UNIT_FILE,
+            containers.UNIT_TEXT,
+        ),
+    ]
+    for name, address in mine.containers.items():
+        veth, cidr = containers.veth(name), f"{address}/{bridge.address.network.prefixlen}"
+        steps += [
+            Step(
+                f"{name}: a network namespace of its own (ip netns exec {name} ... runs inside it)",
+                ("test", "-e", f"/run/netns/{name}"),
+                (("ip", "netns", "add", name),),
+            ),
+            Step(
+                f"{name}: a veth pair, {veth} on {br} and eth0 inside the container",
+                ("test", "-d", f"/sys/class/net/{veth}"),
+                (
+                    ("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name),
+                    ("ip", "link", "set", veth, "master", br, "up"),
+                ),
+            ),
+            Step(
+                f"{name}: its address {cidr} on eth0, up, with lo",
+                ("netns_has_addr", name, "eth0", cidr),
+                (
+                    ("ip", "-n", name, "addr", "replace", cidr, "dev", "eth0"),
+                    ("ip", "-n", name, "link", "set", "eth0", "up"),
+                    ("ip", "-n", name, "link", "set", "lo", "up"),
+                ),
+            ),
+            Step(
+                f"{name}: its default route via {br} ({gateway}), so replies go back through this node",
+                ("netns_route_via", name, gateway),
+                (("ip", "-n", name, "route", "replace", "default", "via", gateway),),
+            ),
+            _file(f"{name}: a page that names the container", f"{containers.web_root(name)}/index.html", f"{name}\n"),
+            Step(
+                f"{name}: a 1 MiB file to check that transfers arrive byte-identical",
+                ("size_is", f"{containers.web_root(name)}/1m.bin", str(BIG_FILE_SIZE)),
+                (("random_file", f"{containers.web_root(name)}/1m.bin", str(BIG_FILE_SIZE)),),
+            ),
+            _file(f"{name}: its nginx serves port 80", containers.config_path(name), containers.nginx_config(name)),
+            Step(
+                f"{name}: its web server runs with this configuration",
+                ("applied", containers.unit(name), containers.config_path(name), containers.UNIT_FILE),
+                (("systemctl", "daemon-reload"), ("apply_config", containers.unit(name))),
+            ),
+        ]
+    steps += [_rule(why, rule) for why, rule in containers.publish_rules(mine)]
+    return steps
+
+
+def own_ports(lab: Lab, node: str) -> list[int]:
+    """The TCP ports a real server's own nginx serves: those not published to a container."""
+    return [p for p in real_ports(lab, node, Protocol.tcp) if lab.nodes[node].published(p) is None]
+
+
 def director_steps(lab: Lab, node: str) -> list[Step]:
     steps = [_rule(why, rule) for why, rule in firewall_marks(lab)]
     if lab.ha:
@@ -326,6 +413,8 @@ def plan(lab: Lab, node: str) -> list[Step]:
         needed["python3"] = "python3"  # the UDP responder
     if role == Role.real_server and port_maps(lab, node):
         needed["iptables"] = "iptables"
+    if lab.nodes[node].bridge is not None:
+        needed |= {"iptables": "iptables", "nginx": "nginx"}
     steps = [
         Step(
             "the box may lack the lab's tools: install them",
@@ -351,6 +440,7 @@ def plan(lab: Lab, node: str) -> list[Step]:
             )
             steps.append(_address(net, cidr6, f"{node}'s IPv6 address on network {net}"))
 
+    steps += container_steps(lab, node)
     if role == Role.director:
         steps.append(_module("ip_vs", "IPVS is the kernel's load balancer"))
         if settings := sysctls(lab, node):
@@ -409,6 +499,8 @@ def plan(lab: Lab, node: str) -> list[Step]:
                     (("ip", "route", "replace", net, "via", via),),
                 )
             )
+        if not own_ports(lab, node) and not udp_ports:
+            return steps  # its ports are all published to containers: no web server of its own
         steps.append(_file("a page that names the real server", f"{WEB_ROOT}/index.html", f"{node}\n"))
         steps.append(
             Step(

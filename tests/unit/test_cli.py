@@ -58,7 +58,9 @@ def test_bad_lab_file_one_error_nothing_created(tmp_path, home, command):
 def test_unknown_lab_lists_the_known_ones():
     result = runner.invoke(app, ["up", "natt"])
     assert result.exit_code == 1
-    assert "no lab 'natt'" in result.stderr and "Known labs: dr, fwmark, nat, schedulers, tun" in result.stderr
+    assert (
+        "no lab 'natt'" in result.stderr and "Known labs: containers, dr, fwmark, nat, schedulers, tun" in result.stderr
+    )
 
 
 def test_commands_on_a_lab_that_is_not_up():

@@ -13,6 +13,7 @@ import pytest
 import testinfra
 
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService, load_lab
+from labkit.plan.steps import own_ports
 from labkit.running import RunningLab
 
 # Schedulers whose choice for a connection held open the checks predict from the counters.
@@ -39,8 +40,18 @@ def parameters(lab: Lab) -> dict[str, list]:
         # directors whose replies come back another way (DR, TUN): they see half of each connection
         "bypassed_director": lab.directors if any(s.forwarding != Forwarding.masq for s in lab.services) else [],
         "paired_director": lab.directors if lab.ha else [],
-        "master": [lab.active_director] if lab.ha else [],  # the director a pair prefers
+        # a pair's directors sync connections; one director alone with keepalived has no one to sync with
+        "synced_director": lab.directors if lab.ha and len(lab.directors) > 1 else [],
+        "master": [lab.active_director] if lab.ha and len(lab.directors) > 1 else [],  # the director a pair prefers
         "real_server": lab.real_servers,
+        # real servers whose own nginx serves (not every port published to a container)
+        "web_real_server": [n for n in lab.real_servers if own_ports(lab, n) or not lab.nodes[n].publish],
+        # nodes with a container bridge (seed 000), and their containers
+        "container_node": [n for n, node in lab.nodes.items() if node.bridge is not None],
+        "container": list(lab.container_nodes),
+        "publishing_node": [n for n, node in lab.nodes.items() if node.publish],
+        # the director's own containers, where its keepalived checks them
+        "director_container": list(lab.nodes[lab.active_director].containers) if lab.ha and lab.directors else [],
         "vip_real_server": [
             n for n in lab.real_servers if any(s.forwarding != Forwarding.masq for s in lab.services_of(n))
         ],
@@ -131,7 +142,7 @@ def needs(item: pytest.Item, lab: Lab) -> set[str]:
     params = getattr(getattr(item, "callspec", None), "params", {})
     nodes = {v for v in params.values() if isinstance(v, str) and v in lab.nodes}
     for svc in (v for v in params.values() if isinstance(v, VirtualService)):
-        nodes |= {*lab.clients, lab.active_director, *(lab.node_at(rs.address) for rs in svc.real_servers)}
+        nodes |= {*lab.clients, lab.active_director, *(lab.node_at(rs.address) for rs in svc.real_servers)} - {None}
     if not nodes or item.get_closest_marker("failover"):
         return set(lab.nodes)
     return nodes

@@ -39,7 +39,11 @@ def exact_split(lab: Lab, svc: VirtualService) -> dict[str, int] | None:
     None where the choice depends on more than turns and weights, or on persistence."""
     if svc.persistence or svc.scheduler.value not in ("rr", "wrr"):
         return None
-    dests = [(lab.node_at(rs.address), rs.weight) for rs in svc.real_servers if rs.weight > 0]
+    dests = [
+        (lab.server_at(rs.address, svc.real_port(rs), svc.protocol), rs.weight)
+        for rs in svc.real_servers
+        if rs.weight > 0
+    ]
     g = gcd(*(w for _, w in dests)) if svc.scheduler.value == "wrr" else None
     want: Counter[str] = Counter()
     for name, w in dests:
@@ -49,7 +53,7 @@ def exact_split(lab: Lab, svc: VirtualService) -> dict[str, int] | None:
 
 def live(lab: Lab, svc: VirtualService) -> set[str]:
     """The real servers the service may send to: those of weight above 0."""
-    return {lab.node_at(rs.address) for rs in svc.real_servers if rs.weight > 0}
+    return {lab.server_at(rs.address, svc.real_port(rs), svc.protocol) for rs in svc.real_servers if rs.weight > 0}
 
 
 def split_count(lab: Lab, svc: VirtualService) -> int:

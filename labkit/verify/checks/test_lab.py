@@ -18,7 +18,7 @@ import pytest
 from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
 from labkit.labfile.model import host_cidr, host_port
 from labkit.operate.trace import read_capture, start_capture
-from labkit.plan import ipvs, keepalived
+from labkit.plan import containers, ipvs, keepalived
 from labkit.render.vagrantfile import interfaces
 from labkit.verify.checks import scheduling
 from labkit.verify.checks.plugin import once_per_service
@@ -160,7 +160,8 @@ def test_route_to_client(hosts, lab: Lab, real_server):
                     assert " via " not in seen, f"expected {addr} to be reached directly, saw: {seen}"
 
 
-def test_nginx(hosts, lab: Lab, real_server):
+def test_nginx(hosts, lab: Lab, web_real_server):
+    real_server = web_real_server
     host = hosts(real_server)
     state = host.run("systemctl is-active nginx").stdout.strip()
     assert state == "active", f"expected nginx active, systemctl says {state}"
@@ -265,7 +266,8 @@ def test_vrrp_state(hosts, lab: Lab, paired_director):
     )
 
 
-def test_connection_sync_daemon(hosts, lab: Lab, paired_director):
+def test_connection_sync_daemon(hosts, lab: Lab, synced_director):
+    paired_director = synced_director
     """The active director sends its connections to the standby, which keeps them ready."""
     seen = hosts(paired_director).check_output("sudo -n ipvsadm -L -n --daemon")
     daemons = [(d.role, d.interface, d.syncid) for d in ipvs.parse_daemons(seen)]
@@ -428,7 +430,10 @@ def test_big_file_arrives_whole(hosts, lab: Lab, http_service: VirtualService):
     digest = out.split()[0]
     server = re.search(r"^X-Real-Server: (\S+)", out, re.M | re.I)
     assert server, f"no X-Real-Server header in the answer:\n{out}"
-    original = hosts(server[1]).check_output("sha256sum /var/www/labkit/1m.bin").split()[0]
+    # a container's file is on its node, under its own web root
+    node = lab.container_nodes.get(server[1], server[1])
+    path = f"{containers.web_root(server[1])}/1m.bin" if server[1] in lab.container_nodes else "/var/www/labkit/1m.bin"
+    original = hosts(node).check_output(f"sha256sum {path}").split()[0]
     assert digest == original, f"1 MiB from {server[1]} through {service.key}: sha256 {digest}, original {original}"
 
 
