@@ -131,6 +131,20 @@ class RunningLab:
 
     def boot(self, provider: Provider, on_progress: Callable[[str, str], None]) -> None:
         vagrant.up(self.folder, provider, on_progress)
+        self.write_ssh_config()
+
+    def write_ssh_config(self) -> None:
+        """The nodes' SSH settings, in the file ssh, fabric and testinfra read. For a labkit box on
+        this host, written from libvirt's DHCP leases at once; `vagrant ssh-config` takes 10 s of
+        Ruby or more while guests still boot, and is asked only where that cannot be (another
+        host's VMs, reached through it; another box, with Vagrant's own key)."""
+        if self.on_libvirt and libvirt.is_local(self.uri) and box.is_labkit_box(self.booked.box):
+            domains = {names.domain(self.name, node): node for node in self.lab.nodes}
+            leased = libvirt.leased_addresses(self.uri, list(domains))
+            if len(leased) == len(domains):
+                addresses = {domains[d]: address for d, address in leased.items()}
+                (self.folder / "ssh_config").write_text(ssh.config(addresses, home.key()))
+                return
         vagrant.ssh_config(self.folder, refresh=True)
 
     def status(self) -> dict[str, str]:

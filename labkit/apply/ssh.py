@@ -46,6 +46,18 @@ class Said(StreamWatcher):
         return []
 
 
+def config(addresses: dict[str, str], key: Path) -> str:
+    """An ssh_config for the nodes at these addresses, as `vagrant ssh-config` writes it for a VM
+    of this host: the vagrant user, the installation's key, and no host key kept (each VM makes its
+    own at first boot, and a lab's addresses are reused by the next lab)."""
+    return "".join(
+        f"Host {node}\n  HostName {address}\n  User vagrant\n  Port 22\n  UserKnownHostsFile /dev/null\n"
+        f"  StrictHostKeyChecking no\n  PasswordAuthentication no\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
+        "  LogLevel FATAL\n\n"
+        for node, address in addresses.items()
+    )
+
+
 def connect(node: str, ssh_config: Path) -> Connection:
     return Connection(node, config=Config(runtime_ssh_path=str(ssh_config)), connect_timeout=30)
 

@@ -217,6 +217,27 @@ def descriptions(uri: str, domains: list[str]) -> dict[str, str]:
     return {d: r.stdout.strip() for d, r in zip(domains, said) if r.returncode == 0}
 
 
+def leased_addresses(uri: str, domains: list[str]) -> dict[str, str]:
+    """Each domain's one IPv4 address leased by libvirt's DHCP (its management network's), asked
+    of every domain at once; a domain with none, or with several (an old lease beside a new one),
+    is left out."""
+    if not domains:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(len(domains), 8)) as pool:
+        said = list(pool.map(lambda d: virsh(uri, "domifaddr", d, "--source", "lease"), domains))
+    found = {}
+    for domain, result in zip(domains, said):
+        leased = ipv4_leases(result.stdout) if result.returncode == 0 else []
+        if len(leased) == 1:
+            found[domain] = leased[0]
+    return found
+
+
+def ipv4_leases(domifaddr: str) -> list[str]:
+    """The IPv4 addresses in what `virsh domifaddr --source lease` printed."""
+    return re.findall(r"\sipv4\s+(\d+\.\d+\.\d+\.\d+)/\d+", domifaddr)
+
+
 def host_uuid(uri: str) -> str | None:
     """The host's own id: two URIs (qemu:///system, qemu+ssh://...@this-host/system) may name one host."""
     caps = virsh(uri, "capabilities")

@@ -65,7 +65,8 @@ KERNEL_CMDLINE = (
 # How the box boots, recorded in its metadata (box_format): a box of an older format is rebuilt by
 # labkit box build and labkit matrix. Raise it whenever customise() changes what a VM does at boot.
 # 2: the lean boot (root by device, units no lab uses masked, the SSH key read by a sh script).
-BOX_FORMAT = 2
+# 3: no sysusers, no serial getty; udev triggers only the NICs and disks at boot.
+BOX_FORMAT = 3
 
 MBR_CODE = (Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin"))
 
@@ -159,6 +160,7 @@ def customise(tree: Path, log: Callable[[str], None]) -> str:
     # sshd checks its configuration before it starts (ExecStartPre=sshd -t): a second sshd started
     # under emulation at every boot, for a configuration the box ships.
     write(etc / "systemd/system/ssh.service.d/labkit.conf", "[Service]\nExecStartPre=\n")
+    write(etc / "systemd/system/systemd-udev-trigger.service.d/labkit.conf", UDEV_TRIGGER)
     # Every VM must get its own host keys, so none ship in the image.
     for host_key in (etc / "ssh").glob("ssh_host_*"):
         host_key.unlink()
@@ -258,6 +260,10 @@ UNUSED_UNITS = (
     # address); no network settings on the kernel command line.
     "systemd-networkd-wait-online.service",
     "systemd-network-generator.service",
+    # The system users the packages declare were made when they were installed, in the image.
+    "systemd-sysusers.service",
+    # The serial console goes to a file on the host (console-NODE.log): nobody can log in there.
+    "serial-getty@ttyS0.service",
     # Periodic chores of a long-lived machine (apt's would also look for a network they lack).
     "e2scrub_reap.service",
     "e2scrub_all.timer",
@@ -266,6 +272,17 @@ UNUSED_UNITS = (
     "dpkg-db-backup.timer",
     "fstrim.timer",
 )
+
+
+# At boot udev announces only what a lab's VM waits for: its NICs (networkd configures a link once
+# udev has seen it) and its disk. Announcing every device of the machine loaded modules for the
+# PS/2 mouse, the PC speaker, the SMBus and more, seconds of one emulated CPU. Devices that come
+# later (a NIC plugged in, a module a lab loads) are announced as they appear, as before.
+UDEV_TRIGGER = """\
+[Service]
+ExecStart=
+ExecStart=-udevadm trigger --type=all --action=add --subsystem-match=net --subsystem-match=block
+"""
 
 
 HOST_KEYS_UNIT = """\

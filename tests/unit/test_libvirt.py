@@ -2,7 +2,7 @@
 
 import pytest
 
-from labkit.boot.libvirt import LOCAL, Objects, of, shown, strays, uri_for
+from labkit.boot.libvirt import LOCAL, Objects, ipv4_leases, of, shown, strays, uri_for
 from labkit.errors import LabkitError
 from labkit.labfile import LABS, load_lab
 
@@ -54,3 +54,20 @@ def test_connect_takes_a_system_uri_or_a_named_host():
 def test_a_host_is_shown_without_its_key_file():
     assert shown(LOCAL) == "this host"
     assert shown("qemu+ssh://root@10.0.0.5/system?keyfile=/home/t/.ssh/lab") == "qemu+ssh://root@10.0.0.5/system"
+
+
+DOMIFADDR = """\
+ Name       MAC address          Protocol     Address
+-------------------------------------------------------------------------------
+ vnet6      52:54:00:f8:72:08    ipv4         192.168.124.184/24
+"""
+
+
+def test_a_vms_leased_address_is_read_from_domifaddr():
+    assert ipv4_leases(DOMIFADDR) == ["192.168.124.184"]
+    # an old lease beside a new one (the VM made again): both, so the caller asks Vagrant instead
+    assert ipv4_leases(DOMIFADDR + " -          -                    ipv4         192.168.124.9/24\n") == [
+        "192.168.124.184",
+        "192.168.124.9",
+    ]
+    assert ipv4_leases(DOMIFADDR.splitlines(keepends=True)[0]) == []
