@@ -313,11 +313,19 @@ DATAGRAM = (
 )
 
 
+def free_port(sockets: str) -> int:
+    """The client's port for the traced request: one no socket of the client holds, in TIME_WAIT
+    included (after a bench there are thousands), since curl and bind() would refuse it. SOCKETS is
+    what `ss -Htanu` printed there."""
+    held = {int(m) for m in re.findall(r"^\S+\s+\S+\s+\d+\s+\d+\s+\S*:(\d+)\s", sockets, re.M)}
+    return random.choice([p for p in range(40000, 60000) if p not in held])
+
+
 def trace(running: RunningLab, svc: VirtualService) -> Trace:
     """Listen on every capture point, send one request from the client once all listen, and
     read the captures back in path order."""
     lab = running.lab
-    port = random.randint(40000, 59999)  # the client's port: a fresh one, not in TIME_WAIT
+    port = free_port(running.run(lab.clients[0], ["ss", "-Htanu"]))
     points = capture_points(lab, svc)
     gue_port = svc.tunnel_port if svc.tunnel_type == Tunnel.gue else None
     tag = f"trace-{port}"

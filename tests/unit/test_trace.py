@@ -4,7 +4,16 @@ import subprocess
 import time
 
 from labkit.labfile import LABS, load_lab
-from labkit.operate.trace import capture_filter, capture_points, describe, hops, parse, read_capture, start_capture
+from labkit.operate.trace import (
+    capture_filter,
+    capture_points,
+    describe,
+    free_port,
+    hops,
+    parse,
+    read_capture,
+    start_capture,
+)
 
 PORT = 45678
 SYN = "Flags [S], seq 2337919013, win 64240, options [mss 1460,sackOK,TS val 1 ecr 0,nop,wscale 6], length 0"
@@ -384,3 +393,16 @@ def test_gue_and_gre_hops_name_the_wrapping():
     assert [(h.node, h.interface) for h in request][-1] == ("rs0", "gre0")
     assert request[1].note.startswith("wrapped in GRE 192.168.66.11 > 192.168.66.111")
     assert request[-1].note.startswith("unwrapped on gre0")
+
+
+def test_the_client_port_is_one_no_socket_holds():
+    # what `ss -Htanu` printed on a client after a bench: every port but one of the range is held,
+    # most in TIME_WAIT, one by an IPv6 connection; the trace must take the one left
+    held = [f"tcp TIME-WAIT 0      0       192.168.55.10:{p} 192.168.55.100:80" for p in range(40000, 60000, 2)] + [
+        f"tcp ESTAB     0      0      [fd00:55::10]:{p}  [fd00:55::100]:80" for p in range(40001, 60000, 2)
+    ]
+    free = 51235
+    sockets = "\n".join(line for line in held if not line.split()[4].endswith(f":{free}"))
+    sockets += "\nudp UNCONN    0      0             0.0.0.0:68            0.0.0.0:*\n"
+    assert free_port(sockets) == free
+    assert 40000 <= free_port("") < 60000
