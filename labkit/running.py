@@ -143,7 +143,7 @@ class RunningLab:
             leased = libvirt.leased_addresses(self.uri, list(domains))
             if len(leased) == len(domains):
                 addresses = {domains[d]: address for d, address in leased.items()}
-                (self.folder / "ssh_config").write_text(ssh.config(addresses, home.key()))
+                (self.folder / vagrant.SSH_CONFIG).write_text(ssh.config(addresses, home.key()))
                 return
         vagrant.ssh_config(self.folder, refresh=True)
 

@@ -123,11 +123,18 @@ def has_network(uri: str, name: str) -> bool:
 SNAPSHOT = "labkit-up"
 
 
+def per_domain(uri: str, domains: list[str], *args: str) -> dict[str, subprocess.CompletedProcess]:
+    """virsh ARGS for every domain at once ({} is the domain): domain -> what virsh did."""
+    if not domains:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(len(domains), 8)) as pool:
+        results = pool.map(lambda d: virsh(uri, *[a.replace("{}", d) for a in args]), domains)
+    return dict(zip(domains, results))
+
+
 def _each(uri: str, domains: list[str], *args: str) -> list[str]:
-    """virsh ARGS for every domain at once ({} is the domain); the failures, with virsh's reason."""
-    with ThreadPoolExecutor(max_workers=len(domains)) as pool:
-        results = list(pool.map(lambda d: virsh(uri, *[a.replace("{}", d) for a in args]), domains))
-    return [f"{d}: {r.stderr.strip()}" for d, r in zip(domains, results) if r.returncode != 0]
+    """per_domain(), the failures only, with virsh's reason."""
+    return [f"{d}: {r.stderr.strip()}" for d, r in per_domain(uri, domains, *args).items() if r.returncode != 0]
 
 
 def snapshot(uri: str, domains: list[str]) -> list[str]:
@@ -210,23 +217,16 @@ def domains(uri: str) -> dict[str, Domain] | None:
 
 def descriptions(uri: str, domains: list[str]) -> dict[str, str]:
     """Each domain's description, all asked at once (vagrant-libvirt's names the lab's folder)."""
-    if not domains:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(len(domains), 8)) as pool:
-        said = list(pool.map(lambda d: virsh(uri, "desc", d), domains))
-    return {d: r.stdout.strip() for d, r in zip(domains, said) if r.returncode == 0}
+    said = per_domain(uri, domains, "desc", "{}")
+    return {d: r.stdout.strip() for d, r in said.items() if r.returncode == 0}
 
 
 def leased_addresses(uri: str, domains: list[str]) -> dict[str, str]:
     """Each domain's one IPv4 address leased by libvirt's DHCP (its management network's), asked
     of every domain at once; a domain with none, or with several (an old lease beside a new one),
     is left out."""
-    if not domains:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(len(domains), 8)) as pool:
-        said = list(pool.map(lambda d: virsh(uri, "domifaddr", d, "--source", "lease"), domains))
     found = {}
-    for domain, result in zip(domains, said):
+    for domain, result in per_domain(uri, domains, "domifaddr", "{}", "--source", "lease").items():
         leased = ipv4_leases(result.stdout) if result.returncode == 0 else []
         if len(leased) == 1:
             found[domain] = leased[0]

@@ -122,13 +122,16 @@ def _vagrant(lab_dir: Path, action: str, node: str | None = None):
         ) from None
 
 
+SSH_CONFIG = "ssh_config"  # in the lab folder: Vagrant's SSH settings, or labkit's from the leases
+
+
 def ssh_config(lab_dir: Path, refresh: bool = False) -> Path:
     """Vagrant's SSH settings for every node, in a file that ssh, fabric and testinfra read.
 
     `vagrant ssh-config` takes seconds of Ruby per call (close to a minute while the VMs keep
     the CPUs busy), so it is asked once per boot: `up` refreshes the file, the rest reuse it.
     """
-    path = lab_dir / "ssh_config"
+    path = lab_dir / SSH_CONFIG
     if refresh or not path.exists():
         path.write_text(_vagrant(lab_dir, "ssh_config"))
     return path

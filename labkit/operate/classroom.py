@@ -291,7 +291,7 @@ asyncio.run(main())
 
 
 def vm_addresses(ssh_config: Path) -> dict[str, str]:
-    """Node -> its management address, from the lab's ssh_config (Vagrant's)."""
+    """Node -> its management address, from the lab's ssh_config (labkit's, or Vagrant's)."""
     found, host = {}, None
     for line in ssh_config.read_text().splitlines():
         words = line.split()
