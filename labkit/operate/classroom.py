@@ -22,26 +22,34 @@ the relay), and rejects everything else, to its own services and through it to o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import textwrap
+import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from labkit import home
-from labkit.boot import libvirt, names
+from labkit import home, labfile, lock
+from labkit.boot import booking, host, leftovers, libvirt, names, target
 from labkit.boot.doctor import ssh_words
+from labkit.boot.vagrant import Accel
 from labkit.errors import LabkitError
 from labkit.labfile import Lab
 from labkit.labfile.model import HOSTNAME
+from labkit.render.vagrantfile import Provider
+from labkit.running import RunningLab
 
 FILE = "class.json"
 PREFIX = "class-"  # a seat's copy is named class-STUDENT
@@ -468,3 +476,154 @@ def page(record: dict, table: list[tuple[str, ...]], every: int) -> str:
         {"".join(body)}
         </tbody></table></body></html>
         """)
+
+
+# ---- a seat's lifecycle ------------------------------------------------------------------------
+
+_saving = threading.Lock()
+
+
+def update(student: str, **fields) -> dict:
+    """Change one seat in the class's record; seats boot at once, so read, change and write under a lock."""
+    with _saving:
+        record = need()
+        record["seats"][student].update(fields)
+        save(record)
+        return record
+
+
+def rooms(lab: Lab, source: Path, chosen: str, record: dict) -> list[Room]:
+    """The room for seats on this host and every host of LABKIT_HOME/config.yaml, less what the
+    seats placed there and not yet up will take."""
+    found = []
+    for uri in [libvirt.LOCAL, *dict.fromkeys(home.hosts().values())]:
+        if libvirt.virsh(uri, "version").returncode != 0:
+            found.append(Room(uri, 0, 1, 1, "its libvirt does not answer"))
+            continue
+        booked = target.target_for(source, chosen, Provider.libvirt, Accel.auto, None, uri)
+        seat_mib = host.memory_needed(lab, booked)
+        pending = sum(seat_mib for s in record["seats"].values() if s["host"] == uri and s["state"] != "up")
+        found.append(Room(uri, host.available_memory_mib(uri) - pending, seat_mib, cores(uri)))
+    return found
+
+
+def seat_up(student: str, lab: Lab, source: Path, chosen: str) -> None:
+    """Boot, guard, provision and snapshot one seat, then open its way in; what happened goes to
+    the seat's log."""
+    record = need()
+    s = record["seats"][student]
+    copy, uri = copy_of(student), s["host"]
+    log = folder(student) / "up.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if s["state"] != "up":
+        key = student_key(student)
+        booked = target.target_for(source, chosen, Provider.libvirt, Accel.auto, copy, uri)
+        booked = dataclasses.replace(booked, student_key=public(key))
+        again = target.up_command(str(source), chosen, None, copy, None if libvirt.is_local(uri) else uri)
+        update(student, state="booting", error=None)
+        with log.open("a") as said, lock.changing(copy, "up", up=again):
+
+            def progress(node: str, message: str) -> None:
+                said.write(f"{node}: {message}\n")
+                said.flush()
+
+            booted = booking.boot(lab, source, booked, progress, lambda line: progress("repaired", line))
+            guard(uri, copy)
+            with booted:
+                booted.provision(on_done=lambda r: progress(r.node, r.error or f"{len(r.changed)} changed"))
+                booted.snapshot()
+    if not relay_alive(uri, s.get("relay")):
+        guard(uri, copy)  # a host restarted since forgets both
+        addresses = vm_addresses(RunningLab(home.lab_dir(copy)).ssh_config)
+        pid = start_relay(uri, record["listen"], s["ports"], addresses)
+        update(student, relay=pid)
+    update(student, state="up", error=None)
+
+
+def placed(students: list[str], lab: Lab, source: Path, chosen: str, listen: str, port_base: int) -> list[Room]:
+    """Give each new student a seat on a host with room (place), in the class's record (made
+    here for a new class); the rooms the hosts had."""
+    record = load() or {"lab": lab.name, "listen": listen, "port_base": port_base, "seats": {}}
+    if record["lab"] != lab.name:
+        raise LabkitError(f"the class runs the lab {record['lab']}, not {lab.name}: labkit class down first")
+    found = rooms(lab, source, chosen, record)
+    where = place(students, found, {student: s["host"] for student, s in record["seats"].items()})
+    for student in students:
+        if student not in record["seats"]:
+            record["seats"][student] = {"host": where[student], "state": "placed", "ports": ports(record, lab)}
+    save(record)
+    return found
+
+
+def boot_seats(
+    students: list[str], lab: Lab, source: Path, chosen: str, found: list[Room], tell: Callable[[str], None]
+) -> None:
+    """Bring every seat up (seat_up), each host's in the waves its cores bear, the hosts at once;
+    a seat that fails is recorded and told, and the others go on. A seat that is up is left alone
+    but for its way in, started again if it stopped."""
+    record = need()
+    by_host = {r.uri: [s for s in students if record["seats"][s]["host"] == r.uri] for r in found}
+    cores_of = {r.uri: r.cores for r in found}
+    for uri, seats in by_host.items():
+        if seats:
+            tell(f"{libvirt.shown(uri)}: {', '.join(seats)}")
+
+    def one(student: str) -> None:
+        began = time.monotonic()
+        try:
+            seat_up(student, lab, source, chosen)
+        except Exception as exc:  # one seat's failure is said and the others go on
+            update(student, state="failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
+            tell(f"{student}: failed after {time.monotonic() - began:.0f} s: {exc}")
+        else:
+            tell(f"{student}: up in {time.monotonic() - began:.0f} s")
+
+    def boot_host(uri: str) -> None:
+        for wave in waves(by_host[uri], cores_of[uri], lab):
+            with ThreadPoolExecutor(max_workers=len(wave)) as pool:
+                list(pool.map(one, wave))
+
+    with ThreadPoolExecutor(max_workers=max(1, len(by_host))) as pool:
+        list(pool.map(boot_host, by_host))
+
+
+def states(record: dict) -> dict[str, str]:
+    """Each seat's state as libvirt sees it now (state_of), every host asked once."""
+    model = labfile.read_lab(record["lab"])
+    held = {uri: libvirt.domains(uri) for uri in {s["host"] for s in record["seats"].values()}}
+    return {student: state_of(student, s, model, held[s["host"]]) for student, s in record["seats"].items()}
+
+
+def running(student: str) -> RunningLab:
+    """The student's copy, which must be up."""
+    record = need()
+    s = seat(record, student)
+    copy = copy_of(student)
+    if s["state"] != "up" or copy not in RunningLab.names():
+        raise LabkitError(
+            f"{student}'s seat is {s['state']}, not up. Continue it with: labkit class up {record['lab']} --students ..."
+        )
+    return RunningLab(home.lab_dir(copy))
+
+
+def remove(student: str) -> dict:
+    """Take a seat down: its way in, its VMs, volumes and networks, its guard, its keys, and its
+    place in the record. The record as saved after."""
+    record = need()
+    s = seat(record, student)
+    copy, uri = copy_of(student), s["host"]
+    stop_relay(uri, s.get("relay"))
+    if copy in RunningLab.names():
+        with lock.changing(copy, "down"):
+            RunningLab(home.lab_dir(copy)).destroy()
+    else:
+        left = leftovers.remove_all(copy, labfile.read_lab(record["lab"]), uri)
+        if left:
+            raise LabkitError(f"{student}: these could not be removed: {', '.join(left)}")
+    unguard(uri, copy)
+    shutil.rmtree(folder(student), ignore_errors=True)
+    with _saving:
+        record = need()
+        del record["seats"][student]
+        save(record)
+        return record
