@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -129,23 +130,80 @@ class RunningLab:
 
     # ---- its VMs --------------------------------------------------------------------------
 
-    def boot(self, provider: Provider, on_progress: Callable[[str, str], None]) -> None:
-        vagrant.up(self.folder, provider, on_progress)
-        self.write_ssh_config()
+    def boot(
+        self,
+        provider: Provider,
+        on_progress: Callable[[str, str], None],
+        on_done: Callable[[ssh.NodeResult], None] | None = None,
+    ) -> float:
+        """`vagrant up`, every node at once; the moment (time.monotonic()) it ended. With on_done,
+        provision too: a labkit box's node on this host as soon as its sshd answers, while the
+        others still boot (their configuration then waits for no one); any other node once the
+        boot is over. A node that failed makes it an error, as provision() says."""
+        early = on_done is not None and self.reads_leases
+        failed: list[BaseException] = []
+
+        def booting() -> None:
+            try:
+                vagrant.up(self.folder, provider, on_progress)
+            except BaseException as exc:  # raised again below, in the caller's thread
+                failed.append(exc)
+
+        with ThreadPoolExecutor(max_workers=len(self.lab.nodes)) as pool:
+            started: dict[str, Future] = {}
+            answered: dict[str, str] = {}
+            if early:
+                worker = threading.Thread(target=booting, daemon=True)
+                worker.start()
+                while worker.is_alive():
+                    found = self._answering([n for n in self.lab.nodes if n not in answered])
+                    if found:
+                        answered.update(found)
+                        self._write_ssh_config(answered)
+                        started.update({node: pool.submit(self._provision_one, self.lab, node) for node in found})
+                    worker.join(1)
+            else:
+                booting()
+            ended = time.monotonic()
+            if failed:
+                raise failed[0]
+            self.write_ssh_config()
+            if on_done is not None:
+                for node in self.lab.nodes:
+                    started.setdefault(node, pool.submit(self._provision_one, self.lab, node))
+                self._results(_in_turn([started[node] for node in self.lab.nodes], on_done))
+        return ended
+
+    @property
+    def reads_leases(self) -> bool:
+        """Whether the nodes' addresses come from libvirt's DHCP leases: a labkit box (whose
+        ssh_config labkit writes) on this host (whose management network labkit reaches)."""
+        return self.on_libvirt and libvirt.is_local(self.uri) and box.is_labkit_box(self.booked.box)
+
+    def _answering(self, nodes: list[str]) -> dict[str, str]:
+        """Node -> address, for those of `nodes` with a lease whose sshd sends its greeting."""
+        domains = {names.domain(self.name, node): node for node in nodes}
+        leased = libvirt.leased_addresses(self.uri, list(domains))
+        return {domains[d]: address for d, address in leased.items() if ssh.answers(address)}
 
     def write_ssh_config(self) -> None:
         """The nodes' SSH settings, in the file ssh, fabric and testinfra read. For a labkit box on
         this host, written from libvirt's DHCP leases at once; `vagrant ssh-config` takes 10 s of
         Ruby or more while guests still boot, and is asked only where that cannot be (another
         host's VMs, reached through it; another box, with Vagrant's own key)."""
-        if self.on_libvirt and libvirt.is_local(self.uri) and box.is_labkit_box(self.booked.box):
+        if self.reads_leases:
             domains = {names.domain(self.name, node): node for node in self.lab.nodes}
             leased = libvirt.leased_addresses(self.uri, list(domains))
             if len(leased) == len(domains):
-                addresses = {domains[d]: address for d, address in leased.items()}
-                (self.folder / vagrant.SSH_CONFIG).write_text(ssh.config(addresses, home.key()))
+                self._write_ssh_config({domains[d]: address for d, address in leased.items()})
                 return
         vagrant.ssh_config(self.folder, refresh=True)
+
+    def _write_ssh_config(self, addresses: dict[str, str]) -> None:
+        # replaced whole: a node being provisioned may be reading it
+        new = self.folder / (vagrant.SSH_CONFIG + ".new")
+        new.write_text(ssh.config(addresses, home.key()))
+        new.replace(self.folder / vagrant.SSH_CONFIG)
 
     def status(self) -> dict[str, str]:
         """Node -> its VM's state ("running", "paused", "shutoff", "missing", ...): libvirt's,
@@ -300,18 +358,16 @@ class RunningLab:
         A node that failed makes it an error naming every failed node and its step."""
         lab = lab or self.lab
         nodes = nodes or list(lab.nodes)
-
-        def one(node: str) -> ssh.NodeResult:
-            result = ssh.apply(node, self.connection(node), plan(lab, node))
-            if result.error.startswith("cannot reach"):
-                self._forget(node)
-            return result
-
         with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-            results = []
-            for future in [pool.submit(one, node) for node in nodes]:
-                results.append(future.result())
-                on_done(results[-1])
+            return self._results(_in_turn([pool.submit(self._provision_one, lab, node) for node in nodes], on_done))
+
+    def _provision_one(self, lab: Lab, node: str) -> ssh.NodeResult:
+        result = ssh.apply(node, self.connection(node), plan(lab, node))
+        if result.error.startswith("cannot reach"):
+            self._forget(node)
+        return result
+
+    def _results(self, results: list[ssh.NodeResult]) -> list[ssh.NodeResult]:
         failed = [r for r in results if r.error]
         if failed:
             raise LabkitError(
@@ -343,3 +399,12 @@ class RunningLab:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _in_turn(futures: list[Future], on_done: Callable[[ssh.NodeResult], None]) -> list[ssh.NodeResult]:
+    """The futures' results in the order given, on_done told of each as it comes."""
+    results = []
+    for future in futures:
+        results.append(future.result())
+        on_done(results[-1])
+    return results

@@ -7,6 +7,7 @@ the number of steps. (Not on standard input: invoke feeds that a byte at a time.
 from __future__ import annotations
 
 import shlex
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,16 @@ def config(addresses: dict[str, str], key: Path) -> str:
         "  LogLevel FATAL\n\n"
         for node, address in addresses.items()
     )
+
+
+def answers(address: str, timeout: float = 2) -> bool:
+    """Whether an sshd at ADDRESS sends its greeting: the VM has booted that far, not only its kernel."""
+    try:
+        with socket.create_connection((address, 22), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            return conn.recv(4) == b"SSH-"
+    except OSError:
+        return False
 
 
 def connect(node: str, ssh_config: Path) -> Connection:

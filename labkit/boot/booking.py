@@ -10,6 +10,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from labkit import home
+from labkit.apply.ssh import NodeResult
 from labkit.boot import doctor, health, host, leftovers, libvirt, names, vagrant
 from labkit.errors import LabkitError
 from labkit.labfile import Lab
@@ -25,10 +26,12 @@ def boot(
     target: Target,
     on_progress: Callable[[str, str], None],
     on_repair: Callable[[str], None] = lambda line: None,
-) -> RunningLab:
-    """Render the lab's (or copy's, target.name) Vagrantfile and boot every node at once;
-    provision() comes next. A lab being continued is repaired first (health.repair), each
-    repair told to on_repair."""
+    on_done: Callable[[NodeResult], None] | None = None,
+) -> tuple[RunningLab, float]:
+    """Render the lab's (or copy's, target.name) Vagrantfile and boot every node at once,
+    provisioning each node as it answers when on_done is given (RunningLab.boot); the running
+    lab and the moment Vagrant's boot ended. A lab being continued is repaired first
+    (health.repair), each repair told to on_repair."""
     name = target.name or lab.name
     folder = home.lab_dir(name)
     uri = target.uri or libvirt.LOCAL
@@ -56,10 +59,9 @@ def boot(
         for line in health.repair(name, lab, uri):
             on_repair(line)
     try:
-        running.boot(target.provider, on_progress)
+        return running, running.boot(target.provider, on_progress, on_done)
     except vagrant.BootError as exc:
         raise LabkitError(f"{exc}\nRemove what was made with: labkit down {name}") from None
-    return running
 
 
 def _claim_management(name: str, lab: Lab, uri: str, nat: bool) -> str:

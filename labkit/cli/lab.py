@@ -99,24 +99,15 @@ def provisioned(name: str, results: list[NodeResult], started: float) -> None:
     out.print(f"provisioned {name}: {total} changes in {time.monotonic() - started:.1f} s")
 
 
-def _provision_and_snapshot(running: RunningLab) -> dict[str, float | int | None]:
-    """Provision, then snapshot on libvirt; the figures `up --json` gives."""
+def _snapshot(running: RunningLab) -> float | None:
+    """Snapshot on libvirt: the seconds it took (None elsewhere)."""
+    if not running.on_libvirt:
+        return None
     started = time.monotonic()
-    results = running.provision(on_done=report)
-    provisioned(running.name, results, started)
-    figures = {
-        "provision_seconds": round(time.monotonic() - started, 1),
-        "changes": sum(len(r.changed) for r in results),
-        "snapshot_seconds": None,
-    }
-    if running.on_libvirt:
-        started = time.monotonic()
-        running.snapshot()
-        figures["snapshot_seconds"] = round(time.monotonic() - started, 1)
-        out.print(
-            f"snapshot taken in {time.monotonic() - started:.0f} s (labkit reset {running.name} comes back to it)"
-        )
-    return figures
+    running.snapshot()
+    seconds = round(time.monotonic() - started, 1)
+    out.print(f"snapshot taken in {seconds:.0f} s (labkit reset {running.name} comes back to it)")
+    return seconds
 
 
 @app.command()
@@ -145,12 +136,21 @@ def up(
         booked = dataclasses.replace(booked, kernel=kernel)  # for the lab's record
         again = target.up_command(lab, box_name, kernel, as_name, connect)
         with lock.changing(name, "up", up=again):
+            # Each node is provisioned as soon as it answers, while the others still boot.
+            done: list[NodeResult] = []
             with Progress(list(model.nodes)) as progress:
-                running = booking.boot(model, source, booked, progress, lambda line: say(f"repaired: {line}"))
-            boot_seconds = round(time.monotonic() - progress.started, 1)
+                running, booted = booking.boot(
+                    model, source, booked, progress, lambda line: say(f"repaired: {line}"), done.append
+                )
+            boot_seconds = round(booted - progress.started, 1)
             out.print(f"booted {len(model.nodes)} nodes in {boot_seconds:.0f} s")
+            for result in done:
+                report(result)
+            after = round(time.monotonic() - booted, 1)
+            changes = sum(len(r.changed) for r in done)
+            out.print(f"provisioned {name}: {changes} changes, done {after:.1f} s after the boot")
             with running:
-                figures = _provision_and_snapshot(running)
+                figures = {"provision_seconds": after, "changes": changes, "snapshot_seconds": _snapshot(running)}
         copy = f" (a copy of {model.name})" if name != model.name else ""
         where = f" on {libvirt.shown(booked.uri)}" if booked.uri else ""
         out.print(f"\n[bold]{name} is up{copy}{where}.[/] Next: [bold]labkit verify {name}[/]", highlight=False)

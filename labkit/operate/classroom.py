@@ -527,10 +527,16 @@ def seat_up(student: str, lab: Lab, source: Path, chosen: str) -> None:
                 said.write(f"{node}: {message}\n")
                 said.flush()
 
-            booted = booking.boot(lab, source, booked, progress, lambda line: progress("repaired", line))
+            booted, _ = booking.boot(
+                lab,
+                source,
+                booked,
+                progress,
+                lambda line: progress("repaired", line),
+                lambda r: progress(r.node, r.error or f"{len(r.changed)} changed"),
+            )
             guard(uri, copy)
             with booted:
-                booted.provision(on_done=lambda r: progress(r.node, r.error or f"{len(r.changed)} changed"))
                 booted.snapshot()
     if not relay_alive(uri, s.get("relay")):
         guard(uri, copy)  # a host restarted since forgets both

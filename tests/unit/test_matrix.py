@@ -2,6 +2,7 @@
 commands it runs."""
 
 import json
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -238,12 +239,9 @@ def test_up_json_is_the_one_line_on_stdout_that_the_matrix_reads(tmp_path, monke
         def __exit__(self, *exc):
             pass
 
-        def provision(self, on_done):
-            return []
-
-    def boot(lab, source, target, progress, on_repair):
+    def boot(lab, source, target, progress, on_repair, on_done):
         progress("lb0", "Starting domain.")
-        return Booted(Record.booked(lab, target))
+        return Booted(Record.booked(lab, target)), time.monotonic()
 
     monkeypatch.setattr(labkit.cli.lab.booking, "boot", boot)
     result = CliRunner().invoke(app, ["up", "nat", "--as", "nat-2", "--accel", "tcg", "--json"])
