@@ -88,11 +88,21 @@ def run(conn: Connection, words: list[str], watchers: list[StreamWatcher] = (), 
     return out.stdout
 
 
+# A node is provisioned as soon as its sshd answers, while systemd may still be booting it: a unit
+# enabled then is also started by the boot itself, and a reload right after that start reaches
+# nginx before it handles SIGHUP (it dies). So the steps wait for the boot to be over (it ends
+# seconds after sshd starts); "degraded" is over too.
+AFTER_BOOT = "systemctl is-system-running --wait >/dev/null 2>&1 || true\n"
+
+
 def apply(node: str, conn: Connection, steps: list[Step]) -> NodeResult:
-    """Run the node's steps as one script; what changed, or which step failed and why."""
+    """Run the node's steps as one script, once the node's boot is over; what changed, or which
+    step failed and why."""
     result = NodeResult(node)
     try:
-        out = conn.run(shlex.join(["sudo", "-n", "sh", "-c", script(steps)]), hide=True, warn=True, in_stream=False)
+        out = conn.run(
+            shlex.join(["sudo", "-n", "sh", "-c", AFTER_BOOT + script(steps)]), hide=True, warn=True, in_stream=False
+        )
     except UNREACHABLE as exc:  # unreachable or refused: name the node and the cause
         result.error = f"cannot reach {node} over SSH: {exc}"
         return result
