@@ -35,6 +35,9 @@ class Role(str, Enum):
     director = "director"
     real_server = "real_server"
     client = "client"
+    # A node of a Docker swarm's routing mesh (seed 001): a director in its ingress namespace
+    # and the host of its tasks (the real servers), all at once.
+    swarm_node = "swarm_node"
 
 
 class Forwarding(str, Enum):
@@ -279,6 +282,34 @@ class Published(Strict):
     protocol: Protocol = Protocol.tcp
 
 
+class MeshPort(Strict):
+    """A port the swarm publishes on every node (`docker service create -p 8080:80`): each
+    node's DOCKER-INGRESS chain sends it to the ingress namespace, which marks it `fwmark` and
+    balances it over the tasks' `target_port`."""
+
+    port: Port
+    target_port: Port = 80
+    fwmark: Annotated[int, Field(ge=1, le=2**32 - 1)] = 256  # Docker numbers its marks from 256
+
+
+class Mesh(Strict):
+    """Docker swarm's routing mesh (seed 001), wired as Docker wires it, without Docker: the
+    ingress overlay network (a VXLAN between the nodes' lab addresses) and, on each node, the
+    docker_gwbridge bridge that leads to the ingress namespace."""
+
+    publish: list[MeshPort] = Field(min_length=1)
+    overlay: IPv4OnlyNetwork = IPv4Network("10.255.0.0/16")  # Docker's ingress network
+    vni: Annotated[int, Field(ge=1, le=2**24 - 1)] = 4096  # the VXLAN id Docker gives the ingress network
+    # docker_gwbridge holds the gateway; the ingress namespace's leg on it is the next address.
+    gwbridge: IPv4Interface = IPv4Interface("172.18.0.1/16")
+    scheduler: Scheduler = Scheduler.rr
+
+    @property
+    def sbox_address(self) -> IPv4Address:
+        """The ingress namespace's address on docker_gwbridge, where DOCKER-INGRESS sends the ports."""
+        return self.gwbridge.ip + 1
+
+
 class Node(Strict):
     role: Role
     addresses: dict[str, IPv4Only] = Field(min_length=1)
@@ -288,6 +319,10 @@ class Node(Strict):
     bridge: Bridge | None = None
     containers: dict[str, IPv4Only] = {}
     publish: list[Published] = []
+    # The routing mesh (seed 001): the ingress namespace's address on the overlay, and the tasks
+    # (a namespace each, with one web server) on the overlay.
+    ingress: IPv4Only | None = None
+    tasks: dict[str, IPv4Only] = {}
 
     def published(self, port: int, protocol: Protocol = Protocol.tcp) -> str | None:
         """The container behind one of the node's published ports."""
@@ -347,7 +382,9 @@ class Lab(Strict):
     # IPv6 prefixes of some of these networks, by the same names: the guests' interfaces carry both.
     networks6: dict[str, IPv6Network] = {}
     nodes: dict[str, Node]
-    services: list[VirtualService] = Field(min_length=1)
+    # A routing mesh's IPVS services live in its ingress namespaces (mesh:); any other lab has one or more.
+    services: list[VirtualService] = []
+    mesh: Mesh | None = None
     # netem on a network's links (each node's interface on it): delay, loss, rate
     impair: dict[str, Impairment] = {}
 
@@ -426,6 +463,15 @@ class Lab(Strict):
         return None
 
     @property
+    def swarm_nodes(self) -> list[str]:
+        return self.nodes_with(Role.swarm_node)
+
+    @property
+    def task_nodes(self) -> dict[str, str]:
+        """Task -> the swarm node it runs on."""
+        return {t: name for name, node in self.nodes.items() for t in node.tasks}
+
+    @property
     def container_nodes(self) -> dict[str, str]:
         """Container -> the node it runs on."""
         return {c: name for name, node in self.nodes.items() for c in node.containers}
@@ -465,6 +511,14 @@ class Lab(Strict):
                 f"Its services: {', '.join(s.key for s in self.services)}"
             )
         return svc
+
+
+def mesh_network(lab: Lab) -> str | None:
+    """The lab network the swarm nodes all share: the overlay's VXLAN runs between their addresses there."""
+    nodes = lab.swarm_nodes
+    if not nodes:
+        return None
+    return next((n for n in lab.nodes[nodes[0]].addresses if all(n in lab.nodes[o].addresses for o in nodes)), None)
 
 
 def with_weight(lab: Lab, real_server: str, weight: int, service: str | None = None) -> Lab:

@@ -14,11 +14,13 @@ from labkit.labfile.model import (
     Check,
     Forwarding,
     Lab,
+    Mesh,
     Protocol,
     Role,
     Tunnel,
     VirtualService,
     host_port,
+    mesh_network,
 )
 
 
@@ -95,6 +97,11 @@ def semantic_problems(lab: Lab) -> Iterator[str]:
                 yield f"{field}: {addr} is already used by {seen[addr]}. Give every node its own address"
             seen[addr] = field
     yield from _container_problems(lab)
+    if lab.mesh is not None or lab.swarm_nodes:
+        yield from _mesh_problems(lab, undeclared)
+        return
+    if not lab.services:
+        yield "services: the lab has no service. Add one (vip:, port:, forwarding:, real_servers:)"
     for role in (Role.director, Role.real_server, Role.client):
         if not lab.nodes_with(role):
             yield f"nodes: the lab has no {role.value}. Add a node with role: {role.value}"
@@ -421,3 +428,87 @@ def _container_problems(lab: Lab) -> Iterator[str]:
                     f"{p_field}.container: {name} has no container {published.container!r}. "
                     f"Use one of: {', '.join(node.containers) or 'none yet (add containers:)'}"
                 )
+
+
+def _mesh_problems(lab: Lab, undeclared: bool) -> Iterator[str]:
+    """A routing mesh (seed 001): swarm nodes and clients only, every swarm node with its ingress
+    namespace on the overlay, each published port once, and the overlay and docker_gwbridge
+    ranges clear of the lab's networks, since a node routes those through its NICs."""
+    mesh = lab.mesh
+    if mesh is None:
+        yield (
+            f"nodes.{lab.swarm_nodes[0]}.role: a swarm_node belongs to a routing mesh, and the lab has none. "
+            "Add mesh: {publish: [{port: 8080}]}, or use role: real_server"
+        )
+        return
+    if lab.services:
+        yield (
+            "services: a mesh balances in each node's ingress namespace, the ports under mesh.publish. "
+            "Remove services:, or the mesh"
+        )
+    for role in (Role.swarm_node, Role.client):
+        if not lab.nodes_with(role):
+            yield f"nodes: the mesh has no {role.value}. Add a node with role: {role.value}"
+    ports: set[int] = set()
+    marks: set[int] = set()
+    for k, published in enumerate(mesh.publish):
+        field = f"mesh.publish[{k}]"
+        if published.port in ports:
+            yield f"{field}.port: port {published.port} is published twice. Publish each port once"
+        if published.fwmark in marks:
+            yield f"{field}.fwmark: mark {published.fwmark} is given twice. Give each published port its own mark"
+        ports.add(published.port)
+        marks.add(published.fwmark)
+    for name, cidr in (("overlay", mesh.overlay), ("gwbridge", mesh.gwbridge.network)):
+        for net, lab_cidr in lab.networks.items():
+            if cidr.overlaps(lab_cidr):
+                yield (
+                    f"mesh.{name}: {cidr} overlaps networks.{net} ({lab_cidr}). "
+                    f"Give the {name} a range of its own, e.g. {Mesh.model_fields[name].default}"
+                )
+    if mesh.gwbridge.network.overlaps(mesh.overlay):
+        yield f"mesh.gwbridge: {mesh.gwbridge.network} overlaps the overlay {mesh.overlay}. Use e.g. 172.18.0.1/16"
+    elif mesh.sbox_address in (mesh.gwbridge.network.broadcast_address,):
+        yield f"mesh.gwbridge: {mesh.gwbridge} leaves no address for the ingress namespace after it. Use e.g. 172.18.0.1/16"
+    seen: dict[IPv4Address, str] = {}
+    names: dict[str, str] = {}
+    tasks = 0
+    for name, node in lab.nodes.items():
+        field = f"nodes.{name}"
+        if node.role != Role.swarm_node:
+            if node.role != Role.client:
+                yield f"{field}.role: a mesh has swarm_node and client nodes. Use role: swarm_node"
+            for key in ("ingress", "tasks"):
+                if getattr(node, key):
+                    yield f"{field}.{key}: only a swarm_node has it. Remove {key}, or use role: swarm_node"
+            continue
+        if node.ingress is None:
+            what = f"{name} has tasks but no ingress namespace" if node.tasks else f"{name} has no ingress namespace"
+            yield (
+                f"{field}.ingress: {what}, and every swarm node publishes the mesh's ports through its own. "
+                f"Add ingress: <a free address in {mesh.overlay}>"
+            )
+        for key, address in [("ingress", node.ingress), *((f"tasks.{t}", a) for t, a in node.tasks.items())]:
+            if address is None:
+                continue
+            if address not in mesh.overlay:
+                yield f"{field}.{key}: {address} is not on the overlay {mesh.overlay}. Use an address inside it"
+            elif address in (mesh.overlay.network_address, mesh.overlay.broadcast_address):
+                yield f"{field}.{key}: {address} is the overlay's network or broadcast address. Use a host address"
+            if address in seen:
+                yield f"{field}.{key}: {address} is already used by {seen[address]}. Give each its own overlay address"
+            seen[address] = f"{field}.{key}"
+        for task in node.tasks:
+            tasks += 1
+            if not CONTAINER_NAME.match(task):
+                yield f"{field}.tasks.{task}: {task!r} is not a plain task name. Use 1-10 lower-case letters and digits"
+            if task in names or task in lab.nodes or task in lab.container_nodes:
+                yield f"{field}.tasks.{task}: the name {task} is taken by {names.get(task, 'a node or container')}. Give each task its own name"
+            names[task] = f"a task on {name}"
+    if lab.swarm_nodes and not tasks:
+        yield "nodes: the mesh has no task to balance to. Give a swarm node tasks: {web0: 10.255.0.5}"
+    if lab.swarm_nodes and not undeclared and not mesh_network(lab):
+        yield (
+            f"nodes: the swarm nodes ({', '.join(lab.swarm_nodes)}) share no network for the overlay's VXLAN. "
+            "Give them addresses on one network"
+        )

@@ -35,8 +35,9 @@ def web_root(container: str) -> str:
     return f"{WEB_ROOT}/{container}"
 
 
-def nginx_config(container: str) -> str:
+def nginx_config(container: str, ports: tuple[int, ...] = (80,)) -> str:
     # One nginx per namespace: each keeps its own pid file; the answer names the container.
+    listen = "".join(f"        listen {port};\n" for port in ports)
     return (
         "# Written by labkit from the lab file; labkit provision rewrites it.\n"
         "user www-data;\n"
@@ -45,7 +46,7 @@ def nginx_config(container: str) -> str:
         "http {\n"
         "    access_log off;\n"
         "    server {\n"
-        "        listen 80;\n"
+        f"{listen}"
         f"        root {web_root(container)};\n"
         f"        add_header X-Real-Server {container} always;\n"
         "        add_header X-Destination $server_addr:$server_port always;\n"

@@ -48,6 +48,17 @@ CHECKS = [
         "netns_has_addr", 'case " $(ip -n "$1" -o addr show dev "$2" 2>/dev/null) " in *" $3 "*) ;; *) return 1 ;; esac'
     ),
     Helper("netns_route_via", '[ "$(ip -n "$1" route show default 2>/dev/null | awk \'{print $3}\')" = "$2" ]'),
+    # the routing mesh: a device inside a namespace is there and up; the VXLAN floods to a peer
+    Helper(
+        "netns_link_up",
+        'ip -n "$1" -o link show dev "$2" 2>/dev/null | grep -q "[<,]UP[,>]"',
+    ),
+    Helper("netns_fdb_has", 'bridge -n "$1" fdb show dev "$2" 2>/dev/null | grep -q "^00:00:00:00:00:00 dst $3 "'),
+    Helper(
+        "netns_sysctls_are",
+        'ns=$1; shift; keys=; want=; for kv in "$@"; do keys="$keys ${kv%%=*}"; want="$want ${kv#*=}"; done\n'
+        '[ "$(echo $(ip netns exec "$ns" sysctl -n $keys 2>/dev/null))" = "$(echo $want)" ]',
+    ),
     Helper("fou_port", 'ip fou show 2>/dev/null | grep -q "^port $1 gue"'),
     Helper(
         "route_via",
@@ -126,7 +137,7 @@ COMMANDS = [
 HELPERS = {h.name: h for h in CHECKS + COMMANDS}
 
 # Programs a step may call directly, besides the helpers.
-PROGRAMS = {"ip", "sysctl", "modprobe", "iptables", "systemctl", "rm", "test"}
+PROGRAMS = {"ip", "bridge", "sysctl", "modprobe", "iptables", "systemctl", "rm", "test"}
 
 
 def _function(helper: Helper) -> str:

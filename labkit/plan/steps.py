@@ -14,8 +14,8 @@ from importlib.resources import files
 from ipaddress import IPv4Address, IPv6Address
 
 from labkit.labfile import Forwarding, Lab, PortMapping, Protocol, Role, Tunnel
-from labkit.labfile.model import host_cidr, host_port
-from labkit.plan import containers, ipvs, keepalived
+from labkit.labfile.model import host_cidr, host_port, mesh_network
+from labkit.plan import containers, ipvs, keepalived, mesh
 from labkit.plan.guest import PRELUDE
 from labkit.render.vagrantfile import interfaces
 
@@ -34,6 +34,15 @@ PACKAGES = {
     Role.director: {"ipvsadm": "ipvsadm", "keepalived": "keepalived", "iptables": "iptables"},
     Role.real_server: {"nginx": "nginx"},
     Role.client: {"curl": "curl"},
+    Role.swarm_node: {
+        "ipvsadm": "ipvsadm",
+        "keepalived": "keepalived",
+        "iptables": "iptables",
+        "nginx": "nginx",
+        "bridge": "iproute2",
+        "curl": "curl",
+        "ping": "iputils-ping",
+    },
 }
 COMMON_PACKAGES = {"ip": "iproute2", "sysctl": "procps", "tcpdump": "tcpdump"}
 
@@ -223,8 +232,8 @@ def port_maps(lab: Lab, real_server: str) -> list[tuple[str, Words]]:
 
 
 def _rule(why: str, rule: Words) -> Step:
-    """An iptables rule, appended unless the same rule is there (iptables -C)."""
-    check = ("iptables", *("-C" if word == "-A" else word for word in rule))
+    """An iptables rule, appended (or inserted) unless the same rule is there (iptables -C)."""
+    check = ("iptables", *("-C" if word in ("-A", "-I") else word for word in rule))
     return Step(why, check, (("iptables", *rule),))
 
 
@@ -363,6 +372,255 @@ def container_steps(lab: Lab, node: str) -> list[Step]:
     return steps
 
 
+def _in(ns: str, why: str, rule: Words) -> Step:
+    """An iptables rule inside a namespace, appended (or inserted) unless it is there."""
+    check = ("ip", "netns", "exec", ns, "iptables", *("-C" if word in ("-A", "-I") else word for word in rule))
+    return Step(why, check, (("ip", "netns", "exec", ns, "iptables", *rule),))
+
+
+def _netns(name: str, why: str) -> Step:
+    return Step(why, ("test", "-e", f"/run/netns/{name}"), (("ip", "netns", "add", name),))
+
+
+def _overlay_leg(name: str, ns: str, dev: str, cidr: str, why: str) -> list[Step]:
+    """A veth pair from the overlay's bridge (ov-NAME) to `dev` inside `ns`, with its address."""
+    ov = mesh.overlay_veth(name)
+    mtu = str(mesh.MTU)
+    return [
+        Step(
+            f"{why}: a veth pair, {ov} on the overlay's {mesh.BRIDGE} and {dev} inside {ns} (MTU {mtu}: "
+            "the VXLAN header must fit in the NIC's 1500)",
+            ("netns_link_up", mesh.OVERLAY, ov),
+            (
+                (
+                    "ip",
+                    "-n",
+                    mesh.OVERLAY,
+                    "link",
+                    "add",
+                    ov,
+                    "mtu",
+                    mtu,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    dev,
+                    "mtu",
+                    mtu,
+                    "netns",
+                    ns,
+                ),
+                ("ip", "-n", mesh.OVERLAY, "link", "set", ov, "master", mesh.BRIDGE, "up"),
+            ),
+        ),  # fmt: skip
+        Step(
+            f"{why}: its overlay address {cidr} on {dev}, up, with lo",
+            ("netns_has_addr", ns, dev, cidr),
+            (
+                ("ip", "-n", ns, "addr", "replace", cidr, "dev", dev),
+                ("ip", "-n", ns, "link", "set", dev, "up"),
+                ("ip", "-n", ns, "link", "set", "lo", "up"),
+            ),
+        ),
+    ]
+
+
+def mesh_steps(lab: Lab, node: str) -> list[Step]:
+    """A swarm node of the routing mesh, as Docker leaves it (plan/mesh.py)."""
+    m, mine = lab.mesh, lab.nodes[node]
+    prefix = m.overlay.prefixlen
+    gw, sbox_gw = str(m.gwbridge.ip), f"{m.sbox_address}/{m.gwbridge.network.prefixlen}"
+    local = mesh.local_address(lab, node)
+    steps = [
+        _module("ip_vs", "IPVS balances the published ports, inside the ingress namespace"),
+        _sysctls("the node forwards the published ports to the ingress namespace", {"net.ipv4.ip_forward": "1"}),
+        Step(
+            f"{mesh.GWBRIDGE}: the bridge between the node and its ingress namespace, as Docker's",
+            ("test", "-d", f"/sys/class/net/{mesh.GWBRIDGE}"),
+            (("ip", "link", "add", mesh.GWBRIDGE, "type", "bridge"),),
+        ),
+        _address(mesh.GWBRIDGE, str(m.gwbridge), f"{mesh.GWBRIDGE} holds the gateway {gw} of {m.gwbridge.network}"),
+        Step(f"{mesh.GWBRIDGE} up", ("link_up", mesh.GWBRIDGE), (("ip", "link", "set", mesh.GWBRIDGE, "up"),)),
+        _netns(
+            mesh.SBOX,
+            f"{mesh.SBOX}: the ingress namespace (Docker keeps it as /var/run/docker/netns/ingress_sbox, no "
+            "container of docker ps; here /run/netns/ingress_sbox: ip netns exec ingress_sbox ... runs inside)",
+        ),
+        Step(
+            f"{mesh.SBOX}: a veth pair, {mesh.HOST_VETH} on {mesh.GWBRIDGE} and {mesh.SBOX_GW_LEG} inside",
+            ("link_up", mesh.HOST_VETH),
+            (
+                (
+                    "ip",
+                    "link",
+                    "add",
+                    mesh.HOST_VETH,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    mesh.SBOX_GW_LEG,
+                    "netns",
+                    mesh.SBOX,
+                ),
+                ("ip", "link", "set", mesh.HOST_VETH, "master", mesh.GWBRIDGE, "up"),
+            ),
+        ),  # fmt: skip
+        Step(
+            f"{mesh.SBOX}: {sbox_gw} on {mesh.SBOX_GW_LEG}, where DOCKER-INGRESS sends the published ports",
+            ("netns_has_addr", mesh.SBOX, mesh.SBOX_GW_LEG, sbox_gw),
+            (
+                ("ip", "-n", mesh.SBOX, "addr", "replace", sbox_gw, "dev", mesh.SBOX_GW_LEG),
+                ("ip", "-n", mesh.SBOX, "link", "set", mesh.SBOX_GW_LEG, "up"),
+                ("ip", "-n", mesh.SBOX, "link", "set", "lo", "up"),
+            ),
+        ),
+        Step(
+            f"{mesh.SBOX}: its default route via {gw}, so the clients' answers go back through the node",
+            ("netns_route_via", mesh.SBOX, gw),
+            (("ip", "-n", mesh.SBOX, "route", "replace", "default", "via", gw),),
+        ),
+        Step(
+            f"{mesh.SBOX}: it forwards (the tasks' replies go on to the client), and IPVS keeps conntrack "
+            "entries, which its SNAT rule needs (Docker sets both)",
+            ("netns_sysctls_are", mesh.SBOX, "net.ipv4.ip_forward=1", "net.ipv4.vs.conntrack=1"),
+            (
+                (
+                    "ip",
+                    "netns",
+                    "exec",
+                    mesh.SBOX,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv4.vs.conntrack=1",
+                ),
+            ),
+        ),
+        _netns(
+            mesh.OVERLAY,
+            f"{mesh.OVERLAY}: the overlay's own namespace (Docker's 1-<network id>): the node has no leg "
+            f"on {m.overlay}, so it cannot ping it",
+        ),
+        Step(
+            f"{mesh.OVERLAY}: the overlay's bridge {mesh.BRIDGE}, which the VXLAN and every leg hang on",
+            ("netns_link_up", mesh.OVERLAY, mesh.BRIDGE),
+            (
+                ("ip", "-n", mesh.OVERLAY, "link", "add", mesh.BRIDGE, "type", "bridge"),
+                ("ip", "-n", mesh.OVERLAY, "link", "set", mesh.BRIDGE, "up"),
+            ),
+        ),
+        Step(
+            f"{mesh.OVERLAY}: {mesh.VXLAN}, VNI {m.vni}, UDP {mesh.VXLAN_PORT} from {local}: made in the node's "
+            f"namespace, where its socket stays, then moved into {mesh.OVERLAY} onto {mesh.BRIDGE}",
+            ("netns_link_up", mesh.OVERLAY, mesh.VXLAN),
+            (
+                (
+                    "ip",
+                    "link",
+                    "add",
+                    mesh.VXLAN,
+                    "type",
+                    "vxlan",
+                    "id",
+                    str(m.vni),
+                    "dstport",
+                    str(mesh.VXLAN_PORT),
+                    "local",
+                    local,
+                    "dev",
+                    mesh_network(lab),
+                ),
+                ("ip", "link", "set", mesh.VXLAN, "netns", mesh.OVERLAY),
+                ("ip", "-n", mesh.OVERLAY, "link", "set", mesh.VXLAN, "master", mesh.BRIDGE, "up"),
+            ),
+        ),  # fmt: skip
+    ]
+    for peer in mesh.peers(lab, node):
+        steps.append(
+            Step(
+                f"{mesh.VXLAN}: what the overlay floods (ARP, unknown MACs) goes to the node {peer} too; "
+                "the answers' MACs are learnt",
+                ("netns_fdb_has", mesh.OVERLAY, mesh.VXLAN, peer),
+                (("bridge", "-n", mesh.OVERLAY, "fdb", "append", "00:00:00:00:00:00", "dev", mesh.VXLAN, "dst", peer),),
+            )
+        )
+    steps += _overlay_leg("sbox", mesh.SBOX, mesh.SBOX_OVERLAY_LEG, f"{mine.ingress}/{prefix}", mesh.SBOX)
+    for p, rule in zip(m.publish, mesh.mark_rules(m)):
+        steps.append(
+            _in(
+                mesh.SBOX,
+                f"{mesh.SBOX}: packets to port {p.port} get mark {p.fwmark} ({p.fwmark:#x}), which its IPVS "
+                "service matches",
+                rule,
+            )
+        )
+    steps.append(
+        _in(
+            mesh.SBOX,
+            f"{mesh.SBOX}: what IPVS sends to a task leaves from {mine.ingress}, so the task answers through here",
+            mesh.snat_rule(m, mine.ingress),
+        )
+    )
+    steps.append(
+        _file(
+            "systemd runs each task's web server in its namespace: systemctl status labkit-container@TASK",
+            containers.UNIT_FILE,
+            containers.UNIT_TEXT,
+        )
+    )
+    for name, address in mine.tasks.items():
+        steps.append(_netns(name, f"{name}: a task, a network namespace of its own (ip netns exec {name} ...)"))
+        steps += _overlay_leg(name, name, "eth0", f"{address}/{prefix}", name)
+        steps += [
+            _file(f"{name}: a page that names the task", f"{containers.web_root(name)}/index.html", f"{name}\n"),
+            _file(
+                f"{name}: its nginx serves port(s) {', '.join(map(str, mesh.target_ports(m)))}",
+                containers.config_path(name),
+                containers.nginx_config(name, mesh.target_ports(m)),
+            ),
+            Step(
+                f"{name}: its web server runs with this configuration",
+                ("applied", containers.unit(name), containers.config_path(name), containers.UNIT_FILE),
+                (("systemctl", "daemon-reload"), ("apply_config", containers.unit(name))),
+            ),
+        ]
+    steps += [
+        _file(
+            f"keepalived in {mesh.SBOX}: the IPVS firewall-mark services over every task, checked every second",
+            mesh.KEEPALIVED_CONF,
+            mesh.keepalived_config(lab, node),
+        ),
+        _file(
+            f"systemd runs that keepalived inside {mesh.SBOX}: systemctl status {mesh.UNIT}",
+            mesh.UNIT_FILE,
+            mesh.UNIT_TEXT,
+        ),
+        Step(
+            f"{mesh.UNIT} runs with this configuration",
+            ("applied", mesh.UNIT, mesh.KEEPALIVED_CONF, mesh.UNIT_FILE),
+            (("systemctl", "daemon-reload"), ("apply_config", mesh.UNIT)),
+        ),
+        Step(
+            f"the nat chain {mesh.CHAIN}, where Docker puts its published ports",
+            ("iptables", "-t", "nat", "-n", "-L", mesh.CHAIN),
+            (("iptables", "-t", "nat", "-N", mesh.CHAIN),),
+        ),
+    ]
+    for p, rule in zip(m.publish, mesh.ingress_rules(m)):
+        steps.append(
+            _rule(
+                f"{mesh.CHAIN}: port {p.port} of every local address goes to {mesh.SBOX} ({m.sbox_address}:{p.port})",
+                rule,
+            )
+        )
+    steps.append(_rule(f"{mesh.CHAIN}: anything else goes on", ("-t", "nat", "-A", mesh.CHAIN, "-j", "RETURN")))
+    steps += [_rule(f"packets to the node's own addresses pass {mesh.CHAIN} ({r[3]})", r) for r in mesh.jump_rules()]
+    return steps
+
+
 def own_ports(lab: Lab, node: str) -> list[int]:
     """The TCP ports a real server's own nginx serves: those not published to a container."""
     return [p for p in real_ports(lab, node, Protocol.tcp) if lab.nodes[node].published(p) is None]
@@ -441,7 +699,9 @@ def plan(lab: Lab, node: str) -> list[Step]:
             steps.append(_address(net, cidr6, f"{node}'s IPv6 address on network {net}"))
 
     steps += container_steps(lab, node)
-    if role == Role.director:
+    if role == Role.swarm_node:
+        steps += mesh_steps(lab, node)
+    elif role == Role.director:
         steps.append(_module("ip_vs", "IPVS is the kernel's load balancer"))
         if settings := sysctls(lab, node):
             why = {

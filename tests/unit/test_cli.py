@@ -59,7 +59,8 @@ def test_unknown_lab_lists_the_known_ones():
     result = runner.invoke(app, ["up", "natt"])
     assert result.exit_code == 1
     assert (
-        "no lab 'natt'" in result.stderr and "Known labs: containers, dr, fwmark, nat, schedulers, tun" in result.stderr
+        "no lab 'natt'" in result.stderr
+        and "Known labs: containers, dr, fwmark, mesh, nat, schedulers, tun" in result.stderr
     )
 
 
@@ -265,13 +266,13 @@ def test_schema_prints_the_lab_files_json_schema(lab):
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0, result.output
     schema = json.loads(result.stdout)
-    assert schema["title"] == "Lab" and set(schema["required"]) == {"name", "networks", "nodes", "services"}
+    assert schema["title"] == "Lab" and set(schema["required"]) == {"name", "networks", "nodes"}
     data = yaml.safe_load((LABS / lab / "lab.yaml").read_text())
     assert schema_problems(schema, data, schema) == []
     data["services"][0]["weight"] = 3  # a real server's field, not a service's
     data["nodes"]["lb0"]["role"] = "router"
     assert schema_problems(schema, data, schema) == [
-        ".nodes.lb0.role: 'router' is none of ['director', 'real_server', 'client']",
+        ".nodes.lb0.role: 'router' is none of ['director', 'real_server', 'client', 'swarm_node']",
         ".services[0]: weight is not a field",
     ]
 

@@ -50,7 +50,7 @@ def test_pinned_checks_cover_the_lab_file(lab):
     checks = pinned(lab)
     for node in data["nodes"]:
         assert f"test_lab.py::test_hostname[{node}]" in checks
-    for svc in data["services"]:
+    for svc in data.get("services", []):
         if "fwmark" in svc:
             key = f"fwm-{svc['fwmark']}"
         else:
@@ -59,6 +59,15 @@ def test_pinned_checks_cover_the_lab_file(lab):
         check = "test_udp.py::test_udp_split" if svc.get("protocol") == "udp" else "test_lab.py::test_split"
         assert f"{check}[{key}]" in checks
     scenarios = {check for check, failover in checks.items() if failover}
+    if "mesh" in data:
+        # a routing mesh: every swarm node and task checked, and one task stopped and taken out
+        swarm = [n for n, node in data["nodes"].items() if node["role"] == "swarm_node"]
+        for node in swarm:
+            assert f"test_mesh.py::test_every_node_answers_for_every_task[{node}]" in checks
+            for task in data["nodes"][node].get("tasks", {}):
+                assert f"test_mesh.py::test_task[{task}]" in checks
+        assert len(scenarios) == 1 and next(iter(scenarios)).startswith("test_mesh.py::test_stopped_task_is_taken_out[")
+        return
     directors = [n for n, node in data["nodes"].items() if node["role"] == "director"]
     if data.get("failover", "keepalived") == "keepalived" and len(directors) > 1:
         assert {

@@ -217,6 +217,7 @@ def test_vip_on_active_director_only(hosts, lab: Lab, director):
 NEIGHBOUR_ANSWER = re.compile(r"^(\S+) > .*(?:Reply (\S+) is-at|neighbor advertisement, tgt is ([^,\s]+))", re.M)
 
 
+@pytest.mark.vips
 def test_only_the_active_director_answers_for_the_vips(hosts, lab: Lab):
     """The client forgets each VIP's neighbour entry and asks for it again (ARP, or an IPv6
     neighbour solicitation) while tcpdump listens: only the active director may answer. A real

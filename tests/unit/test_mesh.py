@@ -1,0 +1,150 @@
+"""The routing mesh (seed 001) in a lab file: its shapes, their mistakes one line each, and the
+plan that wires each swarm node as Docker would (DOCKER-INGRESS, ingress_sbox, the overlay's
+VXLAN, the tasks, the checker in the ingress namespace)."""
+
+import subprocess
+
+import pytest
+import yaml
+
+from labkit.labfile import LABS, LabError, load_lab, parse_lab
+from labkit.plan import mesh
+from labkit.plan.steps import plan, script
+
+MESH = (LABS / "mesh" / "lab.yaml").read_text()
+
+
+def lab():
+    return load_lab(LABS / "mesh" / "lab.yaml")
+
+
+def edited(change) -> str:
+    data = yaml.safe_load(MESH)
+    change(data)
+    return yaml.safe_dump(data)
+
+
+def test_the_mesh_lab_loads_with_its_nodes_and_tasks():
+    found = lab()
+    assert found.swarm_nodes == ["n0", "n1", "n2"] and found.clients == ["cl0"]
+    assert found.task_nodes == {"web0": "n0", "web1": "n0", "web2": "n1", "web3": "n2"}
+    assert str(found.mesh.sbox_address) == "172.18.0.2" and found.services == [] and found.directors == []
+
+
+CASES = [
+    # (change, the error names this field, and says this)
+    (
+        lambda d: d["mesh"]["publish"].append({"port": 8080}),
+        "mesh.publish[1].port",
+        "port 8080 is published twice. Publish each port once",
+    ),
+    (
+        lambda d: d["mesh"].update(overlay="192.168.0.0/16"),
+        "mesh.overlay",
+        "192.168.0.0/16 overlaps networks.swarm (192.168.99.0/24). Give the overlay a range of its own, e.g. 10.255.0.0/16",
+    ),
+    (
+        lambda d: d["nodes"]["n1"].pop("ingress"),
+        "nodes.n1.ingress",
+        "n1 has tasks but no ingress namespace, and every swarm node publishes the mesh's ports through its own. "
+        "Add ingress: <a free address in 10.255.0.0/16>",
+    ),
+    (
+        lambda d: d["nodes"]["n1"]["tasks"].update(web2="10.254.0.7"),
+        "nodes.n1.tasks.web2",
+        "10.254.0.7 is not on the overlay 10.255.0.0/16. Use an address inside it",
+    ),
+    (
+        lambda d: d["nodes"]["n2"]["tasks"].update(web3="10.255.0.2"),
+        "nodes.n2.tasks.web3",
+        "10.255.0.2 is already used by nodes.n0.ingress. Give each its own overlay address",
+    ),
+    (
+        lambda d: d["nodes"]["n2"]["tasks"].update(web0="10.255.0.9"),
+        "nodes.n2.tasks.web0",
+        "the name web0 is taken by a task on n0. Give each task its own name",
+    ),
+    (
+        lambda d: d["nodes"]["cl0"].update(tasks={"web9": "10.255.0.9"}),
+        "nodes.cl0.tasks",
+        "only a swarm_node has it. Remove tasks, or use role: swarm_node",
+    ),
+    (
+        lambda d: d.pop("mesh"),
+        "nodes.n0.role",
+        "a swarm_node belongs to a routing mesh, and the lab has none. Add mesh:",
+    ),
+    (
+        lambda d: d["mesh"].update(gwbridge="10.255.200.1/24"),
+        "mesh.gwbridge",
+        "10.255.200.0/24 overlaps the overlay 10.255.0.0/16. Use e.g. 172.18.0.1/16",
+    ),
+]
+
+
+@pytest.mark.parametrize("change, field, message", CASES, ids=[c[1] + ":" + c[2][:30] for c in CASES])
+def test_mistakes_are_named_one_line_each(change, field, message):
+    with pytest.raises(LabError) as caught:
+        parse_lab(edited(change), "labs/x/lab.yaml")
+    lines = str(caught.value).splitlines()
+    assert any(line.startswith(f"labs/x/lab.yaml: {field}: ") and message in line for line in lines), lines
+
+
+def test_a_lab_without_mesh_or_services_is_told_to_add_a_service():
+    def change(d):
+        d.pop("mesh")
+        for node in ("n0", "n1", "n2"):
+            d["nodes"].pop(node)
+
+    with pytest.raises(LabError) as caught:
+        parse_lab(edited(change), "labs/x/lab.yaml")
+    assert "labs/x/lab.yaml: services: the lab has no service. Add one" in str(caught.value)
+
+
+def commands(node: str) -> list[str]:
+    return [" ".join(c) for step in plan(lab(), node) for c in step.commands]
+
+
+def test_a_swarm_node_is_wired_as_docker_wires_it():
+    done = commands("n1")
+    for line in (
+        "ip link add docker_gwbridge type bridge",
+        "ip addr replace 172.18.0.1/16 dev docker_gwbridge",
+        "ip netns add ingress_sbox",
+        "ip -n ingress_sbox addr replace 172.18.0.2/16 dev eth1",
+        "ip -n ingress_sbox route replace default via 172.18.0.1",
+        "ip netns add 1-ingress",
+        "ip link add vxlan0 type vxlan id 4096 dstport 4789 local 192.168.99.101 dev swarm",
+        "ip link set vxlan0 netns 1-ingress",
+        "bridge -n 1-ingress fdb append 00:00:00:00:00:00 dev vxlan0 dst 192.168.99.100",
+        "bridge -n 1-ingress fdb append 00:00:00:00:00:00 dev vxlan0 dst 192.168.99.102",
+        "ip -n ingress_sbox addr replace 10.255.0.3/16 dev eth0",
+        "ip netns exec ingress_sbox iptables -t mangle -A PREROUTING -p tcp --dport 8080 -j MARK --set-mark 256",
+        "ip netns exec ingress_sbox iptables -t nat -A POSTROUTING -d 10.255.0.0/16 -m ipvs --ipvs -j SNAT --to-source 10.255.0.3",
+        "ip -n 1-ingress link add ov-web2 mtu 1450 type veth peer name eth0 mtu 1450 netns web2",
+        "ip -n web2 addr replace 10.255.0.7/16 dev eth0",
+        "apply_config labkit-container@web2",
+        "apply_config labkit-ingress",
+        "iptables -t nat -N DOCKER-INGRESS",
+        "iptables -t nat -I DOCKER-INGRESS -p tcp --dport 8080 -j DNAT --to-destination 172.18.0.2:8080",
+        "iptables -t nat -A DOCKER-INGRESS -j RETURN",
+        "iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER-INGRESS",
+        "iptables -t nat -A OUTPUT -m addrtype --dst-type LOCAL -j DOCKER-INGRESS",
+    ):
+        assert line in done, line
+    # the node itself gets no address on the overlay: that is the seed's "why can't I ping it"
+    assert not any(c.startswith("ip addr replace 10.255.") for c in done)
+
+
+def test_the_checker_in_the_ingress_namespace_balances_over_every_task_of_every_node():
+    conf = mesh.keepalived_config(lab(), "n2")
+    assert "virtual_server fwmark 256 {" in conf and "lb_kind NAT" in conf
+    for address in ("10.255.0.5", "10.255.0.6", "10.255.0.7", "10.255.0.8"):
+        assert f"real_server {address} 80 {{" in conf
+    assert f"ip netns exec {mesh.SBOX} /usr/sbin/keepalived" in mesh.UNIT_TEXT and "--check" in mesh.UNIT_TEXT
+
+
+@pytest.mark.parametrize("node", ["n0", "n1", "n2", "cl0"])
+def test_scripts_are_valid_sh(node):
+    result = subprocess.run(["sh", "-n"], input=script(plan(lab(), node)), text=True, capture_output=True)
+    assert result.returncode == 0, result.stderr
