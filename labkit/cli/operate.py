@@ -34,8 +34,12 @@ def show_cmd(
         commands = dict(ipvs.COMMANDS)
         if connections:
             commands["connections"] = show.CONNECTIONS_COMMAND
-        outputs = running.run_on(model.directors, commands)
-    states = [show.director_state(model, name, outputs[name]) for name in model.directors]
+        if model.mesh is not None:  # each node's table is in its ingress namespace
+            outputs = running.run_on(model.swarm_nodes, show.ingress_commands(commands))
+            states = [show.ingress_state(model, name, outputs[name]) for name in model.swarm_nodes]
+        else:
+            outputs = running.run_on(model.directors, commands)
+            states = [show.director_state(model, name, outputs[name]) for name in model.directors]
     if as_json:
         sys.stdout.write(json.dumps(show.as_json(model, states), indent=2) + "\n")
     elif connections:

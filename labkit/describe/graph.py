@@ -26,8 +26,8 @@ REPLY = "#e8590c"
 CABLE = "#ced4da"
 NETWORK = "#343a40"
 VIP_FILL = "#fff3bf"
-FILL = {Role.client: "#f1f3f5", Role.director: "#d0ebff", Role.real_server: "#d3f9d8"}
-ROLES = (Role.client, Role.director, Role.real_server)
+FILL = {Role.client: "#f1f3f5", Role.director: "#d0ebff", Role.real_server: "#d3f9d8", Role.swarm_node: "#e5dbff"}
+ROLES = (Role.client, Role.director, Role.real_server, Role.swarm_node)
 
 # What the active director does to a request on its way to the real server.
 HOP = {
@@ -130,7 +130,8 @@ def _node_label(lab: Lab, node: str) -> str:
     ]
     rows += [f'<TR><TD ALIGN="LEFT">{net} {addr}</TD></TR>' for net, addr in lab.nodes[node].addresses.items()]
     rows += [f'<TR><TD ALIGN="LEFT">{net} {addr}</TD></TR>' for net, addr in lab.nodes[node].addresses6.items()]
-    if node == lab.active_director:
+    rows += _mesh_rows(lab, node)
+    if lab.directors and node == lab.active_director:
         rows += [
             f'<TR><TD BGCOLOR="{VIP_FILL}" ALIGN="LEFT" BALIGN="LEFT">{_service(svc)}</TD></TR>' for svc in lab.services
         ]
@@ -156,6 +157,25 @@ def _node_label(lab: Lab, node: str) -> str:
             for vip, dev in vip_devices(lab, node).items()
         ]
     return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="3">' + "".join(rows) + "</TABLE>>"
+
+
+def _mesh_rows(lab: Lab, node: str) -> list[str]:
+    """A swarm node's hidden parts, in the order a request meets them: the DNAT of each published
+    port, the ingress namespace with its firewall-mark services, the overlay, the tasks."""
+    spec, mesh = lab.nodes[node], lab.mesh
+    if mesh is None or spec.ingress is None:
+        return []
+    row = '<TR><TD ALIGN="LEFT">{}</TD></TR>'.format
+    rows = [row(f"DOCKER-INGRESS :{p.port} → {mesh.sbox_address}:{p.port} (DNAT)") for p in mesh.publish]
+    rows.append(row(f"docker_gwbridge {mesh.gwbridge}"))
+    rows.append(f'<TR><TD BGCOLOR="{VIP_FILL}" ALIGN="LEFT">ingress_sbox {mesh.sbox_address}, {spec.ingress}</TD></TR>')
+    rows += [
+        f'<TR><TD BGCOLOR="{VIP_FILL}" ALIGN="LEFT">  MARK {p.fwmark}, FWM <B>{p.fwmark}</B> {mesh.scheduler}, Masq → every task :{p.target_port}</TD></TR>'
+        for p in mesh.publish
+    ]
+    rows.append(row(f"overlay {mesh.overlay}: vxlan0 VNI {mesh.vni}, UDP 4789"))
+    rows += [row(f"  task <B>{name}</B> {address}") for name, address in spec.tasks.items()]
+    return rows
 
 
 def _words(words: list[tuple[str, bool]]) -> str:
@@ -223,9 +243,23 @@ def _paths(lab: Lab, layout: _Layout) -> _Paths:
     """Request: each client -> the VIP on the active director -> each real server's RIP. Reply:
     NAT back through the director (the real servers' gateway), which must rewrite the source to
     the VIP again; TUN and DR straight from the real server, which holds the VIP and answers
-    from it."""
-    active = lab.active_director
+    from it. A routing mesh: the client to the first node's published port, over the overlay
+    (VXLAN) to the tasks on the other nodes, and back the same way."""
     paths = _Paths(lab, layout)
+    if lab.mesh is not None and lab.swarm_nodes:
+        entry, port = lab.swarm_nodes[0], lab.mesh.publish[0].port
+        net = next(iter(lab.nodes[entry].addresses))
+        others = [n for n in lab.swarm_nodes[1:] if lab.nodes[n].tasks]
+        for client in lab.clients:
+            paths.hop(client, entry, net, reply=False, first=f"to {lab.nodes[entry].addresses[net]}:{port}")
+        for node in others:
+            paths.hop(entry, node, net, reply=False, first="VXLAN (UDP 4789) to a task")
+        for node in others:
+            paths.hop(node, entry, net, reply=True, then="VXLAN back to ingress_sbox")
+        for client in lab.clients:
+            paths.hop(entry, client, net, reply=True, first=f"src -> node:{port}")
+        return paths
+    active = lab.active_director
     for svc in lab.services:
         for vip in svc.addresses:
             for client in lab.clients:

@@ -480,6 +480,8 @@ class Lab(Strict):
         """What answers a real server's address and port: a container on the active director's
         bridge, the container behind a node's published port, or the node itself. Every node
         has a bridge of its own, as with Docker, so a container address is the director's."""
+        if self.mesh is not None and address in self.mesh.overlay:  # a task, on the overlay
+            return next((t for t, n in self.task_nodes.items() if self.nodes[n].tasks[t] == address), None)
         director = self.nodes[self.active_director] if self.directors else None
         if director is not None and director.bridge is not None and address in director.bridge.address.network:
             return next((c for c, a in director.containers.items() if a == address), None)

@@ -14,15 +14,38 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
 from labkit.apply.ssh import Said
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, Protocol, Role, VirtualService
-from labkit.labfile.model import Impairment
-from labkit.plan import containers, ipvs
+from labkit.labfile.model import Impairment, host_port, mesh_network
+from labkit.plan import containers, ipvs, mesh
 from labkit.running import RunningLab
 
-SERVICES = {Role.director: "keepalived", Role.real_server: "nginx"}
+SERVICES = {Role.director: "keepalived", Role.real_server: "nginx", Role.swarm_node: mesh.UNIT}
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    """What the load asks in a routing mesh: the first swarm node's published port (any node
+    would do; the others answer the same)."""
+
+    address: IPv4Address
+    port: int
+
+    @property
+    def addresses(self) -> list[IPv4Address]:
+        return [self.address]
+
+    @property
+    def key(self) -> str:
+        return host_port(self.address, self.port)
+
+
+def published_port(lab: Lab) -> PublishedPort:
+    node = lab.swarm_nodes[0]
+    return PublishedPort(lab.nodes[node].addresses[mesh_network(lab)], lab.mesh.publish[0].port)
 
 
 @dataclass(frozen=True)
@@ -123,13 +146,13 @@ def parse_target(lab: Lab, text: str) -> Target:
         return Freeze(node)
     if part == SERVICES[role]:
         return StopService(node, part)
-    if part in lab.nodes[node].containers:  # a container stopped, as docker stop does
+    if part in lab.nodes[node].containers or part in lab.nodes[node].tasks:  # stopped, as docker stop does
         return StopService(node, containers.unit(part))
     if part in lab.nodes[node].addresses:
         return LinkDown(node, part)
     raise LabkitError(
         f"{text}: {node} runs no service and has no network called {part!r}. "
-        f"Use {node}:{SERVICES[role]} or {node}:<{'|'.join([*lab.nodes[node].containers, *lab.nodes[node].addresses])}>"
+        f"Use {node}:{SERVICES[role]} or {node}:<{'|'.join([*lab.nodes[node].containers, *lab.nodes[node].tasks, *lab.nodes[node].addresses])}>"
     )
 
 
@@ -264,7 +287,7 @@ class Load:
 
 def client_load(
     running: RunningLab,
-    svc: VirtualService,
+    svc: VirtualService | PublishedPort,
     seconds: float,
     transfer_seconds: float = 0,
     started: threading.Event | None = None,
@@ -296,8 +319,11 @@ def client_load(
     return Load([Request(*row) for row in data["requests"]], data["transfer"])
 
 
-def service_for(lab: Lab, target: Target) -> VirtualService:
-    """The TCP service the load asks: one the broken real server serves, or the first."""
+def service_for(lab: Lab, target: Target) -> VirtualService | PublishedPort:
+    """The TCP service the load asks: one the broken real server serves, or the first; in a
+    routing mesh, the first node's published port."""
+    if lab.mesh is not None:
+        return published_port(lab)
     tcp = [s for s in lab.services if s.protocol == Protocol.tcp]
     if not tcp:
         raise LabkitError(f"the lab {lab.name} has no TCP service to load")
@@ -348,6 +374,12 @@ def unimpair(running: RunningLab) -> None:
 
 def table(running: RunningLab, director: str) -> dict[str, ipvs.Service]:
     return {s.key: s for s in ipvs.parse_list(running.run(director, ipvs.COMMANDS["list"]))}
+
+
+def ingress_table(running: RunningLab, node: str) -> dict[str, ipvs.Service]:
+    """A swarm node's IPVS services, which live in its ingress namespace."""
+    listed = running.run(node, ["sudo", "-n", "ip", "netns", "exec", mesh.SBOX, "ipvsadm", "-L", "-n"])
+    return {s.key: s for s in ipvs.parse_list(listed)}
 
 
 def wait_for(what: str, condition, seconds: float):
@@ -420,6 +452,8 @@ def taken_away(lab: Lab, target: Target) -> set[str]:
     node = lab.nodes[target.node]
     if isinstance(target, StopService) and target.service.startswith(f"{containers.UNIT}@"):
         name = target.service.partition("@")[2]
+        if name in node.tasks:
+            return {str(node.tasks[name])}
         if target.node == lab.active_director:
             return {str(node.containers[name])}
         return {str(a) for a in node.addresses.values()}
@@ -456,11 +490,16 @@ def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
         raise result["load"]
     report = Report(target, svc.key, result["load"])
     report.holder = running.holder(paused={target.node} if isinstance(target, Freeze) else set())
-    if addresses and lab.ha:
-        active = report.holder or lab.active_director
+    if addresses and (lab.ha or lab.mesh is not None):
+        if lab.mesh is not None:  # the checker in the ingress namespace of the node the client asks
+            active, key = lab.swarm_nodes[0], f"fwm {lab.mesh.publish[0].fwmark}"
+            listing = lambda: ingress_table(running, active)  # noqa: E731
+        else:
+            active, key = report.holder or lab.active_director, svc.key
+            listing = lambda: table(running, active)  # noqa: E731
         wait_for(
-            f"the checker on {active} taking {target.node} out of {svc.key}",
-            lambda: not addresses & {d.address for d in table(running, active)[svc.key].destinations},
+            f"the checker on {active} taking {target.node} out of {key}",
+            lambda: not addresses & {d.address for d in listing()[key].destinations},
             20,
         )
         # Requests fail until the checker takes the server out; the client saw that span. A stopped
@@ -498,6 +537,18 @@ def heal(running: RunningLab, on_done=lambda result: None) -> tuple[float, Load]
         wait_for(
             "the preferred director holding the VIPs with every real server checked up", lambda: converged(running), 30
         )
+    if lab.mesh is not None:
+        node, key = lab.swarm_nodes[0], f"fwm {lab.mesh.publish[0].fwmark}"
+        wait_for(
+            f"every task back in {node}'s ingress namespace",
+            lambda: (
+                len(ingress_table(running, node).get(key, ipvs.Service(None, None, None, "")).destinations)
+                == len(lab.task_nodes)
+            ),
+            30,
+        )
+        seconds = time.monotonic() - started
+        return seconds, client_load(running, published_port(lab), 3)
     seconds = time.monotonic() - started
     tcp = [s for s in lab.services if s.protocol == Protocol.tcp]
     return seconds, client_load(running, tcp[0], 3) if tcp else Load()

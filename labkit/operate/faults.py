@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from ipaddress import ip_address
 
 from labkit.errors import LabkitError
 from labkit.labfile import Forwarding, Lab
@@ -254,3 +255,38 @@ def exercise(name: str, lab: Lab) -> Fault:
             f"the exercise {name} does not apply to the lab {lab.name}. Those that do: {', '.join(fits) or 'none'}"
         )
     return fault
+
+
+# The routing mesh (seed 001): n0's overlay loses its way to the other nodes.
+SWARM_PEERS = ("192.168.99.101", "192.168.99.102")
+
+
+def _is_mesh(lab: Lab) -> bool:
+    return "n0" in lab.swarm_nodes and all(lab.node_at(ip_address(a)) in lab.swarm_nodes for a in SWARM_PEERS)
+
+
+FAULTS += (
+    Fault(
+        "mesh-no-flood",
+        "n0",
+        (
+            *(
+                ("bridge", "-n", "1-ingress", "fdb", "del", "00:00:00:00:00:00", "dev", "vxlan0", "dst", peer)
+                for peer in SWARM_PEERS
+            ),
+            ("ip", "-n", "ingress_sbox", "neigh", "flush", "all"),
+        ),
+        (
+            "test_mesh.py::test_overlay[n0]",
+            "test_mesh.py::test_every_node_answers_for_every_task[n0]",
+            "test_mesh.py::test_vxlan_on_the_wire[n0]",
+        ),
+        Repair.provision,
+        _is_mesh,
+        "n0 still answers on its published port, but only ever from its own tasks; n1 and n2 answer from all",
+        "what does n0's overlay do with a frame for a MAC it has not learnt? (bridge -n 1-ingress fdb show dev vxlan0)",
+        "The VXLAN device floods ARP and unknown frames to every address of its all-zero FDB entries: the other "
+        "nodes. Without them n0's ingress namespace cannot find a remote task's MAC, its health checks of those "
+        "tasks fail, and keepalived takes them out, so n0 quietly balances over its local tasks only.",
+    ),
+)

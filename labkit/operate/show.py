@@ -18,7 +18,7 @@ from rich.text import Text
 
 from labkit.labfile import Lab
 from labkit.labfile.model import host_port
-from labkit.plan import ipvs
+from labkit.plan import ipvs, mesh
 from labkit.plan.ipvs import held_vips
 
 # Only for --connections: the table can hold thousands of entries.
@@ -34,11 +34,32 @@ class DirectorState:
     vips: list[str]  # the lab's VIPs this director holds
     connections: list[ipvs.Connection] | None = None  # None unless asked for
     sync: list[ipvs.SyncDaemon] = field(default_factory=list)
+    # A routing mesh's node: the table is its ingress namespace's, which has these addresses.
+    namespace: str | None = None
+    addresses: list[str] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
         # The active director is the one holding the VIPs: clients' packets reach only it.
         return bool(self.vips)
+
+
+def ingress_commands(commands: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """The same listings, run inside a swarm node's ingress namespace, where its IPVS table is."""
+    inside = ["sudo", "-n", "ip", "netns", "exec", mesh.SBOX]
+    return {
+        name: inside + (words[2:] if words[:2] == ["sudo", "-n"] else words)
+        for name, words in commands.items()
+        if name != "daemon"
+    }
+
+
+def ingress_state(lab: Lab, name: str, outputs: Mapping[str, str]) -> DirectorState:
+    """A swarm node's ingress namespace from the outputs of ingress_commands(ipvs.COMMANDS)."""
+    state = director_state(lab, name, outputs)
+    state.namespace = mesh.SBOX
+    state.addresses = [a for a in ipvs.INET.findall(outputs["addresses"]) if "." in a and not a.startswith("127.")]
+    return state
 
 
 def director_state(lab: Lab, name: str, outputs: Mapping[str, str]) -> DirectorState:
@@ -57,12 +78,17 @@ def director_state(lab: Lab, name: str, outputs: Mapping[str, str]) -> DirectorS
 
 
 def _title(d: DirectorState) -> Text:
+    if d.namespace:
+        where = f" (ip netns exec {d.namespace}: {', '.join(d.addresses)}; the node itself has neither)"
+        return Text.assemble((f"{d.name} ", "bold"), (d.namespace, "bold cyan"), where)
     if d.active:
         return Text.assemble((f"{d.name} ", "bold"), ("● active", "bold green"), f" (holds {', '.join(d.vips)})")
     return Text.assemble((f"{d.name} ", "bold"), ("○ standby", "yellow"), " (holds no VIP)")
 
 
 def _sync(d: DirectorState) -> str:
+    if d.namespace:
+        return f"tasks checked by keepalived in {d.namespace} (systemctl status {mesh.UNIT})"
     if not d.sync:
         return "no sync daemon"
     return "; ".join(f"sync {s.role} on {s.interface}, syncid {s.syncid}" for s in d.sync)
@@ -336,6 +362,7 @@ def as_json(lab: Lab, directors: list[DirectorState]) -> dict:
         "directors": [
             {
                 "name": d.name,
+                **({"namespace": d.namespace, "addresses": d.addresses} if d.namespace else {}),
                 "active": d.active,
                 "vips": d.vips,
                 "sync_daemons": [

@@ -148,3 +148,36 @@ def test_the_checker_in_the_ingress_namespace_balances_over_every_task_of_every_
 def test_scripts_are_valid_sh(node):
     result = subprocess.run(["sh", "-n"], input=script(plan(lab(), node)), text=True, capture_output=True)
     assert result.returncode == 0, result.stderr
+
+
+LISTING = """IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+FWM  256 rr
+  -> 10.255.0.5:80                Masq    1      0          1
+  -> 10.255.0.7:80                Masq    1      0          2
+"""
+ADDRESSES = """1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+2: eth1    inet 172.18.0.2/16 scope global eth1\\       valid_lft forever preferred_lft forever
+3: eth0    inet 10.255.0.3/16 scope global eth0\\       valid_lft forever preferred_lft forever
+3: eth0    inet6 fe80::1/64 scope link \\       valid_lft forever preferred_lft forever
+"""
+
+
+def test_show_reads_each_node_s_table_in_its_ingress_namespace_and_names_the_tasks():
+    from rich.console import Console
+
+    from labkit.operate import show
+    from labkit.plan.ipvs import COMMANDS
+
+    commands = show.ingress_commands(COMMANDS)
+    assert commands["list"] == ["sudo", "-n", "ip", "netns", "exec", "ingress_sbox", "ipvsadm", "-L", "-n"]
+    assert "daemon" not in commands
+    state = show.ingress_state(lab(), "n1", {"list": LISTING, "stats": "", "rate": "", "addresses": ADDRESSES})
+    assert state.addresses == ["172.18.0.2", "10.255.0.3"]
+    console = Console(width=200, record=True)
+    console.print(show.view(lab(), [state]))
+    text = " ".join(console.export_text().split())
+    assert "n1 ingress_sbox (ip netns exec ingress_sbox: 172.18.0.2, 10.255.0.3; the node itself has neither)" in text
+    assert "10.255.0.7:80 web2" in text and "FWM 256" in text
+    assert show.as_json(lab(), [state])["directors"][0]["namespace"] == "ingress_sbox"

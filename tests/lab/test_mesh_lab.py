@@ -1,0 +1,94 @@
+"""The mesh lab (seed 001) on real VMs, booted once: verify with its failure scenario (a task
+stopped and taken out of every node's IPVS service), the overlay's flooding deleted on one node
+and caught, `labkit fail`/`heal` of a task under the client's load, a second provision that
+changes nothing, and `labkit down` leaving nothing.
+"""
+
+import re
+import shlex
+import subprocess
+
+import pytest
+from conftest import pinned
+from test_labs import REPORTS, labkit, libvirt_names
+
+from labkit.home import lab_dir
+from labkit.operate import faults
+from labkit.operate.matrix_report import read_junit
+
+pytestmark = pytest.mark.lab
+
+NAME = "mesh"
+
+
+@pytest.fixture(scope="module")
+def up():
+    result = labkit("up", NAME)
+    yield result
+    if (lab_dir(NAME) / "Vagrantfile").exists():  # test_down failed or never ran
+        labkit("down", NAME)
+
+
+def test_up(up):
+    assert up.returncode == 0, up.stderr
+    assert f"{NAME} is up" in up.stdout
+
+
+def test_verify_runs_every_pinned_check_and_they_pass(up):
+    REPORTS.mkdir(exist_ok=True)
+    result = labkit("verify", NAME, f"--junitxml={REPORTS / f'{NAME}.xml'}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    ran = read_junit(REPORTS / f"{NAME}.xml").checks
+    assert sorted(set(pinned(NAME)) - set(ran)) == [], "pinned checks that did not run"
+    assert sorted(set(ran) - set(pinned(NAME))) == [], f"checks not pinned in tests/pinned/{NAME}.txt"
+    assert {check: outcome for check, outcome in ran.items() if outcome != "passed"} == {}
+    assert "seconds_until_taken_out_everywhere" in result.stdout
+
+
+def test_an_overlay_that_floods_nowhere_is_caught_and_provision_repairs_it(up):
+    """The mesh fault of the catalogue, injected as a person would: n0's VXLAN loses its all-zero
+    FDB entries. verify names the checks it breaks (n0 answers from its own tasks only, no VXLAN
+    leaves it), and `labkit provision` puts the entries back."""
+    fault = faults.by_name("mesh-no-flood")
+    ssh = ["ssh", "-F", str(lab_dir(NAME) / "ssh_config"), fault.node]
+    for words in fault.commands:
+        injected = subprocess.run([*ssh, "sudo", "-n", shlex.join(words)], capture_output=True, text=True)
+        assert injected.returncode == 0, injected.stderr
+    found = labkit("verify", NAME, "-m", "not failover", "-k", "n0 and (overlay or every_task or vxlan)")
+    assert found.returncode == 1 and "FAILED" in found.stdout, found.stdout[-3000:]
+    for check in fault.catches:
+        assert f"FAILED {check}" in found.stdout, found.stdout[-3000:]
+    assert "floods nothing to n1 (192.168.99.101)" in found.stdout, found.stdout[-3000:]
+    assert labkit(fault.repair.value, NAME).returncode == 0
+    again = labkit("verify", NAME, "-m", "not failover", "-k", "n0 and (overlay or every_task or vxlan)")
+    assert again.returncode == 0, again.stdout[-3000:]
+
+
+def test_fail_stops_a_task_and_the_checkers_take_it_out_then_heal(up):
+    """`labkit fail mesh n2:web3`: a task on another node than the one the client asks stops under
+    the load; requests fail only until n0's checker takes it out, then the others serve.
+    `labkit heal` starts it again."""
+    result = labkit("fail", NAME, "n2:web3", "--seconds", "10")
+    assert result.returncode == 0, result.stderr
+    assert "labkit-container@web3 stopped on n2" in result.stdout, result.stdout
+    assert "until the checker took web3 out" in result.stdout, result.stdout
+    then = re.search(r"then: \d+ requests, failed 0, served by (.*)$", result.stdout, re.M)
+    assert then and set(re.findall(r"web\d", then[1])) == {"web0", "web1", "web2"}, result.stdout
+    healed = labkit("heal", NAME)
+    assert healed.returncode == 0, healed.stderr
+    again = labkit("verify", NAME, "-m", "not failover", "-k", "every_task")
+    assert again.returncode == 0, again.stdout[-2000:]
+
+
+def test_second_provision_changes_nothing(up):
+    result = labkit("provision", NAME)
+    assert result.returncode == 0, result.stderr
+    assert f"provisioned {NAME}: 0 changes" in result.stdout
+
+
+def test_down_removes_everything(up):
+    result = labkit("down", NAME)
+    assert result.returncode == 0, result.stderr
+    for kind in ("domains", "networks", "volumes"):
+        assert libvirt_names(kind, NAME) == [], f"{kind} left behind by labkit down {NAME}"
+    assert not lab_dir(NAME).exists()
