@@ -12,7 +12,7 @@ import typer
 from labkit import lock
 from labkit.cli.common import JsonOpt, RunningArg, ServiceOpt, handled, out, say
 from labkit.errors import LabkitError
-from labkit.operate import bench, failover, show, trace, weight
+from labkit.operate import bench, failover, mesh_trace, show, trace, weight
 from labkit.plan import ipvs
 from labkit.running import RunningLab
 
@@ -79,6 +79,9 @@ def trace_cmd(lab: RunningArg = None, service: ServiceOpt = None) -> None:
     Example: labkit trace tun --service 'tcp 192.168.55.102:80'"""
     with RunningLab.find(lab) as running:
         model = running.lab
+        if model.mesh is not None:
+            _mesh_trace(running)
+            return
         svc = model.service(service, udp=True)
         seen = trace.trace(running, svc)
     out.print(
@@ -93,6 +96,24 @@ def trace_cmd(lab: RunningArg = None, service: ServiceOpt = None) -> None:
             out.print(f"  {hop.node + ' ' + hop.interface:10} {trace.describe(model, hop.packet)}", highlight=False)
             if hop.note:
                 out.print(f"  {'':10} [dim]{hop.note}[/]", highlight=False)
+    if not seen.request or not seen.reply:
+        raise LabkitError("the capture missed the request or the reply: run labkit trace again")
+
+
+def _mesh_trace(running: RunningLab) -> None:
+    """A routing mesh's request: node -> ingress namespace -> overlay -> task, and back."""
+    model = running.lab
+    seen = mesh_trace.trace(running)
+    out.print(
+        f"{model.clients[0]} asked {seen.url} from port {seen.client_port}; {seen.answer} answered.\n",
+        highlight=False,
+        markup=False,
+    )
+    for title, path in (("request", seen.request), ("reply", seen.reply)):
+        out.print(f"[bold]{title}[/]")
+        for hop in path:
+            out.print(f"  {hop.node + ' ' + hop.interface:24} {trace.describe(model, hop.packet)}", highlight=False)
+            out.print(f"  {'':24} [dim]{hop.note}[/]", highlight=False)
     if not seen.request or not seen.reply:
         raise LabkitError("the capture missed the request or the reply: run labkit trace again")
 

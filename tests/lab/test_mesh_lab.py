@@ -4,6 +4,7 @@ and caught, `labkit fail`/`heal` of a task under the client's load, a second pro
 changes nothing, and `labkit down` leaving nothing.
 """
 
+import json
 import re
 import shlex
 import subprocess
@@ -43,6 +44,40 @@ def test_verify_runs_every_pinned_check_and_they_pass(up):
     assert sorted(set(ran) - set(pinned(NAME))) == [], f"checks not pinned in tests/pinned/{NAME}.txt"
     assert {check: outcome for check, outcome in ran.items() if outcome != "passed"} == {}
     assert "seconds_until_taken_out_everywhere" in result.stdout
+
+
+def test_show_reads_every_node_s_ingress_namespace(up):
+    result = labkit("show", NAME, "--json")
+    assert result.returncode == 0, result.stderr
+    nodes = json.loads(result.stdout)["directors"]
+    assert [n["name"] for n in nodes] == ["n0", "n1", "n2"] and {n["namespace"] for n in nodes} == {"ingress_sbox"}
+    for node in nodes:
+        (svc,) = node["services"]
+        assert svc["fwmark"] == 256, svc
+        assert sorted(d["address"] for d in svc["real_servers"]) == [f"10.255.0.{i}" for i in (5, 6, 7, 8)], svc
+    table = labkit("show", NAME)
+    assert "10.255.0.7:80 web2" in table.stdout and "ingress_sbox" in table.stdout, table.stdout
+
+
+def test_trace_follows_a_request_through_the_ingress_namespace_and_the_overlay(up):
+    """rr over four tasks, two of them on n0: within four traces one reaches a task on another
+    node, through VXLAN, and the reply comes back the same way to the client."""
+    told = ""
+    for _ in range(4):
+        result = labkit("trace", NAME)
+        assert result.returncode == 0, result.stderr
+        told = " ".join(result.stdout.split())
+        if "inside VXLAN" in told:
+            break
+    for hop in (
+        "n0 swarm 192.168.99.200.",
+        "n0 docker_gwbridge",
+        "DOCKER-INGRESS's DNAT: to the ingress namespace, 172.18.0.2",
+        "n0 ingress_sbox:eth0 ",
+        "vxlan]",
+        "the DNAT undone: the client sees 192.168.99.100:8080 answer",
+    ):
+        assert hop in told, told
 
 
 def test_an_overlay_that_floods_nowhere_is_caught_and_provision_repairs_it(up):

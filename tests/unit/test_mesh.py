@@ -181,3 +181,70 @@ def test_show_reads_each_node_s_table_in_its_ingress_namespace_and_names_the_tas
     assert "n1 ingress_sbox (ip netns exec ingress_sbox: 172.18.0.2, 10.255.0.3; the node itself has neither)" in text
     assert "10.255.0.7:80 web2" in text and "FWM 256" in text
     assert show.as_json(lab(), [state])["directors"][0]["namespace"] == "ingress_sbox"
+
+
+# What tcpdump -t -e -n -l prints at each point for one request from cl0's port 45123 to n0:8080,
+# served by web2 on n1 (the MACs shortened); a VXLAN packet's inner frame on the next line.
+CAPTURE_N0 = """### swarm
+52:54:00:00:00:04 > 52:54:00:00:00:01, ethertype IPv4 (0x0800), length 74: 192.168.99.200.45123 > 192.168.99.100.8080: Flags [S], seq 1, win 64240, length 0
+52:54:00:00:00:01 > 52:54:00:00:00:02, ethertype IPv4 (0x0800), length 124: 192.168.99.100.39012 > 192.168.99.101.4789: VXLAN, flags [I] (0x08), vni 4096
+02:aa:00:00:00:02 > 02:aa:00:00:00:07, ethertype IPv4 (0x0800), length 74: 10.255.0.2.45123 > 10.255.0.7.80: Flags [S], seq 1, win 64240, length 0
+52:54:00:00:00:01 > 52:54:00:00:00:02, ethertype IPv4 (0x0800), length 124: 192.168.99.100.39012 > 192.168.99.101.4789: VXLAN, flags [I] (0x08), vni 4096
+02:aa:00:00:00:02 > 02:aa:00:00:00:07, ethertype IPv4 (0x0800), length 74: 10.255.0.2.51000 > 10.255.0.7.80: Flags [S], seq 9, win 64240, length 0
+52:54:00:00:00:02 > 52:54:00:00:00:01, ethertype IPv4 (0x0800), length 124: 192.168.99.101.40001 > 192.168.99.100.4789: VXLAN, flags [I] (0x08), vni 4096
+02:aa:00:00:00:07 > 02:aa:00:00:00:02, ethertype IPv4 (0x0800), length 74: 10.255.0.7.80 > 10.255.0.2.45123: Flags [S.], seq 5, ack 2, win 65160, length 0
+52:54:00:00:00:01 > 52:54:00:00:00:04, ethertype IPv4 (0x0800), length 74: 192.168.99.100.8080 > 192.168.99.200.45123: Flags [S.], seq 5, ack 2, win 65160, length 0
+### docker_gwbridge
+02:bb:00:00:00:01 > 02:bb:00:00:00:02, ethertype IPv4 (0x0800), length 74: 192.168.99.200.45123 > 172.18.0.2.8080: Flags [S], seq 1, win 64240, length 0
+02:bb:00:00:00:02 > 02:bb:00:00:00:01, ethertype IPv4 (0x0800), length 74: 172.18.0.2.8080 > 192.168.99.200.45123: Flags [S.], seq 5, ack 2, win 65160, length 0
+### ingress_sbox:eth0
+02:aa:00:00:00:02 > 02:aa:00:00:00:07, ethertype IPv4 (0x0800), length 74: 10.255.0.2.45123 > 10.255.0.7.80: Flags [S], seq 1, win 64240, length 0
+02:aa:00:00:00:07 > 02:aa:00:00:00:02, ethertype IPv4 (0x0800), length 74: 10.255.0.7.80 > 10.255.0.2.45123: Flags [S.], seq 5, ack 2, win 65160, length 0
+### web0:eth0
+### web1:eth0
+"""
+CAPTURE_N1 = """### web2:eth0
+02:aa:00:00:00:02 > 02:aa:00:00:00:07, ethertype IPv4 (0x0800), length 74: 10.255.0.2.45123 > 10.255.0.7.80: Flags [S], seq 1, win 64240, length 0
+02:aa:00:00:00:07 > 02:aa:00:00:00:02, ethertype IPv4 (0x0800), length 74: 10.255.0.7.80 > 10.255.0.2.45123: Flags [S.], seq 5, ack 2, win 65160, length 0
+"""
+
+
+def test_trace_tells_the_mesh_hops_node_ingress_namespace_overlay_task_and_back():
+    from labkit.operate import mesh_trace
+
+    captured = {
+        (node, point): packets
+        for node, text in (("n0", CAPTURE_N0), ("n1", CAPTURE_N1), ("n2", "### web3:eth0\n"))
+        for point, packets in mesh_trace.parse(text).items()
+    }
+    request, reply, task = mesh_trace.hops(lab(), captured, 45123)
+    assert task == "web2"
+    assert [(h.node, h.interface) for h in request] == [
+        ("n0", "swarm"),
+        ("n0", "docker_gwbridge"),
+        ("n0", "ingress_sbox:eth0"),
+        ("n0", "swarm"),
+        ("n1", "web2:eth0"),
+    ]
+    assert request[3].packet.outer == ("192.168.99.100", "192.168.99.101") and request[3].packet.src.endswith(".45123")
+    assert "DNAT" in request[1].note and "VXLAN" in request[3].note
+    assert [(h.node, h.interface) for h in reply] == [
+        ("n1", "web2:eth0"),
+        ("n0", "swarm"),
+        ("n0", "ingress_sbox:eth0"),
+        ("n0", "docker_gwbridge"),
+        ("n0", "swarm"),
+    ]
+    assert reply[-1].packet.src == "192.168.99.100.8080" and "DNAT undone" in reply[-1].note
+
+
+def test_trace_listens_in_each_namespace_and_for_vxlan_on_the_nic():
+    from labkit.operate import mesh_trace
+
+    n0 = [p for p in mesh_trace.points(lab()) if p.node == "n0"]
+    assert [p.name for p in n0] == ["swarm", "docker_gwbridge", "ingress_sbox:eth0", "web0:eth0", "web1:eth0"]
+    script = mesh_trace.start_script(lab(), n0, 45123)
+    assert "tcpdump -i swarm" in script and "'tcp port 45123 or udp port 4789'" in script
+    assert "ip netns exec ingress_sbox sh -c" in script
+    result = subprocess.run(["sh", "-n"], input=script + "\n" + mesh_trace.read_script(n0, 45123), text=True)
+    assert result.returncode == 0
