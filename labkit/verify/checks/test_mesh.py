@@ -19,6 +19,7 @@ import pytest
 
 from labkit.labfile import Lab
 from labkit.labfile.model import mesh_network
+from labkit.operate.mesh_trace import parse
 from labkit.operate.trace import read_capture, start_capture
 from labkit.plan import ipvs
 from labkit.verify.checks import promise
@@ -36,9 +37,17 @@ def url(lab: Lab, node: str) -> str:
     return f"http://{lab.nodes[node].addresses[mesh_network(lab)]}:{lab.mesh.publish[0].port}/"
 
 
+# The client's ports: below the ephemeral range (32768-60999), so that no health check of the
+# checkers uses one, and the client's requests are told from them on the overlay (the SNAT in the
+# ingress namespace keeps the port).
+CLIENT_PORTS = range(20000, 21000)
+
+
 def ask(hosts, lab: Lab, node: str, count: int) -> Counter:
     """The client asks the node's published port `count` times: who answered."""
-    loop = f"for i in $(seq {count}); do curl -sS -m 2 {shlex.quote(url(lab, node))} || echo FAILED; done"
+    ports = f"{CLIENT_PORTS.start}-{CLIENT_PORTS.stop - 1}"
+    curl = f"curl -sS -m 2 --local-port {ports} {shlex.quote(url(lab, node))}"
+    loop = f"for i in $(seq {count}); do {curl} || echo FAILED; done"
     return Counter(hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(loop)}").split())
 
 
@@ -227,16 +236,29 @@ def test_counters_move_as_the_seed_says(swarm_node, exchange):
 
 
 def test_vxlan_on_the_wire(lab: Lab, swarm_node, exchange):
-    """The requests scheduled to tasks on other nodes cross the lab network inside VXLAN (UDP
-    4789, the overlay's VNI), between this node and each node with a task."""
+    """The client's requests scheduled to tasks on other nodes cross the lab network inside VXLAN
+    (UDP 4789, the overlay's VNI), from this node to each other node with a task: inner packets
+    from the ingress namespace's overlay address and one of the client's ports, to a task. (The
+    checkers' own health checks cross it too, from other ports.)"""
     wire = exchange(swarm_node)["wire"]
     net = mesh_network(lab)
     me = str(lab.nodes[swarm_node].addresses[net])
     assert f"vni {lab.mesh.vni}" in wire, f"{swarm_node}: no VXLAN with VNI {lab.mesh.vni} on {net}:\n{wire[-1500:]}"
+    packets = parse("### wire\n" + wire)["wire"]
+    ingress = str(lab.nodes[swarm_node].ingress)
     for peer in {n for n in lab.task_nodes.values() if n != swarm_node}:
         them = str(lab.nodes[peer].addresses[net])
-        assert re.search(rf"{re.escape(me)}\.\d+ > {re.escape(them)}\.4789: VXLAN", wire), (
-            f"{swarm_node}: no VXLAN from {me} to {peer} ({them}):\n{wire[-1500:]}"
+        tasks = {f"{a}.{lab.mesh.publish[0].target_port}" for a in lab.nodes[peer].tasks.values()}
+        requests = [
+            p
+            for p in packets
+            if p.outer == (me, them)
+            and p.src.rsplit(".", 1)[0] == ingress
+            and int(p.src.rsplit(".", 1)[1]) in CLIENT_PORTS
+            and p.dst in tasks
+        ]
+        assert requests, (
+            f"{swarm_node}: no request from the client crossed to {peer} ({them}) inside VXLAN:\n{wire[-1500:]}"
         )
 
 
