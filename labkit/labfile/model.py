@@ -505,6 +505,11 @@ class Lab(Strict):
     def service(self, key: str | None, udp: bool = False) -> VirtualService:
         """The service named by its key (as `labkit status` lists it), or the first TCP one;
         UDP services only where `udp` (a load or a page needs TCP)."""
+        if self.mesh is not None:
+            raise LabkitError(
+                f"the lab {self.name} is a routing mesh: its IPVS services live in each node's ingress namespace, "
+                f"with no VIP to ask. See them with: labkit show {self.name}; follow a request with: labkit trace {self.name}"
+            )
         usable = (Protocol.tcp, Protocol.udp) if udp and key is not None else (Protocol.tcp,)
         svc = next((s for s in self.services if key in (None, s.key) and s.protocol in usable), None)
         if svc is None:

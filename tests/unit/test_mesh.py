@@ -248,3 +248,10 @@ def test_trace_listens_in_each_namespace_and_for_vxlan_on_the_nic():
     assert "ip netns exec ingress_sbox sh -c" in script
     result = subprocess.run(["sh", "-n"], input=script + "\n" + mesh_trace.read_script(n0, 45123), text=True)
     assert result.returncode == 0
+
+
+def test_commands_that_need_a_vip_say_the_mesh_has_none():
+    from labkit.errors import LabkitError
+
+    with pytest.raises(LabkitError, match="routing mesh: its IPVS services live in each node's ingress namespace"):
+        lab().service(None)
