@@ -112,7 +112,9 @@ def _mesh_trace(running: RunningLab) -> None:
     for title, path in (("request", seen.request), ("reply", seen.reply)):
         out.print(f"[bold]{title}[/]")
         for hop in path:
-            out.print(f"  {hop.node + ' ' + hop.interface:24} {trace.describe(model, hop.packet)}", highlight=False)
+            # emoji=False: a MAC such as a6:ab:14 is no :ab: emoji
+            line = f"  {hop.node + ' ' + hop.interface:24} {trace.describe(model, hop.packet)}"
+            out.print(line, highlight=False, markup=False, emoji=False)
             out.print(f"  {'':24} [dim]{hop.note}[/]", highlight=False)
     if not seen.request or not seen.reply:
         raise LabkitError("the capture missed the request or the reply: run labkit trace again")

@@ -46,7 +46,7 @@ def points(lab: Lab) -> list[Point]:
 
 
 def _tag(port: int, point: Point) -> str:
-    return f"mesh-{port}-{point.namespace or 'node'}"
+    return f"mesh-{port}-{point.namespace or 'node'}-{point.device}"
 
 
 def start_script(lab: Lab, mine: list[Point], port: int) -> str:
