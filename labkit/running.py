@@ -170,7 +170,8 @@ class RunningLab:
             self.write_ssh_config()
             if on_done is not None:
                 for node in self.lab.nodes:
-                    started.setdefault(node, pool.submit(self._provision_one, self.lab, node))
+                    if node not in started:  # not setdefault: its argument would start a second provisioning
+                        started[node] = pool.submit(self._provision_one, self.lab, node)
                 self._results(_in_turn([started[node] for node in self.lab.nodes], on_done))
         return ended
 

@@ -57,17 +57,23 @@ def bench_cmd(
     concurrency: Annotated[int, typer.Option(min=1, max=bench.MAX_CONCURRENCY, help="How many at once.")] = 4,
     as_json: JsonOpt = False,
 ) -> None:
-    """A bounded load from the client against the VIP (ApacheBench): requests per second, latency percentiles, errors, and the split per real server as IPVS counted it.
+    """A bounded load from the client (ApacheBench) against the VIP, or a routing mesh's published port on its first node: requests per second, latency percentiles, errors, and the split per real server as IPVS counted it.
 
     Example: labkit bench nat --requests 5000"""
     with RunningLab.find(lab) as running:
         model = running.lab
-        svc = model.service(service)
-        director, result = bench.bench(running, svc, requests, concurrency)
+        if model.mesh is not None and service is None:
+            target = bench.mesh_target(model, model.swarm_nodes[0])
+        else:
+            svc = model.service(service)
+            target = bench.vip_target(model, svc, running.holder() or model.active_director)
+        result = bench.bench(running, target, requests, concurrency)
     if as_json:
-        sys.stdout.write(json.dumps({"service": svc.key, "director": director, **dataclasses.asdict(result)}) + "\n")
+        sys.stdout.write(
+            json.dumps({"service": target.key, "director": target.director, **dataclasses.asdict(result)}) + "\n"
+        )
         return
-    for line in bench.report(svc, director, model.clients[0], requests, concurrency, result, out.width):
+    for line in bench.report(target, model.clients[0], requests, concurrency, result, out.width):
         say(line)
 
 
@@ -124,17 +130,21 @@ def _mesh_trace(running: RunningLab) -> None:
 @handled
 def weight_cmd(
     lab: Annotated[str, typer.Argument(help="The running lab.")],
-    real_server: Annotated[str, typer.Argument(help="A real server node, e.g. rs0.")],
+    real_server: Annotated[str, typer.Argument(help="A real server: its node, e.g. rs0, or its container, e.g. web0.")],
     new_weight: Annotated[int, typer.Argument(metavar="WEIGHT", help="0 drains it: no new connections.")],
     service: Annotated[str | None, typer.Option(help="Only this service, e.g. 'tcp 192.168.55.100:80'.")] = None,
 ) -> None:
     """Change a real server's weight on the running directors, without restarting anything.
 
-    Example: labkit weight nat rs1 0"""
+    Example: labkit weight nat rs1 0 (a container: labkit weight containers web0 3)"""
     with RunningLab.find(lab) as running, lock.changing(running.name, "weight"):
         changed = weight.change(running, real_server, new_weight, service)
-    for svc in changed.services_of(real_server):
-        weights = ", ".join(f"{changed.node_at(rs.address)} {rs.weight}" for rs in svc.real_servers)
+    for svc in changed.services:
+        if not any(changed.is_called(svc, rs, real_server) for rs in svc.real_servers):
+            continue
+        weights = ", ".join(
+            f"{changed.server_at(rs.address, svc.real_port(rs), svc.protocol)} {rs.weight}" for rs in svc.real_servers
+        )
         out.print(f"{svc.key} {svc.scheduler}: {weights}", highlight=False, markup=False)
     how = "keepalived reloaded" if changed.ha else "ipvsadm -e"
     out.print(f"applied on {', '.join(changed.directors)} ({how}). labkit verify {changed.name} checks the new split.")

@@ -502,14 +502,23 @@ class Lab(Strict):
     def services_of(self, real_server: str) -> list[VirtualService]:
         return [s for s in self.services if any(self.node_at(rs.address) == real_server for rs in s.real_servers)]
 
-    def service(self, key: str | None, udp: bool = False) -> VirtualService:
-        """The service named by its key (as `labkit status` lists it), or the first TCP one;
-        UDP services only where `udp` (a load or a page needs TCP)."""
+    def is_called(self, svc: VirtualService, rs: RealServer, name: str) -> bool:
+        """Whether a service's real server is `name`: its node, or the container that answers it
+        (as show and bench name it)."""
+        return name in (self.node_at(rs.address), self.server_at(rs.address, svc.real_port(rs), svc.protocol))
+
+    def has_vip(self) -> None:
+        """Raises, for a routing mesh, what a command that needs a VIP or a director says."""
         if self.mesh is not None:
             raise LabkitError(
                 f"the lab {self.name} is a routing mesh: its IPVS services live in each node's ingress namespace, "
                 f"with no VIP to ask. See them with: labkit show {self.name}; follow a request with: labkit trace {self.name}"
             )
+
+    def service(self, key: str | None, udp: bool = False) -> VirtualService:
+        """The service named by its key (as `labkit status` lists it), or the first TCP one;
+        UDP services only where `udp` (a load or a page needs TCP)."""
+        self.has_vip()
         usable = (Protocol.tcp, Protocol.udp) if udp and key is not None else (Protocol.tcp,)
         svc = next((s for s in self.services if key in (None, s.key) and s.protocol in usable), None)
         if svc is None:
@@ -531,19 +540,22 @@ def mesh_network(lab: Lab) -> str | None:
 def with_weight(lab: Lab, real_server: str, weight: int, service: str | None = None) -> Lab:
     """The lab with a real server's weight changed in every service (or the one named by its
     key, e.g. "tcp 192.168.55.100:80") that lists it."""
-    if lab.nodes.get(real_server) is None or lab.nodes[real_server].role != Role.real_server:
+    lab.has_vip()
+    named = {lab.server_at(rs.address, s.real_port(rs), s.protocol) for s in lab.services for rs in s.real_servers}
+    if real_server not in (named | set(lab.real_servers)) - {None}:
         raise LabError(
-            f"{real_server!r} is not a real server of the lab {lab.name}. Real servers: {', '.join(lab.real_servers)}"
+            f"{real_server!r} is not a real server of the lab {lab.name}. "
+            f"Real servers: {', '.join(sorted((named | set(lab.real_servers)) - {None}))}"
         )
     if not 0 <= weight <= 65535:
         raise LabError(f"weight {weight} is out of range. Use 0 (drain) to 65535")
-    keys = [s.key for s in lab.services_of(real_server)]
+    keys = [s.key for s in lab.services if any(lab.is_called(s, rs, real_server) for rs in s.real_servers)]
     if service is not None and service not in keys:
         raise LabError(f"{real_server} is in no service {service!r}. Its services: {', '.join(keys)}")
     data = lab.model_dump(mode="json", exclude_defaults=True)
     for svc, raw in zip(lab.services, data["services"]):
         if service in (None, svc.key):
             for rs, raw_rs in zip(svc.real_servers, raw["real_servers"]):
-                if lab.node_at(rs.address) == real_server:
+                if lab.is_called(svc, rs, real_server):
                     raw_rs["weight"] = weight
     return Lab.model_validate(data)

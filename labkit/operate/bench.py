@@ -9,31 +9,69 @@ import time
 from dataclasses import dataclass, field
 
 from labkit.errors import LabkitError
-from labkit.labfile import VirtualService
-from labkit.labfile.model import host_port
+from labkit.labfile import Lab, VirtualService
+from labkit.labfile.model import host_port, service_key
 from labkit.operate.show import packed
 from labkit.plan import ipvs
+from labkit.plan.mesh import SBOX
 from labkit.running import RunningLab
 
 MAX_REQUESTS = 20000
 MAX_CONCURRENCY = 32
 
 
-def command(svc: VirtualService, requests: int, concurrency: int) -> list[str]:
+def command(url: str, requests: int, concurrency: int) -> list[str]:
     """ab opens a new connection per request (no -k), so IPVS schedules every request.
     -l: the pages differ by real server; -s: a request that hangs fails after 5 s."""
-    return [
-        "ab",
-        "-n",
-        str(requests),
-        "-c",
-        str(concurrency),
-        "-s",
-        "5",
-        "-l",
-        "-r",
-        f"http://{host_port(svc.addresses[0], svc.port)}/",
-    ]
+    return ["ab", "-n", str(requests), "-c", str(concurrency), "-s", "5", "-l", "-r", url]
+
+
+STATS = ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"]
+
+
+@dataclass
+class Target:
+    """What a bench loads, and whose IPVS counters split it."""
+
+    title: str  # the service as report() names it
+    url: str
+    director: str  # the node whose IPVS table schedules the load
+    key: str  # the service in `ipvsadm -L -n`: tcp VIP:port, or FWM mark
+    names: dict[str, str]  # each real server as IPVS lists it (address:port) -> its name
+    stats: list[str] = field(default_factory=lambda: STATS)
+
+
+def vip_target(lab: Lab, svc: VirtualService, director: str) -> Target:
+    """A virtual service's VIP, scheduled by the active director."""
+    return Target(
+        title=f"{svc.key} ({svc.scheduler}, {svc.forwarding.value})",
+        url=f"http://{host_port(svc.addresses[0], svc.port)}/",
+        director=director,
+        key=svc.key,
+        names={
+            host_port(rs.address, svc.real_port(rs)): lab.server_at(rs.address, svc.real_port(rs), svc.protocol)
+            for rs in svc.real_servers
+        },
+    )
+
+
+def mesh_target(lab: Lab, node: str) -> Target:
+    """A routing mesh's first published port on one node: its ingress namespace schedules it
+    over the tasks of every node, so the split is read there."""
+    published, mesh = lab.mesh.publish[0], lab.mesh
+    address = next(iter(lab.nodes[node].addresses.values()))
+    return Target(
+        title=f"port {published.port} of {node} ({mesh.scheduler}, fwmark {published.fwmark} in {SBOX})",
+        url=f"http://{address}:{published.port}/",
+        director=node,
+        key=service_key(None, None, None, published.fwmark),
+        names={
+            f"{a}:{published.target_port}": task
+            for t_node in lab.swarm_nodes
+            for task, a in lab.nodes[t_node].tasks.items()
+        },
+        stats=["sudo", "-n", "ip", "netns", "exec", SBOX, *STATS[2:]],
+    )
 
 
 @dataclass
@@ -74,13 +112,11 @@ def split(svc_key: str, before: str, after: str, names: dict[str, str]) -> dict[
     }
 
 
-def report(
-    svc: VirtualService, director: str, client: str, requests: int, concurrency: int, result: Result, width: int
-) -> list[str]:
+def report(target: Target, client: str, requests: int, concurrency: int, result: Result, width: int) -> list[str]:
     """What `labkit bench` prints, in lines of at most `width` (a service key, a node and its count
     are never split)."""
     lines = packed(
-        f"{svc.key} ({svc.scheduler}, {svc.forwarding.value}) via {director}:",
+        f"{target.title} via {target.director}:",
         [f"{requests} requests,", f"{concurrency} at a time,", f"from {client}"],
         width,
     )
@@ -96,38 +132,28 @@ def report(
     return lines + packed("  split:", split, width, joint=",")
 
 
-STATS = ["sudo", "-n", "ipvsadm", "-L", "-n", "--stats", "--exact"]
-
-
-def bench(running: RunningLab, svc: VirtualService, requests: int, concurrency: int) -> tuple[str, Result]:
-    """ab from the client against the service; the director that served it and the result,
-    with the split per real server from its counters."""
-    lab = running.lab
-    director = running.holder() or lab.active_director
-    before = settled(running, director)
-    result = parse_ab(running.run(lab.clients[0], command(svc, requests, concurrency)))
-    names = {
-        host_port(rs.address, svc.real_port(rs)): lab.server_at(rs.address, svc.real_port(rs), svc.protocol)
-        for rs in svc.real_servers
-    }
+def bench(running: RunningLab, target: Target, requests: int, concurrency: int) -> Result:
+    """ab from the client against the target, with the split per real server from the counters."""
+    before = settled(running, target)
+    result = parse_ab(running.run(running.lab.clients[0], command(target.url, requests, concurrency)))
     deadline = time.monotonic() + 6  # the kernel's counters lag up to about 2 s
     while True:
-        result.split = split(svc.key, before, running.run(director, STATS), names)
+        result.split = split(target.key, before, running.run(target.director, target.stats), target.names)
         if sum(result.split.values()) >= result.complete or time.monotonic() > deadline:
-            return director, result
+            return result
         time.sleep(0.5)
 
 
-def settled(running: RunningLab, director: str, seconds: float = 8) -> str:
+def settled(running: RunningLab, target: Target, seconds: float = 8) -> str:
     """The director's counters once they hold every connection made so far: the kernel adds each
     CPU's counts to what ipvsadm reads only every 2 s, so a reading right after other traffic
     (another bench, a check) would count part of it in this bench's split. Two readings 2.2 s
     apart that agree are settled."""
     deadline = time.monotonic() + seconds
-    last = running.run(director, STATS)
+    last = running.run(target.director, target.stats)
     while time.monotonic() < deadline:
         time.sleep(2.2)
-        now = running.run(director, STATS)
+        now = running.run(target.director, target.stats)
         if ipvs.parse_counters(now) == ipvs.parse_counters(last):
             return now
         last = now

@@ -31,9 +31,9 @@ def listed(running: RunningLab, lab: Lab, real_server: str) -> bool:
     """Whether each director's `ipvsadm -L -n` gives the real server the lab's weights."""
     want = {
         (svc.key, host_port(rs.address, svc.listed_port(rs))): rs.weight
-        for svc in lab.services_of(real_server)
+        for svc in lab.services
         for rs in svc.real_servers
-        if lab.node_at(rs.address) == real_server
+        if lab.is_called(svc, rs, real_server)
     }
     outputs = running.run_on(lab.directors, {"list": ipvs.COMMANDS["list"]})
     for out in outputs.values():

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from labkit.errors import LabkitError
 from labkit.labfile import LABS, LabError, Scheduler, load_lab, parse_lab
 
 NAT = (LABS / "nat" / "lab.yaml").read_text()
@@ -451,6 +452,28 @@ def test_with_weight_changes_every_service_of_the_real_server():
     only = with_weight(parse_lab(NAT, "nat"), "rs0", 5, service="tcp 192.168.55.100:8080")
     assert [[rs.weight for rs in svc.real_servers] for svc in only.services] == [[1, 1], [5, 1], [1, 1], [2, 1]]
     assert only.gateway == lab.gateway and only.failover == lab.failover
+
+
+def test_with_weight_names_a_container_as_show_does():
+    """Seed 000's real servers are containers: web0 and web1 on lb0's bridge, web2 behind rs0's
+    published port (so rs0 names it too)."""
+    from labkit.labfile import with_weight
+
+    lab = load_lab(LABS / "containers" / "lab.yaml")
+    assert [rs.weight for rs in with_weight(lab, "web1", 3).services[0].real_servers] == [1, 3, 1]
+    assert [rs.weight for rs in with_weight(lab, "web2", 0).services[0].real_servers] == [1, 1, 0]
+    assert [rs.weight for rs in with_weight(lab, "rs0", 0).services[0].real_servers] == [1, 1, 0]
+    with pytest.raises(
+        LabError, match="'web9' is not a real server of the lab containers. Real servers: rs0, web0, web1, web2"
+    ):
+        with_weight(lab, "web9", 1)
+
+
+def test_with_weight_on_a_mesh_says_it_has_no_vip():
+    from labkit.labfile import with_weight
+
+    with pytest.raises(LabkitError, match="the lab mesh is a routing mesh"):
+        with_weight(load_lab(LABS / "mesh" / "lab.yaml"), "web0", 1)
 
 
 @pytest.mark.parametrize(

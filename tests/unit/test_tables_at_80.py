@@ -114,8 +114,9 @@ def test_bench_at_80_columns_keeps_each_real_server_with_its_count():
         percentiles={50: 20, 66: 22, 90: 31, 99: 58, 100: 1003},
         split={f"rs{i}": 20000 // 7 for i in range(7)},
     )
-    wide = "\n".join(bench.report(svc, "lb0", "cl0", 20000, 32, result, 200))
-    narrow = "\n".join(bench.report(svc, "lb0", "cl0", 20000, 32, result, 80))
+    target = bench.vip_target(FWMARK, svc, "lb0")
+    wide = "\n".join(bench.report(target, "cl0", 20000, 32, result, 200))
+    narrow = "\n".join(bench.report(target, "cl0", 20000, 32, result, 80))
     assert_whole_at_80(wide, narrow, [svc.key, "lb0", "cl0", "completed 20000,"])
     for i in range(7):
         assert re.search(rf"^.*\brs{i} 2857 \(14%\)", narrow, re.M)  # tests/lab read "rsN count ("
