@@ -111,6 +111,21 @@ def test_fail_stops_a_container_and_the_checker_takes_it_out_then_heal(up):
     assert again.returncode == 0, again.stdout[-2000:]
 
 
+def test_weight_of_a_container_moves_the_split_and_provision_restores_it(up):
+    """`labkit weight containers web1 0` drains one container on the director's bridge: a bench
+    then sends it nothing, verify's split agrees, and `labkit provision` gives back the file's."""
+    result = labkit("weight", NAME, "web1", "0")
+    assert result.returncode == 0, result.stderr
+    assert "web0 1, web1 0, web2 1" in result.stdout, result.stdout
+    bench = labkit("bench", NAME, "--requests", "300", "--json")
+    assert bench.returncode == 0, bench.stderr
+    split = json.loads(bench.stdout)["split"]
+    assert split.get("web1", 0) == 0 and split["web0"] > 0 and split["web2"] > 0, split
+    assert labkit("verify", NAME, "-m", "not failover", "-k", "split").returncode == 0
+    restored = labkit("provision", NAME)
+    assert restored.returncode == 0 and "0 changes" not in restored.stdout, restored.stdout
+
+
 def test_second_provision_changes_nothing(up):
     result = labkit("provision", NAME)
     assert result.returncode == 0, result.stderr

@@ -70,7 +70,7 @@ def test_trace_follows_a_request_through_the_ingress_namespace_and_the_overlay(u
         if "inside VXLAN" in told:
             break
     for hop in (
-        "n0 swarm 192.168.99.200.",
+        "n0 swarm cl0:swarm > n0:swarm 192.168.99.200.",
         "n0 docker_gwbridge",
         "DOCKER-INGRESS's DNAT: to the ingress namespace, 172.18.0.2",
         "n0 ingress_sbox:eth0 ",
@@ -114,6 +114,16 @@ def test_fail_stops_a_task_and_the_checkers_take_it_out_then_heal(up):
     assert healed.returncode == 0, healed.stderr
     again = labkit("verify", NAME, "-m", "not failover", "-k", "every_task")
     assert again.returncode == 0, again.stdout[-2000:]
+
+
+def test_bench_loads_one_node_s_published_port_and_every_task_serves(up):
+    """ab against n0:8080: n0's ingress namespace schedules it (rr) over the four tasks, two of
+    them on other nodes through the overlay, and its counters give the split."""
+    result = labkit("bench", NAME, "--requests", "400", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["service"], data["director"], data["failed"]) == ("fwm 256", "n0", 0), data
+    assert sorted(data["split"]) == ["web0", "web1", "web2", "web3"] and min(data["split"].values()) > 0, data
 
 
 def test_second_provision_changes_nothing(up):
