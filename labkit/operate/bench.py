@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, VirtualService
 from labkit.labfile.model import host_port, service_key
-from labkit.operate.show import packed
+from labkit.operate.show import ingress_commands, packed
 from labkit.plan import ipvs
 from labkit.plan.mesh import SBOX
 from labkit.running import RunningLab
@@ -36,7 +36,7 @@ class Target:
     title: str  # the service as report() names it
     url: str
     director: str  # the node whose IPVS table schedules the load
-    key: str  # the service in `ipvsadm -L -n`: tcp VIP:port, or FWM mark
+    key: str  # the service, as service_key() names it: "tcp VIP:port" or "fwm MARK"
     names: dict[str, str]  # each real server as IPVS lists it (address:port) -> its name
     stats: list[str] = field(default_factory=lambda: STATS)
 
@@ -70,7 +70,7 @@ def mesh_target(lab: Lab, node: str) -> Target:
             for t_node in lab.swarm_nodes
             for task, a in lab.nodes[t_node].tasks.items()
         },
-        stats=["sudo", "-n", "ip", "netns", "exec", SBOX, *STATS[2:]],
+        stats=ingress_commands({"stats": STATS})["stats"],
     )
 
 
