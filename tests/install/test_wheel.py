@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from labkit.labfile import LABS, load_lab
+
 PROJECT = Path(__file__).resolve().parents[2]
-LABS = ["nat", "tun", "dr", "fwmark", "schedulers"]
+SHIPPED = sorted(path.parent.name for path in LABS.glob("*/lab.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def installed(tmp_path_factory) -> Path:
     return work / "venv/bin/labkit"
 
 
-@pytest.mark.parametrize("lab", LABS)
+@pytest.mark.parametrize("lab", SHIPPED)
 def test_the_wheel_renders_and_explains_every_shipped_lab(installed, lab, tmp_path):
     env = {"LABKIT_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     rendered = subprocess.run(
@@ -42,4 +44,5 @@ def test_the_wheel_renders_and_explains_every_shipped_lab(installed, lab, tmp_pa
     assert f'libvirt__network_name: "labkit-{lab}-' in rendered.stdout
     explained = subprocess.run([str(installed), "explain", lab], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert explained.returncode == 0, explained.stderr
-    assert "## lb0 (director)" in explained.stdout and "## rs0 (real_server)" in explained.stdout
+    for name, node in load_lab(LABS / lab / "lab.yaml").nodes.items():
+        assert f"## {name} ({node.role.value})" in explained.stdout
