@@ -12,6 +12,7 @@ import typer
 from labkit import lock
 from labkit.cli.common import JsonOpt, RunningArg, ServiceOpt, handled, out, say
 from labkit.errors import LabkitError
+from labkit.labfile import Lab
 from labkit.operate import bench, failover, mesh_trace, show, trace, weight
 from labkit.plan import ipvs
 from labkit.running import RunningLab
@@ -96,14 +97,7 @@ def trace_cmd(lab: RunningArg = None, service: ServiceOpt = None) -> None:
         highlight=False,
         markup=False,
     )
-    for title, path in (("request", seen.request), ("reply", seen.reply)):
-        out.print(f"[bold]{title}[/]")
-        for hop in path:
-            out.print(f"  {hop.node + ' ' + hop.interface:10} {trace.describe(model, hop.packet)}", highlight=False)
-            if hop.note:
-                out.print(f"  {'':10} [dim]{hop.note}[/]", highlight=False)
-    if not seen.request or not seen.reply:
-        raise LabkitError("the capture missed the request or the reply: run labkit trace again")
+    _hops(model, seen, 10)
 
 
 def _mesh_trace(running: RunningLab) -> None:
@@ -115,13 +109,19 @@ def _mesh_trace(running: RunningLab) -> None:
         highlight=False,
         markup=False,
     )
+    _hops(model, seen, 24)
+
+
+def _hops(model: Lab, seen: trace.Trace | mesh_trace.MeshTrace, width: int) -> None:
+    """A trace's request and reply, a hop a line with the node and interface in `width` columns."""
     for title, path in (("request", seen.request), ("reply", seen.reply)):
         out.print(f"[bold]{title}[/]")
         for hop in path:
             # emoji=False: a MAC such as a6:ab:14 is no :ab: emoji
-            line = f"  {hop.node + ' ' + hop.interface:24} {trace.describe(model, hop.packet)}"
+            line = f"  {hop.node + ' ' + hop.interface:{width}} {trace.describe(model, hop.packet)}"
             out.print(line, highlight=False, markup=False, emoji=False)
-            out.print(f"  {'':24} [dim]{hop.note}[/]", highlight=False)
+            if hop.note:
+                out.print(f"  {'':{width}} [dim]{hop.note}[/]", highlight=False)
     if not seen.request or not seen.reply:
         raise LabkitError("the capture missed the request or the reply: run labkit trace again")
 

@@ -11,6 +11,8 @@ slowest settings in the file.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 
 SETTINGS = ("delay_loop", "connect_timeout", "retry", "delay_before_retry")
 # What the client adds to the checker's time: its own 1 s request timeout and 0.1 s between
@@ -33,3 +35,13 @@ def takeout_bound(conf: str) -> float:
     """Seconds within which the checker takes a dead real server out, by its settings."""
     s = settings(conf)
     return s["delay_loop"] + (s["retry"] + 1) * s["connect_timeout"] + s["retry"] * s["delay_before_retry"]
+
+
+def seconds_until(condition: Callable[[], bool], limit: float) -> float | None:
+    """Poll condition() every 0.5 s: the seconds until it held, or None if it did not within limit."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(0.5)
+    return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import time
 from collections import Counter
 
 import pytest
@@ -94,15 +93,6 @@ def listed(hosts, lab: Lab, address) -> bool:
     return f" {address}:" in table
 
 
-def wait(condition, seconds: float) -> float | None:
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.5)
-    return None
-
-
 def client_answers(hosts, lab: Lab, count: int) -> Counter:
     svc = next(s for s in lab.services if s.protocol.value == "tcp")
     url = f"http://{svc.vip}:{svc.port}/"
@@ -123,7 +113,7 @@ def test_stopped_container_is_taken_out(hosts, lab: Lab, director_container, fig
     others = {lab.server_at(rs.address, svc.real_port(rs), svc.protocol) for rs in svc.real_servers} - {container}
     director.run(f"sudo -n systemctl stop labkit-container@{container}")
     try:
-        taken = wait(lambda: not listed(hosts, lab, address), bound)
+        taken = promise.seconds_until(lambda: not listed(hosts, lab, address), bound)
         assert taken is not None, f"{container} ({address}) still in the IPVS table {bound} s after it stopped"
         figure("seconds_until_taken_out", round(taken, 1))
         seen = client_answers(hosts, lab, 2 * len(others))
@@ -132,5 +122,5 @@ def test_stopped_container_is_taken_out(hosts, lab: Lab, director_container, fig
         )
     finally:
         director.run(f"sudo -n systemctl start labkit-container@{container}")
-    back = wait(lambda: listed(hosts, lab, address), bound)
+    back = promise.seconds_until(lambda: listed(hosts, lab, address), bound)
     assert back is not None, f"{container} ({address}) did not return to the IPVS table after it started again"

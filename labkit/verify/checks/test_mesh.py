@@ -266,15 +266,6 @@ def listed(hosts, node: str, address: str) -> bool:
     return f" {address}:" in hosts(node).check_output(in_sbox("ipvsadm -L -n"))
 
 
-def wait(condition, seconds: float) -> float | None:
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.5)
-    return None
-
-
 @pytest.mark.failover
 def test_stopped_task_is_taken_out(hosts, lab: Lab, stopped_task, figure):
     """A task stops (systemctl stop, as its container exits): the checker in every node's ingress
@@ -288,7 +279,7 @@ def test_stopped_task_is_taken_out(hosts, lab: Lab, stopped_task, figure):
     stopped = time.monotonic()
     try:
         for swarm_node in lab.swarm_nodes:
-            taken = wait(lambda n=swarm_node: not listed(hosts, n, address), bound)
+            taken = promise.seconds_until(lambda n=swarm_node: not listed(hosts, n, address), bound)
             assert taken is not None, (
                 f"{stopped_task} ({address}) still in {swarm_node}'s IPVS service {bound} s after it stopped"
             )
@@ -299,6 +290,6 @@ def test_stopped_task_is_taken_out(hosts, lab: Lab, stopped_task, figure):
     finally:
         hosts(node).run(f"sudo -n systemctl start labkit-container@{stopped_task}")
     for swarm_node in lab.swarm_nodes:
-        assert wait(lambda n=swarm_node: listed(hosts, n, address), bound) is not None, (
+        assert promise.seconds_until(lambda n=swarm_node: listed(hosts, n, address), bound) is not None, (
             f"{stopped_task} did not return to {swarm_node}'s IPVS service after it started again"
         )
