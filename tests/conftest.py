@@ -4,6 +4,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
+
+from labkit.labfile import LabError, parse_lab
 
 PINNED = Path(__file__).resolve().parent / "pinned"
 
@@ -22,6 +25,20 @@ def pinned(lab: str) -> dict[str, bool]:
             failover, _, check = line.rpartition(" ")
             checks[check] = failover == "failover"
     return checks
+
+
+def edited(text: str, change) -> str:
+    """A lab file's text with change(data) applied to what it says."""
+    data = yaml.safe_load(text)
+    change(data)
+    return yaml.safe_dump(data)
+
+
+def problems(text: str) -> list[str]:
+    """The lines of the error a lab file that cannot be used gets, read as labs/x/lab.yaml."""
+    with pytest.raises(LabError) as caught:
+        parse_lab(text, "labs/x/lab.yaml")
+    return str(caught.value).splitlines()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import edited
 
 from labkit.errors import LabkitError
 from labkit.labfile import LABS, LabError, Scheduler, load_lab, parse_lab
@@ -23,12 +23,6 @@ def test_shipped_labs_load(name):
     assert lab.directors == ["lb0", "lb1"] and lab.active_director == "lb0"
     assert lab.real_servers == ["rs0", "rs1"] and lab.clients == ["cl0"]
     assert str(lab.services[0].vip) == "192.168.55.100"
-
-
-def edited(text: str, change) -> str:
-    data = yaml.safe_load(text)
-    change(data)
-    return yaml.safe_dump(data)
 
 
 def rs(data, i=0, j=0):
