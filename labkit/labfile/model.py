@@ -507,7 +507,7 @@ class Lab(Strict):
         (as show and bench name it)."""
         return name in (self.node_at(rs.address), self.server_at(rs.address, svc.real_port(rs), svc.protocol))
 
-    def has_vip(self) -> None:
+    def require_vip(self) -> None:
         """Raises, for a routing mesh, what a command that needs a VIP or a director says."""
         if self.mesh is not None:
             raise LabkitError(
@@ -518,7 +518,7 @@ class Lab(Strict):
     def service(self, key: str | None, udp: bool = False) -> VirtualService:
         """The service named by its key (as `labkit status` lists it), or the first TCP one;
         UDP services only where `udp` (a load or a page needs TCP)."""
-        self.has_vip()
+        self.require_vip()
         usable = (Protocol.tcp, Protocol.udp) if udp and key is not None else (Protocol.tcp,)
         svc = next((s for s in self.services if key in (None, s.key) and s.protocol in usable), None)
         if svc is None:
@@ -540,13 +540,12 @@ def mesh_network(lab: Lab) -> str | None:
 def with_weight(lab: Lab, real_server: str, weight: int, service: str | None = None) -> Lab:
     """The lab with a real server's weight changed in every service (or the one named by its
     key, e.g. "tcp 192.168.55.100:80") that lists it."""
-    lab.has_vip()
+    lab.require_vip()
+    # each real server's node, and what show names it (a container, for one)
     named = {lab.server_at(rs.address, s.real_port(rs), s.protocol) for s in lab.services for rs in s.real_servers}
-    if real_server not in (named | set(lab.real_servers)) - {None}:
-        raise LabError(
-            f"{real_server!r} is not a real server of the lab {lab.name}. "
-            f"Real servers: {', '.join(sorted((named | set(lab.real_servers)) - {None}))}"
-        )
+    known = sorted((named | set(lab.real_servers)) - {None})
+    if real_server not in known:
+        raise LabError(f"{real_server!r} is not a real server of the lab {lab.name}. Real servers: {', '.join(known)}")
     if not 0 <= weight <= 65535:
         raise LabError(f"weight {weight} is out of range. Use 0 (drain) to 65535")
     keys = [s.key for s in lab.services if any(lab.is_called(s, rs, real_server) for rs in s.real_servers)]
