@@ -9,12 +9,10 @@ import shlex
 import subprocess
 
 import pytest
-from conftest import pinned
-from test_labs import REPORTS, labkit, libvirt_names
+from test_labs import booted, down_leaves_nothing, labkit, provision_changes_nothing, verify_runs_every_pinned_check
 
 from labkit.home import lab_dir
 from labkit.operate import faults
-from labkit.operate.matrix_report import read_junit
 
 pytestmark = pytest.mark.lab
 
@@ -23,10 +21,7 @@ NAME = "containers"
 
 @pytest.fixture(scope="module")
 def up():
-    result = labkit("up", NAME)
-    yield result
-    if (lab_dir(NAME) / "Vagrantfile").exists():  # test_down failed or never ran
-        labkit("down", NAME)
+    yield from booted(NAME)
 
 
 def test_up(up):
@@ -35,13 +30,7 @@ def test_up(up):
 
 
 def test_verify_runs_every_pinned_check_and_they_pass(up):
-    REPORTS.mkdir(exist_ok=True)
-    result = labkit("verify", NAME, f"--junitxml={REPORTS / f'{NAME}.xml'}")
-    assert result.returncode == 0, result.stdout[-3000:]
-    ran = read_junit(REPORTS / f"{NAME}.xml").checks
-    assert sorted(set(pinned(NAME)) - set(ran)) == [], "pinned checks that did not run"
-    assert sorted(set(ran) - set(pinned(NAME))) == [], f"checks not pinned in tests/pinned/{NAME}.txt"
-    assert {check: outcome for check, outcome in ran.items() if outcome != "passed"} == {}
+    result = verify_runs_every_pinned_check(NAME)
     assert "seconds_until_taken_out" in result.stdout
 
 
@@ -127,14 +116,8 @@ def test_weight_of_a_container_moves_the_split_and_provision_restores_it(up):
 
 
 def test_second_provision_changes_nothing(up):
-    result = labkit("provision", NAME)
-    assert result.returncode == 0, result.stderr
-    assert f"provisioned {NAME}: 0 changes" in result.stdout
+    provision_changes_nothing(NAME)
 
 
 def test_down_removes_everything(up):
-    result = labkit("down", NAME)
-    assert result.returncode == 0, result.stderr
-    for kind in ("domains", "networks", "volumes"):
-        assert libvirt_names(kind, NAME) == [], f"{kind} left behind by labkit down {NAME}"
-    assert not lab_dir(NAME).exists()
+    down_leaves_nothing(NAME)

@@ -46,6 +46,43 @@ def libvirt_names(kind: str, lab: str) -> list[str]:
     return [word for word in listing.split() if word.startswith(f"labkit-{lab}-")]
 
 
+def booted(name: str):
+    """`labkit up NAME` for a module's tests, and `labkit down` after them if test_down failed or
+    never ran (a fixture yields from it)."""
+    yield labkit("up", name)
+    if (lab_dir(name) / "Vagrantfile").exists():
+        labkit("down", name)
+
+
+def verify_runs_every_pinned_check(name: str, failover: bool = True) -> subprocess.CompletedProcess:
+    """`labkit verify` (with the failure scenarios, or without) and its JUnit report: it passed,
+    and every pinned check ran and passed, and no other: a check that vanished cannot pass unseen."""
+    REPORTS.mkdir(exist_ok=True)
+    scenarios = [] if failover else ["-m", "not failover"]
+    result = labkit("verify", name, f"--junitxml={REPORTS / f'{name}.xml'}", *scenarios)
+    assert result.returncode == 0, result.stdout[-3000:]
+    ran = read_junit(REPORTS / f"{name}.xml").checks
+    expected = {check for check, is_failover in pinned(name).items() if failover or not is_failover}
+    assert sorted(expected - set(ran)) == [], "pinned checks that did not run"
+    assert sorted(set(ran) - expected) == [], f"checks not pinned in tests/pinned/{name}.txt"
+    assert {check: outcome for check, outcome in ran.items() if outcome != "passed"} == {}
+    return result
+
+
+def provision_changes_nothing(name: str) -> None:
+    result = labkit("provision", name)
+    assert result.returncode == 0, result.stderr
+    assert f"provisioned {name}: 0 changes" in result.stdout
+
+
+def down_leaves_nothing(name: str) -> None:
+    result = labkit("down", name)
+    assert result.returncode == 0, result.stderr
+    for kind in ("domains", "networks", "volumes"):
+        assert libvirt_names(kind, name) == [], f"{kind} left behind by labkit down {name}"
+    assert not lab_dir(name).exists()
+
+
 # The director-failover and real-server-failure scenarios take minutes per lab: CI runs them on
 # NAT and DR, the full suite (scripts/test --full) on TUN too. fwmark has one director.
 FAILOVER_LABS = {"nat", "dr"} | ({"tun"} if os.environ.get("LABKIT_FULL") else set())
@@ -90,10 +127,8 @@ def interrupted_up(name: str, sig: signal.Signals) -> tuple[subprocess.Completed
 def lab(request):
     name = request.param
     interrupted = interrupted_up(name, INTERRUPTED_UP[name]) if name in INTERRUPTED_UP else None
-    result = labkit("up", name)
-    yield name, result, interrupted
-    if (lab_dir(name) / "Vagrantfile").exists():  # test_down failed or never ran
-        labkit("down", name)
+    for result in booted(name):
+        yield name, result, interrupted
 
 
 def test_up(lab):
@@ -113,17 +148,8 @@ def test_up(lab):
 
 def test_verify(lab):
     name, *_ = lab
-    REPORTS.mkdir(exist_ok=True)
-    scenarios = [] if name in FAILOVER_LABS else ["-m", "not failover"]
-    result = labkit("verify", name, f"--junitxml={REPORTS / f'{name}.xml'}", *scenarios)
-    assert result.returncode == 0, result.stdout[-3000:]
+    result = verify_runs_every_pinned_check(name, failover=name in FAILOVER_LABS)
     assert re.search(r"\d+ passed", result.stdout) and not re.search(r"\d+ failed", result.stdout)
-    # every pinned check ran and passed, and no other: a check that vanished cannot pass unseen
-    ran = read_junit(REPORTS / f"{name}.xml").checks
-    expected = {check for check, failover in pinned(name).items() if name in FAILOVER_LABS or not failover}
-    assert sorted(set(expected) - set(ran)) == [], "pinned checks that did not run"
-    assert sorted(set(ran) - set(expected)) == [], f"checks not pinned in tests/pinned/{name}.txt"
-    assert {check: outcome for check, outcome in ran.items() if outcome != "passed"} == {}
     if name in FAILOVER_LABS:
         assert "test_director_dies" in result.stdout and "outage_seconds" in result.stdout
 
@@ -446,9 +472,7 @@ def test_host_faults_are_named_and_repaired(lab):
 
 def test_second_provision_changes_nothing(lab):
     name, *_ = lab
-    result = labkit("provision", name)
-    assert result.returncode == 0, result.stderr
-    assert f"provisioned {name}: 0 changes" in result.stdout
+    provision_changes_nothing(name)
 
 
 def test_status_shows_every_node_running(lab):
@@ -463,8 +487,4 @@ def test_down_removes_everything(lab):
     name, *_ = lab
     if name in LOST_STATE:  # Vagrant no longer knows the machines: down finds them in libvirt by name
         shutil.rmtree(lab_dir(name) / ".vagrant")
-    result = labkit("down", name)
-    assert result.returncode == 0, result.stderr
-    for kind in ("domains", "networks", "volumes"):
-        assert libvirt_names(kind, name) == [], f"{kind} left behind by labkit down {name}"
-    assert not lab_dir(name).exists()
+    down_leaves_nothing(name)
