@@ -40,6 +40,13 @@ def matrix_cmd(
         int | None,
         typer.Option(help="At most this many cells at once on a host (default: as many as its memory holds)."),
     ] = None,
+    checks: Annotated[
+        str | None,
+        typer.Option(
+            help="Only the verify checks this pytest -m expression selects, e.g. 'not failover' "
+            "(default: every check, the failure scenarios included)."
+        ),
+    ] = None,
 ) -> None:
     """Every lab on every kernel (up, verify with the failure scenarios, bench, the kernel's log read, down), and a report comparing each kernel with the first. Exit status 1 when a kernel regresses.
 
@@ -55,6 +62,7 @@ def matrix_cmd(
             repeat=repeat,
             connect=connect,
             per_host=per_host,
+            checks=checks,
         )
     except matrix.Interrupted as exc:
         err.print(

@@ -19,12 +19,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import pytest
 
 from labkit import box, home
 from labkit.boot import host as room
@@ -200,7 +203,9 @@ def last_lines(text: str, n: int = 6) -> str:
     return "\n".join(text.strip().splitlines()[-n:])
 
 
-def new_record(cell: Cell, box_name: str | None, error: str | None = None, host: str = libvirt.LOCAL) -> dict:
+def new_record(
+    cell: Cell, box_name: str | None, error: str | None = None, host: str = libvirt.LOCAL, checks: str | None = None
+) -> dict:
     """A cell's cell.json, as it stands before its steps run (or when they cannot)."""
     return {
         "lab": cell.name,
@@ -215,6 +220,7 @@ def new_record(cell: Cell, box_name: str | None, error: str | None = None, host:
         "seconds": 0,
         "figures": {},
         "junit": None,
+        "checks": checks,  # verify's -m expression; None: every check
         "kernel_log": None,
     }
 
@@ -279,14 +285,15 @@ def run_cell(
     connect: str | None = None,
     kernel_log: Callable[[str, Path, dict], dict] = read_kernel_log,
     clock: Callable[[str, list[str]], dict[str, float]] = uptimes,
+    checks: str | None = None,
 ) -> dict:
-    """up, verify (failure scenarios included), bench, the kernel log read, down. The record
-    for cell.json."""
+    """up, verify (failure scenarios included, or the checks `checks` selects), bench, the kernel
+    log read, down. The record for cell.json."""
     cell.folder.mkdir(parents=True, exist_ok=True)
     log = cell.folder / "log.txt"
     log.write_text("")
     host = target_uri(connect)
-    record = new_record(cell, box_name, host=host)
+    record = new_record(cell, box_name, host=host, checks=checks)
     started = time.monotonic()
     try:
         say("up" + ("" if libvirt.is_local(host) else f" on {libvirt.shown(host)}"))
@@ -310,7 +317,8 @@ def run_cell(
         at_verify = clock(cell.copy, nodes)
         say("verify")
         junit = cell.folder / "verify.xml"
-        verified, _ = runner.labkit(["verify", cell.copy, "--junitxml", str(junit)], log)
+        selected = ["-m", checks] if checks else []
+        verified, _ = runner.labkit(["verify", cell.copy, "--junitxml", str(junit), *selected], log)
         record["junit"] = junit.name if junit.exists() else None
         at_bench = clock(cell.copy, nodes)
         say("bench")
@@ -360,6 +368,32 @@ def check_nothing_up(cells: list[Cell]) -> None:
             f"copy of each lab. Bring {'it' if len(up) == 1 else 'them'} down first: "
             + "; ".join(f"labkit down {n}" for n in up)
         )
+
+
+def check_same_checks(done: list[Cell], checks: str | None, report: Path) -> None:
+    """`checks` is an expression verify can take, and a matrix continued runs the checks its done
+    cells ran: the report compares like with like."""
+    if checks is not None:
+        with tempfile.TemporaryDirectory() as nothing:  # pytest reads -m even with no tests to select
+            said = subprocess.run(
+                [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", checks],
+                cwd=nothing,
+                capture_output=True,
+                text=True,
+            )
+        if said.returncode == pytest.ExitCode.USAGE_ERROR:
+            raise LabkitError(
+                f"--checks {checks!r} is not a pytest -m expression ({said.stderr.strip().splitlines()[-1]}): "
+                "give marker names with and, or, not and parentheses, e.g. 'not failover'"
+            )
+    for cell in done:
+        ran = json.loads((cell.folder / "cell.json").read_text()).get("checks")
+        if ran != checks:
+            give = f"--checks {ran!r}" if ran else "no --checks"
+            raise LabkitError(
+                f"the cells done in {report} ran {f'the checks {ran!r}' if ran else 'every check'}: "
+                f"continue with {give}, or add --again to run every cell anew"
+            )
 
 
 def plan(labs: list[str], kernels: list[str], report: Path, repeat: int = 1) -> list[Cell]:
@@ -446,17 +480,19 @@ def run(
     repeat: int = 1,
     connect: list[str] = (),
     per_host: int | None = None,
+    checks: str | None = None,
 ) -> list[dict]:
     """Run every cell that is not done (all of them with `again`), on every host at once; the
-    records of all cells."""
+    records of all cells. `checks`: verify's -m expression, every check when None."""
     cells = plan(labs, kernels, report, repeat)
     if per_host is not None and per_host < 1:
         raise LabkitError(f"--per-host {per_host}: give how many cells a host runs at once, 1 or more")
     hosts = hosts_for(list(connect))
     check_nothing_up(cells)
+    todo = [c for c in cells if again or not c.done]
+    check_same_checks([c for c in cells if c not in todo], checks, report)
     report.mkdir(parents=True, exist_ok=True)
     runner = Runner()
-    todo = [c for c in cells if again or not c.done]
     found, no_box = boxes(sorted({c.kernel for c in todo}, key=kernels.index), report, runner, say)
     rooms = {h: host_room(todo, found, h, per_host) for h in hosts} if todo else {}
     if todo and not any(rooms.values()):
@@ -487,7 +523,7 @@ def run(
             if cell.kernel in no_box:
                 record = new_record(cell, None, no_box[cell.kernel], target_uri(host))
             else:
-                record = run_cell(cell, found[cell.kernel], runner, lambda step: tell(cell, step), host)
+                record = run_cell(cell, found[cell.kernel], runner, lambda step: tell(cell, step), host, checks=checks)
         except Interrupted:
             return
         except Exception as exc:  # one cell's trouble is that cell's result, never the others'

@@ -213,6 +213,7 @@ class Cell:
     runs: int = 1  # taken together: how many
     spread: dict[str, tuple[float, float]] = field(default_factory=dict)  # figure -> (min, max) over runs
     ran: dict[str, list[str]] = field(default_factory=dict)  # check -> its outcome in each run
+    selected: str | None = None  # verify's -m expression (labkit matrix --checks); None: every check
 
 
 def to_cell(record: dict, folder: Path) -> Cell:
@@ -239,6 +240,7 @@ def to_cell(record: dict, folder: Path) -> Cell:
         host=record.get("host", "this host"),
         splats=[s | {"run": record.get("run", 1)} for s in (record.get("kernel_log") or {}).get("splats", [])],
         taints=(record.get("kernel_log") or {}).get("taints", {}),
+        selected=record.get("checks"),
     )
 
 
@@ -286,6 +288,7 @@ def together(runs: list[Cell]) -> Cell:
         runs=len(runs),
         spread={f: (min(v), max(v)) for f, v in values.items()},
         ran=outcomes,
+        selected=first.selected,
     )
 
 
@@ -593,6 +596,8 @@ def compare(cells: list[Cell], kernels: list[str], old: dict | None = None) -> C
             for fact in dict.fromkeys(fact for c in ran for fact in c.facts)
         }
         table = LabTable(lab, by_kernel, checks, figures, facts)
+        for selected in sorted({c.selected for c in ran if c.selected}):
+            table.notes.append(f"verify ran only the checks {selected!r} selects (labkit matrix --checks)")
         if not did_run(by_kernel[base]):
             table.notes.append(f"{lab} did not run on the baseline {base}: nothing is compared")
         for kernel in kernels[1:]:

@@ -2,6 +2,7 @@
 commands it runs."""
 
 import json
+import re
 import time
 
 import pytest
@@ -305,3 +306,49 @@ def test_a_cell_interrupted_while_it_boots_is_taken_down(tmp_path, monkeypatch):
     with pytest.raises(matrix.Interrupted):
         matrix.run_cell(cell, "labkit/linux-7.2", runner, say=lambda step: None)
     assert runner.calls[-1] == ["down", "nat-sid-1"]
+
+
+def test_checks_are_given_to_verify_and_kept_in_the_cell(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "home"))
+    calls = []
+
+    class Commands:
+        def labkit(self, args, log):
+            calls.append(args)
+            return 0, (json.dumps(UP) if args[0] == "up" else json.dumps(BENCH) if args[0] == "bench" else "") + "\n"
+
+        def quietly(self, args, log):
+            return 0
+
+    (cell,) = matrix.plan(["nat"], ["sid"], tmp_path / "report")
+    no_log = lambda copy, folder, marks: {"splats": [], "taints": {}, "unread": []}  # noqa: E731
+    record = matrix.run_cell(
+        cell, "b", Commands(), say=lambda step: None, kernel_log=no_log, clock=lambda c, n: {}, checks="not failover"
+    )
+    verify = next(args for args in calls if args[0] == "verify")
+    assert verify[-2:] == ["-m", "not failover"]
+    assert record["checks"] == "not failover"
+
+
+@pytest.mark.parametrize(
+    "done, given, says",
+    [
+        ("not failover", None, "ran the checks 'not failover': continue with --checks 'not failover'"),
+        (None, "not failover", "ran every check: continue with no --checks"),
+    ],
+)
+def test_a_matrix_continued_with_other_checks_says_how_to_go_on(tmp_path, done, given, says):
+    first, _ = matrix.plan(["dr"], ["trixie"], tmp_path, repeat=2)
+    first.folder.mkdir()
+    (first.folder / "cell.json").write_text(json.dumps({"status": "passed", "checks": done}))
+    with pytest.raises(LabkitError, match=re.escape(says) + ", or add --again"):
+        matrix.run(["dr"], ["trixie"], tmp_path, again=False, say=print, repeat=2, checks=given)
+
+
+def test_checks_that_are_no_marker_expression_are_refused_before_anything_is_made(tmp_path):
+    with pytest.raises(
+        LabkitError,
+        match=r"--checks .not. is not a pytest -m expression \(ERROR: Wrong expression passed to .-m.: not: .*\): give marker names",
+    ):
+        matrix.run(["dr"], ["trixie"], tmp_path / "report", again=False, say=print, checks="not")
+    assert not (tmp_path / "report").exists()

@@ -537,3 +537,16 @@ def test_a_check_skipped_in_one_run_and_passed_in_another_is_not_flaky():
     cells = [run("bookworm", 1, {"a": "passed"}), run("bookworm", 2, {"a": "skipped"})]
     found = compare(cells, KERNELS[:1])
     assert found.flakes == [] and found.labs[0].checks["a"] == {"bookworm": "passed"}
+
+
+def test_the_report_says_when_verify_ran_only_some_checks(tmp_path: Path):
+    records = [dict(RECORDS[0], status="passed", kernel=k, checks="not failover") for k in KERNELS]
+    for record in records:
+        folder = cell_folder(tmp_path, "nat", record["kernel"])
+        folder.mkdir()
+        shutil.copy(SAMPLES / "verify-bookworm.xml", folder / "verify.xml")
+    write(tmp_path, records, KERNELS)
+    assert (
+        "Note: verify ran only the checks 'not failover' selects (labkit matrix --checks)."
+        in (tmp_path / "matrix.md").read_text()
+    )
