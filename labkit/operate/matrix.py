@@ -370,22 +370,24 @@ def check_nothing_up(cells: list[Cell]) -> None:
         )
 
 
+def check_expression(checks: str) -> None:
+    """--checks must be an expression verify's pytest can take."""
+    with tempfile.TemporaryDirectory() as nothing:  # pytest reads -m even with no tests to select
+        said = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", checks],
+            cwd=nothing,
+            capture_output=True,
+            text=True,
+        )
+    if said.returncode == pytest.ExitCode.USAGE_ERROR:
+        raise LabkitError(
+            f"--checks {checks!r} is not a pytest -m expression ({said.stderr.strip().splitlines()[-1]}): "
+            "give marker names with and, or, not and parentheses, e.g. 'not failover'"
+        )
+
+
 def check_same_checks(done: list[Cell], checks: str | None, report: Path) -> None:
-    """`checks` is an expression verify can take, and a matrix continued runs the checks its done
-    cells ran: the report compares like with like."""
-    if checks is not None:
-        with tempfile.TemporaryDirectory() as nothing:  # pytest reads -m even with no tests to select
-            said = subprocess.run(
-                [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", checks],
-                cwd=nothing,
-                capture_output=True,
-                text=True,
-            )
-        if said.returncode == pytest.ExitCode.USAGE_ERROR:
-            raise LabkitError(
-                f"--checks {checks!r} is not a pytest -m expression ({said.stderr.strip().splitlines()[-1]}): "
-                "give marker names with and, or, not and parentheses, e.g. 'not failover'"
-            )
+    """A matrix continued runs the checks its done cells ran: the report compares like with like."""
     for cell in done:
         ran = json.loads((cell.folder / "cell.json").read_text()).get("checks")
         if ran != checks:
@@ -489,6 +491,8 @@ def run(
         raise LabkitError(f"--per-host {per_host}: give how many cells a host runs at once, 1 or more")
     hosts = hosts_for(list(connect))
     check_nothing_up(cells)
+    if checks is not None:
+        check_expression(checks)
     todo = [c for c in cells if again or not c.done]
     check_same_checks([c for c in cells if c not in todo], checks, report)
     report.mkdir(parents=True, exist_ok=True)
