@@ -9,7 +9,7 @@ from dataclasses import replace
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from labkit import home
+from labkit import box, home
 from labkit.apply.ssh import NodeResult
 from labkit.boot import doctor, health, host, leftovers, libvirt, names, vagrant
 from labkit.errors import LabkitError
@@ -39,6 +39,7 @@ def boot(
     if made is not None:
         _same_lab(made, lab, target.box, uri)
     doctor.preflight(target.provider, target.box, uri)
+    target = direct_boot(target, uri)
     with exclusive("booking.hosts"):  # labs made at once each count the memory the others will take
         on_host = [o for o in RunningLab.all() if o.name != name and o.uri == uri]
         shortfalls = host.problems(
@@ -62,6 +63,23 @@ def boot(
         return running, running.boot(target.provider, on_progress, on_done)
     except vagrant.BootError as exc:
         raise LabkitError(f"{exc}\nRemove what was made with: labkit down {name}") from None
+
+
+def direct_boot(target: Target, uri: str, upload: bool = True) -> Target:
+    """The target with the box's kernel and initramfs for QEMU to load, put in the host's pool
+    once per box version (without `upload`: only if they are there), when the box carries them
+    (libvirt only)."""
+    if target.provider != Provider.libvirt:
+        return target
+    with exclusive("boot-files"):  # labs booted at once: one uploads, the others find it there
+        try:
+            found = box.boot_volumes(target.box, uri, upload)
+        except box.BoxError as exc:
+            raise LabkitError(str(exc)) from None
+    if found is None:
+        return target
+    kernel, initrd, cmdline = found
+    return replace(target, boot_kernel=kernel, boot_initrd=initrd, boot_cmdline=cmdline)
 
 
 def _claim_management(name: str, lab: Lab, uri: str, nat: bool) -> str:

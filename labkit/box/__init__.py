@@ -7,7 +7,11 @@ from labkit.box.kernel import parse as parse_kernel
 from labkit.box.mirror import debian_mirror, mirror_from_sources
 from labkit.box.share import Shared, export_box, import_box
 from labkit.box.store import (
+    BootFiles,
     Box,
+    base_volume_prefix,
+    boot_files,
+    boot_volumes,
     box_boots_lean,
     box_exists,
     box_for,
@@ -24,7 +28,11 @@ __all__ = [
     "DEFAULT_BOX",
     "PACKAGES",
     "SUITES",
+    "BootFiles",
     "Box",
+    "base_volume_prefix",
+    "boot_files",
+    "boot_volumes",
     "BoxError",
     "Kernel",
     "Shared",

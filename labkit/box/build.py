@@ -4,6 +4,7 @@ disk, converted to qcow2, packed with its metadata, and added."""
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 import tempfile
 import time
@@ -14,9 +15,12 @@ from pathlib import Path
 
 from labkit.box.guest_key import KEY_SOURCE
 from labkit.box.image import (
+    BOOT_INITRD,
+    BOOT_KERNEL,
     BOX_FORMAT,
     DEFAULT_BOX,
     DISK_GIB,
+    KERNEL_CMDLINE,
     META_FILE,
     PACKAGES_FILE,
     cached_rootfs,
@@ -28,6 +32,7 @@ from labkit.box.image import (
 )
 from labkit.box.kernel import Kernel, box_name, check_modules, check_package, install, package_version, parse
 from labkit.box.store import (
+    boot_volumes,
     box_add,
     box_exists,
     box_for,
@@ -93,30 +98,36 @@ def build_box(
             "built": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "ssh_key": KEY_SOURCE,
             "box_format": BOX_FORMAT,
+            "cmdline": KERNEL_CMDLINE,  # what extlinux gives the kernel, and QEMU in a direct boot
         }
         raw = work / "disk.raw"
         make_disk(tree, raw, root_uuid, log)
+        boot = [work / BOOT_KERNEL, work / BOOT_INITRD]
+        for path, source in zip(boot, (f"boot/vmlinuz-{release}", f"boot/initrd.img-{release}")):
+            shutil.copyfile(tree / source, path)
         remove_tree(tree)
         image = work / "box.img"
         log("converting the disk to qcow2")
         run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(image)])
         raw.unlink()
-        box_file = pack(image, meta, work / "labkit.box")
+        box_file = pack(image, meta, work / "labkit.box", boot)
 
         # Only now that the new box is ready, drop the old one and its pool images.
         remove_box(name, log)
         log(f"adding box {name} (kernel {release})")
         box_add(name, box_file, version=now.strftime("%Y.%m.%d.%H%M%S"))  # one Vagrant can order
+        boot_volumes(name)  # its kernel and initramfs in this host's pool, for QEMU to load
     finally:
         remove_tree(work)
     log(f"box {name} built in {time.monotonic() - started:.0f} s")
     return name
 
 
-def pack(image: Path, meta: dict, box_file: Path) -> Path:
-    """The .box file: the qcow2 image, the metadata vagrant-libvirt reads, a Vagrantfile, and the
-    package list, kernel, tool versions and key source the box was built with. Plain tar: qcow2
-    is already compact, and gzip would cost most of the build time."""
+def pack(image: Path, meta: dict, box_file: Path, boot: list[Path] = ()) -> Path:
+    """The .box file: the qcow2 image, the metadata vagrant-libvirt reads, a Vagrantfile, the
+    package list, kernel, tool versions and key source the box was built with, and the kernel and
+    initramfs in `boot`. Plain tar: qcow2 is already compact, and gzip would cost most of the
+    build time."""
     members = {
         "metadata.json": json.dumps({"provider": "libvirt", "format": "qcow2", "virtual_size": DISK_GIB}) + "\n",
         "Vagrantfile": BOX_VAGRANTFILE,
@@ -128,6 +139,8 @@ def pack(image: Path, meta: dict, box_file: Path) -> Path:
             path = image.with_name(name)
             path.write_text(text)
             tar.add(path, arcname=name)
+        for path in boot:
+            tar.add(path, arcname=path.name)
         tar.add(image, arcname="box.img")
     return box_file
 

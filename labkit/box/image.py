@@ -66,7 +66,12 @@ KERNEL_CMDLINE = (
 # labkit box build and labkit matrix. Raise it whenever customise() changes what a VM does at boot.
 # 2: the lean boot (root by device, units no lab uses masked, the SSH key read by a sh script).
 # 3: no sysusers, no serial getty; udev triggers only the NICs and disks at boot.
-BOX_FORMAT = 3
+# 4: the kernel and initramfs beside the disk image, for QEMU to load itself (direct kernel boot).
+BOX_FORMAT = 4
+# In the box, beside box.img: what QEMU loads instead of running the BIOS and extlinux, which
+# read both from the emulated disk through the BIOS, about 2.5 s of each boot under emulation.
+BOOT_KERNEL = "vmlinuz"
+BOOT_INITRD = "initrd.img"
 
 MBR_CODE = (Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin"))
 

@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from labkit.box.guest_key import KEY_SOURCE
-from labkit.box.image import DEFAULT_BOX, META_FILE, PACKAGES_FILE
-from labkit.box.store import box_add, box_exists, boxes_dir, read_meta, remove_box
+from labkit.box.image import BOOT_INITRD, BOOT_KERNEL, DEFAULT_BOX, META_FILE, PACKAGES_FILE
+from labkit.box.store import boot_volumes, box_add, box_exists, boxes_dir, read_meta, remove_box, version_key
 from labkit.box.system import BoxError
 
 MANIFEST = "labkit-export.json"
 FORMAT = "labkit box export 1"
 # What the box is, as labkit packs it; Vagrant's own files beside them (box_update_check) stay.
 MEMBERS = ("metadata.json", "Vagrantfile", META_FILE, PACKAGES_FILE, "box.img")
+BOOT_MEMBERS = (BOOT_KERNEL, BOOT_INITRD)  # a box of format 4 on has them too
 AGAIN = "copy it again from whoever exported it"
 BLOCK = 1 << 20
 
@@ -44,11 +45,7 @@ class Shared:
 def _installed(name: str) -> list[Path]:
     """The box's libvirt folders in Vagrant, oldest version first."""
     folders = (boxes_dir() / name.replace("/", "-VAGRANTSLASH-")).glob("*/libvirt")
-    return sorted(folders, key=lambda f: _version_key(f.parent.name))
-
-
-def _version_key(version: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else 0 for p in version.split("."))
+    return sorted(folders, key=lambda f: version_key(f.parent.name))
 
 
 def _labkit_version() -> str:
@@ -101,7 +98,7 @@ def export_box(file: Path, name: str = DEFAULT_BOX) -> Shared:
     partial = file.with_name(file.name + ".partial")
     try:
         with tarfile.open(partial, "w") as tar:
-            for member in MEMBERS:
+            for member in MEMBERS + tuple(m for m in BOOT_MEMBERS if (folder / m).is_file()):
                 path = folder / member
                 info = tar.gettarinfo(str(path), arcname=member)
                 info.uid = info.gid = 0
@@ -227,4 +224,5 @@ def import_box(file: Path, force: bool = False, log: Callable[[str], None] = pri
     if box_exists(name):  # only this Vagrant's box: the pool's image may be another installation's too
         remove_box(name, log)  # refuses while a VM still runs on the old image
     box_add(name, file, version=version)
+    boot_volumes(name)  # its kernel and initramfs in this host's pool, for QEMU to load
     return Shared(**shared, seconds=time.monotonic() - started)

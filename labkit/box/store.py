@@ -16,7 +16,7 @@ from pathlib import Path
 import vagrant
 
 from labkit.box.guest_key import KEY_SOURCE
-from labkit.box.image import BOX_FORMAT, DEFAULT_BOX, META_FILE, PACKAGES_FILE, package_list
+from labkit.box.image import BOOT_INITRD, BOOT_KERNEL, BOX_FORMAT, DEFAULT_BOX, META_FILE, PACKAGES_FILE, package_list
 from labkit.box.kernel import Kernel, parse
 from labkit.box.system import BoxError, run
 
@@ -88,6 +88,78 @@ def boxes_dir() -> Path:
 
 def box_files(name: str, file: str) -> list[Path]:
     return list((boxes_dir() / name.replace("/", "-VAGRANTSLASH-")).glob(f"*/libvirt/{file}"))
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """An installed box's kernel and initramfs, and the command line they boot with."""
+
+    version: str  # of the box
+    kernel: Path
+    initrd: Path
+    cmdline: str
+
+
+def version_key(version: str) -> tuple:
+    """A box version as Vagrant orders them (2026.12.02.112539)."""
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
+
+
+def boot_files(name: str) -> BootFiles | None:
+    """The kernel and initramfs of the box version Vagrant boots (the newest), when the box
+    carries them (labkit boxes of format 4 on)."""
+    folders = sorted((p.parent for p in box_files(name, META_FILE)), key=lambda f: version_key(f.parent.name))
+    if not folders:
+        return None
+    folder = folders[-1]
+    cmdline = read_meta(folder / META_FILE).get("cmdline")
+    kernel, initrd = folder / BOOT_KERNEL, folder / BOOT_INITRD
+    if not cmdline or not kernel.is_file() or not initrd.is_file():
+        return None
+    return BootFiles(folder.parent.name, kernel, initrd, cmdline)
+
+
+POOL_PATH = "/var/lib/libvirt/images"  # where vagrant-libvirt makes the pool when there is none
+
+
+def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True)
+
+
+def pool_volume(uri: str, name: str, file: Path, upload: bool = True) -> str | None:
+    """The path of the pool's volume `name`, uploaded from `file` first if the pool lacks it (and
+    the pool made first, as vagrant-libvirt would, if the host has none); without `upload`, None
+    when the pool lacks it."""
+    found = _virsh(uri, "vol-path", "--pool", LIBVIRT_POOL, name)
+    if found.returncode == 0 or not upload:
+        return found.stdout.strip() or None
+    if _virsh(uri, "pool-info", LIBVIRT_POOL).returncode != 0:
+        _virsh(uri, "pool-define-as", LIBVIRT_POOL, "dir", "--target", POOL_PATH)
+        for step in ("pool-build", "pool-start", "pool-autostart"):
+            _virsh(uri, step, LIBVIRT_POOL)
+    made = _virsh(uri, "vol-create-as", LIBVIRT_POOL, name, str(file.stat().st_size), "--format", "raw")
+    loaded = _virsh(uri, "vol-upload", "--pool", LIBVIRT_POOL, name, str(file)) if made.returncode == 0 else made
+    found = _virsh(uri, "vol-path", "--pool", LIBVIRT_POOL, name)
+    if loaded.returncode != 0 or found.returncode != 0:
+        _virsh(uri, "vol-delete", "--pool", LIBVIRT_POOL, name)
+        raise BoxError(
+            f"could not put {file.name} in libvirt's pool {LIBVIRT_POOL} at {uri}: "
+            f"{(loaded.stderr or found.stderr).strip()}. Check the pool with: virsh -c {uri} pool-info {LIBVIRT_POOL}"
+        )
+    return found.stdout.strip()
+
+
+def boot_volumes(name: str, uri: str = LIBVIRT_URI, upload: bool = True) -> tuple[str, str, str] | None:
+    """The paths of the box's kernel and initramfs in the host's pool, put there once per box
+    version (without `upload`: only if they are there), and their command line; None for a box
+    that does not carry them."""
+    files = boot_files(name)
+    if files is None:
+        return None
+    volume = f"{base_volume_prefix(name)}{files.version}_"
+    kernel = pool_volume(uri, volume + files.kernel.name, files.kernel, upload)
+    initrd = pool_volume(uri, volume + files.initrd.name, files.initrd, upload)
+    return (kernel, initrd, files.cmdline) if kernel and initrd else None
 
 
 @dataclass(frozen=True)
@@ -173,7 +245,7 @@ def why_outdated(name: str) -> str | None:
     if not box_has_packages(name):
         return "lacks packages labkit now uses"
     if not box_boots_lean(name):
-        return "was built by an older labkit, to boot every unit Debian enables"
+        return "was built by an older labkit, and boots slower than this one's"
     return None
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from labkit import box, labfile
-from labkit.boot import target
+from labkit.boot import booking, target
 from labkit.boot.vagrant import Accel
 from labkit.cli.common import AccelOpt, AsOpt, BoxOpt, ConnectOpt, KernelOpt, LabArg, ProviderOpt, handled, out
 from labkit.describe import explain, graph
@@ -38,8 +38,10 @@ def render(
     Example: labkit render nat --as alice"""
     model = labfile.read_lab(lab)
     source, chosen = labfile.lab_file(lab), target.box_to_boot(box_name, kernel)
-    booked = target.target_for(source, chosen, provider, accel, target.copy_name(as_name), target.uri_for(connect))
-    sys.stdout.write(vagrantfile.render(model, booked))
+    uri = target.uri_for(connect)
+    booked = target.target_for(source, chosen, provider, accel, target.copy_name(as_name), uri)
+    # the box's kernel as up boots it, once up has put it in the host's pool
+    sys.stdout.write(vagrantfile.render(model, booking.direct_boot(booked, uri, upload=False)))
 
 
 @app.command("explain")

@@ -37,6 +37,11 @@ class Target:
     uri: str | None = None  # another host's libvirt (qemu+ssh://...); None: this host's
     management: str = "192.168.124.0/24"  # the lab's own management network (Vagrant's DHCP and SSH)
     kernel: str | None = None  # the --kernel the box was chosen for: kept in the lab's record, not rendered
+    # libvirt: the box's kernel and initramfs as the host's pool holds them, and their command
+    # line, for QEMU to load itself (a labkit box of format 4 on); None: the box's boot loader
+    boot_kernel: str | None = None
+    boot_initrd: str | None = None
+    boot_cmdline: str | None = None
 
 
 def mac(net_index: int, node_index: int) -> str:

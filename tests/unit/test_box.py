@@ -107,8 +107,11 @@ def test_debian_mirror_falls_back(tmp_path: Path):
 
 def test_the_box_file_holds_what_vagrant_libvirt_reads(tmp_path: Path):
     """The box is a tar of a qcow2 image, metadata.json naming the provider, format and size,
-    and the package list and metadata it was built with; no SSH key."""
+    the package list and metadata it was built with, and its kernel and initramfs; no SSH key."""
     image = tmp_path / "box.img"
+    boot = [tmp_path / build.BOOT_KERNEL, tmp_path / build.BOOT_INITRD]
+    for path in boot:
+        path.write_bytes(b"\x7fELF")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
     built = {
         "kernel": "6.12.57+deb12-amd64",
@@ -116,14 +119,31 @@ def test_the_box_file_holds_what_vagrant_libvirt_reads(tmp_path: Path):
         "ipvsadm": "1:1.31-1+b1",
         "ssh_key": "smbios-oem-string",
     }
-    packed = build.pack(image, built, tmp_path / "labkit.box")
+    packed = build.pack(image, built, tmp_path / "labkit.box", boot)
     with tarfile.open(packed) as tar:
         assert sorted(tar.getnames()) == sorted(
-            ["metadata.json", "Vagrantfile", "box.img", "labkit-packages", "labkit-box.json"]
+            ["metadata.json", "Vagrantfile", "box.img", "labkit-packages", "labkit-box.json", "vmlinuz", "initrd.img"]
         )
         meta = json.load(tar.extractfile("metadata.json"))
         assert meta == {"provider": "libvirt", "format": "qcow2", "virtual_size": DISK_GIB}
         assert json.load(tar.extractfile("labkit-box.json")) == built
+
+
+def test_the_kernel_to_boot_is_the_newest_box_versions_when_it_has_one(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    boxes = tmp_path / "boxes" / "labkit-VAGRANTSLASH-bookworm"
+    for version in ("2026.12.2.93000", "2026.12.10.80000"):
+        folder = boxes / version / "libvirt"
+        folder.mkdir(parents=True)
+        (folder / image.META_FILE).write_text(json.dumps({"cmdline": f"root=/dev/vda1 {version}"}))
+    assert box.boot_files("labkit/bookworm") is None  # an older box: no kernel beside its image
+    newest = boxes / "2026.12.10.80000" / "libvirt"
+    for name in (image.BOOT_KERNEL, image.BOOT_INITRD):
+        (newest / name).write_bytes(b"")
+    assert box.boot_files("labkit/bookworm") == box.BootFiles(
+        "2026.12.10.80000", newest / "vmlinuz", newest / "initrd.img", "root=/dev/vda1 2026.12.10.80000"
+    )
+    assert box.boot_files("debian/bookworm64") is None
 
 
 def test_base_volume_prefix_matches_vagrant_libvirt_names():

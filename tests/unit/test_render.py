@@ -25,6 +25,9 @@ TARGETS = {
             emulator="/usr/local/libexec/labkit-qemu-tcg",
             private_key="/home/user/.local/share/labkit/id_ed25519",
             public_key=PUBLIC_KEY,
+            boot_kernel="/var/lib/libvirt/images/labkit-VAGRANTSLASH-bookworm_vagrant_box_image_2026.12.02_vmlinuz",
+            boot_initrd="/var/lib/libvirt/images/labkit-VAGRANTSLASH-bookworm_vagrant_box_image_2026.12.02_initrd.img",
+            boot_cmdline="root=/dev/vda1 rw quiet console=ttyS0",
         ),
     ),
     "tun-libvirt-kvm": (
