@@ -145,6 +145,10 @@ def test_up(lab):
         assert left == [], f"labkit up {name} left processes behind: {left}"
     assert result.returncode == 0, result.stderr
     assert f"{name} is up" in result.stdout
+    # QEMU loaded the box's kernel itself (direct kernel boot), not the BIOS from the disk
+    for domain in libvirt_names("domains", name):
+        xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", domain], capture_output=True, text=True)
+        assert re.search(r"<kernel>/.*_vmlinuz</kernel>", xml.stdout), f"{domain} boots through the BIOS"
 
 
 def test_verify(lab):
