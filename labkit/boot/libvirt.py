@@ -95,14 +95,8 @@ def claim_network(uri: str, name: str, cidr: IPv4Network, nat: bool) -> str | No
     the rest); None, or libvirt's reason when it refused. Starting is the claim: libvirt will not
     start a network whose range a running one already routes, so labs booked at once, even by other
     installations, cannot end up on one range."""
-    hosts = list(cidr.hosts())
-    forward = "<forward mode='nat'/>" if nat else ""
-    xml = (
-        f"<network><name>{name}</name>{forward}<ip address='{hosts[0]}' netmask='{cidr.netmask}'>"
-        f"<dhcp><range start='{hosts[1]}' end='{hosts[-1]}'/></dhcp></ip></network>"
-    )
     with tempfile.NamedTemporaryFile("w", suffix=".xml") as definition:
-        definition.write(xml)
+        definition.write(management_network(name, cidr, nat))
         definition.flush()
         defined = virsh(uri, "net-define", definition.name)
     if defined.returncode != 0:
@@ -112,6 +106,23 @@ def claim_network(uri: str, name: str, cidr: IPv4Network, nat: bool) -> str | No
         virsh(uri, "net-undefine", name)
         return started.stderr.strip()
     return None
+
+
+DNSMASQ_XMLNS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
+
+
+def management_network(name: str, cidr: IPv4Network, nat: bool) -> str:
+    """The network's libvirt XML. no-ping: before dnsmasq first offers an address it pings it and
+    waits 3 s for no answer, while the booting VM waits for its lease. Only labkit's VMs are on
+    this network, and dnsmasq hands out every address on it."""
+    hosts = list(cidr.hosts())
+    forward = "<forward mode='nat'/>" if nat else ""
+    return (
+        f"<network xmlns:dnsmasq='{DNSMASQ_XMLNS}'><name>{name}</name>{forward}"
+        f"<ip address='{hosts[0]}' netmask='{cidr.netmask}'>"
+        f"<dhcp><range start='{hosts[1]}' end='{hosts[-1]}'/></dhcp></ip>"
+        "<dnsmasq:options><dnsmasq:option value='no-ping'/></dnsmasq:options></network>"
+    )
 
 
 def has_network(uri: str, name: str) -> bool:

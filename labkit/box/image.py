@@ -66,7 +66,8 @@ KERNEL_CMDLINE = (
 # labkit box build and labkit matrix. Raise it whenever customise() changes what a VM does at boot.
 # 2: the lean boot (root by device, units no lab uses masked, the SSH key read by a sh script).
 # 3: no sysusers, no serial getty; udev triggers only the NICs and disks at boot.
-# 4: the kernel and initramfs beside the disk image, for QEMU to load itself (direct kernel boot).
+# 4: the kernel and initramfs beside the disk image, for QEMU to load itself (direct kernel boot);
+#    no wireless stack, no generators for disks a lab VM never has.
 BOX_FORMAT = 4
 # In the box, beside box.img: what QEMU loads instead of running the BIOS and extlinux, which
 # read both from the emulated disk through the BIOS, about 2.5 s of each boot under emulation.
@@ -166,6 +167,16 @@ def customise(tree: Path, log: Callable[[str], None]) -> str:
     # under emulation at every boot, for a configuration the box ships.
     write(etc / "systemd/system/ssh.service.d/labkit.conf", "[Service]\nExecStartPre=\n")
     write(etc / "systemd/system/systemd-udev-trigger.service.d/labkit.conf", UDEV_TRIGGER)
+    # networkd asks the kernel for the Wi-Fi netlink family as it starts, and the kernel then loads
+    # the whole wireless stack (cfg80211, a megabyte, with its certificates) while networkd waits.
+    write(etc / "modprobe.d/labkit.conf", "# no Wi-Fi in a lab VM\nblacklist cfg80211\n")
+    # Generators run before any unit starts; these look for encrypted, verity and GPT disks,
+    # hibernation images, rc.local and more that a lab VM never has. Kept: fstab, getty and sysv
+    # (which makes ipvsadm.service from its init script).
+    generators = etc / "systemd/system-generators"
+    generators.mkdir(parents=True, exist_ok=True)
+    for generator in UNUSED_GENERATORS:
+        (generators / generator).symlink_to("/dev/null")
     # Every VM must get its own host keys, so none ship in the image.
     for host_key in (etc / "ssh").glob("ssh_host_*"):
         host_key.unlink()
@@ -225,6 +236,15 @@ UDEV_IN_INITRAMFS = (
 )
 
 
+UNUSED_GENERATORS = (
+    "systemd-cryptsetup-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator",
+    "systemd-veritysetup-generator",
+    "systemd-system-update-generator",
+    "systemd-rc-local-generator",
+)
 SYSV_DUPLICATES = ("keepalived", "nginx", "ssh")
 BOOT_DISABLED = ("keepalived", "nginx", "ipvsadm")
 # Units a lab VM has no use for. Under emulation the guest boots on one slow CPU, and each of

@@ -149,6 +149,13 @@ def test_up(lab):
     for domain in libvirt_names("domains", name):
         xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", domain], capture_output=True, text=True)
         assert re.search(r"<kernel>/.*_vmlinuz</kernel>", xml.stdout), f"{domain} boots through the BIOS"
+    # What the lean boot took out is still out: the kernel's random generator was ready before
+    # userspace began (the host key waited for nothing), and no Wi-Fi stack was loaded.
+    ssh = ["ssh", "-F", str(lab_dir(name) / "ssh_config"), "rs0"]
+    booted_kernel = subprocess.run([*ssh, "sudo -n dmesg; lsmod"], capture_output=True, text=True, timeout=60)
+    ready = re.search(r"\[\s*([\d.]+)\] random: crng init done", booted_kernel.stdout)
+    assert ready and float(ready[1]) < 1, "the random generator was not ready at boot (no RDRAND?)"
+    assert "cfg80211" not in booted_kernel.stdout, "rs0 loaded the wireless stack at boot"
 
 
 def test_verify(lab):

@@ -1,8 +1,21 @@
 """A lab's libvirt objects found by their names, without Vagrant's state."""
 
+import xml.etree.ElementTree as ET
+from ipaddress import IPv4Network
+
 import pytest
 
-from labkit.boot.libvirt import LOCAL, Objects, ipv4_leases, of, shown, strays, uri_for
+from labkit.boot.libvirt import (
+    DNSMASQ_XMLNS,
+    LOCAL,
+    Objects,
+    ipv4_leases,
+    management_network,
+    of,
+    shown,
+    strays,
+    uri_for,
+)
 from labkit.errors import LabkitError
 from labkit.labfile import LABS, load_lab
 
@@ -71,3 +84,20 @@ def test_a_vms_leased_address_is_read_from_domifaddr():
         "192.168.124.9",
     ]
     assert ipv4_leases(DOMIFADDR.splitlines(keepends=True)[0]) == []
+
+
+def test_the_management_network_leases_at_once():
+    network = ET.fromstring(management_network("labkit-nat-mgmt", IPv4Network("192.168.124.0/24"), nat=False))
+    assert network.find("name").text == "labkit-nat-mgmt"
+    assert network.find("forward") is None  # isolated: the box has every package
+    assert network.find("ip").attrib == {"address": "192.168.124.1", "netmask": "255.255.255.0"}
+    assert network.find("ip/dhcp/range").attrib == {"start": "192.168.124.2", "end": "192.168.124.254"}
+    # dnsmasq offers an address without first pinging it for 3 s
+    options = [o.get("value") for o in network.iter(f"{{{DNSMASQ_XMLNS}}}option")]
+    assert options == ["no-ping"]
+
+
+def test_a_management_network_that_fetches_packages_is_routed():
+    network = ET.fromstring(management_network("labkit-nat-mgmt", IPv4Network("10.9.8.0/28"), nat=True))
+    assert network.find("forward").get("mode") == "nat"
+    assert network.find("ip/dhcp/range").attrib == {"start": "10.9.8.2", "end": "10.9.8.14"}
