@@ -72,10 +72,7 @@ def direct_boot(target: Target, uri: str, upload: bool = True) -> Target:
     if target.provider != Provider.libvirt:
         return target
     with exclusive("boot-files"):  # labs booted at once: one uploads, the others find it there
-        try:
-            found = box.boot_volumes(target.box, uri, upload)
-        except box.BoxError as exc:
-            raise LabkitError(str(exc)) from None
+        found = box.boot_volumes(target.box, uri, upload)
     if found is None:
         return target
     kernel, initrd, cmdline = found

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from labkit.box.guest_key import KEY_SOURCE
 from labkit.box.image import BOOT_INITRD, BOOT_KERNEL, DEFAULT_BOX, META_FILE, PACKAGES_FILE
-from labkit.box.store import boot_volumes, box_add, box_exists, boxes_dir, read_meta, remove_box, version_key
+from labkit.box.store import boot_volumes, box_add, box_exists, installed, read_meta, remove_box
 from labkit.box.system import BoxError
 
 MANIFEST = "labkit-export.json"
@@ -40,12 +40,6 @@ class Shared:
     size: int  # bytes of the export file
     seconds: float
     added: bool = True  # import: False when Vagrant already had the identical box
-
-
-def _installed(name: str) -> list[Path]:
-    """The box's libvirt folders in Vagrant, oldest version first."""
-    folders = (boxes_dir() / name.replace("/", "-VAGRANTSLASH-")).glob("*/libvirt")
-    return sorted(folders, key=lambda f: version_key(f.parent.name))
 
 
 def _labkit_version() -> str:
@@ -70,7 +64,7 @@ class _Hashing:
 def export_box(file: Path, name: str = DEFAULT_BOX) -> Shared:
     """Write the newest installed version of the box to FILE; a failure leaves no FILE."""
     started = time.monotonic()
-    folders = _installed(name)
+    folders = installed(name)
     if not folders:
         raise BoxError(f"Vagrant has no box {name}: labkit box list shows labkit's boxes")
     folder = folders[-1]
@@ -211,7 +205,7 @@ def import_box(file: Path, force: bool = False, log: Callable[[str], None] = pri
     manifest = read_export(file)  # nothing is touched before this passes
     name, version = manifest["box"], manifest["version"]
     shared = dict(name=name, version=version, kernel=manifest.get("kernel", ""), size=file.stat().st_size)
-    folders = _installed(name)
+    folders = installed(name)
     same = [f for f in folders if f.parent.name == version and _same_box(f, manifest["members"])]
     if same:
         return Shared(**shared, seconds=time.monotonic() - started, added=False)

@@ -105,10 +105,16 @@ def version_key(version: str) -> tuple:
     return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
 
 
+def installed(name: str) -> list[Path]:
+    """The box's libvirt folders in Vagrant, oldest version first."""
+    folders = (boxes_dir() / name.replace("/", "-VAGRANTSLASH-")).glob("*/libvirt")
+    return sorted(folders, key=lambda f: version_key(f.parent.name))
+
+
 def boot_files(name: str) -> BootFiles | None:
     """The kernel and initramfs of the box version Vagrant boots (the newest), when the box
     carries them (labkit boxes of format 4 on)."""
-    folders = sorted((p.parent for p in box_files(name, META_FILE)), key=lambda f: version_key(f.parent.name))
+    folders = installed(name)
     if not folders:
         return None
     folder = folders[-1]
@@ -256,11 +262,7 @@ def base_volume_prefix(box_name: str) -> str:
 
 def _pool_volumes() -> dict[str, str]:
     """name -> path of the volumes in the libvirt pool; empty if there is no pool yet."""
-    proc = subprocess.run(
-        ["virsh", "-c", LIBVIRT_URI, "-q", "vol-list", "--pool", LIBVIRT_POOL],
-        capture_output=True,
-        text=True,
-    )
+    proc = _virsh(LIBVIRT_URI, "-q", "vol-list", "--pool", LIBVIRT_POOL)
     if proc.returncode != 0:
         return {}  # vagrant-libvirt creates the pool on first use
     volumes = {}
@@ -272,11 +274,7 @@ def _pool_volumes() -> dict[str, str]:
 
 
 def _backing_path(volume: str) -> str | None:
-    proc = subprocess.run(
-        ["virsh", "-c", LIBVIRT_URI, "vol-dumpxml", "--pool", LIBVIRT_POOL, volume],
-        capture_output=True,
-        text=True,
-    )
+    proc = _virsh(LIBVIRT_URI, "vol-dumpxml", "--pool", LIBVIRT_POOL, volume)
     if proc.returncode != 0:
         return None  # deleted since the listing, e.g. by a lab being destroyed
     node = ET.fromstring(proc.stdout).find("backingStore/path")
