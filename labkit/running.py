@@ -32,6 +32,7 @@ from labkit.record import Record
 from labkit.render.vagrantfile import Provider
 
 SNAPSHOT_LAB = "lab.snapshot.yaml"  # the lab file as it was when the snapshot was taken
+BOOT_SECONDS = 600  # from `vagrant up` until every node of a labkit box answers SSH, at most
 
 
 class RunningLab:
@@ -136,11 +137,14 @@ class RunningLab:
         on_progress: Callable[[str, str], None],
         on_done: Callable[[ssh.NodeResult], None] | None = None,
     ) -> float:
-        """`vagrant up`, every node at once; the moment (time.monotonic()) it ended. With on_done,
-        provision too: a labkit box's node on this host as soon as its sshd answers, while the
-        others still boot (their configuration then waits for no one); any other node once the
-        boot is over. A node that failed makes it an error, as provision() says."""
-        early = on_done is not None and self.reads_leases
+        """`vagrant up`, every node at once; the moment (time.monotonic()) every node was up. With
+        on_done, provision too: a labkit box's node on this host as soon as its sshd answers, while
+        the others still boot (their configuration then waits for no one); any other node once the
+        boot is over. A node that failed makes it an error, as provision() says.
+
+        A labkit box's nodes on this host are waited for here, not by Vagrant: given no box (the
+        Vagrantfile says why), `vagrant up` only defines and starts the VMs."""
+        early = self.reads_leases
         failed: list[BaseException] = []
 
         def booting() -> None:
@@ -155,13 +159,26 @@ class RunningLab:
             if early:
                 worker = threading.Thread(target=booting, daemon=True)
                 worker.start()
-                while worker.is_alive():
+                deadline = time.monotonic() + BOOT_SECONDS
+                while not failed and (worker.is_alive() or len(answered) < len(self.lab.nodes)):
                     found = self._answering([n for n in self.lab.nodes if n not in answered])
                     if found:
                         answered.update(found)
                         self._write_ssh_config(answered)
-                        started.update({node: pool.submit(self._provision_one, self.lab, node) for node in found})
-                    worker.join(1)
+                        for node in found:
+                            on_progress(node, "answers SSH")
+                            if on_done is not None:
+                                started[node] = pool.submit(self._provision_one, self.lab, node)
+                    if time.monotonic() > deadline:
+                        late = ", ".join(n for n in self.lab.nodes if n not in answered)
+                        raise vagrant.BootError(
+                            f"{late} did not answer SSH within {BOOT_SECONDS} s. What each VM printed "
+                            f"as it booted is in {self.folder}/console-NODE.log"
+                        )
+                    if worker.is_alive():
+                        worker.join(1)
+                    else:
+                        time.sleep(1)
             else:
                 booting()
             ended = time.monotonic()

@@ -59,6 +59,15 @@ def boot(
     if made is not None and target.provider == Provider.libvirt:
         for line in health.repair(name, lab, uri):
             on_repair(line)
+    if target.base_disk:
+        failed = libvirt.make_disks(uri, names.domains(name, lab.nodes), target.base_disk)
+        if failed:
+            raise LabkitError(
+                "could not make the VMs' disks:\n"
+                + "\n".join(f"  {f}" for f in failed)
+                + f"\nCheck the pool with: virsh -c {uri} pool-info {libvirt.POOL}"
+                + f"\nRemove what was made with: labkit down {name}"
+            )
     try:
         return running, running.boot(target.provider, on_progress, on_done)
     except vagrant.BootError as exc:
@@ -75,8 +84,9 @@ def direct_boot(target: Target, uri: str, upload: bool = True) -> Target:
         found = box.boot_volumes(target.box, uri, upload)
     if found is None:
         return target
-    kernel, initrd, cmdline = found
-    return replace(target, boot_kernel=kernel, boot_initrd=initrd, boot_cmdline=cmdline)
+    kernel, initrd, cmdline, disk = found
+    base = disk if libvirt.is_local(uri) else None  # another host's VMs: Vagrant waits for them, through it
+    return replace(target, boot_kernel=kernel, boot_initrd=initrd, boot_cmdline=cmdline, base_disk=base)
 
 
 def _claim_management(name: str, lab: Lab, uri: str, nat: bool) -> str:

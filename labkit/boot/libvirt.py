@@ -58,6 +58,16 @@ def volumes(uri: str) -> list[str]:
     return [n for n in listed if names.is_labkit(n) and "_vagrant_box_image_" not in n]
 
 
+def make_disks(uri: str, domains: list[str], base: str) -> list[str]:
+    """Each domain's disk (DOMAIN.img, as vagrant-libvirt names it) that the pool lacks, made as a
+    copy-on-write layer over the volume at path `base`, of its size; what could not be made, and why."""
+    have = set(volumes(uri))
+    missing = [d for d in domains if f"{d}.img" not in have]
+    layer = ("--format", "qcow2", "--backing-vol", base, "--backing-vol-format", "qcow2")
+    made = per_domain(uri, missing, "vol-create-as", POOL, "{}.img", "0", *layer)  # size 0: the base's
+    return [f"{d}.img: {r.stderr.strip()}" for d, r in made.items() if r.returncode != 0]
+
+
 def present(uri: str) -> Objects:
     """Every domain, volume and network in libvirt named as a lab's are (labkit-...)."""
     return Objects(

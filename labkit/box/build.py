@@ -116,7 +116,7 @@ def build_box(
         remove_box(name, log)
         log(f"adding box {name} (kernel {release})")
         box_add(name, box_file, version=now.strftime("%Y.%m.%d.%H%M%S"))  # one Vagrant can order
-        boot_volumes(name)  # its kernel and initramfs in this host's pool, for QEMU to load
+        boot_volumes(name)  # its kernel, initramfs and image in this host's pool, for the first up
     finally:
         remove_tree(work)
     log(f"box {name} built in {time.monotonic() - started:.0f} s")

@@ -218,5 +218,5 @@ def import_box(file: Path, force: bool = False, log: Callable[[str], None] = pri
     if box_exists(name):  # only this Vagrant's box: the pool's image may be another installation's too
         remove_box(name, log)  # refuses while a VM still runs on the old image
     box_add(name, file, version=version)
-    boot_volumes(name)  # its kernel and initramfs in this host's pool, for QEMU to load
+    boot_volumes(name)  # its kernel, initramfs and image in this host's pool, for the first up
     return Shared(**shared, seconds=time.monotonic() - started)

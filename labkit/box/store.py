@@ -22,6 +22,7 @@ from labkit.box.system import BoxError, run
 
 LIBVIRT_URI = "qemu:///system"
 LIBVIRT_POOL = "default"  # where vagrant-libvirt uploads box images
+BOX_IMAGE = "box.img"  # the box's disk image, in the box and in the pool
 
 
 def _vagrant() -> vagrant.Vagrant:
@@ -92,12 +93,13 @@ def box_files(name: str, file: str) -> list[Path]:
 
 @dataclass(frozen=True)
 class BootFiles:
-    """An installed box's kernel and initramfs, and the command line they boot with."""
+    """An installed box's kernel and initramfs, the command line they boot with, and its disk image."""
 
     version: str  # of the box
     kernel: Path
     initrd: Path
     cmdline: str
+    disk: Path
 
 
 def version_key(version: str) -> tuple:
@@ -119,10 +121,10 @@ def boot_files(name: str) -> BootFiles | None:
         return None
     folder = folders[-1]
     cmdline = read_meta(folder / META_FILE).get("cmdline")
-    kernel, initrd = folder / BOOT_KERNEL, folder / BOOT_INITRD
-    if not cmdline or not kernel.is_file() or not initrd.is_file():
+    kernel, initrd, disk = folder / BOOT_KERNEL, folder / BOOT_INITRD, folder / BOX_IMAGE
+    if not cmdline or not kernel.is_file() or not initrd.is_file() or not disk.is_file():
         return None
-    return BootFiles(folder.parent.name, kernel, initrd, cmdline)
+    return BootFiles(folder.parent.name, kernel, initrd, cmdline, disk)
 
 
 POOL_PATH = "/var/lib/libvirt/images"  # where vagrant-libvirt makes the pool when there is none
@@ -155,17 +157,18 @@ def pool_volume(uri: str, name: str, file: Path, upload: bool = True) -> str | N
     return found.stdout.strip()
 
 
-def boot_volumes(name: str, uri: str = LIBVIRT_URI, upload: bool = True) -> tuple[str, str, str] | None:
-    """The paths of the box's kernel and initramfs in the host's pool, put there once per box
-    version (without `upload`: only if they are there), and their command line; None for a box
-    that does not carry them."""
+def boot_volumes(name: str, uri: str = LIBVIRT_URI, upload: bool = True) -> tuple[str, str, str, str] | None:
+    """The paths of the box's kernel, initramfs and disk image in the host's pool, put there once
+    per box version (without `upload`: only if they are there), and the kernel's command line;
+    None for a box that does not carry them. The image's volume is named as vagrant-libvirt names
+    it, which finds it there too."""
     files = boot_files(name)
     if files is None:
         return None
     volume = f"{base_volume_prefix(name)}{files.version}_"
-    kernel = pool_volume(uri, volume + files.kernel.name, files.kernel, upload)
-    initrd = pool_volume(uri, volume + files.initrd.name, files.initrd, upload)
-    return (kernel, initrd, files.cmdline) if kernel and initrd else None
+    found = [pool_volume(uri, volume + file.name, file, upload) for file in (files.kernel, files.initrd, files.disk)]
+    kernel, initrd, disk = found
+    return (kernel, initrd, files.cmdline, disk) if all(found) else None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ class Target:
     boot_kernel: str | None = None
     boot_initrd: str | None = None
     boot_cmdline: str | None = None
+    # libvirt on this host: the box's image in the pool. labkit makes each VM's disk on it and waits
+    # for the VMs itself, so Vagrant is given no box: it defines and starts the VMs, and is done.
+    base_disk: str | None = None
 
 
 def mac(net_index: int, node_index: int) -> str:

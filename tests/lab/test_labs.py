@@ -145,6 +145,9 @@ def test_up(lab):
         assert left == [], f"labkit up {name} left processes behind: {left}"
     assert result.returncode == 0, result.stderr
     assert f"{name} is up" in result.stdout
+    # labkit, not Vagrant, waited for each node's SSH (Vagrant only started the VMs)
+    for node in load_lab(LABS / name / "lab.yaml").nodes:
+        assert f"{node}: answers SSH" in result.stdout + result.stderr, f"labkit did not see {node} answer"
     # QEMU loaded the box's kernel itself (direct kernel boot), not the BIOS from the disk
     for domain in libvirt_names("domains", name):
         xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", domain], capture_output=True, text=True)

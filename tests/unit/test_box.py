@@ -138,10 +138,14 @@ def test_the_kernel_to_boot_is_the_newest_box_versions_when_it_has_one(tmp_path:
         (folder / image.META_FILE).write_text(json.dumps({"cmdline": f"root=/dev/vda1 {version}"}))
     assert box.boot_files("labkit/bookworm") is None  # an older box: no kernel beside its image
     newest = boxes / "2026.12.10.80000" / "libvirt"
-    for name in (image.BOOT_KERNEL, image.BOOT_INITRD):
+    for name in (image.BOOT_KERNEL, image.BOOT_INITRD, store.BOX_IMAGE):
         (newest / name).write_bytes(b"")
     assert box.boot_files("labkit/bookworm") == box.BootFiles(
-        "2026.12.10.80000", newest / "vmlinuz", newest / "initrd.img", "root=/dev/vda1 2026.12.10.80000"
+        "2026.12.10.80000",
+        newest / "vmlinuz",
+        newest / "initrd.img",
+        "root=/dev/vda1 2026.12.10.80000",
+        newest / "box.img",
     )
     assert box.boot_files("debian/bookworm64") is None
 

@@ -28,6 +28,7 @@ TARGETS = {
             boot_kernel="/var/lib/libvirt/images/labkit-VAGRANTSLASH-bookworm_vagrant_box_image_2026.12.02_vmlinuz",
             boot_initrd="/var/lib/libvirt/images/labkit-VAGRANTSLASH-bookworm_vagrant_box_image_2026.12.02_initrd.img",
             boot_cmdline="root=/dev/vda1 rw quiet console=ttyS0",
+            base_disk="/var/lib/libvirt/images/labkit-VAGRANTSLASH-bookworm_vagrant_box_image_2026.12.02_box.img",
         ),
     ),
     "tun-libvirt-kvm": (
@@ -66,6 +67,18 @@ def test_golden(name):
 def test_golden_is_valid_ruby(name):
     result = subprocess.run(["ruby", "-c", str(GOLDEN / f"{name}.Vagrantfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_labkit_box_on_this_host_gives_vagrant_no_box_and_each_vm_its_disk():
+    text = (GOLDEN / "nat-libvirt-qemu.Vagrantfile").read_text()
+    assert "config.vm.box =" not in text  # Vagrant neither handles a box nor waits for SSH
+    for node in ("lb0", "lb1", "rs0", "rs1", "cl0"):
+        assert (
+            f'libvirt.storage :file, :path => "labkit-nat-{node}.img", :type => "qcow2", :allow_existing => true'
+            in text
+        )
+    other = (GOLDEN / "nat-copy-remote.Vagrantfile").read_text()  # on another host Vagrant waits, through it
+    assert 'config.vm.box = "labkit/bookworm"' in other and "libvirt.storage" not in other
 
 
 def test_each_interface_has_its_own_mac():
