@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib import resources
@@ -16,6 +17,10 @@ def verify(lab_dir: Path, ssh_config: Path, pytest_args: list[str]) -> int:
         "-m",
         "pytest",
         str(CHECKS),
+        # Only the plugins the checks use: not every pytest plugin installed beside labkit, which
+        # could change how the checks run, and costs startup (one took a second of collection).
+        "-p",
+        "testinfra.plugin",
         "-p",
         "labkit.verify.checks.plugin",
         f"--lab-dir={lab_dir}",
@@ -27,4 +32,4 @@ def verify(lab_dir: Path, ssh_config: Path, pytest_args: list[str]) -> int:
         "junit_family=xunit1",  # keeps the measured figures as <properties> in JUnit XML
         *pytest_args,
     ]
-    return subprocess.run(command).returncode
+    return subprocess.run(command, env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}).returncode

@@ -15,6 +15,7 @@ import testinfra
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService, load_lab
 from labkit.plan.steps import own_ports
 from labkit.running import RunningLab
+from labkit.verify.checks import state
 
 # Schedulers whose choice for a connection held open the checks predict from the counters.
 HELD = ("lc", "wlc", "sed", "nq", "ovf", "lblc", "lblcr")
@@ -25,8 +26,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     # --ssh-config (Vagrant's, for the lab's nodes) is testinfra's own option.
 
 
+LAB = pytest.StashKey[Lab]()
+
+
 def _lab(config: pytest.Config) -> Lab:
-    return load_lab(Path(config.getoption("--lab-dir")) / "lab.yaml")
+    """The lab file, read once per run (every check function's parameters come from it)."""
+    if LAB not in config.stash:
+        config.stash[LAB] = load_lab(Path(config.getoption("--lab-dir")) / "lab.yaml")
+    return config.stash[LAB]
 
 
 def parameters(lab: Lab) -> dict[str, list]:
@@ -220,6 +227,21 @@ def hosts(pytestconfig: pytest.Config, lab: Lab):
         with ThreadPoolExecutor(len(there)) as pool:
             list(pool.map(lambda host: host.run("true"), there))
     return cache.__getitem__
+
+
+@pytest.fixture(scope="session")
+def node_state(hosts, lab: Lab, absent) -> dict[str, dict[str, str]]:
+    """node -> name -> what the standing-state checks read of it (state.py), asked of every node
+    there at once, one command each."""
+
+    def read(node: str) -> dict[str, str]:
+        return state.parse(hosts(node).run(state.script(state.commands(lab, node))).stdout)
+
+    there = [node for node in lab.nodes if node not in absent]
+    if not there:
+        return {}
+    with ThreadPoolExecutor(len(there)) as pool:
+        return dict(zip(there, pool.map(read, there)))
 
 
 @pytest.fixture(scope="session")

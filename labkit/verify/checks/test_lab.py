@@ -10,24 +10,21 @@ import re
 import shlex
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_address
 
 import pytest
 
-from labkit.labfile import Forwarding, Lab, Protocol, VirtualService
+from labkit.labfile import Forwarding, Lab, VirtualService
 from labkit.labfile.model import host_cidr, host_port
 from labkit.operate.trace import read_capture, start_capture
 from labkit.plan import containers, ipvs, keepalived
 from labkit.render.vagrantfile import interfaces
-from labkit.verify.checks import scheduling
+from labkit.verify.checks import scheduling, state
 from labkit.verify.checks.plugin import once_per_service
 from labkit.verify.checks.table import counters as held_counters
 from labkit.verify.checks.table import recreate, settle
 
 # ---- every node ----------------------------------------------------------------------------
-
-DIRECTOR_PACKAGES = ("ipvsadm", "keepalived")
 
 
 def test_node_is_there(node, absent):
@@ -36,43 +33,20 @@ def test_node_is_there(node, absent):
     assert node not in absent, f"{node} {absent[node]}"
 
 
-@pytest.fixture(scope="session")
-def node_state(hosts, lab: Lab, absent) -> dict[str, dict[str, str]]:
-    """node -> what the checks below read of it: 'hostname', 'kernel' (uname -r), each director
-    package's version (empty if it is not installed) and 'addresses' (ip -o addr show), all set
-    before verify starts. Asked of every node at once, in one command each: under emulation
-    every command costs a tenth of a second or more."""
-
-    def read(node: str) -> dict[str, str]:
-        packages = DIRECTOR_PACKAGES if node in lab.directors else ()
-        commands = {
-            "hostname": "hostname",
-            "kernel": "uname -r",
-            **{p: f"dpkg-query -W -f '${{Version}}\\n' {p} 2>/dev/null" for p in packages},
-            "addresses": "ip -o addr show",
-        }
-        out = hosts(node).run("; ".join(f"echo '== {name}'; {command}" for name, command in commands.items())).stdout
-        parts = re.split(r"^== (\S+)\n", out, flags=re.M)[1:]
-        return {name: text.strip() for name, text in zip(parts[::2], parts[1::2])}
-
-    there = [node for node in lab.nodes if node not in absent]
-    with ThreadPoolExecutor(len(there)) as pool:
-        return dict(zip(there, pool.map(read, there)))
-
-
 def test_hostname(node_state, node):
-    seen = node_state[node]["hostname"]
+    seen = state.sysctls(node_state[node]["sysctls"]).get("kernel.hostname")
     assert seen == node, f"expected hostname {node}, saw {seen}"
 
 
 def test_versions(node_state, lab: Lab, node, figure):
     """What the run ran on, kept with its figures: the node's kernel, and on directors the
     ipvsadm and keepalived that drive its IPVS (a regression is a kernel's, or a tool's)."""
-    kernel = node_state[node]["kernel"]
-    assert re.fullmatch(r"\d+\.\d+\S*", kernel), f"uname -r said {kernel!r}"
+    kernel = state.sysctls(node_state[node]["sysctls"]).get("kernel.osrelease", "")
+    assert re.fullmatch(r"\d+\.\d+\S*", kernel), f"the kernel release (uname -r) reads {kernel!r}"
     figure(f"{node}_kernel", kernel)
-    for package in DIRECTOR_PACKAGES if node in lab.directors else ():
-        version = node_state[node][package]
+    installed = state.packages(node_state[node].get("packages", ""))
+    for package in state.DIRECTOR_PACKAGES if node in lab.directors else ():
+        version = installed.get(package)
         assert version, f"{package} is not installed on {node}"
         figure(f"{node}_{package}", version)
 
@@ -95,34 +69,37 @@ def methods(lab: Lab, real_server: str) -> set[Forwarding]:
     return {s.forwarding for s in lab.services_of(real_server)}
 
 
-def sysctl(host, key: str) -> int:
-    return int(host.check_output(f"cat /proc/sys/{shlex.quote(key.replace('.', '/'))}"))
+def sysctl(node_state, node: str, key: str) -> int:
+    """The sysctl's value, as read before the checks (state.py)."""
+    value = state.sysctls(node_state[node]["sysctls"]).get(key, "not read")
+    assert value.isdigit(), f"{node}: {key} could not be read: {value}"
+    return int(value)
 
 
-def test_real_server_sysctls(hosts, lab: Lab, vip_real_server):
-    host = hosts(vip_real_server)
+def test_real_server_sysctls(node_state, lab: Lab, vip_real_server):
+    node = vip_real_server
     # The VIP is configured locally, but only the director may answer ARP for it.
-    arp_ignore = sysctl(host, "net.ipv4.conf.all.arp_ignore")
+    arp_ignore = sysctl(node_state, node, "net.ipv4.conf.all.arp_ignore")
     assert arp_ignore == 1, (
         f"expected arp_ignore 1 (answer ARP only for the asking interface's addresses), saw {arp_ignore}"
     )
-    arp_announce = sysctl(host, "net.ipv4.conf.all.arp_announce")
+    arp_announce = sysctl(node_state, node, "net.ipv4.conf.all.arp_announce")
     assert arp_announce == 2, f"expected arp_announce 2 (never the VIP as ARP source), saw {arp_announce}"
-    for dev in sorted({s.tunnel_type.device for s in lab.services_of(vip_real_server) if s.tunnel_type}):
+    for dev in state.tunnel_devices(lab, vip_real_server):
         # The unwrapped request arrives on tunl0 (gre0 for GRE) but the route back to the client
         # leaves by another interface: reverse-path filtering (the larger of all and it) must be off.
-        effective = max(sysctl(host, "net.ipv4.conf.all.rp_filter"), sysctl(host, f"net.ipv4.conf.{dev}.rp_filter"))
+        effective = max(sysctl(node_state, node, f"net.ipv4.conf.{name}.rp_filter") for name in ("all", dev))
         assert effective == 0, f"rp_filter on {dev} must be 0 (max of all and {dev}), saw {effective}"
 
 
-def test_vip_on_real_server(hosts, lab: Lab, vip_real_server):
-    host = hosts(vip_real_server)
+def test_vip_on_real_server(node_state, lab: Lab, vip_real_server):
+    read = node_state[vip_real_server]
     tunnels = set()
     for svc in lab.services_of(vip_real_server):
         # a tunnel ends on tunl0 (IP-in-IP, and GUE's IP-in-IP once out of UDP) or gre0 (GRE)
         dev = svc.tunnel_type.device if svc.tunnel_type else {Forwarding.route: "lo"}.get(svc.forwarding)
         if dev:
-            seen = host.check_output(f"ip -o addr show dev {dev}")
+            seen = state.lines_of(read["addresses"], dev)
             for vip in svc.addresses:
                 assert f" {host_cidr(vip)} " in seen, (
                     f"{vip_real_server}: expected VIP {host_cidr(vip)} on {dev}, saw: {seen}"
@@ -130,14 +107,14 @@ def test_vip_on_real_server(hosts, lab: Lab, vip_real_server):
         if svc.tunnel_type:
             tunnels.add(dev)
     for dev in sorted(tunnels):
-        link = host.check_output(f"ip -br link show dev {dev}")
+        link = state.lines_of(read["links"], dev)
         assert "UP" in link, f"expected {dev} up, saw: {link}"
 
 
-def test_route_to_client(hosts, lab: Lab, real_server):
+def test_route_to_client(node_state, lab: Lab, real_server):
     """NAT replies go back through the director; TUN and DR replies go straight to the client.
     The same for IPv6 services and the client's IPv6 address."""
-    host = hosts(real_server)
+    read = node_state[real_server]
     director = lab.nodes[lab.active_director]
     mine = lab.nodes[real_server]
     for ipv6 in (False, True):
@@ -150,7 +127,7 @@ def test_route_to_client(hosts, lab: Lab, real_server):
             gateway = lab.gateway if lab.ha else next(a for n, a in director.addresses.items() if n in mine.addresses)
         for client in lab.clients:
             for addr in (lab.nodes[client].addresses6 if ipv6 else lab.nodes[client].addresses).values():
-                seen = host.check_output(f"ip -{6 if ipv6 else 4} route get {addr}")
+                seen = read[state.route_name(addr)]
                 if Forwarding.masq in used:
                     via = re.search(r" via (\S+)", seen)
                     assert via and via[1] == str(gateway), (
@@ -160,26 +137,12 @@ def test_route_to_client(hosts, lab: Lab, real_server):
                     assert " via " not in seen, f"expected {addr} to be reached directly, saw: {seen}"
 
 
-def test_nginx(hosts, lab: Lab, web_real_server):
+def test_nginx(node_state, lab: Lab, web_real_server):
     real_server = web_real_server
-    host = hosts(real_server)
-    state = host.run("systemctl is-active nginx").stdout.strip()
-    assert state == "active", f"expected nginx active, systemctl says {state}"
-    # the port of an IPv6 service must answer on IPv6 too: nginx's `listen 80` is IPv4 only
-    ports = {
-        (svc.real_port(rs), local)
-        for svc in lab.services_of(real_server)
-        if svc.protocol == Protocol.tcp
-        for rs in svc.real_servers
-        for local in (["::1"] if svc.ipv6 else ["127.0.0.1"])
-        if lab.node_at(rs.address) == real_server
-    }
-    # One command for every port: a lab may give a real server many.
-    ports = sorted(ports)
-    loop = "; ".join(
-        f"echo $(curl -sS -g -m 5 http://{host_port(local, port)}/ || echo FAILED)" for port, local in ports
-    )
-    pages = dict(zip(ports, host.check_output(f"sh -c {shlex.quote(loop)}").splitlines()))
+    read = node_state[real_server]
+    assert read["nginx"] == "active", f"expected nginx active, systemctl says {read['nginx']}"
+    ports = state.web_ports(lab, real_server)
+    pages = dict(zip(ports, read["pages"].splitlines()))
     wrong = {f"http://{host_port(local, port)}/": page for (port, local), page in pages.items() if page != real_server}
     assert len(pages) == len(ports) and not wrong, (
         f"expected each port of {real_server} to answer {real_server}, saw: {wrong or pages}"
@@ -189,23 +152,23 @@ def test_nginx(hosts, lab: Lab, web_real_server):
 # ---- directors ----------------------------------------------------------------------------
 
 
-def test_port_reuse_is_scheduled_anew(hosts, bypassed_director):
+def test_port_reuse_is_scheduled_anew(node_state, bypassed_director):
     """DR and TUN: the director never sees the real server's half of a connection, so it keeps
     the entry in FIN_WAIT for 2 minutes. conn_reuse_mode bit 2 schedules a new connection that
     reuses such an entry's source port, so it cannot reach a server drained to weight 0."""
-    mode = sysctl(hosts(bypassed_director), "net.ipv4.vs.conn_reuse_mode")
+    mode = sysctl(node_state, bypassed_director, "net.ipv4.vs.conn_reuse_mode")
     assert mode & 2, f"expected conn_reuse_mode with bit 2 (FIN_WAIT entries rescheduled), saw {mode}"
 
 
-def test_ip_forward(hosts, lab: Lab, nat_director):
+def test_ip_forward(node_state, lab: Lab, nat_director):
     families = {"net.ipv4.ip_forward": lab.nat4, "net.ipv6.conf.all.forwarding": lab.nat6}
     for key in (key for key, needed in families.items() if needed):
-        forward = sysctl(hosts(nat_director), key)
+        forward = sysctl(node_state, nat_director, key)
         assert forward == 1, f"NAT: the director must forward, expected {key} 1, saw {forward}"
 
 
-def test_vip_on_active_director_only(hosts, lab: Lab, director):
-    seen = hosts(director).check_output("ip -o addr show")
+def test_vip_on_active_director_only(node_state, lab: Lab, director):
+    seen = node_state[director]["addresses"]
     for vip in lab.vips + ([lab.gateway] if lab.gateway else []):
         holds = f" {vip}/" in seen
         if director == lab.active_director:
@@ -250,14 +213,9 @@ def test_only_the_active_director_answers_for_the_vips(hosts, lab: Lab):
         )
 
 
-def test_vrrp_state(hosts, lab: Lab, paired_director):
+def test_vrrp_state(node_state, lab: Lab, paired_director):
     """keepalived's own view: the preferred director is MASTER of every VRRP instance, the other BACKUP."""
-    dump = (
-        "rm -f /tmp/keepalived.data; kill -USR1 $(cat /run/keepalived.pid);"
-        " for i in $(seq 20); do grep -q 'VRRP Instance' /tmp/keepalived.data 2>/dev/null && break; sleep 0.2; done;"
-        " sleep 0.2; cat /tmp/keepalived.data"
-    )
-    states = keepalived.vrrp_states(hosts(paired_director).check_output(f"sudo -n sh -c {shlex.quote(dump)}"))
+    states = keepalived.vrrp_states(node_state[paired_director]["vrrp"])
     want = "MASTER" if paired_director == lab.active_director else "BACKUP"
     # counted from the lab file, not from the generator: one instance per VIP, and one for the
     # floating gateway of a NAT pair
@@ -267,10 +225,10 @@ def test_vrrp_state(hosts, lab: Lab, paired_director):
     )
 
 
-def test_connection_sync_daemon(hosts, lab: Lab, synced_director):
-    paired_director = synced_director
+def test_connection_sync_daemon(node_state, lab: Lab, synced_director):
     """The active director sends its connections to the standby, which keeps them ready."""
-    seen = hosts(paired_director).check_output("sudo -n ipvsadm -L -n --daemon")
+    paired_director = synced_director
+    seen = node_state[paired_director]["daemons"]
     daemons = [(d.role, d.interface, d.syncid) for d in ipvs.parse_daemons(seen)]
     want = (
         "master" if paired_director == lab.active_director else "backup",
@@ -301,11 +259,11 @@ def expected_listing(svc: VirtualService) -> ipvs.Service:
                         ops=svc.one_packet)  # fmt: skip
 
 
-def test_ipvs_table(hosts, lab: Lab, director):
+def test_ipvs_table(node_state, lab: Lab, director):
     """Both directors carry the lab's services. With keepalived a real server enters the table
     only after its first good health check ('alpha'), so a full table also says the checkers
     see every real server up."""
-    listing = hosts(director).check_output("sudo -n ipvsadm -L -n")
+    listing = node_state[director]["ipvs"]
     seen = {s.key: s for s in ipvs.parse_list(listing)}
     for svc in lab.services:
         want = expected_listing(svc)

@@ -19,7 +19,7 @@ import pytest
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService
 from labkit.plan import ipvs
 from labkit.plan.steps import RESPONDER_UNIT
-from labkit.verify.checks import promise, scheduling
+from labkit.verify.checks import promise, scheduling, state
 from labkit.verify.checks.plugin import once_per_service
 
 # Runs on the client with the box's python3; prints one JSON: for each datagram, the name that
@@ -105,29 +105,13 @@ def answered_from(lab: Lab, svc: VirtualService, answers) -> None:
         )
 
 
-def test_udp_responder(hosts, lab: Lab, udp_real_server):
+def test_udp_responder(node_state, lab: Lab, udp_real_server):
     """The responder runs under systemd and answers a datagram on each UDP port with the name."""
-    # a real server's port, or the service's where the lab file gives none
-    ports = sorted(
-        {
-            rs.port or svc.port
-            for svc in lab.services
-            if svc.protocol == Protocol.udp
-            for rs in svc.real_servers
-            if lab.node_at(rs.address) == udp_real_server
-        }
-    )
-    program = (
-        "import socket, sys\nfor port in sys.argv[1:]:\n"
-        "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
-        "    s.sendto(b'labkit', ('127.0.0.1', int(port))); print(port, s.recv(2048).decode())\n"
-    )
-    command = f"systemctl is-active {RESPONDER_UNIT}; python3 -c {shlex.quote(program)} {' '.join(map(str, ports))}"
-    out = hosts(udp_real_server).run(command)
-    state, *answers = out.stdout.splitlines()
-    assert state == "active", f"expected {RESPONDER_UNIT} active on {udp_real_server}, systemctl says {state}"
+    ports = state.udp_ports(lab, udp_real_server)
+    unit, *answers = node_state[udp_real_server]["udp"].splitlines()
+    assert unit == "active", f"expected {RESPONDER_UNIT} active on {udp_real_server}, systemctl says {unit}"
     assert answers == [f"{port} {udp_real_server}" for port in ports], (
-        f"{udp_real_server}: expected each UDP port to answer its name, saw {answers}\n{out.stderr}"
+        f"{udp_real_server}: expected each UDP port to answer its name, saw {answers}"
     )
 
 
