@@ -235,7 +235,10 @@ def node_state(hosts, lab: Lab, absent) -> dict[str, dict[str, str]]:
     there at once, one command each."""
 
     def read(node: str) -> dict[str, str]:
-        return state.parse(hosts(node).run(state.script(state.commands(lab, node))).stdout)
+        out = hosts(node).run(state.script(state.commands(lab, node)))
+        read = state.parse(out.stdout)
+        assert read, f"{node}: reading its state failed (exit status {out.rc}): {out.stderr.strip()}"
+        return read
 
     there = [node for node in lab.nodes if node not in absent]
     if not there:

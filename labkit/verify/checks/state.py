@@ -100,10 +100,11 @@ def commands(lab: Lab, node: str) -> dict[str, str]:
             if any(s.ipv6 == ipv6 for s in lab.services_of(node)):
                 for client in lab.clients:
                     for address in (lab.nodes[client].addresses6 if ipv6 else lab.nodes[client].addresses).values():
-                        read[route_name(address)] = f"ip -{6 if ipv6 else 4} route get {address} 2>&1"
+                        get = ["ip", f"-{6 if ipv6 else 4}", "route", "get", str(address)]
+                        read[route_name(address)] = shlex.join(get) + " 2>&1"
         if own_ports(lab, node) or not lab.nodes[node].publish:
             pages = "; ".join(
-                f"echo $(curl -sS -g -m 5 http://{host_port(local, port)}/ || echo FAILED)"
+                f"echo $({shlex.join(['curl', '-sS', '-g', '-m', '5', f'http://{host_port(local, port)}/'])} || echo FAILED)"
                 for port, local in web_ports(lab, node)
             )
             read["nginx"] = "systemctl is-active nginx"
