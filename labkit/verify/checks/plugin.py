@@ -13,7 +13,6 @@ import pytest
 import testinfra
 
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService, load_lab
-from labkit.plan.steps import own_ports
 from labkit.running import RunningLab
 from labkit.verify.checks import state
 
@@ -52,7 +51,7 @@ def parameters(lab: Lab) -> dict[str, list]:
         "master": [lab.active_director] if lab.ha and len(lab.directors) > 1 else [],  # the director a pair prefers
         "real_server": lab.real_servers,
         # real servers whose own nginx serves (not every port published to a container)
-        "web_real_server": [n for n in lab.real_servers if own_ports(lab, n) or not lab.nodes[n].publish],
+        "web_real_server": [n for n in lab.real_servers if state.serves_web(lab, n)],
         # nodes with a container bridge (seed 000), and their containers
         "container_node": [n for n, node in lab.nodes.items() if node.bridge is not None],
         "container": list(lab.container_nodes),
@@ -72,7 +71,7 @@ def parameters(lab: Lab) -> dict[str, list]:
         "service": list(lab.services),
         "http_service": [s for s in lab.services if s.protocol == Protocol.tcp],
         "udp_service": [s for s in lab.services if s.protocol == Protocol.udp],
-        "udp_real_server": [n for n in lab.real_servers if any(s.protocol == Protocol.udp for s in lab.services_of(n))],
+        "udp_real_server": [n for n in lab.real_servers if state.udp_ports(lab, n)],
         # the director whose keepalived checks the real servers' UDP responders
         "udp_checker": [lab.active_director]
         if lab.ha and any(s.protocol == Protocol.udp and s.check == Check.udp for s in lab.services)

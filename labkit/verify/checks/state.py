@@ -50,6 +50,11 @@ def web_ports(lab: Lab, real_server: str) -> list[tuple[int, str]]:
     )
 
 
+def serves_web(lab: Lab, real_server: str) -> bool:
+    """Whether the real server's own nginx serves: not every port it has is published to a container."""
+    return bool(own_ports(lab, real_server)) or not lab.nodes[real_server].publish
+
+
 def udp_ports(lab: Lab, real_server: str) -> list[int]:
     """The real server's UDP ports: its own, or the service's where the lab file gives none."""
     return sorted(
@@ -102,7 +107,7 @@ def commands(lab: Lab, node: str) -> dict[str, str]:
                     for address in (lab.nodes[client].addresses6 if ipv6 else lab.nodes[client].addresses).values():
                         get = ["ip", f"-{6 if ipv6 else 4}", "route", "get", str(address)]
                         read[route_name(address)] = shlex.join(get) + " 2>&1"
-        if own_ports(lab, node) or not lab.nodes[node].publish:
+        if serves_web(lab, node):
             pages = "; ".join(
                 f"echo $({shlex.join(['curl', '-sS', '-g', '-m', '5', f'http://{host_port(local, port)}/'])} || echo FAILED)"
                 for port, local in web_ports(lab, node)

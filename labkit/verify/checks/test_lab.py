@@ -65,10 +65,6 @@ def test_addresses(node_state, lab: Lab, node):
 # ---- real servers ----------------------------------------------------------------------------
 
 
-def methods(lab: Lab, real_server: str) -> set[Forwarding]:
-    return {s.forwarding for s in lab.services_of(real_server)}
-
-
 def sysctl(node_state, node: str, key: str) -> int:
     """The sysctl's value, as read before the checks (state.py)."""
     value = state.sysctls(node_state[node]["sysctls"]).get(key, "not read")
