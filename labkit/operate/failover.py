@@ -11,6 +11,7 @@ import json
 import shlex
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -159,9 +160,12 @@ def parse_target(lab: Lab, text: str) -> Target:
 # ---- the client's load ------------------------------------------------------------------
 
 # Runs on the client with the box's python3. Sequential requests, each on a new connection so
-# that IPVS schedules each one; optionally a long, slow download alongside. Prints one JSON.
+# that IPVS schedules each one; optionally a long, slow download alongside. With "settled", the
+# load ends early once the caller has broken the lab (it creates the file "mark" then) and the
+# client has been answered for that many seconds since both the break and its last failed
+# request, with the download done. Prints one JSON.
 LOAD = r"""
-import hashlib, json, socket, sys, threading, time
+import hashlib, json, os, socket, sys, threading, time
 a = json.loads(sys.argv[1])
 t0 = time.monotonic()
 
@@ -209,7 +213,7 @@ if a["path"]:
     worker.start()
     started.wait(10)
 print("labkit-load-started", flush=True)  # the caller breaks the lab after this
-requests, i = [], 0
+requests, i, last_failed, broken = [], 0, None, None
 while time.monotonic() - t0 < a["seconds"]:
     start = time.monotonic()
     try:
@@ -218,15 +222,25 @@ while time.monotonic() - t0 < a["seconds"]:
         requests.append([start - t0, time.monotonic() - t0, body.decode().strip() if ok else None, None if ok else status])
     except Exception as e:
         requests.append([start - t0, time.monotonic() - t0, None, type(e).__name__])
+    if requests[-1][2] is None:
+        last_failed = requests[-1][1]
+    if a["settled"] and broken is None and os.path.exists(a["mark"]):
+        broken = requests[-1][1]
+    calm = max(broken or 0, last_failed or 0)
+    if broken is not None and requests[-1][1] - calm >= a["settled"] and not worker.is_alive():
+        break
     i += 1
     time.sleep(max(0.0, t0 + i * a["interval"] - time.monotonic()))
 if a["path"]:
     worker.join(90)
+if a["settled"] and os.path.exists(a["mark"]):
+    os.unlink(a["mark"])
 print(json.dumps({"requests": requests, "transfer": transfer or None}))
 """
 
 BIG_PATH = "/1m.bin"
 LEAD_SECONDS = 3  # from the start of the load to the failure
+AFTER_SECONDS = 2  # the short load that shows who answers once a checker or a heal is done: 20 requests
 
 
 @dataclass(frozen=True)
@@ -291,10 +305,15 @@ def client_load(
     seconds: float,
     transfer_seconds: float = 0,
     started: threading.Event | None = None,
+    settled: float = 0,
+    mark: str = "",
 ) -> Load:
     """A bounded load from the client against one of the lab's own services: a request every
     0.1 s for `seconds`, plus, if asked, the 1 MiB file spread over about `transfer_seconds`.
-    `started` is set once the load runs (and the download has begun)."""
+    `started` is set once the load runs (and the download has begun). With `settled`, the load
+    ends sooner: once the file `mark` exists on the client (the caller has broken the lab) and
+    the client has been answered for `settled` seconds since then and since its last failed
+    request, with the download done."""
     args = {
         "vip": str(svc.addresses[0]),
         "port": svc.port,
@@ -303,6 +322,8 @@ def client_load(
         "timeout": 1.0,
         "path": BIG_PATH if transfer_seconds else "",
         "rate": int(1024 * 1024 / transfer_seconds) if transfer_seconds else 0,
+        "settled": settled,
+        "mark": mark,
     }
     client = running.lab.clients[0]
     try:
@@ -460,19 +481,22 @@ def taken_away(lab: Lab, target: Target) -> set[str]:
     return {str(a) for a in node.addresses.values()} if node.role == Role.real_server else set()
 
 
-def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
-    """Break the target 3 s into a bounded load, and measure what the client saw."""
+def fail(running: RunningLab, target: Target, seconds: float = 16, settled: float = 0) -> Report:
+    """Break the target 3 s into a bounded load, and measure what the client saw. With `settled`,
+    the load ends once the client has been answered that many seconds after its last failure
+    (see client_load): the checks, which need only the outage and what followed it."""
     lab = running.lab
     svc = service_for(lab, target)
     addresses = taken_away(lab, target) if target.node else set()
     director = bool(target.node) and lab.nodes[target.node].role == Role.director and not addresses
     result: dict[str, Load | Exception] = {}
+    mark = f"/tmp/labkit-broken-{uuid.uuid4().hex}"  # made on the client once the lab is broken
 
     started = threading.Event()
 
     def load() -> None:
         try:
-            result["load"] = client_load(running, svc, seconds, 10 if director else 0, started)
+            result["load"] = client_load(running, svc, seconds, 10 if director else 0, started, settled, mark)
         except Exception as exc:  # reported below, in this thread
             result["load"] = exc
         started.set()
@@ -485,6 +509,8 @@ def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
     time.sleep(LEAD_SECONDS)
     if worker.is_alive():
         inject(running, target)
+        if settled:
+            running.run(lab.clients[0], ["touch", mark])
     worker.join()
     if isinstance(result["load"], Exception):
         raise result["load"]
@@ -507,7 +533,7 @@ def fail(running: RunningLab, target: Target, seconds: float = 16) -> Report:
         # client's or the emulation's hiccup (two, 6 s apart, once made a 1.3 s span 9.2 s).
         refused = isinstance(target, StopService) and "ConnectionRefusedError" in report.load.errors()
         report.noticed = report.load.failing_with("ConnectionRefusedError" if refused else None)
-        report.after = client_load(running, svc, 3)
+        report.after = client_load(running, svc, AFTER_SECONDS)
     return report
 
 
@@ -548,7 +574,7 @@ def heal(running: RunningLab, on_done=lambda result: None) -> tuple[float, Load]
             30,
         )
         seconds = time.monotonic() - started
-        return seconds, client_load(running, published_port(lab), 3)
+        return seconds, client_load(running, published_port(lab), AFTER_SECONDS)
     seconds = time.monotonic() - started
     tcp = [s for s in lab.services if s.protocol == Protocol.tcp]
-    return seconds, client_load(running, tcp[0], 3) if tcp else Load()
+    return seconds, client_load(running, tcp[0], AFTER_SECONDS) if tcp else Load()

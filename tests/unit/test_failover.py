@@ -1,10 +1,19 @@
 """The pure parts of the failure scenarios: what may be broken, and what the client saw."""
 
+import http.server
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import pytest
 
 from labkit.errors import LabkitError
 from labkit.labfile import LABS, load_lab
-from labkit.operate.failover import Freeze, LinkDown, Load, Request, StopService, parse_target
+from labkit.operate.failover import LOAD, Freeze, LinkDown, Load, Request, StopService, parse_target
 
 NAT = load_lab(LABS / "nat" / "lab.yaml")
 
@@ -81,3 +90,61 @@ def test_a_stray_timeout_does_not_stretch_the_refused_span():
     assert load.failing_for == round(8.0 - 0.1, 2)
     assert load.failing_with("ConnectionRefusedError") == round(1.3 + 0.01 - 0.1, 2)
     assert load.failing_with("TimeoutError") == 1.0
+
+
+class Answers(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"rs0\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_load(port: int, seconds: float, mark: Path) -> list[Request]:
+    """The client's load program (the one labkit runs on cl0) run here with this Python, settled
+    after 1 s."""
+    args = {"vip": "127.0.0.1", "port": port, "seconds": seconds, "interval": 0.1, "timeout": 1.0, "path": "",
+            "rate": 0, "settled": 1.0, "mark": str(mark)}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", LOAD, json.dumps(args)], capture_output=True, text=True, check=True)
+    return [Request(*row) for row in json.loads(out.stdout.splitlines()[-1])["requests"]]
+
+
+@pytest.mark.parametrize("broken, seconds", [(True, 20), (False, 3)])
+def test_a_settled_load_ends_a_second_after_the_break_and_the_failures_not_before(tmp_path, broken, seconds):
+    """Against a server on loopback that starts listening 1 s into the load: refused until
+    then, answered after. Told of the break (the mark made 0.5 s in), the load stops 1 s after
+    the last refusal instead of running its 20 s; never told, it runs all its seconds."""
+    port, mark = free_port(), tmp_path / "broken"
+    servers = []
+
+    def serve_late():
+        time.sleep(0.5)
+        if broken:
+            mark.touch()
+        time.sleep(0.5)
+        servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", port), Answers))
+        servers[0].serve_forever()
+
+    threading.Thread(target=serve_late, daemon=True).start()
+    try:
+        requests = run_load(port, seconds, mark)
+    finally:
+        servers[0].shutdown()
+    load = Load(requests)
+    assert load.errors().keys() == {"ConnectionRefusedError"} and load.served().keys() == {"rs0"}
+    last_failed = max(r.done for r in requests if r.server is None)
+    if broken:
+        assert 1.0 <= requests[-1].done - last_failed < 1.5
+        assert not mark.exists(), "the load removes its mark"
+    else:
+        assert requests[-1].done >= seconds - 0.2

@@ -17,6 +17,9 @@ from labkit.plan.steps import BIG_FILE
 from labkit.verify.checks import promise
 
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+# The load of a scenario ends this long after the client's last failed request (and the long
+# transfer's end), rather than running its 16 s: long enough to see it answered throughout.
+SETTLED_SECONDS = 3
 
 pytestmark = pytest.mark.failover
 
@@ -63,7 +66,7 @@ def test_real_server_dies(lab: Lab, running, hosts, master, figure, whole_again)
     every request is served by the others. Healed, it serves again. (Only where keepalived
     checks the real servers: `master` exists in a pair.)"""
     victim = lab.real_servers[0]
-    report = failover.fail(running, failover.StopService(victim, "nginx"))
+    report = failover.fail(running, failover.StopService(victim, "nginx"), settled=SETTLED_SECONDS)
     print("\n".join(report.lines()))
     figure("failed_requests_until_checked", report.load.failed)
     figure("seconds_until_checked", report.noticed)
@@ -88,7 +91,7 @@ def test_real_server_dies(lab: Lab, running, hosts, master, figure, whole_again)
 def test_director_stops(lab: Lab, running, hosts, master, figure, whole_again):
     """keepalived stops on the active director (it says goodbye with priority 0): the standby
     answers for the VIP within 3 s, and a long transfer survives."""
-    report = failover.fail(running, failover.StopService(master, "keepalived"))
+    report = failover.fail(running, failover.StopService(master, "keepalived"), settled=SETTLED_SECONDS)
     print("\n".join(report.lines()))
     figure("outage_seconds", report.load.outage)
     figure("failed_requests", report.load.failed)
@@ -101,7 +104,7 @@ def test_director_stops(lab: Lab, running, hosts, master, figure, whole_again):
 def test_director_dies(lab: Lab, running, hosts, master, figure, whole_again):
     """The active director's VM freezes (no goodbye): the standby takes over when three VRRP
     adverts are missed, and the synced connection table keeps a long transfer going."""
-    report = failover.fail(running, failover.Freeze(master))
+    report = failover.fail(running, failover.Freeze(master), settled=SETTLED_SECONDS)
     print("\n".join(report.lines()))
     # VRRP's bound, + the client's 1 s request timeout (a request sent just before the takeover
     # waits it out), + 0.5 s for the gratuitous ARP to land and the guests' scheduling under emulation
