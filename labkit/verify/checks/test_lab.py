@@ -138,7 +138,7 @@ def test_nginx(node_state, lab: Lab, web_real_server):
     read = node_state[real_server]
     assert read["nginx"] == "active", f"expected nginx active, systemctl says {read['nginx']}"
     ports = state.web_ports(lab, real_server)
-    pages = dict(zip(ports, read["pages"].splitlines()))
+    pages = dict(zip(ports, state.pages(read["pages"])))
     wrong = {f"http://{host_port(local, port)}/": page for (port, local), page in pages.items() if page != real_server}
     assert len(pages) == len(ports) and not wrong, (
         f"expected each port of {real_server} to answer {real_server}, saw: {wrong or pages}"
