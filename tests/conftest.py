@@ -1,3 +1,4 @@
+import http.server
 import os
 import socket
 import subprocess
@@ -54,6 +55,21 @@ def browser():
         page.on("request", lambda request: None if request.url.startswith("file:") else outside.append(request.url))
         yield page, outside
         chromium.close()
+
+
+class Page(http.server.BaseHTTPRequestHandler):
+    """A real server's nginx on loopback: "rs0" at /, a 404 page anywhere else."""
+
+    def do_GET(self):
+        found = self.path == "/"
+        body = b"rs0\n" if found else b"<h1>404 Not Found</h1>\n<hr>\n"
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
 
 
 def free_port() -> int:

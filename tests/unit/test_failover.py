@@ -2,7 +2,6 @@
 
 import http.server
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Page, free_port
 
 from labkit.errors import LabkitError
 from labkit.labfile import LABS, load_lab
@@ -92,24 +92,6 @@ def test_a_stray_timeout_does_not_stretch_the_refused_span():
     assert load.failing_with("TimeoutError") == 1.0
 
 
-class Answers(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"rs0\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_load(port: int, seconds: float, mark: Path) -> list[Request]:
     """The client's load program (the one labkit runs on cl0) run here with this Python, settled
     after 1 s."""
@@ -132,7 +114,7 @@ def test_a_settled_load_ends_a_second_after_the_break_and_the_failures_not_befor
         if broken:
             mark.touch()
         time.sleep(0.5)
-        servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", port), Answers))
+        servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", port), Page))
         servers[0].serve_forever()
 
     threading.Thread(target=serve_late, daemon=True).start()

@@ -3,7 +3,9 @@ asked, and how their output is read back."""
 
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
+
+from conftest import Page, free_port
 
 from labkit.labfile import LABS, load_lab
 from labkit.verify.checks import state
@@ -48,25 +50,14 @@ def test_a_device_is_found_by_its_own_name():
     assert state.lines_of(addresses, "tunl0") == "5: tunl0    inet 10.0.0.1/32 scope global tunl0"
 
 
-class Page(BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path == "/" else 404)
-        self.end_headers()
-        self.wfile.write(b"rs0\n" if self.path == "/" else b"<h1>404 Not Found</h1>\n<hr>\n")
-
-    def log_message(self, *args):
-        pass
-
-
 def test_one_curl_reads_every_page_and_says_which_did_not_answer():
     server = HTTPServer(("127.0.0.1", 0), Page)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    closed = HTTPServer(("127.0.0.1", 0), Page)  # its port closed again: refused
-    closed.socket.close()
     try:
-        here, gone = server.server_address[1], closed.server_address[1]
+        here, gone = server.server_address[1], free_port()
         urls = [f"http://127.0.0.1:{here}/", f"http://127.0.0.1:{gone}/", f"http://127.0.0.1:{here}/missing"]
         out = subprocess.run(state.ask_pages(urls), shell=True, capture_output=True, text=True).stdout
     finally:
         server.shutdown()
+        server.server_close()
     assert state.pages(out.strip()) == ["rs0", "FAILED", "<h1>404 Not Found</h1> <hr>"]
