@@ -241,6 +241,10 @@ print(json.dumps({"requests": requests, "transfer": transfer or None}))
 BIG_PATH = "/1m.bin"
 LEAD_SECONDS = 3  # from the start of the load to the failure
 AFTER_SECONDS = 2  # the short load that shows who answers once a checker or a heal is done: 20 requests
+# Its requests wait 3 s for an answer, not 1 s: one the scheduler sends to a dead server is never
+# answered however long the client waits, while a SYN lost or a guest stalled under emulation
+# (TCP sends the SYN again after 1 s) is not what the check is about.
+AFTER_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -307,19 +311,20 @@ def client_load(
     started: threading.Event | None = None,
     settled: float = 0,
     mark: str = "",
+    timeout: float = 1.0,
 ) -> Load:
     """A bounded load from the client against one of the lab's own services: a request every
     0.1 s for `seconds`, plus, if asked, the 1 MiB file spread over about `transfer_seconds`.
     `started` is set once the load runs (and the download has begun). With `settled`, the load
     ends sooner: once the file `mark` exists on the client (the caller has broken the lab) and
     the client has been answered for `settled` seconds since then and since its last failed
-    request, with the download done."""
+    request, with the download done. Each request waits `timeout` seconds for its answer."""
     args = {
         "vip": str(svc.addresses[0]),
         "port": svc.port,
         "seconds": seconds,
         "interval": 0.1,
-        "timeout": 1.0,
+        "timeout": timeout,
         "path": BIG_PATH if transfer_seconds else "",
         "rate": int(1024 * 1024 / transfer_seconds) if transfer_seconds else 0,
         "settled": settled,
@@ -533,7 +538,7 @@ def fail(running: RunningLab, target: Target, seconds: float = 16, settled: floa
         # client's or the emulation's hiccup (two, 6 s apart, once made a 1.3 s span 9.2 s).
         refused = isinstance(target, StopService) and "ConnectionRefusedError" in report.load.errors()
         report.noticed = report.load.failing_with("ConnectionRefusedError" if refused else None)
-        report.after = client_load(running, svc, AFTER_SECONDS)
+        report.after = client_load(running, svc, AFTER_SECONDS, timeout=AFTER_TIMEOUT)
     return report
 
 
@@ -574,7 +579,7 @@ def heal(running: RunningLab, on_done=lambda result: None) -> tuple[float, Load]
             30,
         )
         seconds = time.monotonic() - started
-        return seconds, client_load(running, published_port(lab), AFTER_SECONDS)
+        return seconds, client_load(running, published_port(lab), AFTER_SECONDS, timeout=AFTER_TIMEOUT)
     seconds = time.monotonic() - started
     tcp = [s for s in lab.services if s.protocol == Protocol.tcp]
-    return seconds, client_load(running, tcp[0], AFTER_SECONDS) if tcp else Load()
+    return seconds, client_load(running, tcp[0], AFTER_SECONDS, timeout=AFTER_TIMEOUT) if tcp else Load()

@@ -382,19 +382,21 @@ def test_fail_reports_what_the_client_saw_then_heal(lab):
     name, *_ = lab
     target = FAILED_TO_COMPLETION[name]
     result = labkit("fail", name, target, "--seconds", "12")
-    assert result.returncode == 0, result.stderr
-    report = result.stdout
-    assert re.search(r"requests: \d+, failed: \d+", report), report
-    assert f"Still broken. Bring it back with: labkit heal {name}" in report, report
-    if target == "lb0":  # the standby took the VIP, and the synced connection kept the transfer whole
-        assert "lb0 frozen" in report and "VIP held by: lb1" in report, report
-        assert re.search(r"long transfer: (\d+) of \1 bytes", report), report
-    else:  # the checker took rs0 out; from then on rs1 alone answered, every request
-        assert re.search(r"until the checker took rs0 out", report), report
-        assert re.search(r"then: \d+ requests, failed 0, served by rs1 \d+$", report, re.M), report
-    if target.endswith(":int"):
-        assert "rs0's link to network int down" in report, report
-    healed = labkit("heal", name)
+    try:
+        assert result.returncode == 0, result.stderr
+        report = result.stdout
+        assert re.search(r"requests: \d+, failed: \d+", report), report
+        assert f"Still broken. Bring it back with: labkit heal {name}" in report, report
+        if target == "lb0":  # the standby took the VIP, and the synced connection kept the transfer whole
+            assert "lb0 frozen" in report and "VIP held by: lb1" in report, report
+            assert re.search(r"long transfer: (\d+) of \1 bytes", report), report
+        else:  # the checker took rs0 out; from then on rs1 alone answered, every request
+            assert re.search(r"until the checker took rs0 out", report), report
+            assert re.search(r"then: \d+ requests, failed 0, served by rs1 \d+$", report, re.M), report
+        if target.endswith(":int"):
+            assert "rs0's link to network int down" in report, report
+    finally:  # the lab's next tests start from a whole lab, whatever this one found
+        healed = labkit("heal", name)
     assert healed.returncode == 0, healed.stderr
     assert re.search(r"failed 0, served by rs0 \d+, rs1 \d+", healed.stdout), healed.stdout
 

@@ -7,6 +7,7 @@ import pytest
 from labkit.errors import LabkitError
 from labkit.labfile import LABS, Forwarding, load_lab
 from labkit.plan import ipvs
+from labkit.verify.checks import table
 
 # Seed 002: the two-director NAT lab, as `ipvsadm -L -n` printed it on lb0.
 SEED_LISTING = """\
@@ -250,6 +251,21 @@ def test_parse_connections():
         ("UDP", 7200),
     ]
     assert conns[2].source == "192.168.55.200:0"  # a persistence template
+
+
+def test_connections_merges_two_listings_so_one_skipped_entry_is_still_seen():
+    """A listing of /proc/net/ip_vs_conn can skip an entry while others expire: the template is
+    missing from the first of the two listings, and still counts; the others appear once."""
+    skipped = "".join(line + "\n" for line in CONNECTIONS.splitlines() if " NONE " not in line)
+
+    class Director:
+        def check_output(self, command):
+            assert command.count("ipvsadm -L -n -c") == 2
+            return skipped + CONNECTIONS
+
+    conns = table.connections(Director())
+    assert [c.state for c in conns] == ["TIME_WAIT", "ESTABLISHED", "UDP", "NONE"]
+    assert any(c.source == "192.168.55.200:0" for c in conns)
 
 
 def test_parse_sync_daemons():

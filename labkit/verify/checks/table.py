@@ -22,11 +22,23 @@ def counters(director, svc: VirtualService) -> list[Dest]:
     return [Dest(d.key, d.weight, d.active, d.inactive) for d in listing(director, svc).destinations]
 
 
+def connections(director) -> list[ipvs.Connection]:
+    """The director's connection entries. `ipvsadm -L -n -c` reads /proc/net/ip_vs_conn a page
+    at a time, and each page starts again from the table's beginning, counting off the entries
+    already read: an entry that expires between two pages shifts that count, and the listing
+    skips one that still exists. Two listings read one after the other, merged: an entry would
+    have to be skipped by both."""
+    merged = {}
+    for c in ipvs.parse_connections(director.check_output("sudo -n sh -c 'ipvsadm -L -n -c; ipvsadm -L -n -c'")):
+        merged.setdefault((c.protocol, c.source, c.virtual, c.destination), c)
+    return list(merged.values())
+
+
 def settle(director, svc: VirtualService, within: int = 15) -> None:
     """Wait until none of the service's connection entries expires in the next `within` seconds:
     an inactive connection that goes mid-check would change the counters the model started from."""
     for _ in range(3):
-        entries = ipvs.parse_connections(director.check_output("sudo -n ipvsadm -L -n -c"))
+        entries = connections(director)
         soon = [c.expire for c in entries if c.virtual == f"{svc.vip}:{svc.port}" and c.expire < within]
         if not soon:
             return
