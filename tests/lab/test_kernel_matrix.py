@@ -167,6 +167,15 @@ def test_continued_it_runs_the_rest_on_both_hosts(matrix, remote):
     assert {c["checks"] for c in found.values()} == {SELECTED}
 
 
+def emulated(splat: str) -> bool:
+    """A splat the emulator makes on any kernel, not the kernel under test: an RCU stall (a starved
+    vCPU; bookworm's lb0 had one 30 s into its boot in a run here), or the warning for a
+    single-step trap taken in kernel mode, whose known cause, the kernel's comment says, is QEMU
+    leaking the trap into its guest (backports' IPVS sync thread had one during bench in a run
+    here, no debugger attached)."""
+    return "RCU stall" in splat or "exc_debug_kernel" in splat
+
+
 def test_a_splat_and_a_taint_on_one_kernel_are_regressions_with_their_lines(matrix):
     report, _, result, complained = matrix
     assert complained == [""], "the test could not make lb1's kernel complain"
@@ -182,20 +191,21 @@ def test_a_splat_and_a_taint_on_one_kernel_are_regressions_with_their_lines(matr
     touch = [r for r in hung if re.search(r"INFO: task touch:\d+ blocked for more than \d+ seconds", r["text"])]
     assert touch, data["regressions"]
     assert any("hung_task_timeout_secs" in line for line in touch[0]["lines"]), touch[0]["lines"]
-    # Under software emulation a starved vCPU may also make any kernel report an RCU stall
-    # (bookworm's lb0 did, 30 s into its boot, in a run here): the only other splat allowed.
     others = [r["text"] for r in data["regressions"] if r["what"] == "splat" and r not in hung]
-    assert all(": RCU stall on " in text for text in others), others
+    assert all(emulated(text) for text in others), others
     assert f"regression: {first['text']}" in result.stdout
     markdown = (report / "matrix.md").read_text()
     assert markdown.index("## Regressions") < markdown.index("hung task on lb1") < markdown.index("## Kernel log")
     # no hung task and no taint anywhere else: they came from the one guest the test hurt
     found = cells(report)
     for copy, cell in found.items():
-        kinds = {s["kind"] for s in cell["kernel_log"]["splats"] if s["node"] != "lb1" or copy != HURT}
-        assert kinds <= {"RCU stall"}, (copy, cell["kernel_log"]["splats"])
-        flags = {node: f for node, f in cell["kernel_log"]["taints"].items() if f}
-        assert flags == ({"lb1": ["U"]} if copy == HURT else {}), (copy, flags)
+        splats = [s for s in cell["kernel_log"]["splats"] if s["node"] != "lb1" or copy != HURT]
+        assert all(emulated(f"{s['kind']}: {s['title']}") for s in splats), (copy, splats)
+        warned = {s["node"] for s in splats if s["kind"] == "WARNING"}  # its W flag, then
+        flags = {
+            node: [x for x in f if x != "W" or node not in warned] for node, f in cell["kernel_log"]["taints"].items()
+        }
+        assert {node: f for node, f in flags.items() if f} == ({"lb1": ["U"]} if copy == HURT else {}), (copy, flags)
 
 
 def test_the_report_has_its_sections_and_both_kernels_side_by_side(matrix):
