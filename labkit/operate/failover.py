@@ -241,10 +241,6 @@ print(json.dumps({"requests": requests, "transfer": transfer or None}))
 BIG_PATH = "/1m.bin"
 LEAD_SECONDS = 3  # from the start of the load to the failure
 AFTER_SECONDS = 2  # the short load that shows who answers once a checker or a heal is done: 20 requests
-# Its requests wait 3 s for an answer, not 1 s: one the scheduler sends to a dead server is never
-# answered however long the client waits, while a SYN lost or a guest stalled under emulation
-# (TCP sends the SYN again after 1 s) is not what the check is about.
-AFTER_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -301,6 +297,14 @@ class Load:
 
     def errors(self) -> Counter:
         return Counter(r.error for r in self.requests if r.server is None)
+
+
+def after_load(running: RunningLab, svc: VirtualService | PublishedPort) -> Load:
+    """The short load that shows who answers once a checker or a heal is done. Its requests wait
+    3 s for an answer, not 1 s: one the scheduler sends to a dead server is never answered however
+    long the client waits, while a SYN lost or a guest stalled under emulation (TCP sends the SYN
+    again after 1 s) is not what it is about."""
+    return client_load(running, svc, AFTER_SECONDS, timeout=3.0)
 
 
 def client_load(
@@ -538,7 +542,7 @@ def fail(running: RunningLab, target: Target, seconds: float = 16, settled: floa
         # client's or the emulation's hiccup (two, 6 s apart, once made a 1.3 s span 9.2 s).
         refused = isinstance(target, StopService) and "ConnectionRefusedError" in report.load.errors()
         report.noticed = report.load.failing_with("ConnectionRefusedError" if refused else None)
-        report.after = client_load(running, svc, AFTER_SECONDS, timeout=AFTER_TIMEOUT)
+        report.after = after_load(running, svc)
     return report
 
 
@@ -579,7 +583,7 @@ def heal(running: RunningLab, on_done=lambda result: None) -> tuple[float, Load]
             30,
         )
         seconds = time.monotonic() - started
-        return seconds, client_load(running, published_port(lab), AFTER_SECONDS, timeout=AFTER_TIMEOUT)
+        return seconds, after_load(running, published_port(lab))
     seconds = time.monotonic() - started
     tcp = [s for s in lab.services if s.protocol == Protocol.tcp]
-    return seconds, client_load(running, tcp[0], AFTER_SECONDS, timeout=AFTER_TIMEOUT) if tcp else Load()
+    return seconds, after_load(running, tcp[0]) if tcp else Load()
