@@ -41,6 +41,11 @@ def key() -> Path:
     return path
 
 
+def vagrant_home() -> Path:
+    """Vagrant's own folder: its boxes and its index of machines."""
+    return Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+
+
 def config_file() -> Path:
     return home() / "config.yaml"
 

@@ -308,17 +308,18 @@ class RunningLab:
             raise LabkitError(f"{what} uses libvirt's snapshots: the lab {self.name} runs under another provider")
 
     def destroy(self) -> None:
-        """Remove every VM, volume and network of the lab, then its folder. What Vagrant's state
-        misses (lost, corrupt, or a boot cut short) is found in libvirt by name."""
+        """Remove every VM, volume and network of the lab, then its folder. On libvirt they are
+        found by name, which also finds what Vagrant's state misses (lost, corrupt, or a boot cut
+        short); Vagrant's own destroy would take seconds of Ruby to remove the same ones."""
         self.close()
+        refused = None
         if self.on_libvirt:
-            libvirt.drop_snapshots(self.uri, self.domains)  # libvirt keeps a domain that has snapshots
-        try:
-            vagrant.destroy(self.folder)
-        except vagrant.BootError as exc:
-            refused = exc
+            vagrant.forget(self.folder)
         else:
-            refused = None
+            try:
+                vagrant.destroy(self.folder)
+            except vagrant.BootError as exc:
+                refused = exc
         left = leftovers.remove_all(self.name, self.lab, self.uri)
         if left:
             raise LabkitError(

@@ -179,15 +179,13 @@ def drop_snapshots(uri: str, domains: list[str]) -> None:
 
 
 def remove(uri: str, objects: Objects) -> list[str]:
-    """Stop and remove each object; what could not be removed, with virsh's reason."""
-    failed = []
-    for domain in objects.domains:
-        virsh(uri, "destroy", domain)  # fails harmlessly when it is not running
-        if (r := virsh(uri, "undefine", "--snapshots-metadata", domain)).returncode != 0:
-            failed.append(f"domain {domain}: {r.stderr.strip()}")
-    for volume in objects.volumes:
-        if (r := virsh(uri, "vol-delete", "--pool", POOL, volume)).returncode != 0:
-            failed.append(f"volume {volume}: {r.stderr.strip()}")
+    """Stop and remove each object, the domains and the volumes each at once; what could not be
+    removed, with virsh's reason. A domain's snapshots go with it (their data is in its volume)."""
+    per_domain(uri, objects.domains, "destroy", "{}")  # fails harmlessly when it is not running
+    undefined = per_domain(uri, objects.domains, "undefine", "--snapshots-metadata", "{}")
+    deleted = per_domain(uri, objects.volumes, "vol-delete", "--pool", POOL, "{}")
+    failed = [f"domain {d}: {r.stderr.strip()}" for d, r in undefined.items() if r.returncode != 0]
+    failed += [f"volume {v}: {r.stderr.strip()}" for v, r in deleted.items() if r.returncode != 0]
     for network in objects.networks:
         virsh(uri, "net-destroy", network)
         if (r := virsh(uri, "net-undefine", network)).returncode != 0:

@@ -6,6 +6,8 @@ track of the machines.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import subprocess
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import vagrant
 
+from labkit import home
 from labkit.boot import libvirt
 from labkit.errors import LabkitError
 from labkit.render.vagrantfile import Provider
@@ -141,3 +144,25 @@ def destroy(lab_dir: Path) -> None:
     """Remove every VM, volume and network Vagrant knows of the lab."""
     if (lab_dir / "Vagrantfile").exists():
         _vagrant(lab_dir, "destroy")
+
+
+def forget(lab_dir: Path) -> None:
+    """Take the lab's machines out of Vagrant's index (what `vagrant global-status` lists), as
+    Vagrant's destroy does, once labkit removed them itself. Under Vagrant's lock on the index;
+    an index labkit cannot read is left as it is."""
+    index = home.vagrant_home() / "data" / "machine-index" / "index"
+    if not index.exists():
+        return
+    with open(index.with_name("index.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            data = json.loads(index.read_text())
+            machines = data["machines"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        kept = {uuid: m for uuid, m in machines.items() if m.get("vagrantfile_path") != str(lab_dir)}
+        if len(kept) < len(machines):
+            data["machines"] = kept
+            written = index.with_name("index.labkit")
+            written.write_text(json.dumps(data))
+            written.replace(index)

@@ -19,6 +19,7 @@ from labkit.box.guest_key import KEY_SOURCE
 from labkit.box.image import BOOT_INITRD, BOOT_KERNEL, BOX_FORMAT, DEFAULT_BOX, META_FILE, PACKAGES_FILE, package_list
 from labkit.box.kernel import Kernel, parse
 from labkit.box.system import BoxError, run
+from labkit.home import vagrant_home
 
 LIBVIRT_URI = "qemu:///system"
 LIBVIRT_POOL = "default"  # where vagrant-libvirt uploads box images
@@ -84,7 +85,7 @@ def box_remove(name: str) -> None:
 
 
 def boxes_dir() -> Path:
-    return Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d")) / "boxes"
+    return vagrant_home() / "boxes"
 
 
 def box_files(name: str, file: str) -> list[Path]:

@@ -1,10 +1,13 @@
 """A lab's libvirt objects found by their names, without Vagrant's state."""
 
+import json
 import xml.etree.ElementTree as ET
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 
+from labkit.boot import vagrant
 from labkit.boot.libvirt import (
     DNSMASQ_XMLNS,
     LOCAL,
@@ -101,3 +104,29 @@ def test_a_management_network_that_fetches_packages_is_routed():
     network = ET.fromstring(management_network("labkit-nat-mgmt", IPv4Network("10.9.8.0/28"), nat=True))
     assert network.find("forward").get("mode") == "nat"
     assert network.find("ip/dhcp/range").attrib == {"start": "10.9.8.2", "end": "10.9.8.14"}
+
+
+def test_vagrants_index_forgets_the_lab_removed_and_keeps_the_others(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path))
+    index = tmp_path / "data" / "machine-index" / "index"
+    index.parent.mkdir(parents=True)
+    machine = {"name": "lb0", "provider": "libvirt", "state": "running"}
+    index.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "machines": {
+                    "a1": {**machine, "vagrantfile_path": "/labs/nat"},
+                    "b2": {**machine, "vagrantfile_path": "/labs/nat-x"},
+                },
+            }
+        )
+    )
+    vagrant.forget(Path("/labs/nat"))
+    assert json.loads(index.read_text()) == {
+        "version": 1,
+        "machines": {"b2": {**machine, "vagrantfile_path": "/labs/nat-x"}},
+    }
+    index.write_text("{not json")
+    vagrant.forget(Path("/labs/nat-x"))  # an index labkit cannot read is Vagrant's to mend
+    assert index.read_text() == "{not json"
