@@ -313,9 +313,7 @@ class RunningLab:
         short); Vagrant's own destroy would take seconds of Ruby to remove the same ones."""
         self.close()
         refused = None
-        if self.on_libvirt:
-            vagrant.forget(self.folder)
-        else:
+        if not self.on_libvirt:
             try:
                 vagrant.destroy(self.folder)
             except vagrant.BootError as exc:
@@ -328,6 +326,8 @@ class RunningLab:
                 + (f"\n{refused}" if refused else "")
                 + f"\nFix the cause, then run: labkit down {self.name}"
             )
+        if self.on_libvirt:
+            vagrant.forget(self.folder)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     # ---- its nodes over SSH ---------------------------------------------------------------
