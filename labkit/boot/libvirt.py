@@ -145,7 +145,7 @@ SNAPSHOT = "labkit-up"
 
 
 def per_domain(uri: str, domains: list[str], *args: str) -> dict[str, subprocess.CompletedProcess]:
-    """virsh ARGS for every domain at once ({} is the domain): domain -> what virsh did."""
+    """virsh ARGS for every domain (or volume) at once ({} is its name): name -> what virsh did."""
     if not domains:
         return {}
     with ThreadPoolExecutor(max_workers=min(len(domains), 8)) as pool:
@@ -182,10 +182,8 @@ def remove(uri: str, objects: Objects) -> list[str]:
     """Stop and remove each object, the domains and the volumes each at once; what could not be
     removed, with virsh's reason. A domain's snapshots go with it (their data is in its volume)."""
     per_domain(uri, objects.domains, "destroy", "{}")  # fails harmlessly when it is not running
-    undefined = per_domain(uri, objects.domains, "undefine", "--snapshots-metadata", "{}")
-    deleted = per_domain(uri, objects.volumes, "vol-delete", "--pool", POOL, "{}")
-    failed = [f"domain {d}: {r.stderr.strip()}" for d, r in undefined.items() if r.returncode != 0]
-    failed += [f"volume {v}: {r.stderr.strip()}" for v, r in deleted.items() if r.returncode != 0]
+    failed = [f"domain {f}" for f in _each(uri, objects.domains, "undefine", "--snapshots-metadata", "{}")]
+    failed += [f"volume {f}" for f in _each(uri, objects.volumes, "vol-delete", "--pool", POOL, "{}")]
     for network in objects.networks:
         virsh(uri, "net-destroy", network)
         if (r := virsh(uri, "net-undefine", network)).returncode != 0:

@@ -146,11 +146,16 @@ def destroy(lab_dir: Path) -> None:
         _vagrant(lab_dir, "destroy")
 
 
+def machine_index() -> Path:
+    """Vagrant's index of the machines it made, wherever they are: what `vagrant global-status` lists."""
+    return home.vagrant_home() / "data" / "machine-index" / "index"
+
+
 def forget(lab_dir: Path) -> None:
-    """Take the lab's machines out of Vagrant's index (what `vagrant global-status` lists), as
-    Vagrant's destroy does, once labkit removed them itself. Under Vagrant's lock on the index;
-    an index labkit cannot read is left as it is."""
-    index = home.vagrant_home() / "data" / "machine-index" / "index"
+    """Take the lab's machines out of Vagrant's index, as Vagrant's destroy does, once labkit
+    removed them itself. Under Vagrant's lock on the index; an index labkit cannot read is left
+    as it is."""
+    index = machine_index()
     if not index.exists():
         return
     with open(index.with_name("index.lock"), "a") as lock:

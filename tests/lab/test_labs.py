@@ -19,6 +19,7 @@ import pytest
 import yaml
 from conftest import pinned
 
+from labkit.boot import vagrant
 from labkit.home import lab_dir, vagrant_home
 from labkit.labfile import LABS, load_lab
 from labkit.operate import faults
@@ -81,7 +82,7 @@ def down_leaves_nothing(name: str) -> None:
     for kind in ("domains", "networks", "volumes"):
         assert libvirt_names(kind, name) == [], f"{kind} left behind by labkit down {name}"
     assert not lab_dir(name).exists()
-    index = json.loads((vagrant_home() / "data" / "machine-index" / "index").read_text())  # `vagrant global-status`
+    index = json.loads(vagrant.machine_index().read_text())
     listed = [m["name"] for m in index["machines"].values() if m["vagrantfile_path"] == str(lab_dir(name))]
     assert listed == [], f"Vagrant still lists {name}'s machines {listed}"
 
