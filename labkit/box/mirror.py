@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from debian.deb822 import Deb822
-
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 
 
@@ -51,6 +49,8 @@ def _one_line_entries(text: str) -> Iterator[tuple[str, str]]:
 
 
 def _deb822_entries(text: str) -> Iterator[tuple[str, str]]:
+    from debian.deb822 import Deb822  # only a box build reads apt's sources: other commands start without it
+
     for stanza in Deb822.iter_paragraphs(text.splitlines(keepends=True)):
         if "deb" not in stanza.get("Types", "").split() or stanza.get("Enabled", "yes").lower() == "no":
             continue

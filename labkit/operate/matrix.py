@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pytest
-
 from labkit import box, home
 from labkit.boot import host as room
 from labkit.boot import libvirt
@@ -372,6 +370,8 @@ def check_nothing_up(cells: list[Cell]) -> None:
 
 def check_expression(checks: str) -> None:
     """--checks must be an expression verify's pytest can take."""
+    import pytest  # here, not at the top: every labkit command would load it (0.1 s) to start
+
     with tempfile.TemporaryDirectory() as nothing:  # pytest reads -m even with no tests to select
         said = subprocess.run(
             [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", checks],

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-import jinja2
-
 from labkit.boot import names
 from labkit.box.guest_key import OEM_KEY_PREFIX
 from labkit.labfile import Lab
@@ -83,6 +81,8 @@ def interfaces(lab: Lab, node: str) -> list[Interface]:
 
 
 def render(lab: Lab, target: Target) -> str:
+    import jinja2  # only render needs it: every command imports this module for Provider
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("labkit.render", ""),
         undefined=jinja2.StrictUndefined,

@@ -1,6 +1,8 @@
 """The CLI's answers that need no VM: rendering, and one clear error for bad input."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -285,3 +287,17 @@ def test_an_interrupted_up_names_the_command_that_continues_it():
         "labkit up 'labs/my lab' --kernel trixie --as alice --connect big"
     )
     assert up_command("nat", "debian/bookworm64", None, None, None) == "labkit up nat --box debian/bookworm64"
+
+
+def test_a_command_starts_without_the_libraries_only_some_commands_use():
+    """Every `labkit` command imports the whole CLI; pytest (matrix's --checks), jinja2 (render)
+    and python-debian (a box build) are loaded only by the commands that use them: each costs a
+    tenth of a second or so at every start, more under emulation's load."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, labkit.cli; print(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "labkit.cli" in loaded
+    assert not {"pytest", "jinja2", "debian"} & set(loaded)
