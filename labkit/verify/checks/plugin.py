@@ -3,15 +3,14 @@ parametrisation of checks by the lab's own nodes and services."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import paramiko
 import pytest
 import testinfra
 
+from labkit.apply.ssh import UNREACHABLE
 from labkit.labfile import Check, Forwarding, Lab, Protocol, VirtualService, load_lab
 from labkit.running import RunningLab
 from labkit.verify.checks import state
@@ -138,7 +137,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # A node that is not there fails its own check (test_node_is_there) with the reason; the
     # checks that need it are not run, rather than each timing out on it.
     lab = _lab(config)
-    absent = config.stash[ABSENT] = nodes_absent(RunningLab(Path(config.getoption("--lab-dir"))), lab)
+    config.stash[HOSTS] = hosts = connect(config.getoption("ssh_config"), list(lab.nodes))
+    absent = config.stash[ABSENT] = nodes_absent(RunningLab(Path(config.getoption("--lab-dir"))), hosts)
     for item in items:
         if item.originalname == "test_node_is_there":
             continue
@@ -149,6 +149,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 ABSENT = pytest.StashKey[dict]()
+HOSTS = pytest.StashKey[dict]()
 
 
 def needs(item: pytest.Item, lab: Lab) -> set[str]:
@@ -164,43 +165,38 @@ def needs(item: pytest.Item, lab: Lab) -> set[str]:
     return nodes
 
 
-def nodes_absent(running: RunningLab, lab: Lab) -> dict[str, str]:
+def connect(ssh_config: str, nodes: list[str]) -> dict:
+    """node -> a testinfra host for it, over one SSH connection per node. The connections are not
+    opened here: nodes_absent opens them, all at once, and they serve every check after."""
+    # The wait is long: an emulated guest under load can take seconds to greet (sshd starts itself
+    # anew for each connection), while one that is gone is refused or unreachable at once.
+    return {node: testinfra.get_host(f"paramiko://{node}", ssh_config=ssh_config, timeout=30) for node in nodes}
+
+
+def nodes_absent(running: RunningLab, hosts: dict) -> dict[str, str]:
     """Node -> why it cannot take part now ("is shutoff: labkit up nat repairs it"): its VM not
-    running or cut off from a network (libvirt labs), or its SSH port not answering."""
+    running or cut off from a network (libvirt labs), or no SSH connection to it. The connections
+    to the others are opened on the way, every node's at once."""
     absent = {}
     if running.on_libvirt:
         health = running.health()
         for node, why in health.down().items():
             absent[node] = f"is not there: {why}. {health.repair(node)}"
-    reachable = ssh_answers(running.ssh_config, [n for n in lab.nodes if n not in absent])
-    absent |= {
-        node: f"does not answer SSH: labkit up {running.name} repairs it" for node, ok in reachable.items() if not ok
-    }
-    return absent
 
-
-def ssh_answers(ssh_config: Path, nodes: list[str], seconds: float = 30) -> dict[str, bool]:
-    """Whether each node's SSH port gives its greeting, asked of every node at once. A node reached
-    through another host (a ProxyCommand) is taken as answering: the checks will say. The wait is
-    long: an emulated guest under load can take seconds to greet (sshd starts itself anew for each
-    connection), while one that is gone is refused or unreachable at once."""
-    config = paramiko.SSHConfig.from_path(str(ssh_config))
-
-    def greets(node: str) -> bool:
-        found = config.lookup(node)
-        if "proxycommand" in found:
-            return True
+    def answers(node: str) -> bool:
         try:
-            with socket.create_connection((found["hostname"], int(found.get("port", 22))), timeout=seconds) as s:
-                s.settimeout(seconds)
-                return s.recv(4).startswith(b"SSH-")
-        except OSError:
+            hosts[node].run("true")
+        except UNREACHABLE:
             return False
+        return True
 
-    if not nodes:
-        return {}
-    with ThreadPoolExecutor(len(nodes)) as pool:
-        return dict(zip(nodes, pool.map(greets, nodes)))
+    there = [node for node in hosts if node not in absent]
+    if there:
+        with ThreadPoolExecutor(len(there)) as pool:
+            for node, ok in zip(there, pool.map(answers, there)):
+                if not ok:
+                    absent[node] = f"does not answer SSH: labkit up {running.name} repairs it"
+    return absent
 
 
 @pytest.fixture(scope="session")
@@ -215,17 +211,11 @@ def lab(pytestconfig: pytest.Config) -> Lab:
 
 
 @pytest.fixture(scope="session")
-def hosts(pytestconfig: pytest.Config, lab: Lab):
-    """hosts("lb0") -> a testinfra host for lb0, over one SSH connection per node, all
-    opened at once. Commands run as the SSH user: the few that need root say sudo, because
-    under software emulation each sudo costs a noticeable fraction of a second."""
-    ssh_config = pytestconfig.getoption("ssh_config")
-    cache = {name: testinfra.get_host(f"paramiko://{name}", ssh_config=ssh_config) for name in lab.nodes}
-    there = [host for name, host in cache.items() if name not in pytestconfig.stash.get(ABSENT, {})]
-    if there:
-        with ThreadPoolExecutor(len(there)) as pool:
-            list(pool.map(lambda host: host.run("true"), there))
-    return cache.__getitem__
+def hosts(pytestconfig: pytest.Config):
+    """hosts("lb0") -> a testinfra host for lb0, over the node's one SSH connection, opened before
+    the checks ran. Commands run as the SSH user: the few that need root say sudo, because under
+    software emulation each sudo costs a noticeable fraction of a second."""
+    return pytestconfig.stash[HOSTS].__getitem__
 
 
 @pytest.fixture(scope="session")
