@@ -145,7 +145,8 @@ SNAPSHOT = "labkit-up"
 
 
 def per_domain(uri: str, domains: list[str], *args: str) -> dict[str, subprocess.CompletedProcess]:
-    """virsh ARGS for every domain (or volume) at once ({} is its name): name -> what virsh did."""
+    """virsh ARGS for every domain (or volume, or network) at once ({} is its name): name -> what
+    virsh did."""
     if not domains:
         return {}
     with ThreadPoolExecutor(max_workers=min(len(domains), 8)) as pool:
@@ -179,16 +180,14 @@ def drop_snapshots(uri: str, domains: list[str]) -> None:
 
 
 def remove(uri: str, objects: Objects) -> list[str]:
-    """Stop and remove each object, the domains and the volumes each at once; what could not be
-    removed, with virsh's reason. A domain's snapshots go with it (their data is in its volume)."""
+    """Stop and remove each object, the domains, the volumes and the networks each at once; what
+    could not be removed, with virsh's reason. A domain's snapshots go with it (their data is in
+    its volume)."""
     per_domain(uri, objects.domains, "destroy", "{}")  # fails harmlessly when it is not running
     failed = [f"domain {f}" for f in _each(uri, objects.domains, "undefine", "--snapshots-metadata", "{}")]
     failed += [f"volume {f}" for f in _each(uri, objects.volumes, "vol-delete", "--pool", POOL, "{}")]
-    for network in objects.networks:
-        virsh(uri, "net-destroy", network)
-        if (r := virsh(uri, "net-undefine", network)).returncode != 0:
-            failed.append(f"network {network}: {r.stderr.strip()}")
-    return failed
+    per_domain(uri, objects.networks, "net-destroy", "{}")  # fails harmlessly when it is not active
+    return failed + [f"network {f}" for f in _each(uri, objects.networks, "net-undefine", "{}")]
 
 
 # ---- a libvirt host: what it runs, and what it can run -----------------------------------------
