@@ -9,13 +9,12 @@ a container is a namespace with eth0 on that range and a default route via the b
 from __future__ import annotations
 
 import re
-import shlex
 from collections import Counter
 
 import pytest
 
 from labkit.labfile import Lab
-from labkit.verify.checks import promise
+from labkit.verify.checks import promise, state
 
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 
@@ -96,8 +95,7 @@ def listed(hosts, lab: Lab, address) -> bool:
 def client_answers(hosts, lab: Lab, count: int) -> Counter:
     svc = next(s for s in lab.services if s.protocol.value == "tcp")
     url = f"http://{svc.vip}:{svc.port}/"
-    loop = f"for i in $(seq {count}); do curl -sS -m 2 {shlex.quote(url)} || echo FAILED; done"
-    return Counter(hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(loop)}").split())
+    return Counter(state.pages(hosts(lab.clients[0]).run(state.ask_pages([url] * count, seconds=2)).stdout))
 
 
 @pytest.mark.failover

@@ -284,14 +284,11 @@ def url(svc: VirtualService, path: str = "/", vip=None) -> str:
 
 
 def ask(hosts, lab: Lab, svc: VirtualService, count: int) -> list[str]:
-    """`count` requests in a row from the client, taking the service's VIPs in turn; the names
-    of the real servers that answered."""
-    urls = " ".join(shlex.quote(url(svc, vip=vip)) for vip in svc.addresses)
-    loop = (
-        f'set -- {urls}; for i in $(seq {count}); do u=$1; shift; set -- "$@" $u; '
-        "curl -sS -g -m 5 $u || echo FAILED; done"
-    )
-    return hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(loop)}").split()
+    """`count` requests in a row from the client, each closed before the next, taking the
+    service's VIPs in turn; the names of the real servers that answered, FAILED where none did."""
+    vips = svc.addresses
+    urls = [url(svc, vip=vips[i % len(vips)]) for i in range(count)]
+    return state.pages(hosts(lab.clients[0]).run(state.ask_pages(urls)).stdout)
 
 
 def paths(hosts, lab: Lab, svc: VirtualService) -> str:
