@@ -7,6 +7,7 @@ is checked in problems.py; load.py reads a file into a Lab and reports every pro
 from __future__ import annotations
 
 import re
+import zlib
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Annotated
@@ -367,6 +368,11 @@ class Impairment(Strict):
             if getattr(self, name) is not None:
                 words += [name, getattr(self, name)]
         return words
+
+    def handle(self) -> str:
+        """The qdisc handle labkit gives this impairment ("1a2b:", from 1: to 7fff:), made from its
+        values: tc keeps it, so a check tells the lab file's netem from another on the same link."""
+        return f"{zlib.crc32(' '.join(self.netem()).encode()) % 0x7FFF + 1:x}:"
 
 
 class Lab(Strict):

@@ -8,12 +8,10 @@ lab's own VIP; every figure comes from the client's clock, as a user would notic
 from __future__ import annotations
 
 import json
-import shlex
 import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -108,15 +106,17 @@ class Impair:
 Target = Freeze | StopService | LinkDown | Impair
 
 
+# The handle of the netem `labkit fail NETWORK` puts on: none of the lab file's (1: to 7fff:), so
+# the next provision takes it off even where the lab file impairs the same network.
+FAIL_HANDLE = "8000:"
+
+
 def impair_commands(lab: Lab, network: str, impairment: Impairment) -> dict[str, list[str]]:
     """node -> the tc command that puts netem on its interface on `network` (named as the
     network: labkit names each NIC so). netem shapes what leaves an interface: on every node
     of the network, each way is delayed once."""
-    return {
-        node: ["sudo", "-n", "tc", "qdisc", "replace", "dev", network, "root", "netem", *impairment.netem()]
-        for node, spec in lab.nodes.items()
-        if network in spec.addresses
-    }
+    netem = ["tc", "qdisc", "replace", "dev", network, "root", "handle", FAIL_HANDLE, "netem", *impairment.netem()]
+    return {node: ["sudo", "-n", *netem] for node, spec in lab.nodes.items() if network in spec.addresses}
 
 
 def impairment_for(lab: Lab, network: str, delay: str | None, loss: str | None, rate: str | None) -> Impair:
@@ -379,29 +379,6 @@ def inject(running: RunningLab, target: Target) -> None:
                 running.run(node, words)
 
 
-def impair_lab(running: RunningLab) -> list[str]:
-    """The lab file's `impair:` put on its networks; what was done, one line a network."""
-    done = []
-    for network, impairment in running.lab.impair.items():
-        inject(running, Impair(network, impairment))
-        done.append(Impair(network, impairment).what)
-    return done
-
-
-def unimpair(running: RunningLab) -> None:
-    """netem off every node's lab interfaces (a link without it says so: not an error); one
-    command a node, all nodes at once."""
-    script = {
-        node: "; ".join(
-            shlex.join(["tc", "qdisc", "del", "dev", net, "root"]) + " 2>/dev/null" for net in spec.addresses
-        )
-        + "; true"
-        for node, spec in running.lab.nodes.items()
-    }
-    with ThreadPoolExecutor(max_workers=len(script)) as pool:
-        list(pool.map(lambda node: running.run(node, ["sudo", "-n", "sh", "-c", script[node]]), script))
-
-
 def table(running: RunningLab, director: str) -> dict[str, ipvs.Service]:
     return {s.key: s for s in ipvs.parse_list(running.run(director, ipvs.COMMANDS["list"]))}
 
@@ -558,15 +535,14 @@ def converged(running: RunningLab) -> bool:
 
 
 def heal(running: RunningLab, on_done=lambda result: None) -> tuple[float, Load]:
-    """Resume frozen nodes and provision again, which restarts stopped services and raises
-    downed links; wait until the preferred director has the VIPs and every real server back.
-    Returns the seconds that took and a short load that shows who answers now."""
+    """Resume frozen nodes and provision again, which restarts stopped services, raises downed
+    links and takes off netem the lab file does not put there; wait until the preferred director
+    has the VIPs and every real server back. Returns the seconds that took and a short load that
+    shows who answers now."""
     started = time.monotonic()
     for node in running.paused():
         running.thaw(node)
-    unimpair(running)
     running.provision(on_done=on_done)
-    impair_lab(running)  # the lab file's own impairment stays: it is part of the lab
     lab = running.lab
     if lab.ha:
         wait_for(

@@ -308,9 +308,8 @@ def run_cell(
         record["figures"].update(up_figures(up))
         lab = read(cell.lab)
         nodes = list(lab.nodes)
-        if lab.impair:  # the lab under its link impairment, for verify and bench alike
-            with RunningLab(home.lab_dir(cell.copy)) as running:
-                record["impaired"] = failover.impair_lab(running)
+        if lab.impair:  # up put the lab file's netem on: verify and bench run under it
+            record["impaired"] = [failover.Impair(net, impairment).what for net, impairment in lab.impair.items()]
             say("; ".join(record["impaired"]))
         at_verify = clock(cell.copy, nodes)
         say("verify")

@@ -80,6 +80,13 @@ CHECKS = [
     ),
     Helper("size_is", '[ "$(stat -c %s "$1" 2>/dev/null)" = "$2" ]'),
     Helper("started_after", 'systemctl is-active -q "$1" && [ -n "$(find "/run/$1.pid" -newer "$2" 2>/dev/null)" ]'),
+    # netem is the root qdisc on exactly the devices given as DEV=HANDLE, each with its handle
+    # (tc qdisc show: "qdisc netem 1a2b: dev int root refcnt 2 limit 1000 delay 20ms")
+    Helper(
+        "netem_only",
+        'tc qdisc show | awk -v want=" $* " \'$2 == "netem" && $6 == "root" '
+        '{n++; if (!index(want, " " $5 "=" $3 " ")) bad = 1} END {exit bad || n != split(want, w, " ")}\'',
+    ),
 ]
 
 COMMANDS = [
@@ -127,6 +134,16 @@ COMMANDS = [
         "enable_unit",
         'systemctl is-enabled -q "$1" || SYSTEMCTL_SKIP_SYSV=1 systemctl enable -q --no-reload "$1"',
         lambda unit: [f"systemctl enable {unit}"],
+    ),
+    Helper(
+        "netem_put",
+        'dev=$1; handle=$2; shift 2; tc qdisc replace dev "$dev" root handle "$handle" netem "$@"',
+        lambda dev, handle, *words: [shlex.join(["tc", "qdisc", "replace", "dev", dev, "root", "netem", *words])],
+    ),
+    Helper(
+        "netem_off",
+        'case "$(tc qdisc show dev "$1" root)" in "qdisc netem "*) tc qdisc del dev "$1" root ;; esac',
+        lambda dev: [f"tc qdisc del dev {dev} root  # where netem is"],
     ),
     Helper(
         "apply_config",

@@ -71,6 +71,23 @@ def _address(dev: str, cidr: str, why: str) -> Step:
     return Step(why, ("has_addr", dev, cidr), (("ip", "addr", "replace", cidr, "dev", dev, *nodad),))
 
 
+def _netem(lab: Lab, node: str, nets: list[str]) -> Step:
+    """netem where the lab file's `impair:` puts it, with its handle, and on no other of the
+    node's lab links: `labkit fail NETWORK --delay ...` adds one, a provision (so a heal) takes it off."""
+    wanted = {net: lab.impair[net] for net in nets if net in lab.impair}
+    why = [f"network {net} impaired as the lab file says ({' '.join(i.netem())})" for net, i in wanted.items()]
+    if len(wanted) < len(nets):
+        why.append(f"no netem on {node}'s {'other ' if wanted else ''}lab links")
+    return Step(
+        "; ".join(why),
+        ("netem_only", *(f"{net}={i.handle()}" for net, i in wanted.items())),
+        tuple(
+            ("netem_put", net, wanted[net].handle(), *wanted[net].netem()) if net in wanted else ("netem_off", net)
+            for net in nets
+        ),
+    )
+
+
 def _module(name: str, why: str) -> Step:
     return Step(why, ("test", "-d", f"/sys/module/{name}"), (("modprobe", name),))
 
@@ -681,7 +698,8 @@ def plan(lab: Lab, node: str) -> list[Step]:
         ),
         Step(f"the node is called {node}", ("hostname_is", node), (("set_hostname", node),)),
     ]
-    for iface in interfaces(lab, node):
+    links = interfaces(lab, node)
+    for iface in links:
         net, cidr = iface.network, iface.cidr
         steps.append(
             Step(
@@ -697,6 +715,8 @@ def plan(lab: Lab, node: str) -> list[Step]:
                 _sysctls(f"IPv6 on {net}: the box may boot with it off", {f"net.ipv6.conf.{net}.disable_ipv6": "0"})
             )
             steps.append(_address(net, cidr6, f"{node}'s IPv6 address on network {net}"))
+    if links:
+        steps.append(_netem(lab, node, [iface.network for iface in links]))
 
     steps += container_steps(lab, node)
     if role == Role.swarm_node:

@@ -1,6 +1,8 @@
 """Link impairment: the lab file's `impair:` and `labkit fail LAB NETWORK --delay/--loss/--rate`,
 checked before any VM is touched; the tc commands they become."""
 
+import subprocess
+
 import pytest
 from typer.testing import CliRunner
 
@@ -10,6 +12,8 @@ from labkit.labfile import read_lab
 from labkit.labfile.model import Impairment
 from labkit.operate import failover
 from labkit.operate.failover import Impair, Load, Report, Request
+from labkit.plan.guest import PRELUDE
+from labkit.plan.steps import plan
 
 
 def dr_with(tmp_path, impair: str):
@@ -38,12 +42,48 @@ def test_an_impairment_becomes_netem_on_every_node_of_the_network():
         "dev",
         "int",
         "root",
+        "handle",
+        "8000:",
         "netem",
         "delay",
         "20ms",
         "loss",
         "1%",
     ]
+
+
+def test_the_lab_files_impairment_is_a_step_of_every_node_with_its_own_handle():
+    """up and provision put the lab file's netem on with a handle made from its values; on a
+    link it does not impair, they take off any netem (labkit fail's, handle 8000:)."""
+    impairment = Impairment(delay="20ms", loss="1%")
+    lab = read_lab("dr").model_copy(update={"impair": {"int": impairment}})
+    handle = impairment.handle()
+    assert handle == Impairment(delay="20ms", loss="1%").handle() != Impairment(delay="21ms", loss="1%").handle()
+    assert 1 <= int(handle.rstrip(":"), 16) <= 0x7FFF and handle != failover.FAIL_HANDLE
+    (lb0,) = [s for s in plan(lab, "lb0") if s.unless[0] == "netem_only"]
+    assert lb0.unless == ("netem_only", f"int={handle}")
+    assert sorted(lb0.commands) == [("netem_off", "ext"), ("netem_put", "int", handle, "delay", "20ms", "loss", "1%")]
+    (cl0,) = [s for s in plan(lab, "cl0") if s.unless[0] == "netem_only"]  # on ext only
+    assert cl0.unless == ("netem_only",) and cl0.commands == (("netem_off", "ext"),)
+
+
+@pytest.mark.parametrize(
+    "shown, want, holds",
+    [
+        ("qdisc fq_codel 0: dev ext root refcnt 2 limit 10240p", "", True),
+        ("qdisc netem 8000: dev ext root refcnt 2 limit 1000 delay 20ms", "", False),
+        ("qdisc netem 1a2b: dev int root refcnt 2 limit 1000 delay 20ms", "int=1a2b:", True),
+        ("qdisc netem 8000: dev int root refcnt 2 limit 1000 delay 20ms", "int=1a2b:", False),
+        ("qdisc fq_codel 0: dev int root refcnt 2 limit 10240p", "int=1a2b:", False),
+        ("qdisc netem 1a2b: dev ext root refcnt 2 limit 1000 delay 20ms", "int=1a2b:", False),
+    ],
+)
+def test_the_netem_check_reads_tc_qdisc_show(tmp_path, shown, want, holds):
+    (tmp_path / "tc").write_text(f"#!/bin/sh\necho 'qdisc noqueue 0: dev lo root refcnt 2'\necho '{shown}'\n")
+    (tmp_path / "tc").chmod(0o755)
+    check = f"PATH={tmp_path}:$PATH; if netem_only {want}; then echo yes; else echo no; fi"
+    result = subprocess.run(["sh", "-c", PRELUDE + check], capture_output=True, text=True)
+    assert result.stdout == ("yes\n" if holds else "no\n"), result.stderr
 
 
 @pytest.mark.parametrize(
