@@ -138,7 +138,9 @@ COMMANDS = [
     Helper(
         "netem_put",
         'dev=$1; handle=$2; shift 2; tc qdisc replace dev "$dev" root handle "$handle" netem "$@"',
-        lambda dev, handle, *words: [shlex.join(["tc", "qdisc", "replace", "dev", dev, "root", "netem", *words])],
+        lambda dev, handle, *words: [
+            shlex.join(["tc", "qdisc", "replace", "dev", dev, "root", "handle", handle, "netem", *words])
+        ],
     ),
     Helper(
         "netem_off",

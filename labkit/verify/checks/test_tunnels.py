@@ -16,6 +16,7 @@ import pytest
 from labkit.labfile import Lab, Protocol, Tunnel, VirtualService
 from labkit.operate.trace import parse, read_capture, start_capture
 from labkit.plan import ipvs
+from labkit.verify.checks import state
 
 
 def missing_support(kind: Tunnel, release: str) -> str:
@@ -68,29 +69,23 @@ def wire(hosts, lab: Lab):
             f"sudo -n sh -c {shlex.quote(start_capture([dev], wire_filter(lab), 'wire', hex_too=True))}"
         )
         assert started.rc == 0, f"tcpdump on {node} did not start listening: {started.stdout}{started.stderr}"
-    # One curl per service, a new connection per URL (each is scheduled on its own): curl's start
-    # is what costs under emulation.
+    # One curl per service, a new connection per URL (each is scheduled on its own)
     asks = "; ".join(
-        f"echo '== {s.key}'; curl -sS -m 3 -H 'Connection: close' {' '.join([shlex.quote(url)] * 2 * len(s.real_servers))}"
-        " || echo FAILED"
+        f"echo '== {s.key}'; {state.ask_pages([f'http://{s.vip}:{s.port}/'] * 2 * len(s.real_servers), seconds=3)}"
         for s in services
-        for url in [f"http://{s.vip}:{s.port}/"]
     )
     try:
-        answers = hosts(lab.clients[0]).check_output(f"sh -c {shlex.quote(asks)}")
+        answers = hosts(lab.clients[0]).run(f"sh -c {shlex.quote(asks)}").stdout
     finally:
         captured = {
             node: hosts(node).check_output(f"sudo -n sh -c {shlex.quote(read_capture([dev], 'wire'))}")
             for node, dev in devices.items()
         }
     packets = {node: parse(text)[devices[node]] for node, text in captured.items()}
-    answered: dict[str, list[str]] = {}
-    for line in answers.splitlines():
-        if line.startswith("== "):
-            key = line[3:]
-            answered[key] = []
-        else:
-            answered[key].append(line.strip())
+    answered = {}
+    for part in answers.split("== ")[1:]:
+        key, _, pages = part.partition("\n")
+        answered[key] = state.pages(pages)
     return packets, answered
 
 
