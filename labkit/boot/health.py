@@ -166,6 +166,10 @@ def repair(name: str, lab: Lab, uri: str) -> list[str]:
         if not there:
             libvirt.remove(uri, libvirt.Objects(domains=[names.domain(name, node)]))
             done.append(f"{node}'s VM removed, its disk gone: made again from the box")
-    done += [f"{node} started again (it was {state})" for node, state in now.vms.items() if state == "shutoff"]
+    done += [
+        f"{node} started again (it was {state})"
+        for node, state in now.vms.items()
+        if state == "shutoff" and now.disks.get(node, True)
+    ]
     done += [f"{node} made again (its VM was gone)" for node, state in now.vms.items() if state == MISSING]
     return done
