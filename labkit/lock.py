@@ -78,6 +78,7 @@ LEFT = {
     "down": "{name} is partly removed. Finish with: labkit down {name}",
     "snapshot": "{name}'s snapshot may be partial. Take it again with: labkit snapshot {name}",
     "reset": "{name} may be partly reset. Reset it again with: labkit reset {name}",
+    "stop": "{name} may be partly stopped. Stop the rest with: labkit stop {name}; or resume it with: labkit up {name}",
 }
 
 

@@ -254,7 +254,9 @@ class RunningLab:
 
     def paused(self) -> list[str]:
         # vagrant-libvirt says "paused", VirtualBox "saved"; python-vagrant reports both as "saved".
-        return [node for node, state in self.status().items() if state in ("paused", "saved")]
+        # (On libvirt labkit asks libvirt itself, where "saved" is a VM `labkit stop` put on disk.)
+        frozen = ("paused",) if self.on_libvirt else ("paused", "saved")
+        return [node for node, state in self.status().items() if state in frozen]
 
     @property
     def domains(self) -> list[str]:
@@ -277,6 +279,24 @@ class RunningLab:
         if failed:
             raise LabkitError("the snapshot failed:\n" + "\n".join(f"  {f}" for f in failed))
         shutil.copyfile(self.folder / "lab.yaml", self.folder / SNAPSHOT_LAB)  # the lab the VMs run
+
+    def stop(self) -> list[str]:
+        """Stop every running VM of the lab with its memory saved to disk, for `labkit up` to
+        restore as it was; the nodes stopped."""
+        if not self.on_libvirt:
+            raise LabkitError(f"stop uses libvirt's managed save: the lab {self.name} runs under another provider")
+        self.close()  # the connections end with the VMs
+        nodes = [node for node, state in self.status().items() if state == "running"]
+        if not nodes:
+            raise LabkitError(f"no VM of {self.name} is running: nothing to stop. labkit status {self.name} says why")
+        failed = libvirt.save(self.uri, [names.domain(self.name, node) for node in nodes])
+        if failed:
+            raise LabkitError(
+                "saving the VMs failed:\n"
+                + "\n".join(f"  {f}" for f in failed)
+                + f"\nThe VMs not named run on. Try again, or remove the lab with: labkit down {self.name}"
+            )
+        return nodes
 
     def reset(self) -> None:
         """Every VM back to the snapshot, running; nothing is provisioned again."""

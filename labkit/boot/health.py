@@ -54,6 +54,8 @@ class Health:
         is resumed by heal, which also restarts what its pause broke; the rest is up's to repair."""
         if node is not None and self.vms.get(node) == "paused":
             return f"labkit heal {self.name} resumes it"
+        if node is not None and self.vms.get(node) == libvirt.SAVED:
+            return f"labkit up {self.name} resumes it"
         return f"labkit up {self.name} repairs it"
 
     def problems(self) -> list[str]:
@@ -149,7 +151,8 @@ def repair(name: str, lab: Lab, uri: str) -> list[str]:
     """Before Vagrant boots a lab again: its stopped networks started, the running VMs' NICs put back
     on them (on another host, where labkit cannot reach the bridges, those VMs are stopped for
     Vagrant to start), and a VM whose disk is gone removed for Vagrant to make again from the box.
-    Vagrant then starts the VMs that are off and makes those that are gone. What was repaired."""
+    Vagrant then starts the VMs that are off and makes those that are gone. A VM whose memory was
+    saved (labkit stop) is restored here, all at once, as it was. What was repaired."""
     done = []
     before = read(name, lab, uri)
     for net, state in before.networks.items():
@@ -166,6 +169,14 @@ def repair(name: str, lab: Lab, uri: str) -> list[str]:
         if not there:
             libvirt.remove(uri, libvirt.Objects(domains=[names.domain(name, node)]))
             done.append(f"{node}'s VM removed, its disk gone: made again from the box")
+    saved = [node for node, state in now.vms.items() if state == libvirt.SAVED and now.disks.get(node)]
+    restored = libvirt.per_domain(uri, [names.domain(name, node) for node in saved], "start", "{}")
+    for node, result in zip(saved, restored.values()):
+        if result.returncode == 0:
+            done.append(f"{node} resumed as it was stopped (its memory was saved)")
+        else:  # booted instead: the saved memory is of no use now
+            libvirt.virsh(uri, "managedsave-remove", names.domain(name, node))
+            done.append(f"{node}'s saved memory could not be restored ({result.stderr.strip()}): booted again")
     done += [
         f"{node} started again (it was {state})"
         for node, state in now.vms.items()

@@ -697,6 +697,9 @@ def plan(lab: Lab, node: str) -> list[Step]:
             (("apt_install", *sorted(set(needed.values()))),),
         ),
         Step(f"the node is called {node}", ("hostname_is", node), (("set_hostname", node),)),
+        # a VM restored from its saved memory (labkit stop, then up) or a snapshot runs on from
+        # the time it was saved at
+        Step("the clock is the host's: the RTC's", ("clock_is_rtc",), (("clock_from_rtc",),)),
     ]
     links = interfaces(lab, node)
     for iface in links:

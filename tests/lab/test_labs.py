@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,8 @@ INTERRUPTED_UP = {"dr": signal.SIGINT, "tun": signal.SIGTERM}
 FAIL_SIGINT = {"nat", "fwmark"}
 # A lab whose `.vagrant/` is lost before `labkit down`, which must still remove everything.
 LOST_STATE = {"fwmark"}
+# Labs stopped (`labkit stop`, each VM's memory saved to disk) before `labkit down` removes them
+STOPPED_BEFORE_DOWN = {"tun"}
 # The labs that bench, weight and fail/heal run on. The schedulers lab is left out: its checks
 # are its own verify (every scheduler's behaviour), and these commands add nothing there that
 # the NAT lab does not already show.
@@ -433,6 +436,48 @@ def test_an_impaired_network_slows_each_answer_then_provision_takes_netem_off(la
         assert shown.returncode == 0 and "netem" not in shown.stdout, f"{node}: {shown.stdout}{shown.stderr}"
 
 
+@pytest.mark.parametrize("lab", ["nat"], indirect=True)
+def test_stop_saves_each_vm_and_up_resumes_the_lab_as_it_was(lab):
+    """`labkit stop` saves each VM's memory to disk and ends its QEMU; `labkit up` restores them
+    instead of booting them: each node goes on in the same boot, its clock is set to the host's
+    again by the provisioning, and the lab answers as before."""
+    name, *_ = lab
+    nodes = list(load_lab(LABS / name / "lab.yaml").nodes)
+
+    def asked(command: str) -> dict[str, tuple[str, float, float]]:
+        """node -> what the command printed there, and the host's time before and after asking."""
+        ssh = ["ssh", "-F", str(lab_dir(name) / "ssh_config")]
+
+        def ask(node: str) -> tuple[str, float, float]:
+            sent = time.time()
+            said = subprocess.run([*ssh, node, command], capture_output=True, text=True).stdout.strip()
+            return said, sent, time.time()
+
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            return dict(zip(nodes, pool.map(ask, nodes)))
+
+    def boots() -> dict[str, str]:
+        return {node: said for node, (said, *_) in asked("cat /proc/sys/kernel/random/boot_id").items()}
+
+    before = boots()
+    stopped = labkit("stop", name)
+    assert stopped.returncode == 0, stopped.stderr
+    assert subprocess.run(["pgrep", "-f", f"guest=labkit-{name}-"]).returncode == 1, "a QEMU of the lab still runs"
+    listed = json.loads(labkit("list", "--json").stdout)
+    assert [(r["state"], r["memory_mib"]) for r in listed if r["name"] == name] == [("saved", 0)], listed
+    resumed = labkit("up", name)
+    assert resumed.returncode == 0, resumed.stderr
+    for node in nodes:
+        assert f"repaired: {node} resumed as it was stopped" in resumed.stdout, resumed.stdout
+    # restored, not booted: a boot would give each node a new boot id
+    assert boots() == before
+    # each clock stood still while saved, until the provisioning set it from the RTC (the host's time)
+    assert resumed.stdout.count("+ the clock is the host's") == len(nodes), resumed.stdout
+    for node, (clock, sent, answered) in asked("date +%s").items():
+        assert sent - 2 <= int(clock) <= answered + 2, f"{node}'s clock: {clock}, the host's {sent:.0f}-{answered:.0f}"
+    assert labkit("verify", name, "-m", "not failover", "-k", "split").returncode == 0
+
+
 def virsh(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True)
 
@@ -538,4 +583,6 @@ def test_down_removes_everything(lab):
     name, *_ = lab
     if name in LOST_STATE:  # Vagrant no longer knows the machines: down finds them in libvirt by name
         shutil.rmtree(lab_dir(name) / ".vagrant")
+    if name in STOPPED_BEFORE_DOWN:  # libvirt keeps a VM whose memory is saved unless told to drop it
+        assert labkit("stop", name).returncode == 0
     down_leaves_nothing(name)

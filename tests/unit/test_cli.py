@@ -91,7 +91,7 @@ def test_explain_prints_each_nodes_commands_with_reasons():
     result = runner.invoke(app, ["explain", "nat", "--node", "rs0"])
     assert result.exit_code == 0, result.output
     assert "## rs0 (real_server)" in result.stdout
-    assert "# 6. NAT: replies to 192.168.55.0/24 go back through the director 192.168.66.10" in result.stdout
+    assert "# 7. NAT: replies to 192.168.55.0/24 go back through the director 192.168.66.10" in result.stdout
     assert "ip route replace 192.168.55.0/24 via 192.168.66.10" in result.stdout
 
 

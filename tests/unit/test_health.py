@@ -76,3 +76,9 @@ class Item:
 )
 def test_a_check_needs_the_nodes_it_touches(item, nodes):
     assert needs(item, NAT) == nodes
+
+
+def test_a_vm_saved_by_stop_is_resumed_by_up():
+    health = Health("nat", vms={"lb0": "saved", "lb1": "running"}, disks={"lb0": True, "lb1": True})
+    assert health.down() == {"lb0": "its VM is saved"}
+    assert health.problems() == ["lb0: its VM is saved: labkit up nat resumes it"]
