@@ -282,11 +282,12 @@ class RunningLab:
 
     def stop(self) -> list[str]:
         """Stop every running VM of the lab with its memory saved to disk, for `labkit up` to
-        restore as it was; the nodes stopped."""
+        restore as it was (a VM paused by `labkit fail` too, to come back running); the nodes
+        stopped."""
         if not self.on_libvirt:
             raise LabkitError(f"stop uses libvirt's managed save: the lab {self.name} runs under another provider")
         self.close()  # the connections end with the VMs
-        nodes = [node for node, state in self.status().items() if state == "running"]
+        nodes = [node for node, state in self.status().items() if state in ("running", "paused")]
         if not nodes:
             raise LabkitError(f"no VM of {self.name} is running: nothing to stop. labkit status {self.name} says why")
         failed = libvirt.save(self.uri, [names.domain(self.name, node) for node in nodes])

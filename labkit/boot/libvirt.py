@@ -176,9 +176,9 @@ def revert(uri: str, domains: list[str]) -> list[str]:
 
 
 def save(uri: str, domains: list[str]) -> list[str]:
-    """Stop each running domain with its memory saved to disk (libvirt's managed save): starting
-    it again restores it as it was, in seconds, instead of booting it."""
-    return _each(uri, domains, "managedsave", "{}")
+    """Stop each domain with its memory saved to disk (libvirt's managed save): starting it again
+    restores it as it was, in seconds, instead of booting it; running, also if it was paused."""
+    return _each(uri, domains, "managedsave", "--running", "{}")
 
 
 def drop_snapshots(uri: str, domains: list[str]) -> None:
