@@ -27,7 +27,7 @@ from labkit.boot import health, leftovers, libvirt, names, vagrant
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, lab_file, load_lab, read_lab
 from labkit.plan.ipvs import ADDRESSES, holders
-from labkit.plan.steps import plan
+from labkit.plan.steps import CLOCK, plan
 from labkit.record import Record
 from labkit.render.vagrantfile import Provider
 
@@ -320,6 +320,17 @@ class RunningLab:
             )
         if libvirt.is_local(self.uri):  # a VM reverted in place keeps its taps, off a restarted network's bridge
             health.reattach(self.uri, self.health())
+        # each clock went back with the snapshot
+        nodes = list(self.lab.nodes)
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            clocks = list(pool.map(lambda node: ssh.apply(node, self.connection(node), [CLOCK]), nodes))
+        late = [f"  {r.node}: {r.error}" for r in clocks if r.error]
+        if late:
+            raise LabkitError(
+                "the lab is reset, but a clock could not be set to the host's:\n"
+                + "\n".join(late)
+                + f"\nSet it with: labkit provision {self.name}"
+            )
         if (self.folder / SNAPSHOT_LAB).exists():  # a weight changed since runs no more
             shutil.copyfile(self.folder / SNAPSHOT_LAB, self.folder / "lab.yaml")
             self._lab = None

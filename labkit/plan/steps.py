@@ -680,6 +680,11 @@ def director_steps(lab: Lab, node: str) -> list[Step]:
     return steps
 
 
+# A VM restored from its saved memory (labkit stop, then up) or a snapshot (labkit reset) runs on
+# from the time it was saved at.
+CLOCK = Step("the clock is the host's: the RTC's", ("clock_is_rtc",), (("clock_from_rtc",),))
+
+
 def plan(lab: Lab, node: str) -> list[Step]:
     role = lab.nodes[node].role
     needed = {**COMMON_PACKAGES, **PACKAGES[role]}
@@ -697,9 +702,7 @@ def plan(lab: Lab, node: str) -> list[Step]:
             (("apt_install", *sorted(set(needed.values()))),),
         ),
         Step(f"the node is called {node}", ("hostname_is", node), (("set_hostname", node),)),
-        # a VM restored from its saved memory (labkit stop, then up) or a snapshot runs on from
-        # the time it was saved at
-        Step("the clock is the host's: the RTC's", ("clock_is_rtc",), (("clock_from_rtc",),)),
+        CLOCK,
     ]
     links = interfaces(lab, node)
     for iface in links:
