@@ -121,6 +121,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[FIGURES] = []
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have chosen: only the chosen checks' nodes are asked
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("failover") is not None)
     keep, drop = [], []
@@ -138,7 +139,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # checks that need it are not run, rather than each timing out on it.
     lab = _lab(config)
     config.stash[HOSTS] = hosts = connect(config.getoption("ssh_config"), list(lab.nodes))
-    absent = config.stash[ABSENT] = nodes_absent(RunningLab(Path(config.getoption("--lab-dir"))), hosts)
+    # The nodes the chosen checks need, in the lab file's order: `verify -k rs0` logs in to rs0 and
+    # reads its state, not every node's. A check that asks another node connects on its way.
+    wanted = set().union(*(needs(item, lab) for item in items))
+    config.stash[NEEDED] = [node for node in lab.nodes if node in wanted]
+    running = RunningLab(Path(config.getoption("--lab-dir")))
+    absent = config.stash[ABSENT] = nodes_absent(running, hosts, config.stash[NEEDED])
     for item in items:
         if item.originalname == "test_node_is_there":
             continue
@@ -150,6 +156,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 ABSENT = pytest.StashKey[dict]()
 HOSTS = pytest.StashKey[dict]()
+NEEDED = pytest.StashKey[list]()
 
 
 def needs(item: pytest.Item, lab: Lab) -> set[str]:
@@ -173,10 +180,10 @@ def connect(ssh_config: str, nodes: list[str]) -> dict:
     return {node: testinfra.get_host(f"paramiko://{node}", ssh_config=ssh_config, timeout=30) for node in nodes}
 
 
-def nodes_absent(running: RunningLab, hosts: dict) -> dict[str, str]:
+def nodes_absent(running: RunningLab, hosts: dict, nodes: list[str]) -> dict[str, str]:
     """Node -> why it cannot take part now ("is shutoff: labkit up nat repairs it"): its VM not
-    running or cut off from a network (libvirt labs), or no SSH connection to it. The connections
-    to the others are opened on the way, every node's at once."""
+    running or cut off from a network (libvirt labs), or, of `nodes`, no SSH connection to it.
+    The connections to the others of `nodes` are opened on the way, all at once."""
     absent = {}
     if running.on_libvirt:
         health = running.health()
@@ -190,7 +197,7 @@ def nodes_absent(running: RunningLab, hosts: dict) -> dict[str, str]:
             return False
         return True
 
-    there = [node for node in hosts if node not in absent]
+    there = [node for node in nodes if node not in absent]
     if there:
         with ThreadPoolExecutor(len(there)) as pool:
             for node, ok in zip(there, pool.map(answers, there)):
@@ -213,15 +220,16 @@ def lab(pytestconfig: pytest.Config) -> Lab:
 @pytest.fixture(scope="session")
 def hosts(pytestconfig: pytest.Config):
     """hosts("lb0") -> a testinfra host for lb0, over the node's one SSH connection, opened before
-    the checks ran. Commands run as the SSH user: the few that need root say sudo, because under
+    the checks ran (or on first use, for a node the chosen checks were not known to need). Commands run as the SSH user: the few that need root say sudo, because under
     software emulation each sudo costs a noticeable fraction of a second."""
     return pytestconfig.stash[HOSTS].__getitem__
 
 
 @pytest.fixture(scope="session")
-def node_state(hosts, lab: Lab, absent) -> dict[str, dict[str, str]]:
-    """node -> name -> what the standing-state checks read of it (state.py), asked of every node
-    there at once, one command each."""
+def node_state(pytestconfig: pytest.Config, hosts, lab: Lab, absent) -> dict[str, dict[str, str]]:
+    """node -> name -> what the standing-state checks read of it (state.py), asked of each node the
+    chosen checks need and that is there, all at once, one command each; of another node when a
+    check first asks for it."""
 
     def read(node: str) -> dict[str, str]:
         out = hosts(node).run(state.script(state.commands(lab, node)))
@@ -229,11 +237,16 @@ def node_state(hosts, lab: Lab, absent) -> dict[str, dict[str, str]]:
         assert read, f"{node}: reading its state failed (exit status {out.rc}): {out.stderr.strip()}"
         return read
 
-    there = [node for node in lab.nodes if node not in absent]
+    class States(dict):
+        def __missing__(self, node: str) -> dict[str, str]:
+            self[node] = read(node)
+            return self[node]
+
+    there = [node for node in pytestconfig.stash.get(NEEDED, list(lab.nodes)) if node not in absent]
     if not there:
-        return {}
+        return States()
     with ThreadPoolExecutor(len(there)) as pool:
-        return dict(zip(there, pool.map(read, there)))
+        return States(zip(there, pool.map(read, there)))
 
 
 @pytest.fixture(scope="session")
