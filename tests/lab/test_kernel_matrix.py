@@ -67,11 +67,12 @@ def matrix_command(report, remote) -> list[str]:
     ]
 
 
-def domains(prefix: str) -> list[str]:
+def domains() -> list[str]:
+    """The matrix's copies' domains (not the dr lab's own, which test_labs.py may be running)."""
     names = subprocess.run(
         ["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True, text=True
     ).stdout
-    return [d for d in names.split() if d.startswith(prefix)]
+    return [d for d in names.split() if any(d.startswith(f"labkit-{copy}-") for copy in COPIES)]
 
 
 def label(kernel: str, run: int) -> str:
@@ -106,7 +107,7 @@ def interrupted_matrix(report, remote) -> tuple[subprocess.CompletedProcess, dic
     stdout = "".join(said) + stdout
     print(f"$ labkit matrix ... (SIGINT)  -> exit {process.returncode}\n{stdout}\n{stderr}")
     left = {
-        "domains": domains(f"labkit-{LAB}-"),
+        "domains": domains(),
         "lab folders": [copy for copy in COPIES if lab_dir(copy).exists()],
         "cells": sorted(path.parent.name for path in report.glob("*/cell.json")),
     }
