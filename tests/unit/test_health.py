@@ -4,7 +4,7 @@ import pytest
 
 from labkit.boot.health import MISSING, Health, Nic, network_states, nics
 from labkit.labfile import LABS, load_lab
-from labkit.verify.checks.plugin import needs
+from labkit.verify.checks.plugin import needed, needs
 
 NAT = load_lab(LABS / "nat" / "lab.yaml")
 
@@ -76,6 +76,13 @@ class Item:
 )
 def test_a_check_needs_the_nodes_it_touches(item, nodes):
     assert needs(item, NAT) == nodes
+
+
+def test_verify_asks_only_the_nodes_its_chosen_checks_need():
+    assert needed([Item(node="rs1"), Item(svc=NAT.services[0])], NAT) == ["lb0", "rs0", "rs1", "cl0"]
+    assert needed([Item(node="rs1"), Item(node="lb0")], NAT) == ["lb0", "rs1"]
+    assert needed([Item(node="rs1"), Item()], NAT) == list(NAT.nodes)
+    assert needed([], NAT) == []
 
 
 def test_a_vm_saved_by_stop_is_resumed_by_up():

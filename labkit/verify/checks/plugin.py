@@ -139,10 +139,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # checks that need it are not run, rather than each timing out on it.
     lab = _lab(config)
     config.stash[HOSTS] = hosts = connect(config.getoption("ssh_config"), list(lab.nodes))
-    # The nodes the chosen checks need, in the lab file's order: `verify -k rs0` logs in to rs0 and
-    # reads its state, not every node's. A check that asks another node connects on its way.
-    wanted = set().union(*(needs(item, lab) for item in items))
-    config.stash[NEEDED] = [node for node in lab.nodes if node in wanted]
+    # `verify -k rs0` logs in to rs0 and reads its state, not every node's. A check that asks
+    # another node connects on its way.
+    config.stash[NEEDED] = needed(items, lab)
     running = RunningLab(Path(config.getoption("--lab-dir")))
     absent = config.stash[ABSENT] = nodes_absent(running, hosts, config.stash[NEEDED])
     for item in items:
@@ -170,6 +169,12 @@ def needs(item: pytest.Item, lab: Lab) -> set[str]:
     if not nodes or item.get_closest_marker("failover"):
         return set(lab.nodes)
     return nodes
+
+
+def needed(items: list[pytest.Item], lab: Lab) -> list[str]:
+    """The nodes the checks need, in the lab file's order."""
+    wanted = set().union(*(needs(item, lab) for item in items))
+    return [node for node in lab.nodes if node in wanted]
 
 
 def connect(ssh_config: str, nodes: list[str]) -> dict:
