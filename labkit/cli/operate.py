@@ -176,7 +176,8 @@ def fail(
             broken = failover.parse_target(running.lab, target)
         out.print(
             f"load from {running.lab.clients[0]} for {seconds:.0f} s; {broken.what} "
-            f"{failover.LEAD_SECONDS} s after it starts ...",
+            f"{failover.LEAD_SECONDS} s after it starts, the load going on {seconds - failover.LEAD_SECONDS:.0f} s "
+            "after that ...",
             highlight=False,
         )
         result = failover.fail(running, broken, seconds)

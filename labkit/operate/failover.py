@@ -160,10 +160,11 @@ def parse_target(lab: Lab, text: str) -> Target:
 # ---- the client's load ------------------------------------------------------------------
 
 # Runs on the client with the box's python3. Sequential requests, each on a new connection so
-# that IPVS schedules each one; optionally a long, slow download alongside. With "settled", the
-# load ends early once the caller has broken the lab (it creates the file "mark" then) and the
-# client has been answered for that many seconds since both the break and its last failed
-# request, with the download done. Prints one JSON.
+# that IPVS schedules each one; optionally a long, slow download alongside. The caller creates the
+# file "mark" once it has broken the lab. With "after", the load goes on for that many seconds
+# after the break however long the break took to make (waiting for it "seconds" more at most).
+# With "settled", it ends early once the client has been answered for that many seconds since
+# both the break and its last failed request, with the download done. Prints one JSON.
 LOAD = r"""
 import hashlib, json, os, socket, sys, threading, time
 a = json.loads(sys.argv[1])
@@ -214,7 +215,13 @@ if a["path"]:
     started.wait(10)
 print("labkit-load-started", flush=True)  # the caller breaks the lab after this
 requests, i, last_failed, broken = [], 0, None, None
-while time.monotonic() - t0 < a["seconds"]:
+def going_on():
+    elapsed = time.monotonic() - t0
+    if elapsed < a["seconds"]:
+        return True
+    waited = broken is None or elapsed - broken < a["after"]
+    return bool(a["after"]) and waited and elapsed < 2 * a["seconds"] + a["after"]
+while going_on():
     start = time.monotonic()
     try:
         status, headers, body = split(fetch("/", timeout=a["timeout"]))
@@ -224,16 +231,16 @@ while time.monotonic() - t0 < a["seconds"]:
         requests.append([start - t0, time.monotonic() - t0, None, type(e).__name__])
     if requests[-1][2] is None:
         last_failed = requests[-1][1]
-    if a["settled"] and broken is None and os.path.exists(a["mark"]):
+    if a["mark"] and broken is None and os.path.exists(a["mark"]):
         broken = requests[-1][1]
     calm = max(broken or 0, last_failed or 0)
-    if broken is not None and requests[-1][1] - calm >= a["settled"] and not worker.is_alive():
+    if a["settled"] and broken is not None and requests[-1][1] - calm >= a["settled"] and not worker.is_alive():
         break
     i += 1
     time.sleep(max(0.0, t0 + i * a["interval"] - time.monotonic()))
 if a["path"]:
     worker.join(90)
-if a["settled"] and os.path.exists(a["mark"]):
+if a["mark"] and os.path.exists(a["mark"]):
     os.unlink(a["mark"])
 print(json.dumps({"requests": requests, "transfer": transfer or None}))
 """
@@ -316,13 +323,16 @@ def client_load(
     settled: float = 0,
     mark: str = "",
     timeout: float = 1.0,
+    after: float = 0,
 ) -> Load:
     """A bounded load from the client against one of the lab's own services: a request every
     0.1 s for `seconds`, plus, if asked, the 1 MiB file spread over about `transfer_seconds`.
-    `started` is set once the load runs (and the download has begun). With `settled`, the load
-    ends sooner: once the file `mark` exists on the client (the caller has broken the lab) and
-    the client has been answered for `settled` seconds since then and since its last failed
-    request, with the download done. Each request waits `timeout` seconds for its answer."""
+    `started` is set once the load runs (and the download has begun). The caller makes the file
+    `mark` on the client once it has broken the lab; the load then goes on for `after` seconds
+    more, if that ends later than `seconds` (a break slow to make still has its share of the
+    load). With `settled`, the load ends sooner: once the client has been answered for `settled`
+    seconds since the break and since its last failed request, with the download done. Each
+    request waits `timeout` seconds for its answer."""
     args = {
         "vip": str(svc.addresses[0]),
         "port": svc.port,
@@ -333,6 +343,7 @@ def client_load(
         "rate": int(1024 * 1024 / transfer_seconds) if transfer_seconds else 0,
         "settled": settled,
         "mark": mark,
+        "after": after,
     }
     client = running.lab.clients[0]
     try:
@@ -482,7 +493,9 @@ def fail(running: RunningLab, target: Target, seconds: float = 16, settled: floa
 
     def load() -> None:
         try:
-            result["load"] = client_load(running, svc, seconds, 10 if director else 0, started, settled, mark)
+            after = max(0.0, seconds - LEAD_SECONDS)  # what the break is given, however long it takes to make
+            transfer = 10 if director else 0
+            result["load"] = client_load(running, svc, seconds, transfer, started, settled, mark, after=after)
         except Exception as exc:  # reported below, in this thread
             result["load"] = exc
         started.set()
@@ -495,8 +508,7 @@ def fail(running: RunningLab, target: Target, seconds: float = 16, settled: floa
     time.sleep(LEAD_SECONDS)
     if worker.is_alive():
         inject(running, target)
-        if settled:
-            running.run(lab.clients[0], ["touch", mark])
+        running.run(lab.clients[0], ["touch", mark])
     worker.join()
     if isinstance(result["load"], Exception):
         raise result["load"]

@@ -92,11 +92,11 @@ def test_a_stray_timeout_does_not_stretch_the_refused_span():
     assert load.failing_with("TimeoutError") == 1.0
 
 
-def run_load(port: int, seconds: float, mark: Path) -> list[Request]:
+def run_load(port: int, seconds: float, mark: Path, settled: float = 1.0, after: float = 0) -> list[Request]:
     """The client's load program (the one labkit runs on cl0) run here with this Python, settled
-    after 1 s."""
+    after 1 s unless told otherwise."""
     args = {"vip": "127.0.0.1", "port": port, "seconds": seconds, "interval": 0.1, "timeout": 1.0, "path": "",
-            "rate": 0, "settled": 1.0, "mark": str(mark)}  # fmt: skip
+            "rate": 0, "settled": settled, "mark": str(mark), "after": after}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", LOAD, json.dumps(args)], capture_output=True, text=True, check=True)
     return [Request(*row) for row in json.loads(out.stdout.splitlines()[-1])["requests"]]
 
@@ -130,3 +130,24 @@ def test_a_settled_load_ends_a_second_after_the_break_and_the_failures_not_befor
         assert not mark.exists(), "the load removes its mark"
     else:
         assert requests[-1].done >= seconds - 0.2
+
+
+@pytest.mark.parametrize("broken", [True, False])
+def test_a_load_goes_on_after_a_break_slow_to_make(tmp_path, broken):
+    """A 1 s load whose break is made 1.2 s in (later than the load would have ended) goes on 1.5 s
+    after it; never told of a break, it waits for one its seconds again, and 1.5 s more."""
+    port, mark = free_port(), tmp_path / "broken"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    if broken:
+        threading.Timer(1.2, mark.touch).start()
+    try:
+        requests = run_load(port, 1.0, mark, settled=0, after=1.5)
+    finally:
+        server.shutdown()
+    assert Load(requests).served().keys() == {"rs0"}
+    if broken:
+        assert 2.7 <= requests[-1].done < 3.1
+        assert not mark.exists(), "the load removes its mark"
+    else:
+        assert 3.4 <= requests[-1].done < 3.8
