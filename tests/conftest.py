@@ -12,9 +12,30 @@ from labkit.labfile import LabError, parse_lab
 PINNED = Path(__file__).resolve().parent / "pinned"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--labs",
+        help="run the tests of tests/lab/test_labs.py for these labs only (comma-separated): scripts/test "
+        "shares them between its two runs",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Unit tests take seconds, labs take minutes: run the labs last.
     items.sort(key=lambda item: item.get_closest_marker("lab") is not None)
+    chosen = config.getoption("labs")
+    if chosen:
+        labs = chosen.split(",")
+        dropped = {i for i in items if i.module.__name__ == "test_labs" and lab_of(i) not in labs}
+        if dropped:
+            config.hook.pytest_deselected(items=list(dropped))
+            items[:] = [i for i in items if i not in dropped]
+
+
+def lab_of(item: pytest.Item) -> str | None:
+    """The lab a test of test_labs.py runs on (its `lab` fixture's parameter)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("lab")
 
 
 def pinned(lab: str) -> dict[str, bool]:
