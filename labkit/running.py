@@ -34,6 +34,7 @@ from labkit.render.vagrantfile import Provider
 
 SNAPSHOT_LAB = "lab.snapshot.yaml"  # the lab file as it was when the snapshot was taken
 BOOT_SECONDS = 600  # from `vagrant up` until every node of a labkit box answers SSH, at most
+CLOCK_WAIT_SECONDS = 60  # after a reset or snapshot, until a node answers SSH to have its clock set
 
 
 class RunningLab:
@@ -289,8 +290,20 @@ class RunningLab:
         a moment later."""
         nodes = list(self.lab.nodes)
         always = [dataclasses.replace(CLOCK, unless=("false",))]
+
+        def set_clock(node: str) -> ssh.NodeResult:
+            # A VM that libvirt restarted to revert it (its QEMU anew, as after a host's restart)
+            # refuses SSH for a moment, however long its guest has been up: ask again meanwhile.
+            deadline = time.monotonic() + CLOCK_WAIT_SECONDS
+            while True:
+                result = ssh.apply(node, self.connection(node), always)
+                if not (result.error or "").startswith("cannot reach") or time.monotonic() > deadline:
+                    return result
+                self._forget(node)
+                time.sleep(1)
+
         with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-            results = list(pool.map(lambda node: ssh.apply(node, self.connection(node), always), nodes))
+            results = list(pool.map(set_clock, nodes))
         late = [f"  {r.node}: {r.error}" for r in results if r.error]
         if late:
             raise LabkitError(
