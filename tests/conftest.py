@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labkit.labfile import LabError, parse_lab
+from labkit.labfile import LABS, LabError, parse_lab
 
 PINNED = Path(__file__).resolve().parent / "pinned"
 
@@ -26,6 +26,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     chosen = config.getoption("labs")
     if chosen:
         labs = chosen.split(",")
+        shipped = sorted(path.parent.name for path in LABS.glob("*/lab.yaml"))
+        unknown = sorted(set(labs) - set(shipped))
+        if unknown:
+            raise pytest.UsageError(f"--labs: no lab {', '.join(unknown)}; the labs are {', '.join(shipped)}")
         dropped = {i for i in items if i.module.__name__ == "test_labs" and lab_of(i) not in labs}
         if dropped:
             config.hook.pytest_deselected(items=list(dropped))

@@ -225,8 +225,9 @@ def lab(pytestconfig: pytest.Config) -> Lab:
 @pytest.fixture(scope="session")
 def hosts(pytestconfig: pytest.Config):
     """hosts("lb0") -> a testinfra host for lb0, over the node's one SSH connection, opened before
-    the checks ran (or on first use, for a node the chosen checks were not known to need). Commands run as the SSH user: the few that need root say sudo, because under
-    software emulation each sudo costs a noticeable fraction of a second."""
+    the checks ran (or on first use, for a node the chosen checks were not known to need).
+    Commands run as the SSH user: the few that need root say sudo, because under software
+    emulation each sudo costs a noticeable fraction of a second."""
     return pytestconfig.stash[HOSTS].__getitem__
 
 
