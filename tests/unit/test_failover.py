@@ -134,20 +134,20 @@ def test_a_settled_load_ends_a_second_after_the_break_and_the_failures_not_befor
 
 @pytest.mark.parametrize("broken", [True, False])
 def test_a_load_goes_on_after_a_break_slow_to_make(tmp_path, broken):
-    """A 1 s load whose break is made 1.2 s in (later than the load would have ended) goes on 1.5 s
-    after it; never told of a break, it waits for one its seconds again, and 1.5 s more."""
+    """A 2 s load whose break is made 2.5 s in (after the load would have ended) goes on 1 s after
+    it; never told of a break, it waits for one its seconds again, and 1 s more (5 s in all)."""
     port, mark = free_port(), tmp_path / "broken"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Page)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     if broken:
-        threading.Timer(1.2, mark.touch).start()
+        threading.Timer(2.5, mark.touch).start()
     try:
-        requests = run_load(port, 1.0, mark, settled=0, after=1.5)
+        requests = run_load(port, 2.0, mark, settled=0, after=1.0)
     finally:
         server.shutdown()
     assert Load(requests).served().keys() == {"rs0"}
     if broken:
-        assert 2.7 <= requests[-1].done < 3.1
+        assert 3.4 <= requests[-1].done < 4.7
         assert not mark.exists(), "the load removes its mark"
     else:
-        assert 3.4 <= requests[-1].done < 3.8
+        assert requests[-1].done >= 4.9
