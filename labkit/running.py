@@ -297,7 +297,7 @@ class RunningLab:
             deadline = time.monotonic() + CLOCK_WAIT_SECONDS
             while True:
                 result = ssh.apply(node, self.connection(node), always)
-                if not (result.error or "").startswith("cannot reach") or time.monotonic() > deadline:
+                if result.reached or time.monotonic() > deadline:
                     return result
                 self._forget(node)
                 time.sleep(1)

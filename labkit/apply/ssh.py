@@ -32,6 +32,7 @@ class NodeResult:
     node: str
     changed: list[str] = field(default_factory=list)
     error: str = ""  # empty when every step succeeded
+    reached: bool = True  # False when the node did not answer SSH (the error says so)
 
 
 class Said(StreamWatcher):
@@ -104,7 +105,7 @@ def apply(node: str, conn: Connection, steps: list[Step]) -> NodeResult:
             shlex.join(["sudo", "-n", "sh", "-c", AFTER_BOOT + script(steps)]), hide=True, warn=True, in_stream=False
         )
     except UNREACHABLE as exc:  # unreachable or refused: name the node and the cause
-        result.error = f"cannot reach {node} over SSH: {exc}"
+        result.error, result.reached = f"cannot reach {node} over SSH: {exc}", False
         return result
     result.changed = [
         line.removeprefix("labkit-changed: ") for line in out.stdout.splitlines() if line.startswith("labkit-changed: ")

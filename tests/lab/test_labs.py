@@ -524,7 +524,7 @@ REPAIRED = "node_is_there or hostname or split"
 def test_host_faults_are_named_and_repaired(lab, tmp_path):
     """The host's faults under a running lab: a lab network destroyed, then a VM's QEMU killed and,
     while it is off, the host restarted (every VM and network stopped) with that VM's disk volume
-    deleted and the box gone for a moment. Each is named in one line by status, doctor or verify,
+    deleted, and a Vagrant without the box. Each is named in one line by status, doctor or verify,
     and repaired by `labkit up`: the network at once, the rest in one boot of the whole lab."""
     name, *_ = lab
     rs1 = f"labkit-{name}-rs1"
@@ -556,7 +556,7 @@ def test_host_faults_are_named_and_repaired(lab, tmp_path):
     assert "error" not in seen.values(), seen
 
     # then the host restarted: every VM off, every network inactive; the lab is stopped, not gone.
-    # rs1's disk volume is deleted too, and the box is moved away for a moment: both named
+    # rs1's disk volume is deleted too, and the box gone from Vagrant: both named
     domains = [f"labkit-{name}-{node}" for node in load_lab(LABS / name / "lab.yaml").nodes]
     for domain in domains:
         virsh("destroy", domain)
