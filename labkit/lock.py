@@ -121,17 +121,21 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def stop_children(grace: float = 5.0) -> None:
+def stop_children(grace: float = 5.0, folder: Path | None = None) -> None:
     """SIGTERM every process this one started (Vagrant's Ruby and what it runs, pytest, ssh),
-    then SIGKILL those still there after `grace` seconds."""
+    then SIGKILL those still there after `grace` seconds. With `folder`, only those working in it
+    (one lab's Vagrant: a class boots its seats in one process)."""
     started = children(os.getpid())
+    if folder is not None:
+        started = [pid for pid in started if _cwd(pid) == folder.resolve()]
     for pid in started:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in started):
-        with suppress(ChildProcessError):
-            os.waitpid(-1, os.WNOHANG)  # reap our own children, or they stay as zombies
+    while time.monotonic() < deadline and any(_running(pid) for pid in started):
+        if folder is None:
+            with suppress(ChildProcessError):
+                os.waitpid(-1, os.WNOHANG)  # reap our own children, or they stay as zombies
         time.sleep(0.1)
     for pid in started:
         with suppress(ProcessLookupError):
@@ -143,3 +147,19 @@ def _holder(fd: int) -> dict:
         return json.loads(os.pread(fd, 4096, 0) or b"{}")
     except ValueError:
         return {}
+
+
+def _cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def _running(pid: int) -> bool:
+    """Whether the process is there and not a zombie (one its parent has yet to reap)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] != "Z"

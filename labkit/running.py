@@ -22,7 +22,7 @@ import yaml
 from fabric import Connection
 from invoke.watchers import StreamWatcher
 
-from labkit import box, home
+from labkit import box, home, lock
 from labkit.apply import ssh
 from labkit.boot import health, leftovers, libvirt, names, vagrant
 from labkit.errors import LabkitError
@@ -162,25 +162,29 @@ class RunningLab:
                 worker = threading.Thread(target=booting, daemon=True)
                 worker.start()
                 deadline = time.monotonic() + BOOT_SECONDS
-                while not failed and (worker.is_alive() or len(answered) < len(self.lab.nodes)):
-                    found = self._answering([n for n in self.lab.nodes if n not in answered])
-                    if found:
-                        answered.update(found)
-                        self._write_ssh_config(answered)
-                        for node in found:
-                            on_progress(node, "answers SSH")
-                            if on_done is not None:
-                                started[node] = pool.submit(self._provision_one, self.lab, node)
-                    if time.monotonic() > deadline:
-                        late = ", ".join(n for n in self.lab.nodes if n not in answered)
-                        raise vagrant.BootError(
-                            f"{late} did not answer SSH within {BOOT_SECONDS} s. What each VM printed "
-                            f"as it booted is in {self.folder}/console-NODE.log"
-                        )
-                    if worker.is_alive():
-                        worker.join(1)
-                    else:
-                        time.sleep(1)
+                try:
+                    while not failed and (worker.is_alive() or len(answered) < len(self.lab.nodes)):
+                        found = self._answering([n for n in self.lab.nodes if n not in answered])
+                        if found:
+                            answered.update(found)
+                            self._write_ssh_config(answered)
+                            for node in found:
+                                on_progress(node, "answers SSH")
+                                if on_done is not None:
+                                    started[node] = pool.submit(self._provision_one, self.lab, node)
+                        if time.monotonic() > deadline:
+                            late = ", ".join(n for n in self.lab.nodes if n not in answered)
+                            raise vagrant.BootError(
+                                f"{late} did not answer SSH within {BOOT_SECONDS} s. What each VM printed "
+                                f"as it booted is in {self.folder}/console-NODE.log"
+                            )
+                        if worker.is_alive():
+                            worker.join(1)
+                        else:
+                            time.sleep(1)
+                except BaseException:  # no `vagrant up` left running in the lab's folder
+                    lock.stop_children(folder=self.folder)
+                    raise
             else:
                 booting()
             ended = time.monotonic()

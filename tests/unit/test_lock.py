@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.lock import Busy, writing
+from labkit.lock import Busy, stop_children, writing
 
 # A writer that holds nat's lock and has started a child of its own, as `labkit up` starts Vagrant.
 HOLDER = """
@@ -84,3 +84,20 @@ def _state(pid: int) -> str:
     except OSError:
         return "gone"
     return text[text.rindex(")") + 2]
+
+
+def test_stopping_one_folders_processes_leaves_the_others(tmp_path):
+    """A boot that gives up stops the `vagrant up` working in its lab's folder, not another
+    seat's booting in the same process."""
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.mkdir()
+    other.mkdir()
+    sleepers = {f: subprocess.Popen(["sleep", "60"], cwd=f) for f in (mine, other)}
+    try:
+        stop_children(grace=2, folder=mine)
+        assert sleepers[mine].wait(5) == -signal.SIGTERM
+        assert sleepers[other].poll() is None, "the other folder's process was stopped too"
+    finally:
+        for p in sleepers.values():
+            p.kill()
+            p.wait()
