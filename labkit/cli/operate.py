@@ -174,9 +174,10 @@ def fail(
             broken = failover.impairment_for(running.lab, target, delay, loss, rate)
         else:
             broken = failover.parse_target(running.lab, target)
+        lead = failover.lead(running.lab, broken)
         out.print(
             f"load from {running.lab.clients[0]} for {seconds:.0f} s; {broken.what} "
-            f"{failover.LEAD_SECONDS} s after it starts, the load going on {seconds - failover.LEAD_SECONDS:.0f} s "
+            f"{lead:.0f} s after it starts, the load going on {seconds - lead:.0f} s "
             "after that ...",
             highlight=False,
         )

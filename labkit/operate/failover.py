@@ -246,7 +246,7 @@ print(json.dumps({"requests": requests, "transfer": transfer or None}))
 """
 
 BIG_PATH = "/1m.bin"
-LEAD_SECONDS = 3  # from the start of the load to the failure
+LEAD_SECONDS = 3  # from the start of the load to the break of a director, 1 s for anything else: see lead()
 AFTER_SECONDS = 2  # the short load that shows who answers once a checker or a heal is done: 20 requests
 
 
@@ -478,14 +478,27 @@ def taken_away(lab: Lab, target: Target) -> set[str]:
     return {str(a) for a in node.addresses.values()} if node.role == Role.real_server else set()
 
 
+def breaks_director(lab: Lab, target: Target) -> bool:
+    """Whether the target takes a director away (not a container it runs)."""
+    return bool(target.node) and lab.nodes[target.node].role == Role.director and not taken_away(lab, target)
+
+
+def lead(lab: Lab, target: Target) -> float:
+    """Seconds from the load's start to the break. A director is broken under a long transfer:
+    once it is older than the 2 s the sync daemon may wait to send the standby its batch of
+    connections, as a connection in real use would be. Anything else once the client has been
+    answered for a second."""
+    return LEAD_SECONDS if breaks_director(lab, target) else 1
+
+
 def fail(running: RunningLab, target: Target, seconds: float = 16, settled: float = 0) -> Report:
-    """Break the target 3 s into a bounded load, and measure what the client saw. With `settled`,
-    the load ends once the client has been answered that many seconds after its last failure
-    (see client_load): the checks, which need only the outage and what followed it."""
+    """Break the target `lead` seconds into a bounded load, and measure what the client saw. With
+    `settled`, the load ends once the client has been answered that many seconds after its last
+    failure (see client_load): the checks, which need only the outage and what followed it."""
     lab = running.lab
     svc = service_for(lab, target)
     addresses = taken_away(lab, target) if target.node else set()
-    director = bool(target.node) and lab.nodes[target.node].role == Role.director and not addresses
+    director, lead_seconds = breaks_director(lab, target), lead(lab, target)
     result: dict[str, Load | Exception] = {}
     mark = f"/tmp/labkit-broken-{uuid.uuid4().hex}"  # made on the client once the lab is broken
 
@@ -493,7 +506,7 @@ def fail(running: RunningLab, target: Target, seconds: float = 16, settled: floa
 
     def load() -> None:
         try:
-            after = max(0.0, seconds - LEAD_SECONDS)  # what the break is given, however long it takes to make
+            after = max(0.0, seconds - lead_seconds)  # what the break is given, however long it takes to make
             transfer = 10 if director else 0
             result["load"] = client_load(running, svc, seconds, transfer, started, settled, mark, after=after)
         except Exception as exc:  # reported below, in this thread
@@ -503,9 +516,7 @@ def fail(running: RunningLab, target: Target, seconds: float = 16, settled: floa
     worker = threading.Thread(target=load, daemon=True)
     worker.start()
     started.wait(60)
-    # The sync daemon sends the standby its batch of connections up to 2 s late: break the lab
-    # once the long transfer is older than that, as a connection in real use would be.
-    time.sleep(LEAD_SECONDS)
+    time.sleep(lead_seconds)
     if worker.is_alive():
         inject(running, target)
         running.run(lab.clients[0], ["touch", mark])
@@ -546,15 +557,15 @@ def converged(running: RunningLab) -> bool:
     return all(svc.key in seen and len(seen[svc.key].destinations) == len(svc.real_servers) for svc in lab.services)
 
 
-def heal(running: RunningLab, on_done=lambda result: None) -> tuple[float, Load]:
+def heal(running: RunningLab, on_done=lambda result: None, nodes: list[str] | None = None) -> tuple[float, Load]:
     """Resume frozen nodes and provision again, which restarts stopped services, raises downed
     links and takes off netem the lab file does not put there; wait until the preferred director
     has the VIPs and every real server back. Returns the seconds that took and a short load that
-    shows who answers now."""
+    shows who answers now. With `nodes`, only those are provisioned: the ones a scenario broke."""
     started = time.monotonic()
     for node in running.paused():
         running.thaw(node)
-    running.provision(on_done=on_done)
+    running.provision(nodes=nodes, on_done=on_done)
     lab = running.lab
     if lab.ha:
         wait_for(
