@@ -123,6 +123,13 @@ def up(
     as_json: Annotated[
         bool, typer.Option("--json", help="Progress on stderr, then the result as one JSON object on stdout.")
     ] = False,
+    snapshot: Annotated[
+        bool,
+        typer.Option(
+            "--snapshot/--no-snapshot",
+            help="Take the snapshot labkit reset goes back to (seconds; a matrix cell, never reset, skips it).",
+        ),
+    ] = True,
 ) -> None:
     """Boot a lab's VMs and configure them (render, boot, provision).
 
@@ -150,7 +157,8 @@ def up(
             changes = sum(len(r.changed) for r in done)
             out.print(f"provisioned {name}: {changes} changes, done {after:.1f} s after the boot")
             with running:
-                figures = {"provision_seconds": after, "changes": changes, "snapshot_seconds": _snapshot(running)}
+                taken = _snapshot(running) if snapshot else None
+                figures = {"provision_seconds": after, "changes": changes, "snapshot_seconds": taken}
         copy = f" (a copy of {model.name})" if name != model.name else ""
         where = f" on {libvirt.shown(booked.uri)}" if booked.uri else ""
         out.print(f"\n[bold]{name} is up{copy}{where}.[/] Next: [bold]labkit verify {name}[/]", highlight=False)

@@ -296,7 +296,8 @@ def run_cell(
     try:
         say("up" + ("" if libvirt.is_local(host) else f" on {libvirt.shown(host)}"))
         where = ["--connect", connect] if connect else []
-        code, text = runner.labkit(["up", cell.lab, "--kernel", cell.kernel, "--as", cell.copy, *where, "--json"], log)
+        up_args = ["up", cell.lab, "--kernel", cell.kernel, "--as", cell.copy, *where, "--no-snapshot", "--json"]
+        code, text = runner.labkit(up_args, log)
         if code != 0:
             console = console_tail(home.lab_dir(cell.copy))
             record["error"] = f"labkit up failed (exit {code}):\n{last_lines(text)}" + (

@@ -209,7 +209,8 @@ def test_a_cell_boots_with_json_and_keeps_ups_figures_and_kernel_release(tmp_pat
         ("bench", 400.0),
     ]
     assert record["kernel_log"] == {"splats": [], "taints": {"lb0": []}, "unread": []}
-    assert runner.calls[0] == ["up", "nat", "--kernel", "sid", "--as", "nat-sid-1", "--json"]
+    # a cell is never reset: its up takes no snapshot
+    assert runner.calls[0] == ["up", "nat", "--kernel", "sid", "--as", "nat-sid-1", "--no-snapshot", "--json"]
     assert runner.calls[-1] == ["down", "nat-sid-1"]
     assert record["host"] == "this host" and record["copy"] == "nat-sid-1"
     assert (record["status"], record["release"]) == ("passed", "7.2.13-amd64")
