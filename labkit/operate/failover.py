@@ -546,6 +546,9 @@ def fail(running: RunningLab, target: Target, seconds: float = 16, settled: floa
     return report
 
 
+WHOLE = "the preferred director holding the VIPs with every real server checked up"
+
+
 def converged(running: RunningLab) -> bool:
     """The preferred director holds the VIPs and its checkers see every real server. One SSH
     connection per director for each look."""
@@ -568,9 +571,7 @@ def heal(running: RunningLab, on_done=lambda result: None, nodes: list[str] | No
     running.provision(nodes=nodes, on_done=on_done)
     lab = running.lab
     if lab.ha:
-        wait_for(
-            "the preferred director holding the VIPs with every real server checked up", lambda: converged(running), 30
-        )
+        wait_for(WHOLE, lambda: converged(running), 30)
     if lab.mesh is not None:
         node, key = lab.swarm_nodes[0], f"fwm {lab.mesh.publish[0].fwmark}"
         wait_for(
