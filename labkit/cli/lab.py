@@ -163,7 +163,7 @@ def up(
             out.print(f"provisioned {name}: {changes} changes, done {after:.1f} s after the boot")
             with running:
                 if repaired and running.lab.ha:  # the checkers put back the real servers a repair cut off
-                    failover.wait_for(failover.WHOLE, lambda: failover.converged(running), 30)
+                    failover.wait_for(failover.WHOLE, lambda: failover.converged(running), 60)
                 taken = _snapshot(running) if snapshot else None
                 figures = {"provision_seconds": after, "changes": changes, "snapshot_seconds": taken}
         copy = f" (a copy of {model.name})" if name != model.name else ""
