@@ -27,7 +27,7 @@ from labkit.apply import ssh
 from labkit.boot import health, leftovers, libvirt, names, vagrant
 from labkit.errors import LabkitError
 from labkit.labfile import Lab, lab_file, load_lab, read_lab
-from labkit.plan.ipvs import ADDRESSES, holders
+from labkit.plan.ipvs import ADDRESSES, COMMANDS, holders, parse_list
 from labkit.plan.steps import CLOCK, plan
 from labkit.record import Record
 from labkit.render.vagrantfile import Provider
@@ -442,7 +442,7 @@ class RunningLab:
 
     def _provision_one(self, lab: Lab, node: str) -> ssh.NodeResult:
         result = ssh.apply(node, self.connection(node), plan(lab, node))
-        if result.error.startswith("cannot reach"):
+        if not result.reached:
             self._forget(node)
         return result
 
@@ -461,6 +461,28 @@ class RunningLab:
         running = [d for d in self.lab.directors if d not in paused]
         seen = self.run_on(running, {"addresses": ADDRESSES})
         return holders(self.lab, {d: out["addresses"] for d, out in seen.items()})
+
+    def whole(self) -> bool:
+        """The preferred director holds the VIPs and its checkers see every real server. One SSH
+        connection per director for each look."""
+        lab = self.lab
+        outputs = self.run_on(lab.directors, {"addresses": ADDRESSES, "list": COMMANDS["list"]})
+        if holders(lab, {d: out["addresses"] for d, out in outputs.items()}) != [lab.active_director]:
+            return False
+        seen = {s.key: s for s in parse_list(outputs[lab.active_director]["list"])}
+        return all(svc.key in seen and len(seen[svc.key].destinations) == len(svc.real_servers) for svc in lab.services)
+
+    def wait_whole(self, seconds: float) -> None:
+        """Wait until the pair is whole (a checker puts back a real server a second or more after
+        it answers again), at most `seconds`."""
+        deadline = time.monotonic() + seconds
+        while not self.whole():
+            if time.monotonic() > deadline:
+                raise LabkitError(
+                    f"{self.name}: the preferred director did not hold the VIPs with every real server "
+                    f"checked up within {seconds:.0f} s"
+                )
+            time.sleep(0.5)
 
     def holder(self, paused: set[str] = frozenset()) -> str | None:
         """The director that holds the first VIP, if exactly one does."""

@@ -56,9 +56,11 @@ def boot(
             target = replace(target, management=made.booked.management or target.management)
             booked = None
         running = RunningLab.create(name, source, render(lab, target), booked)
+    repaired = False
     if made is not None and target.provider == Provider.libvirt:
         for line in health.repair(name, lab, uri):
             on_repair(line)
+            repaired = True
     if target.base_disk:
         failed = libvirt.make_disks(uri, names.domains(name, lab.nodes), target.base_disk)
         if failed:
@@ -69,9 +71,14 @@ def boot(
                 + f"\nRemove what was made with: labkit down {name}"
             )
     try:
-        return running, running.boot(target.provider, on_progress, on_done)
+        booted = running.boot(target.provider, on_progress, on_done)
     except vagrant.BootError as exc:
         raise LabkitError(f"{exc}\nRemove what was made with: labkit down {name}") from None
+    # A checker puts back a real server a fault cut off a second or more after it answers again:
+    # a lab repaired is up once it has (and before `up` or a class seat takes its snapshot).
+    if repaired and lab.ha and on_done is not None:
+        running.wait_whole(60)
+    return running, booted
 
 
 def direct_boot(target: Target, uri: str, upload: bool = True) -> Target:

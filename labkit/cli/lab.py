@@ -42,7 +42,6 @@ from labkit.cli.common import (
 from labkit.errors import LabkitError
 from labkit.labfile import Lab
 from labkit.labfile.model import host_port
-from labkit.operate import failover
 from labkit.operate.show import Widest, left_out, packed
 from labkit.render.vagrantfile import Provider
 from labkit.running import RunningLab
@@ -146,14 +145,10 @@ def up(
         with lock.changing(name, "up", up=again):
             # Each node is provisioned as soon as it answers, while the others still boot.
             done: list[NodeResult] = []
-            repaired: list[str] = []
-
-            def on_repair(line: str) -> None:
-                repaired.append(line)
-                say(f"repaired: {line}")
-
             with Progress(list(model.nodes)) as progress:
-                running, booted = booking.boot(model, source, booked, progress, on_repair, done.append)
+                running, booted = booking.boot(
+                    model, source, booked, progress, lambda line: say(f"repaired: {line}"), done.append
+                )
             boot_seconds = round(booted - progress.started, 1)
             out.print(f"booted {len(model.nodes)} nodes in {boot_seconds:.0f} s")
             for result in done:
@@ -162,8 +157,6 @@ def up(
             changes = sum(len(r.changed) for r in done)
             out.print(f"provisioned {name}: {changes} changes, done {after:.1f} s after the boot")
             with running:
-                if repaired and running.lab.ha:  # the checkers put back the real servers a repair cut off
-                    failover.wait_for(failover.WHOLE, lambda: failover.converged(running), 60)
                 taken = _snapshot(running) if snapshot else None
                 figures = {"provision_seconds": after, "changes": changes, "snapshot_seconds": taken}
         copy = f" (a copy of {model.name})" if name != model.name else ""

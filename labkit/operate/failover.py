@@ -546,20 +546,6 @@ def fail(running: RunningLab, target: Target, seconds: float = 16, settled: floa
     return report
 
 
-WHOLE = "the preferred director holding the VIPs with every real server checked up"
-
-
-def converged(running: RunningLab) -> bool:
-    """The preferred director holds the VIPs and its checkers see every real server. One SSH
-    connection per director for each look."""
-    lab = running.lab
-    outputs = running.run_on(lab.directors, {"addresses": ipvs.ADDRESSES, "list": ipvs.COMMANDS["list"]})
-    if ipvs.holders(lab, {d: out["addresses"] for d, out in outputs.items()}) != [lab.active_director]:
-        return False
-    seen = {s.key: s for s in ipvs.parse_list(outputs[lab.active_director]["list"])}
-    return all(svc.key in seen and len(seen[svc.key].destinations) == len(svc.real_servers) for svc in lab.services)
-
-
 def heal(running: RunningLab, on_done=lambda result: None, nodes: list[str] | None = None) -> tuple[float, Load]:
     """Resume frozen nodes and provision again, which restarts stopped services, raises downed
     links and takes off netem the lab file does not put there; wait until the preferred director
@@ -571,7 +557,7 @@ def heal(running: RunningLab, on_done=lambda result: None, nodes: list[str] | No
     running.provision(nodes=nodes, on_done=on_done)
     lab = running.lab
     if lab.ha:
-        wait_for(WHOLE, lambda: converged(running), 30)
+        running.wait_whole(30)
     if lab.mesh is not None:
         node, key = lab.swarm_nodes[0], f"fwm {lab.mesh.publish[0].fwmark}"
         wait_for(
