@@ -253,10 +253,26 @@ class RunningLab:
 
     def freeze(self, node: str) -> None:
         self._forget(node)
-        vagrant.freeze(self.folder, node)
+        if self.on_libvirt:
+            self._virsh(node, "suspend")
+        else:
+            vagrant.freeze(self.folder, node)
 
     def thaw(self, node: str) -> None:
-        vagrant.thaw(self.folder, node)
+        if self.on_libvirt:
+            self._virsh(node, "resume")
+        else:
+            vagrant.thaw(self.folder, node)
+
+    def _virsh(self, node: str, action: str) -> None:
+        """Pause or resume a node's VM through libvirt itself: at once, where Vagrant's Ruby takes
+        about two seconds (the load of a failure scenario waits for the break)."""
+        done = libvirt.virsh(self.uri, action, names.domain(self.name, node))
+        if done.returncode != 0:
+            raise LabkitError(
+                f"virsh {action} of {node} failed: {done.stderr.strip()}. "
+                f"labkit status {self.name} shows its VMs; labkit heal {self.name} brings the lab back"
+            )
 
     def paused(self) -> list[str]:
         # vagrant-libvirt says "paused", VirtualBox "saved"; python-vagrant reports both as "saved".

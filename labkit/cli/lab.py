@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import textwrap
 import time
@@ -195,6 +196,11 @@ def verify(
     args = list(ctx.args) + ([f"--junitxml={junitxml}"] if junitxml else [])
     with lock.changing(running.name, "verify"):  # its failure scenarios break the lab and heal it
         code = run.verify(running.folder, running.ssh_config, args)
+    if code == run.NONE_CHOSEN:
+        raise LabkitError(
+            f"no check of {running.name} matches {shlex.join(ctx.args)}. "
+            f"List them with: labkit verify {running.name} --collect-only -q"
+        )
     raise typer.Exit(code)
 
 

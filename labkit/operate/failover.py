@@ -247,7 +247,7 @@ print(json.dumps({"requests": requests, "transfer": transfer or None}))
 
 BIG_PATH = "/1m.bin"
 LEAD_SECONDS = 3  # from the start of the load to the break of a director, 1 s for anything else: see lead()
-AFTER_SECONDS = 2  # the short load that shows who answers once a checker or a heal is done: 20 requests
+AFTER_SECONDS = 1  # the short load that shows who answers once a checker or a heal is done: 10 requests
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 CHECKS = Path(str(resources.files("labkit.verify.checks")))
+NONE_CHOSEN = 5  # pytest's exit status when -k or -m chose no check
 
 
 def verify(lab_dir: Path, ssh_config: Path, pytest_args: list[str]) -> int:

@@ -200,6 +200,9 @@ def test_verify(lab):
     assert re.search(r"\d+ passed", result.stdout) and not re.search(r"\d+ failed", result.stdout)
     if name in FAILOVER_LABS:
         assert "test_director_dies" in result.stdout and "outage_seconds" in result.stdout
+    none = labkit("verify", name, "-k", "no_such_check")
+    assert none.returncode == 1, none.stdout
+    assert none.stderr.strip().startswith(f"error: no check of {name} matches -k no_such_check."), none.stderr
 
 
 def test_show(lab):
