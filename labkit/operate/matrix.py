@@ -24,6 +24,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -223,17 +224,28 @@ def new_record(
     }
 
 
-def uptimes(copy: str, nodes: list[str]) -> dict[str, float]:
-    """Each node's seconds since it booted: the kernel log's clock, to place its splats."""
-    found = {}
-    running = RunningLab(home.lab_dir(copy))
-    for node in nodes:
+def each_node(nodes: list[str], read: Callable[[str], object]) -> list:
+    """read(node) for every node at once (each login costs most of a second under emulation):
+    the results in the nodes' order, or the exception a node raised."""
+
+    def one(node: str) -> object:
         try:
-            found[node] = float(running.run(node, ["cat", "/proc/uptime"]).split()[0])
-        except (LabkitError, OSError, ValueError, IndexError):
-            pass  # a node that does not answer: its splats are not placed
-    running.close()
-    return found
+            return read(node)
+        except (LabkitError, OSError, ValueError, IndexError) as exc:
+            return exc
+
+    if not nodes:
+        return []
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        return list(pool.map(one, nodes))
+
+
+def uptimes(copy: str, nodes: list[str]) -> dict[str, float]:
+    """Each node's seconds since it booted: the kernel log's clock, to place its splats. A node
+    that does not answer is left out: its splats are not placed."""
+    with RunningLab(home.lab_dir(copy)) as running:
+        found = each_node(nodes, lambda node: float(running.run(node, ["cat", "/proc/uptime"]).split()[0]))
+    return {node: up for node, up in zip(nodes, found) if not isinstance(up, Exception)}
 
 
 def scenario_marks(junit: Path) -> list[tuple[str, float]]:
@@ -260,15 +272,20 @@ def read_kernel_log(copy: str, folder: Path, marks: dict[str, list[tuple[str, fl
         nodes = list(running.lab.nodes)
     except (LabkitError, OSError) as exc:
         return {"splats": [], "taints": {}, "unread": [f"the lab: {exc}"]}
+
+    def read(node: str) -> tuple[list[splats.Splat], list[str]]:
+        dmesg = splats.parse(running.run(node, ["sudo", "-n", "dmesg"]), node)
+        return dmesg, splats.taint_flags(int(running.run(node, ["cat", "/proc/sys/kernel/tainted"]).strip()))
+
     with running:
-        for node in nodes:
+        for node, seen in zip(nodes, each_node(nodes, read)):
             console = folder / f"console-{node}.log"
             from_console = splats.parse(console.read_text(errors="replace"), node) if console.exists() else []
-            try:
-                dmesg = splats.parse(running.run(node, ["sudo", "-n", "dmesg"]), node)
-                taints[node] = splats.taint_flags(int(running.run(node, ["cat", "/proc/sys/kernel/tainted"]).strip()))
-            except (LabkitError, ValueError) as exc:
-                dmesg, _ = [], unread.append(f"{node}: {(str(exc).splitlines() or ['?'])[0][:200]}")
+            if isinstance(seen, Exception):
+                dmesg = []
+                unread.append(f"{node}: {(str(seen).splitlines() or ['?'])[0][:200]}")
+            else:
+                dmesg, taints[node] = seen
             for splat in splats.merged(dmesg, from_console):
                 splat.moment = splats.moment(splat.seconds, marks.get(node, []))
                 found.append(splat)

@@ -3,6 +3,7 @@ commands it runs."""
 
 import json
 import re
+import threading
 import time
 
 import pytest
@@ -353,3 +354,20 @@ def test_checks_that_are_no_marker_expression_are_refused_before_anything_is_mad
     ):
         matrix.run(["dr"], ["trixie"], tmp_path / "report", again=False, say=print, checks="not")
     assert not (tmp_path / "report").exists()
+
+
+def test_each_node_asks_every_node_at_once_and_keeps_a_failure_to_its_node():
+    """A cell reads its nodes' clocks and kernel logs at once: lb0 and cl0 each wait here until
+    the other has been asked too (asked in turn, the first would wait in vain), and rs0's failure
+    is rs0's alone."""
+    both = threading.Barrier(2, timeout=10)
+
+    def read(node: str) -> str:
+        if node == "rs0":
+            raise LabkitError("rs0 does not answer SSH")
+        both.wait()
+        return f"{node} read"
+
+    lb0, rs0, cl0 = matrix.each_node(["lb0", "rs0", "cl0"], read)
+    assert (lb0, cl0) == ("lb0 read", "cl0 read")
+    assert isinstance(rs0, LabkitError) and "rs0 does not answer" in str(rs0)
