@@ -75,7 +75,8 @@ def boot(
     except vagrant.BootError as exc:
         raise LabkitError(f"{exc}\nRemove what was made with: labkit down {name}") from None
     # A checker puts back a real server a fault cut off a second or more after it answers again:
-    # a lab repaired is up once it has (and before `up` or a class seat takes its snapshot).
+    # a lab repaired and provisioned (on_done given) is up once it has, and before `up` or a class
+    # seat takes its snapshot.
     if repaired and lab.ha and on_done is not None:
         running.wait_whole(60)
     return running, booted
